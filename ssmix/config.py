@@ -1,0 +1,353 @@
+"""Typed configuration: YAML files with ``_base_`` inheritance, ``dotted.key=value`` overrides and a
+dataclass schema that rejects unknown keys and wrong types before any model is built.
+
+The ``method`` and ``mix`` sections are polymorphic: their schema is the dataclass registered for
+``method.name`` / ``mix.type`` (see :func:`register_method_config` and :func:`register_mix_config`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A problem in a config file or override; the message names the key and the fix."""
+
+
+# --------------------------------------------------------------------------------------------
+# Schema
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MultiCropConfig:
+    """SwAV multi-crop: ``counts[i]`` crops of side ``sizes[i]`` with scale in [min, max]."""
+
+    sizes: List[int] = field(default_factory=lambda: [96, 48])
+    counts: List[int] = field(default_factory=lambda: [2, 6])
+    min_scales: List[float] = field(default_factory=lambda: [0.14, 0.05])
+    max_scales: List[float] = field(default_factory=lambda: [1.0, 0.14])
+
+
+@dataclass
+class AugConfig:
+    """View augmentation. ``kind`` picks the paper recipe (lightly transforms)."""
+
+    kind: str = "mocov2"  # mocov2 | simclr | byol | simsiam | swav
+    min_scale: float = 0.2
+    cj_prob: float = 0.8
+    cj_strength: float = 1.0  # scales the recipe's colour-jitter strengths
+    gray_prob: float = 0.2
+    blur_prob: float = 0.5  # set 0 for 32 px (CIFAR), as MoCo-colab / SimSiam do
+    hflip_prob: float = 0.5
+    multi_crop: MultiCropConfig = field(default_factory=MultiCropConfig)
+
+
+@dataclass
+class DataConfig:
+    name: str = "synthetic"  # synthetic | digits | cifar10 | cifar100 | stl10 | tiny_imagenet | imagefolder
+    root: str = "data"
+    split: str = "train"  # pre-training split (stl10: unlabeled | train | test | train+unlabeled)
+    image_size: int = 32
+    num_samples: int = 512  # synthetic only
+    num_classes: int = 10  # synthetic only
+    download: bool = False
+    num_workers: int = 2
+    aug: AugConfig = field(default_factory=AugConfig)
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "resnet18"  # resnet18 | resnet34 | resnet50
+    cifar_stem: bool = False  # 3x3 stride-1 conv1 and no max-pool, for 32 px inputs
+    zero_init_residual: bool = False
+    channels_last: bool = True
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 200
+    max_steps: Optional[int] = None  # stop early; the schedule still follows `epochs`
+    batch_size: int = 256
+    optimizer: str = "sgd"  # sgd | lars
+    lr: float = 0.03
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 0.0
+    min_lr_ratio: float = 0.0  # final lr = lr * min_lr_ratio (cosine)
+    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
+    grad_clip: Optional[float] = None
+    log_every: int = 10  # steps between metrics.jsonl rows
+    ckpt_every: int = 500  # steps between checkpoints (one is always written at the end)
+    keep_ckpts: int = 2
+    knn_every: int = 0  # epochs between online kNN monitors (0 = off)
+    vis_every: int = 0  # epochs between mixed-sample grids in TensorBoard (0 = off)
+    progress: bool = True
+
+
+@dataclass
+class MethodConfig:
+    """Base of every method's schema; ``name`` selects the registered subclass."""
+
+    name: str = "mocov2"
+
+
+@dataclass
+class MixConfig:
+    """Base of every mixer's schema; ``type`` selects the registered subclass.
+
+    ``weight`` scales the mixed-view loss; ``cross_view`` selects the pipeline variant (spec 2.3):
+    True mixes view 1 of i with view 2 of pi(i) (targets: the other views), False mixes view 1 of both
+    (targets: view 2 of both, the paper's Fig. 8 reading).
+    """
+
+    type: str = "none"
+    weight: float = 1.0
+    cross_view: bool = True
+
+
+@dataclass
+class ODCConfig:
+    """Online deep clustering pseudo-labels (spec section 5, defaults of 5.6 / 11)."""
+
+    num_clusters: int = 200
+    min_cluster: int = 150  # clusters smaller than this are dissolved and refilled (spec 5.3)
+    centroid_interval: int = 50  # steps between centroid recomputations
+    small_cluster_interval: int = 50  # steps between small-cluster handling
+    reweight_pow: float = 0.5  # class weight ~ count^-pow (spec 5.4)
+    kmeans_iters: int = 20
+
+
+@dataclass
+class LabelledMixConfig(MixConfig):
+    """Base of mixers that need a label per sample (Inter-Intra, SAMix-C).
+
+    ``labels: odc`` clusters the target-branch embeddings online (spec 5); ``labels: dataset`` uses the
+    dataset's labels (for tests and oracle ablations).
+    """
+
+    labels: str = "odc"  # odc | dataset
+    odc: ODCConfig = field(default_factory=ODCConfig)
+
+
+@dataclass
+class Config:
+    output_dir: str = "runs/default"
+    seed: int = 0
+    resume: Optional[str] = None  # None | auto | path to a checkpoint
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    deterministic: bool = False
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    mix: MixConfig = field(default_factory=MixConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+METHOD_SCHEMAS: Dict[str, Type[MethodConfig]] = {}
+MIX_SCHEMAS: Dict[str, Type[MixConfig]] = {"none": MixConfig}
+_POLYMORPHIC = {"method": ("name", METHOD_SCHEMAS), "mix": ("type", MIX_SCHEMAS)}
+
+
+def register_method_config(name: str):
+    """Class decorator: register the schema of method ``name``."""
+
+    def wrap(cls):
+        METHOD_SCHEMAS[name] = cls
+        return cls
+
+    return wrap
+
+
+def register_mix_config(name: str):
+    """Class decorator: register the schema of mixer ``name``."""
+
+    def wrap(cls):
+        MIX_SCHEMAS[name] = cls
+        return cls
+
+    return wrap
+
+
+def _ensure_registries() -> None:
+    # Importing the packages runs their registration decorators.
+    import ssmix.methods  # noqa: F401
+    import ssmix.mixers  # noqa: F401
+
+
+# --------------------------------------------------------------------------------------------
+# dict -> dataclass with type checking
+# --------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return f"{_type_name(args[0])} or null"
+    if origin in (list, List, tuple, Tuple):
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _closest(key: str, options: Sequence[str], prefix: str = "") -> str:
+    match = difflib.get_close_matches(key, list(options), n=1, cutoff=0.5)
+    if match:
+        return f" (did you mean '{prefix}{match[0]}'?)"
+    return f" (valid: {', '.join(sorted(options))})"
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], where)
+    if origin in (list, List, tuple, Tuple):
+        (item_tp,) = typing.get_args(tp)[:1]
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        return _from_dict(tp, value, where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    else:
+        return value
+    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+def _from_dict(cls: Type, data: Any, where: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping of keys, got {type(data).__name__} {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            raise ConfigError(f"unknown key '{path}'{_closest(str(key), names, f'{where}.' if where else '')}")
+        tp = hints[key]
+        if key in _POLYMORPHIC and not where and isinstance(value, dict):
+            tag, registry = _POLYMORPHIC[key]
+            default_tag = getattr(tp(), tag)
+            name = value.get(tag, default_tag)
+            if name not in registry:
+                raise ConfigError(f"{path}.{tag}: unknown value '{name}'{_closest(str(name), list(registry))}")
+            tp = registry[name]
+        kwargs[key] = _coerce(value, tp, path)
+    return cls(**kwargs)
+
+
+def config_to_dict(cfg: Any) -> Dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+# --------------------------------------------------------------------------------------------
+# YAML loading, inheritance and overrides
+# --------------------------------------------------------------------------------------------
+
+
+def _merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            # A change of method/mixer type discards the fields of the old one.
+            same_kind = not (
+                key in _POLYMORPHIC
+                and _POLYMORPHIC[key][0] in value
+                and value[_POLYMORPHIC[key][0]] != out[key].get(_POLYMORPHIC[key][0])
+            )
+            out[key] = _merge(out[key], value) if same_kind else dict(value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml(path: str, _seen: Tuple[str, ...] = ()) -> Dict[str, Any]:
+    """Read a YAML config, resolving ``_base_`` (a path or a list, relative to the file)."""
+    path = os.path.abspath(path)
+    if path in _seen:
+        raise ConfigError(f"{path}: circular _base_ chain {' -> '.join(_seen + (path,))}")
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    bases = data.pop("_base_", [])
+    bases = [bases] if isinstance(bases, str) else bases
+    merged: Dict[str, Any] = {}
+    for base in bases:
+        base_path = os.path.join(os.path.dirname(path), base)
+        merged = _merge(merged, read_yaml(base_path, _seen + (path,)))
+    return _merge(merged, data)
+
+
+def parse_overrides(items: Sequence[str]) -> Dict[str, Any]:
+    """``["train.lr=0.1", "mix.type=cutmix"]`` -> nested dict, values parsed as YAML scalars."""
+    out: Dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form dotted.key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}': '{part}' is set twice")
+        node[parts[-1]] = value
+    return out
+
+
+def build_config(data: Dict[str, Any]) -> Config:
+    _ensure_registries()
+    return _from_dict(Config, data, "")
+
+
+def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> Config:
+    """Load ``path`` (may be None for pure defaults), apply overrides and validate."""
+    data = read_yaml(path) if path else {}
+    data = _merge(data, parse_overrides(overrides))
+    cfg = build_config(data)
+    if path and not cfg.output_dir:
+        cfg.output_dir = os.path.join("runs", os.path.splitext(os.path.basename(path))[0])
+    return cfg
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)

@@ -1,0 +1,92 @@
+"""Multi-view pre-training data: items ``(views, label, index)`` and a resumable epoch sampler.
+
+Exact resume: the order of an epoch is a function of (seed, epoch) and the augmentation of an item is
+a function of (seed, epoch, index) (every RNG is re-seeded per item), so a run resumed at any step sees
+the same batches as an uninterrupted one, whatever the number of workers.
+"""
+from __future__ import annotations
+
+import random
+from typing import Callable, Iterator, List, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+
+
+def _item_seed(seed: int, epoch: int, index: int) -> int:
+    return (seed * 1_000_003 + epoch * 7_919 + index * 104_729) % (2**31 - 1)
+
+
+class MultiViewDataset(Dataset):
+    """Wrap a ``(image, label)`` dataset: item -> (list of view tensors, label, index)."""
+
+    def __init__(self, base: Dataset, transform: Callable, seed: int = 0) -> None:
+        self.base, self.transform, self.seed = base, transform, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int):
+        image, label = self.base[index]
+        seed = _item_seed(self.seed, self.epoch, index)
+        in_main = get_worker_info() is None
+        if in_main:  # keep the training loop's RNG streams untouched
+            states = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        views = self.transform(image)
+        if in_main:
+            random.setstate(states[0])
+            np.random.set_state(states[1])
+            torch.set_rng_state(states[2])
+        return views, int(label), index
+
+
+class EpochSampler(Sampler[int]):
+    """Shuffled indices of one epoch (a function of seed and epoch), sharded over ranks, starting at
+    ``start`` samples into this rank's shard. Incomplete trailing batches are dropped by the loader."""
+
+    def __init__(self, num_samples: int, seed: int, epoch: int = 0, start: int = 0, rank: int = 0,
+                 world_size: int = 1) -> None:
+        self.num_samples, self.seed, self.epoch, self.start = num_samples, seed, epoch, start
+        self.rank, self.world_size = rank, world_size
+
+    def _shard(self) -> List[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.num_samples, generator=g)
+        per_rank = self.num_samples // self.world_size
+        return order[self.rank * per_rank : (self.rank + 1) * per_rank].tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._shard()[self.start :])
+
+    def __len__(self) -> int:
+        return max(self.num_samples // self.world_size - self.start, 0)
+
+
+def collate_views(batch):
+    views, labels, index = zip(*batch)
+    stacked = [torch.stack(v) for v in zip(*views)]
+    return stacked, torch.tensor(labels), torch.tensor(index)
+
+
+def steps_per_epoch(num_samples: int, batch_size: int, world_size: int = 1) -> int:
+    return (num_samples // world_size) // batch_size
+
+
+def epoch_loader(dataset: MultiViewDataset, batch_size: int, epoch: int, start_step: int, seed: int,
+                 num_workers: int, rank: int = 0, world_size: int = 1, pin_memory: bool = False) -> DataLoader:
+    """Loader over one epoch, starting after ``start_step`` batches of it."""
+    dataset.epoch = epoch
+    sampler = EpochSampler(len(dataset), seed, epoch, start_step * batch_size, rank, world_size)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      collate_fn=collate_views, drop_last=True, pin_memory=pin_memory,
+                      persistent_workers=False)
+
+
+def check_batch(n: int, what: Optional[str] = None) -> None:
+    if n < 2:
+        raise ValueError(f"{what or 'batch'}: at least 2 samples are needed per batch, got {n}")

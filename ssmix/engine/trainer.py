@@ -1,0 +1,293 @@
+"""The pre-training loop: plain PyTorch, per-iteration schedules, AMP on CUDA, atomic checkpoints,
+exact resume, metrics.jsonl + TensorBoard, ``torchrun``-ready."""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import time
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ssmix.config import Config, ConfigError, config_to_dict, dump_config
+from ssmix.data.datasets import DATASET_INFO, build_dataset
+from ssmix.data.loader import MultiViewDataset, epoch_loader, steps_per_epoch
+from ssmix.data.transforms import build_eval_transform, build_view_transform
+from ssmix.engine import checkpoint as ckpt
+from ssmix.engine.distributed import average_gradients, barrier, broadcast_module, init_distributed
+from ssmix.engine.pretrainer import Pretrainer
+from ssmix.engine.schedule import warmup_cosine
+from ssmix.models.backbones import export_state_dict
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device: '{name}' was asked for but CUDA is not available; use device=cpu")
+    return name
+
+
+def autocast_dtype(amp: str, device: str) -> Optional[torch.dtype]:
+    """None (fp32) or the autocast dtype; ``auto`` is bf16 on CUDA and fp32 on CPU."""
+    if amp not in ("auto", "bf16", "fp16", "off"):
+        raise ConfigError(f"train.amp: expected auto, bf16, fp16 or off, got '{amp}'")
+    if amp == "off" or (amp == "auto" and not device.startswith("cuda")):
+        return None
+    if amp == "fp16" and not device.startswith("cuda"):
+        raise ConfigError("train.amp=fp16 needs CUDA; use train.amp=bf16 or off on CPU")
+    return torch.float16 if amp == "fp16" else torch.bfloat16
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_optimizer(groups, cfg: Config, steps_per_ep: int) -> torch.optim.Optimizer:
+    """One optimizer over every group; a group's own lr / momentum / weight decay / warm-up / final lr
+    override the train config (the SAMix Mixer and cluster head have their own, spec 6.2)."""
+    tc = cfg.train
+    param_groups = []
+    for g in groups:
+        base = g.get("lr", tc.lr)
+        param_groups.append({
+            "params": g["params"], "name": g.get("name", "group"), "lr": base, "base_lr": base,
+            "momentum": g.get("momentum", tc.momentum), "weight_decay": g.get("weight_decay", tc.weight_decay),
+            "warmup_steps": int(round(g.get("warmup_epochs", tc.warmup_epochs) * steps_per_ep)),
+            "final_lr": g.get("min_lr", base * tc.min_lr_ratio),
+        })
+    if tc.optimizer == "sgd":
+        return torch.optim.SGD(param_groups, lr=tc.lr)
+    if tc.optimizer == "lars":
+        from lightly.utils.lars import LARS
+
+        return LARS(param_groups, lr=tc.lr)
+    raise ConfigError(f"train.optimizer: expected sgd or lars, got '{tc.optimizer}'")
+
+
+def set_learning_rates(optimizer: torch.optim.Optimizer, step: int, total_steps: int) -> None:
+    for g in optimizer.param_groups:
+        g["lr"] = warmup_cosine(step, total_steps, g["base_lr"], g["warmup_steps"], g["final_lr"])
+
+
+class MetricsLogger:
+    """``metrics.jsonl`` rows and TensorBoard scalars (rank 0 only)."""
+
+    def __init__(self, output_dir: str, enabled: bool) -> None:
+        self.enabled = enabled
+        self.tb = None
+        if enabled:
+            self.file = open(os.path.join(output_dir, "metrics.jsonl"), "a", encoding="utf-8")
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(os.path.join(output_dir, "tb"))
+            except ImportError:  # tensorboard is optional at run time
+                self.tb = None
+
+    def log(self, step: int, row: Dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.file.write(json.dumps({"step": step, **row}) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for key, value in row.items():
+                if isinstance(value, (int, float)):
+                    self.tb.add_scalar(key, value, step)
+
+    def image(self, tag: str, image: Tensor, step: int) -> None:
+        if self.enabled and self.tb is not None:
+            self.tb.add_image(tag, image, step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.file.close()
+            if self.tb is not None:
+                self.tb.close()
+
+
+def _extract_fn(model: Pretrainer, dataset, cfg: Config, device: str, info) -> Any:
+    """Embeddings of the whole training set through the target branch (ODC's initial k-means)."""
+
+    def extract() -> Tuple[Tensor, Tensor]:
+        tf = build_eval_transform(cfg.data.image_size, info.mean, info.std)
+        loader = DataLoader(_Transformed(dataset, tf), batch_size=max(cfg.train.batch_size, 64),
+                            num_workers=cfg.data.num_workers)
+        feats, labels = [], []
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            for x, y in loader:
+                feats.append(model.method.embed_target(x.to(device)).float().cpu())
+                labels.append(y)
+        model.train(was_training)
+        return torch.cat(feats), torch.cat(labels)
+
+    return extract
+
+
+class _Transformed(torch.utils.data.Dataset):
+    def __init__(self, base, transform) -> None:
+        self.base, self.transform = base, transform
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i):
+        image, label = self.base[i]
+        return self.transform(image), label
+
+
+def train(cfg: Config) -> Dict[str, Any]:
+    """Run (or resume) pre-training; returns a summary (final step, last losses, output paths)."""
+    device = resolve_device(cfg.device)
+    rank, world, local_rank = init_distributed(device)
+    if device == "cuda":
+        device = f"cuda:{local_rank}"
+        torch.cuda.set_device(local_rank)
+        torch.backends.cudnn.benchmark = not cfg.deterministic
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    seed_everything(cfg.seed + rank)
+    is_main = rank == 0
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    if is_main:
+        with open(os.path.join(cfg.output_dir, "config.yaml"), "w", encoding="utf-8") as f:
+            f.write(dump_config(cfg))
+
+    # -- data -------------------------------------------------------------------------------
+    dc = cfg.data
+    if dc.name not in DATASET_INFO:
+        raise ConfigError(f"data.name: unknown dataset '{dc.name}', expected one of {', '.join(DATASET_INFO)}")
+    info = DATASET_INFO[dc.name]
+    base = build_dataset(dc.name, dc.root, dc.split, download=dc.download, image_size=dc.image_size,
+                         num_samples=dc.num_samples, num_classes=dc.num_classes, seed=cfg.seed)
+    dataset = MultiViewDataset(base, build_view_transform(dc.aug, dc.image_size, info.mean, info.std), cfg.seed)
+    batch = cfg.train.batch_size
+    spe = steps_per_epoch(len(dataset), batch, world)
+    if spe == 0:
+        raise ConfigError(f"train.batch_size={batch} x {world} process(es) is larger than the dataset "
+                         f"({len(dataset)} images): lower train.batch_size")
+    total_steps = cfg.train.epochs * spe
+    stop_step = min(total_steps, cfg.train.max_steps) if cfg.train.max_steps else total_steps
+    num_classes = dc.num_classes if dc.name == "synthetic" else info.num_classes
+
+    # -- model and optimizer ------------------------------------------------------------------
+    model = Pretrainer(cfg, len(dataset), num_classes).to(device)
+    memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    optimizer = build_optimizer(model.param_groups(), cfg, spe)
+    amp = autocast_dtype(cfg.train.amp, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
+
+    start_step = 0
+    resume = ckpt.latest_checkpoint(cfg.output_dir) if cfg.resume == "auto" else cfg.resume
+    if resume:
+        state = ckpt.load_checkpoint(resume)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        start_step = int(state["step"])
+        ckpt.set_rng_state(state["rng"][rank] if isinstance(state["rng"], list) else state["rng"])
+        if is_main:
+            print(f"resumed from {resume} at step {start_step}/{total_steps}")
+    else:
+        model.on_train_start(_extract_fn(model, base, cfg, device, info))
+    broadcast_module(model)
+    model.train()
+
+    logger = MetricsLogger(cfg.output_dir, is_main)
+    bar = tqdm(total=stop_step, initial=start_step, disable=not (is_main and cfg.train.progress),
+               dynamic_ncols=True, desc="pretrain")
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    step, last = start_step, {}
+    timer, rate = time.perf_counter(), None
+    while step < stop_step:
+        epoch, offset = divmod(step, spe)
+        for views, labels, index in epoch_loader(dataset, batch, epoch, offset, cfg.seed, dc.num_workers,
+                                                 rank, world, pin_memory=device.startswith("cuda")):
+            if step >= stop_step:
+                break
+            views = [v.to(device, non_blocking=True).contiguous(memory_format=memory_format) for v in views]
+            labels, index = labels.to(device), index.to(device)
+            set_learning_rates(optimizer, step, total_steps)
+            autocast = torch.autocast(device.split(":")[0], dtype=amp) if amp else contextlib.nullcontext()
+            with autocast:
+                losses, metrics = model.training_step(views, labels, index, step, total_steps)
+            loss = sum(losses.values())
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"step {step}: non-finite loss {float(loss)} ({ {k: float(v) for k, v in losses.items()} }); "
+                    "lower train.lr or use train.amp=bf16 / off")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            average_gradients(params)
+            if cfg.train.grad_clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+
+            now = time.perf_counter()
+            inst = batch * world / max(now - timer, 1e-9)
+            rate = inst if rate is None else 0.9 * rate + 0.1 * inst
+            timer = now
+            last = {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in losses.items()}}
+            bar.update(1)
+            bar.set_postfix(loss=f"{last['loss']:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.4g}",
+                            img_s=f"{rate:.0f}", epoch=epoch)
+            if step % cfg.train.log_every == 0 or step == stop_step:
+                lrs = {f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups}
+                logger.log(step, {"epoch": epoch, **last, **metrics, **lrs, "img_per_s": rate})
+            if step % cfg.train.ckpt_every == 0 or step == stop_step:
+                _save(cfg, model, optimizer, scaler, step, world, is_main)
+            if step % spe == 0:
+                _end_of_epoch(cfg, model, step // spe, step, logger, info, device)
+    bar.close()
+    if is_main:
+        torch.save(export_state_dict(model.method.export_trunk()), os.path.join(cfg.output_dir, "backbone.pth"))
+        if model.pipeline is not None and hasattr(model.pipeline.mixer, "export"):
+            model.pipeline.mixer.export(os.path.join(cfg.output_dir, "mixer.pt"), model.method)
+    logger.close()
+    barrier()
+    return {"step": step, "total_steps": total_steps, "last": last, "output_dir": cfg.output_dir}
+
+
+def _save(cfg: Config, model, optimizer, scaler, step: int, world: int, is_main: bool) -> None:
+    rng = ckpt.get_rng_state()
+    if world > 1:  # every rank's RNG stream, so each resumes exactly
+        gathered = [None] * world
+        torch.distributed.all_gather_object(gathered, rng)
+        rng = gathered
+    if is_main:
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                 "step": step, "rng": rng, "config": config_to_dict(cfg)}
+        ckpt.save_atomic(state, ckpt.checkpoint_path(cfg.output_dir, step))
+        ckpt.prune_checkpoints(cfg.output_dir, cfg.train.keep_ckpts)
+    barrier()
+
+
+def _end_of_epoch(cfg: Config, model: Pretrainer, epoch: int, step: int, logger: MetricsLogger, info,
+                  device: str) -> None:
+    """Online monitors: kNN accuracy of the online trunk, mixed-sample grids."""
+    tc = cfg.train
+    if tc.knn_every and epoch % tc.knn_every == 0 and logger.enabled:
+        from ssmix.evaluation.monitor import knn_monitor
+
+        logger.log(step, {"knn_top1": knn_monitor(cfg, model.method.export_trunk(), device)})
+        model.train()
+    if tc.vis_every and epoch % tc.vis_every == 0 and logger.enabled and model.pipeline is not None:
+        from ssmix.visualize_mix import training_grid
+
+        logger.image("mix/grid", training_grid(cfg, model, device), step)
+        model.train()

@@ -1,0 +1,68 @@
+"""A persistent key queue (MoCo dictionary), saved in checkpoints.
+
+lightly's ``MemoryBankModule`` is not checkpointed and enqueues on every loss call (ecosystem notes
+2.4, gotchas 1, 3, 5). This queue is read once per step (:meth:`snapshot`) and enqueued once per step
+(:meth:`enqueue`), gathers keys across ranks before enqueueing, and requires ``size % global_batch == 0``
+so no key is ever silently dropped.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from ssmix.config import ConfigError
+
+
+def all_gather_nograd(x: Tensor) -> Tensor:
+    """Concatenate ``x`` from every rank (no gradient); identity when not distributed."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, x.contiguous())
+    return torch.cat(out)
+
+
+class KeyQueue(nn.Module):
+    """FIFO of ``size`` L2-normalised ``dim``-d keys, initialised from a random normal."""
+
+    def __init__(self, size: int, dim: int, zero_init: bool = False) -> None:
+        super().__init__()
+        if size <= 0:
+            raise ValueError(f"queue size must be positive, got {size}")
+        init = torch.zeros(size, dim) if zero_init else F.normalize(torch.randn(size, dim), dim=1)
+        self.register_buffer("keys", init)
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+        self.register_buffer("filled", torch.tensor(0 if zero_init else size, dtype=torch.long))
+
+    @property
+    def size(self) -> int:
+        return self.keys.shape[0]
+
+    @property
+    def full(self) -> bool:
+        return int(self.filled) >= self.size
+
+    def check_batch(self, global_batch: int) -> None:
+        if self.size % global_batch:
+            raise ConfigError(
+                f"method.queue_size={self.size} is not divisible by the global batch size {global_batch}; "
+                f"choose a queue size that is a multiple of {global_batch}"
+            )
+
+    def snapshot(self) -> Tensor:
+        """The current keys (a detached copy): read once per step, before enqueueing."""
+        return self.keys.detach().clone()
+
+    @torch.no_grad()
+    def enqueue(self, keys: Tensor) -> None:
+        """Append this step's keys (gathered across ranks), replacing the oldest."""
+        keys = all_gather_nograd(keys.detach().to(self.keys.dtype))
+        n = keys.shape[0]
+        self.check_batch(n)
+        ptr = int(self.ptr)
+        self.keys[ptr : ptr + n] = keys
+        self.ptr.fill_((ptr + n) % self.size)
+        self.filled.fill_(min(int(self.filled) + n, self.size))
