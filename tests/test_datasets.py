@@ -1,0 +1,319 @@
+"""Raw dataset readers: tiny files in the exact on-disk formats are written and read back pixel-exactly."""
+import os
+import pickle
+from collections import Counter
+
+import numpy as np
+import pytest
+import torchvision
+from PIL import Image
+
+from ssmix.data.datasets import DATASET_INFO, DatasetNotFoundError, build_dataset
+
+
+def _rgb(item):
+    image, label = item
+    assert isinstance(image, Image.Image) and image.mode == "RGB" and isinstance(label, int)
+    return np.asarray(image), label
+
+
+def _images(rng, count, side):
+    """Asymmetric images: a horizontal ramp in R, a vertical ramp in G, noise in B."""
+    ramp = np.linspace(0, 255, side).astype(np.uint8)
+    images = rng.integers(0, 256, (count, side, side, 3), dtype=np.uint8)
+    images[:, :, :, 0] = ramp[None, None, :]
+    images[:, :, :, 1] = ramp[None, :, None]
+    return images
+
+
+def _roundtrip(dataset):
+    copy = pickle.loads(pickle.dumps(dataset))
+    assert len(copy) == len(dataset)
+    for index in (0, len(dataset) - 1):
+        assert np.array_equal(_rgb(copy[index])[0], _rgb(dataset[index])[0])
+        assert copy[index][1] == dataset[index][1]
+    return copy
+
+
+# ------------------------------------------------------------------------------------------- STL-10
+def _stl_bytes(images):
+    """Format as documented: per image, R, G, B planes, each 96x96 plane stored column-major."""
+    return b"".join(image[:, :, c].flatten(order="F").tobytes() for image in images for c in range(3))
+
+
+def _write_stl(root, rng):
+    folder = root / "stl10_binary"
+    folder.mkdir(parents=True)
+    data = {"train": _images(rng, 3, 96), "test": _images(rng, 2, 96), "unlabeled": _images(rng, 4, 96)}
+    labels = {"train": np.array([1, 10, 4], np.uint8), "test": np.array([7, 2], np.uint8)}
+    for split, images in data.items():
+        (folder / f"{split}_X.bin").write_bytes(_stl_bytes(images))
+    for split, y in labels.items():
+        (folder / f"{split}_y.bin").write_bytes(y.tobytes())
+    return data, labels
+
+
+def test_stl10_pixels_labels_and_concatenation(tmp_path):
+    data, labels = _write_stl(tmp_path, np.random.default_rng(0))
+    for split in ("train", "test", "unlabeled"):
+        dataset = build_dataset("stl10", str(tmp_path), split)
+        assert len(dataset) == len(data[split])
+        for i in range(len(dataset)):
+            pixels, label = _rgb(dataset[i])
+            assert np.array_equal(pixels, data[split][i])
+            assert label == (int(labels[split][i]) - 1 if split in labels else -1)
+    both = build_dataset("stl10", str(tmp_path), "train+unlabeled")
+    assert len(both) == 7
+    assert [both[i][1] for i in range(7)] == [0, 9, 3, -1, -1, -1, -1]
+    assert list(both.targets) == [0, 9, 3, -1, -1, -1, -1]
+    assert np.array_equal(_rgb(both[2])[0], data["train"][2])
+    assert np.array_equal(_rgb(both[3])[0], data["unlabeled"][0])
+    assert np.array_equal(_rgb(both[-1])[0], data["unlabeled"][3])
+    with pytest.raises(IndexError):
+        both[7]
+
+
+def test_stl10_orientation_first_bytes_are_the_left_column(tmp_path):
+    folder = tmp_path / "stl10_binary"
+    folder.mkdir()
+    raw = np.zeros(3 * 96 * 96, np.uint8)
+    raw[:96] = 255  # first 96 bytes of the red plane = column x=0, rows y=0..95
+    (folder / "test_X.bin").write_bytes(raw.tobytes())
+    (folder / "test_y.bin").write_bytes(bytes([1]))
+    pixels, label = _rgb(build_dataset("stl10", str(tmp_path), "test")[0])
+    assert label == 0
+    assert (pixels[:, 0, 0] == 255).all() and pixels[:, 1:, 0].sum() == 0 and pixels[..., 1:].sum() == 0
+
+
+def test_stl10_pickles_without_the_mapped_file(tmp_path):
+    _write_stl(tmp_path, np.random.default_rng(1))
+    dataset = build_dataset("stl10", str(tmp_path), "train+unlabeled")
+    dataset[5]  # opens the unlabeled memmap
+    assert len(pickle.dumps(dataset)) < 4096  # 4 images would be 110 kB
+    _roundtrip(dataset)
+
+
+def test_stl10_missing_and_truncated(tmp_path):
+    with pytest.raises(DatasetNotFoundError) as error:
+        build_dataset("stl10", str(tmp_path), "unlabeled")
+    message = str(error.value)
+    assert os.path.join(str(tmp_path), "stl10_binary", "unlabeled_X.bin") in message
+    assert "data.download=true" in message and "'stl10'" in message
+    (tmp_path / "stl10_binary").mkdir()
+    (tmp_path / "stl10_binary" / "unlabeled_X.bin").write_bytes(bytes(100))
+    with pytest.raises(ValueError, match="not a whole number"):
+        build_dataset("stl10", str(tmp_path), "unlabeled")
+
+
+def test_stl10_download_calls_torchvision_then_reads_our_way(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_stl10(root, split, download):
+        calls.append((root, split, download))
+        _write_stl(tmp_path, np.random.default_rng(2))
+
+    monkeypatch.setattr(torchvision.datasets, "STL10", fake_stl10)
+    dataset = build_dataset("stl10", str(tmp_path), "test", download=True)
+    assert calls == [(str(tmp_path), "train", True)] and len(dataset) == 2
+    build_dataset("stl10", str(tmp_path), "test", download=True)
+    assert len(calls) == 1  # files present: no second download
+
+    def offline(root, split, download):
+        raise OSError("no network")
+
+    monkeypatch.setattr(torchvision.datasets, "STL10", offline)
+    with pytest.raises(DatasetNotFoundError, match="no network"):
+        build_dataset("stl10", str(tmp_path / "elsewhere"), "train", download=True)
+
+
+# -------------------------------------------------------------------------------------------- CIFAR
+def _cifar_rows(images):
+    """Format as documented: R plane, G plane, B plane, each 32x32 row-major."""
+    return np.stack([np.concatenate([image[:, :, c].ravel() for c in range(3)]) for image in images])
+
+
+def _write_pickle(path, payload):
+    with open(path, "wb") as f:
+        pickle.dump(payload, f)
+
+
+def test_cifar10_reads_all_batches_in_order(tmp_path):
+    rng = np.random.default_rng(3)
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    train = _images(rng, 5, 32)
+    for b in range(5):
+        _write_pickle(folder / f"data_batch_{b + 1}", {b"data": _cifar_rows(train[b:b + 1]), b"labels": [b * 2]})
+    test = _images(rng, 2, 32)
+    _write_pickle(folder / "test_batch", {b"data": _cifar_rows(test), b"labels": [9, 1]})
+    dataset = build_dataset("cifar10", str(tmp_path), "train")
+    assert len(dataset) == 5
+    for i in range(5):
+        pixels, label = _rgb(dataset[i])
+        assert np.array_equal(pixels, train[i]) and label == 2 * i
+    dataset = _roundtrip(build_dataset("cifar10", str(tmp_path), "test"))
+    assert [dataset[i][1] for i in range(2)] == [9, 1]
+    assert np.array_equal(_rgb(dataset[1])[0], test[1])
+
+
+def test_cifar_row_layout_first_bytes_are_the_red_top_row(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    row = np.zeros((1, 3072), np.uint8)
+    row[0, :32] = 200
+    payload = {b"data": row, b"fine_labels": [42], b"coarse_labels": [3]}
+    _write_pickle(folder / "test", payload)
+    pixels, label = _rgb(build_dataset("cifar100", str(tmp_path), "test")[0])
+    assert label == 42  # fine labels, not coarse
+    assert (pixels[0, :, 0] == 200).all() and pixels[1:, :, 0].sum() == 0 and pixels[..., 1:].sum() == 0
+
+
+def test_cifar100_train_and_missing(tmp_path):
+    with pytest.raises(DatasetNotFoundError) as error:
+        build_dataset("cifar100", str(tmp_path), "train")
+    assert os.path.join(str(tmp_path), "cifar-100-python", "train") in str(error.value)
+    assert "data.download=true" in str(error.value)
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    images = _images(np.random.default_rng(4), 3, 32)
+    _write_pickle(folder / "train", {b"data": _cifar_rows(images), b"fine_labels": [99, 0, 50]})
+    dataset = build_dataset("cifar100", str(tmp_path), "train")
+    assert list(dataset.targets) == [99, 0, 50]
+    assert np.array_equal(_rgb(dataset[2])[0], images[2])
+    _write_pickle(folder / "test", {b"data": _cifar_rows(images), b"labels": [1, 2, 3]})
+    with pytest.raises(ValueError, match="fine_labels"):
+        build_dataset("cifar100", str(tmp_path), "test")
+
+
+# ------------------------------------------------------------------------------------ Tiny-ImageNet
+def _save_lossless(image, path):
+    Image.fromarray(image).save(path, format="PNG")  # PIL reads by content, so the .JPEG name is fine
+
+
+def test_tiny_imagenet_train_and_val(tmp_path):
+    rng = np.random.default_rng(5)
+    base = tmp_path / "tiny-imagenet-200"
+    wnids = ["n03", "n01", "n02"]  # unsorted on purpose: class index follows sorted order
+    (base / "val" / "images").mkdir(parents=True)
+    (base / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    train = {}
+    for wnid in wnids:
+        (base / "train" / wnid / "images").mkdir(parents=True)
+        for k in range(2):
+            train[(wnid, k)] = _images(rng, 1, 64)[0]
+            _save_lossless(train[(wnid, k)], base / "train" / wnid / "images" / f"{wnid}_{k}.JPEG")
+        (base / "train" / wnid / f"{wnid}_boxes.txt").write_text("ignored\n")
+    grey = rng.integers(0, 256, (64, 64), dtype=np.uint8)
+    Image.fromarray(grey).save(base / "val" / "images" / "val_1.JPEG", format="PNG")
+    val0 = _images(rng, 1, 64)[0]
+    _save_lossless(val0, base / "val" / "images" / "val_0.JPEG")
+    (base / "val" / "val_annotations.txt").write_text("val_1.JPEG\tn02\t0\t0\t10\t10\nval_0.JPEG\tn03\t1\t2\t3\t4\n")
+
+    dataset = build_dataset("tiny_imagenet", str(tmp_path), "train")
+    assert len(dataset) == 6 and list(dataset.targets) == [0, 0, 1, 1, 2, 2]
+    pixels, label = _rgb(dataset[4])
+    assert label == 2 and np.array_equal(pixels, train[("n03", 0)])
+    val = _roundtrip(build_dataset("tiny_imagenet", str(tmp_path), "val"))
+    assert len(val) == 2
+    pixels, label = _rgb(val[0])
+    assert label == 2 and np.array_equal(pixels, val0)
+    pixels, label = _rgb(val[1])
+    assert label == 1 and np.array_equal(pixels, np.repeat(grey[..., None], 3, axis=2))
+
+
+def test_tiny_imagenet_missing_names_the_layout_and_source(tmp_path):
+    with pytest.raises(DatasetNotFoundError) as error:
+        build_dataset("tiny_imagenet", str(tmp_path), "val", download=True)
+    message = str(error.value)
+    assert os.path.join(str(tmp_path), "tiny-imagenet-200", "val", "val_annotations.txt") in message
+    assert "tiny-imagenet-200.zip" in message and "data.download=true" not in message
+
+
+# -------------------------------------------------------------------------------------- ImageFolder
+def test_imagefolder_reads_rgb_with_sorted_classes(tmp_path):
+    rng = np.random.default_rng(6)
+    (tmp_path / "val" / "zebra").mkdir(parents=True)
+    (tmp_path / "val" / "ant").mkdir(parents=True)
+    ant = _images(rng, 1, 20)[0]
+    _save_lossless(ant, tmp_path / "val" / "ant" / "a.png")
+    rgba = rng.integers(0, 256, (20, 20, 4), dtype=np.uint8)
+    Image.fromarray(rgba).save(tmp_path / "val" / "zebra" / "z.png")
+    dataset = _roundtrip(build_dataset("imagefolder", str(tmp_path), "val"))
+    assert len(dataset) == 2
+    pixels, label = _rgb(dataset[0])
+    assert label == 0 and np.array_equal(pixels, ant)
+    pixels, label = _rgb(dataset[1])
+    assert label == 1 and np.array_equal(pixels, rgba[..., :3])
+    with pytest.raises(DatasetNotFoundError, match=os.path.join(str(tmp_path), "train")):
+        build_dataset("imagefolder", str(tmp_path), "train")
+
+
+# ------------------------------------------------------------------------------------------- digits
+def test_digits_split_is_a_stable_stratified_partition():
+    from sklearn.datasets import load_digits
+
+    target = load_digits().target
+    splits = {s: build_dataset("digits", "", s, seed=s == "train") for s in ("train", "test", "all")}
+    assert (len(splits["train"]), len(splits["test"]), len(splits["all"])) == (1438, 359, 1797)
+    counts = np.bincount(target)
+    assert np.array_equal(np.bincount(splits["test"].targets), np.round(0.2 * counts).astype(int))
+    assert np.array_equal(np.bincount(splits["train"].targets), counts - np.round(0.2 * counts).astype(int))
+
+    def content(dataset):
+        return Counter((dataset.images[i].tobytes(), int(dataset.targets[i])) for i in range(len(dataset)))
+
+    assert content(splits["train"]) + content(splits["test"]) == content(splits["all"])
+    again = build_dataset("digits", "", "test", seed=123)
+    assert content(again) == content(splits["test"])
+    assert np.array_equal(_rgb(again[7])[0], _rgb(splits["test"][7])[0])
+
+
+def test_digits_pixels_and_resize():
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    native = build_dataset("digits", "", "all", image_size=8)
+    pixels, label = _rgb(native[5])
+    expected = np.round(digits.images[5] * 255 / 16).astype(np.uint8)
+    assert label == digits.target[5]
+    assert all(np.array_equal(pixels[..., c], expected) for c in range(3))
+    pixels, _ = _rgb(build_dataset("digits", "", "train", image_size=24)[0])
+    assert pixels.shape == (24, 24, 3)
+    _roundtrip(native)
+
+
+# ---------------------------------------------------------------------------------------- synthetic
+def test_synthetic_is_deterministic_and_seeded():
+    a = build_dataset("synthetic", "", "train", image_size=16, num_samples=12, num_classes=3, seed=5)
+    b = _roundtrip(build_dataset("synthetic", "", "train", image_size=16, num_samples=12, num_classes=3, seed=5))
+    assert len(a) == 12 and [a[i][1] for i in range(12)] == [i % 3 for i in range(12)]
+    for i in (0, 7, 11):
+        assert np.array_equal(_rgb(a[i])[0], _rgb(a[i])[0]) and np.array_equal(_rgb(a[i])[0], _rgb(b[i])[0])
+    assert _rgb(a[0])[0].shape == (16, 16, 3)
+    other_seed = build_dataset("synthetic", "", "train", image_size=16, num_samples=12, num_classes=3, seed=6)
+    test_split = build_dataset("synthetic", "", "test", image_size=16, num_samples=12, num_classes=3, seed=5)
+    assert not np.array_equal(_rgb(a[0])[0], _rgb(other_seed[0])[0])
+    assert not np.array_equal(_rgb(a[0])[0], _rgb(test_split[0])[0])
+    assert not np.array_equal(_rgb(a[0])[0], _rgb(a[3])[0])  # same class, different image
+
+
+def test_synthetic_classes_are_learnable_from_train_to_test():
+    train = build_dataset("synthetic", "", "train", image_size=16, num_samples=80, num_classes=4, seed=0)
+    test = build_dataset("synthetic", "", "test", image_size=16, num_samples=80, num_classes=4, seed=0)
+
+    def colours(dataset):
+        return np.stack([_rgb(dataset[i])[0].reshape(-1, 3).mean(0) for i in range(len(dataset))])
+
+    centroids = np.stack([colours(train)[train.targets == c].mean(0) for c in range(4)])
+    guess = np.argmin(((colours(test)[:, None] - centroids[None]) ** 2).sum(-1), axis=1)
+    assert (guess == test.targets).mean() > 0.5  # chance is 0.25
+
+
+# ------------------------------------------------------------------------------------------ choices
+def test_unknown_name_or_split_lists_choices():
+    with pytest.raises(ValueError, match="cifar10.*tiny_imagenet"):
+        build_dataset("mnist", "", "train")
+    with pytest.raises(ValueError, match="unlabeled, train, test, train\\+unlabeled"):
+        build_dataset("stl10", "", "val")
+    assert set(DATASET_INFO) == {"synthetic", "digits", "cifar10", "cifar100", "stl10", "tiny_imagenet", "imagefolder"}
+    assert DATASET_INFO["stl10"].image_size == 96 and DATASET_INFO["tiny_imagenet"].image_size == 96
