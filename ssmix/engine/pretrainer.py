@@ -19,7 +19,8 @@ class Pretrainer(nn.Module):
         self.method = build_method(cfg)
         self.pipeline = None
         if cfg.mix.type != "none":
-            self.pipeline = MixPipeline(cfg.mix, num_samples, num_classes, self.method.embed_dim)
+            self.pipeline = MixPipeline(cfg.mix, num_samples, num_classes, self.method.embed_dim,
+                                        self.method.backbone.stage_channels[3])
 
     def param_groups(self) -> List[Dict[str, Any]]:
         groups = self.method.param_groups()

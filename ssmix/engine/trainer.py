@@ -257,7 +257,8 @@ def train(cfg: Config) -> Dict[str, Any]:
     if is_main:
         torch.save(export_state_dict(model.method.export_trunk()), os.path.join(cfg.output_dir, "backbone.pth"))
         if model.pipeline is not None and hasattr(model.pipeline.mixer, "export"):
-            model.pipeline.mixer.export(os.path.join(cfg.output_dir, "mixer.pt"), model.method)
+            model.pipeline.mixer.export(os.path.join(cfg.output_dir, "mixer.pt"), model.method.target_trunk(),
+                                        {"image_size": cfg.data.image_size, "method": cfg.method.name})
     logger.close()
     barrier()
     return {"step": step, "total_steps": total_steps, "last": last, "output_dir": cfg.output_dir}

@@ -126,6 +126,11 @@ class Method(nn.Module):
         min_lr) override the train config for that group."""
         return [{"name": "encoder", "params": [p for p in self.parameters() if p.requires_grad]}]
 
+    def target_trunk(self) -> ResNetTrunk:
+        """The trunk of the target branch (momentum / EMA encoder where there is one), which feeds the
+        SAMix Mixer and is exported with it for SAMix-P."""
+        return getattr(self, "backbone_m", self.backbone)
+
     def export_trunk(self) -> ResNetTrunk:
         """The trunk whose weights are exported as ``backbone.pth`` (the online encoder)."""
         return self.backbone

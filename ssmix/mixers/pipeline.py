@@ -13,6 +13,7 @@ this pipeline owns and updates with the view-1 target embeddings after reading t
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -26,8 +27,12 @@ from ssmix.mixers.base import MixContext, MixResult, derangement
 
 
 class MixPipeline(nn.Module):
-    def __init__(self, cfg: MixConfig, num_samples: int, num_classes: int, embed_dim: int) -> None:
+    def __init__(self, cfg: MixConfig, num_samples: int, num_classes: int, embed_dim: int,
+                 feature_channels: int) -> None:
         super().__init__()
+        # Widths a mixer may declare as 0 (= automatic) come from the backbone and the method.
+        auto = {"feature_channels": feature_channels, "embed_dim": embed_dim}
+        cfg = dataclasses.replace(cfg, **{k: v for k, v in auto.items() if getattr(cfg, k, None) == 0})
         self.cfg = cfg
         self.mixer = build_mixer(cfg)
         self.num_classes = num_classes

@@ -1,0 +1,11 @@
+"""SAMix: the learned Mixer (spec sections 2-4) as mixers ``samix_i``, ``samix_c`` and ``samix_p``.
+
+Importing this package registers the three mixers and their config schemas.
+"""
+from ssmix.mixers.samix.configs import MaskPostConfig, SAMixCConfig, SAMixIConfig, SAMixPConfig
+from ssmix.mixers.samix.mixer_net import MixerNet
+from ssmix.mixers.samix.pretrained import SAMixP, export_mixer, load_mixer
+from ssmix.mixers.samix.samix import MixerBatch, SAMixC, SAMixI
+
+__all__ = ["MaskPostConfig", "MixerBatch", "MixerNet", "SAMixC", "SAMixCConfig", "SAMixI", "SAMixIConfig",
+           "SAMixP", "SAMixPConfig", "export_mixer", "load_mixer"]

@@ -1,0 +1,112 @@
+"""Config schemas of the SAMix mixers (defaults: spec section 11 and 6.2).
+
+``samix_i`` (instance level), ``samix_c`` (cluster level, ODC pseudo-labels) and ``samix_p`` (a frozen,
+pre-trained Mixer). The shared encoder-mask options live in :class:`MaskPostConfig`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from ssmix.config import ConfigError, LabelledMixConfig, MixConfig, register_mix_config
+
+
+@dataclass
+class MaskPostConfig:
+    """Lambda sampling and post-processing of the encoder (bb) mask (spec 3.6)."""
+
+    alpha: float = 2.0  # lambda ~ Beta(alpha, alpha), one per batch (spec 1)
+    lam_margin: float = 0.1  # lam <= margin or 1 - lam <= margin -> vanilla mixup mask
+    mask_smooth: float = 0.0  # 0 = off; else Gaussian sigma ~ U(0.5, mask_smooth) px
+    mask_adjust: str = "auto"  # none | auto | auto_label (SAMix-C: same-cluster pairs get vanilla mixup)
+    mean_margin: float = 0.05  # "auto": per-sample mask mean brought within lam +- mean_margin
+
+
+@register_mix_config("samix_i")
+@dataclass
+class SAMixIConfig(MaskPostConfig, MixConfig):
+    """SAMix-I: the Mixer trained by BCE(two sources) + eta * mixup infoNCE + mask loss (spec 4.1)."""
+
+    type: str = "samix_i"
+    # Mixer architecture (spec 3.2-3.4)
+    feature_channels: int = 0  # stage-3 width; 0 = the backbone's (256 for resnet18/34, 1024 for resnet50)
+    reduction: int = 2  # query/key width = feature_channels / reduction
+    rescale_k: float = 1.0  # lambda rescale rho_k; -1 disables
+    dropout: float = 0.0  # after the value net (0.1 in the ImageNet dev configs)
+    # Mixer losses (spec 3.7, 4.1)
+    mask_loss: str = "l2"  # l2 (SSL dev configs) | l1 (SL configs)
+    mask_loss_margin: float = 0.1
+    mask_loss_weight: float = 0.1  # beta at step 0, decays to 0
+    mask_loss_decay: str = "linear"  # linear (paper) | cosine (code)
+    eta: float = 0.5  # weight of the global term
+    eta_schedule: str = "constant"  # constant (paper) | cosine (code: 0.5 -> 0)
+    latent_pos_extend: str = "none"  # none | interpolation | extrapolation | both (spec 4.1 caveat 2)
+    leaky_pairing: bool = False  # true: mb mask from the features of pi_bb(pi_mb(i)) as the code (spec 9.1)
+    # Mixer optimizer group (spec 6.2, 11)
+    mixer_lr: float = 0.005
+    mixer_momentum: float = 0.9
+    mixer_weight_decay: float = 1e-4
+    mixer_warmup_epochs: float = 10.0
+    mixer_min_lr: float = 1e-4
+
+
+@register_mix_config("samix_c")
+@dataclass
+class SAMixCConfig(SAMixIConfig, LabelledMixConfig):
+    """SAMix-C: pBCE + eta * mixup CE over ODC clusters through a frozen cluster head (spec 4.2, 5.5)."""
+
+    type: str = "samix_c"
+    embed_dim: int = 0  # width of the method's target embedding (cluster head input); 0 = the method's
+    local: str = "pbce"  # pbce (paper) | bce (instance two-source BCE, as the code)
+    head_lr: float = 0.05
+    head_momentum: float = 0.0
+    head_weight_decay: float = 1e-4
+
+
+@register_mix_config("samix_p")
+@dataclass
+class SAMixPConfig(MaskPostConfig, MixConfig):
+    """SAMix-P: a frozen Mixer and its frozen stage 0-3 encoder loaded from ``checkpoint`` (spec 2.4)."""
+
+    type: str = "samix_p"
+    checkpoint: str = ""  # mixer.pt written by ssmix.mixers.samix.export_mixer
+
+
+def _choice(cfg: object, key: str, options: Sequence[str]) -> None:
+    value = getattr(cfg, key)
+    if value not in options:
+        raise ConfigError(f"mix.{key}: expected one of {', '.join(options)}, got '{value}'")
+
+
+def validate_mask_post(cfg: MaskPostConfig, labels: bool) -> None:
+    """Raise :class:`ConfigError` naming the ``mix.*`` key of a bad post-processing option."""
+    if cfg.alpha <= 0:
+        raise ConfigError(f"mix.alpha: SAMix needs a Beta concentration > 0, got {cfg.alpha}")
+    if not 0 <= cfg.lam_margin < 0.5:
+        raise ConfigError(f"mix.lam_margin: expected a value in [0, 0.5), got {cfg.lam_margin}")
+    if cfg.mask_smooth != 0 and cfg.mask_smooth <= 0.5:
+        raise ConfigError(f"mix.mask_smooth: 0 (off) or the largest sigma in px (> 0.5), got {cfg.mask_smooth}")
+    if cfg.mean_margin < 0:
+        raise ConfigError(f"mix.mean_margin: expected >= 0, got {cfg.mean_margin}")
+    _choice(cfg, "mask_adjust", ("none", "auto", "auto_label"))
+    if cfg.mask_adjust == "auto_label" and not labels:
+        raise ConfigError("mix.mask_adjust: 'auto_label' needs pseudo-labels; use mix.type=samix_c or 'auto'")
+
+
+def validate_samix(cfg: SAMixIConfig, labels: bool) -> None:
+    """Checks shared by SAMix-I and SAMix-C."""
+    validate_mask_post(cfg, labels)
+    if cfg.feature_channels < 2 or cfg.feature_channels % 2:
+        raise ConfigError(f"mix.feature_channels: expected an even width (256 or 1024), got {cfg.feature_channels}")
+    if cfg.reduction < 1 or cfg.feature_channels % cfg.reduction:
+        raise ConfigError(
+            f"mix.reduction: must divide mix.feature_channels={cfg.feature_channels}, got {cfg.reduction}"
+        )
+    if not (cfg.rescale_k == -1 or cfg.rescale_k >= 0):
+        raise ConfigError(f"mix.rescale_k: -1 (off) or >= 0 (monotone rescale), got {cfg.rescale_k}")
+    if not 0 <= cfg.dropout < 1:
+        raise ConfigError(f"mix.dropout: expected a probability in [0, 1), got {cfg.dropout}")
+    _choice(cfg, "mask_loss", ("l2", "l1"))
+    _choice(cfg, "mask_loss_decay", ("linear", "cosine", "constant"))
+    _choice(cfg, "eta_schedule", ("constant", "cosine", "linear"))
+    _choice(cfg, "latent_pos_extend", ("none", "interpolation", "extrapolation", "both"))

@@ -1,0 +1,246 @@
+"""SAMix-I and SAMix-C: the learned Mixer trained alongside the encoder (spec 2.1 steps 5-9, 4.1, 4.2).
+
+Per step the pipeline calls :meth:`forward` (the "bb" batch: a detached, post-processed mask; the
+encoder trains on the result) and :meth:`aux_losses` (the "mb" batch: a fresh lambda and a fresh
+partner permutation, a mask *with* gradient, the mixed images embedded by the frozen target branch
+``ctx.embed_target``, so the Mixer's losses reach only the Mixer, through the mask).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from ssmix.config import ConfigError
+from ssmix.losses.contrastive import mixup_info_nce, mixup_info_nce_in_batch, two_source_bce
+from ssmix.mixers.base import MixContext, Mixer, MixResult, blend, derangement, register_mixer, sample_lambda
+from ssmix.mixers.samix.configs import SAMixCConfig, SAMixIConfig, validate_samix
+from ssmix.mixers.samix.losses import (
+    cross_entropy,
+    extend_positives,
+    mixup_cross_entropy,
+    mixup_info_nce_masked,
+    pair_bce,
+    sample_weights,
+    source_target_index,
+    source_targets,
+)
+from ssmix.mixers.samix.masks import decayed_weight, mask_loss, postprocess_encoder_mask
+from ssmix.mixers.samix.mixer_net import MixerNet
+
+
+@dataclass
+class MixerBatch:
+    """The "mb" batch of one step (spec 2.1 step 6-7, 9)."""
+
+    lam: Tensor  # (N,) one lambda_mb for every row
+    perm: Tensor  # (N,) pi_mb: partner of row n (images and, unless leaky, features)
+    mask: Tensor  # (N, 1, H, W) s_a, with gradient to the Mixer
+    z: Tensor  # (N, D) target-branch embedding of the mixed images (gradient to the mask only)
+
+
+def _feature_maps(ctx: MixContext, who: str) -> Tensor:
+    maps, n = ctx.feature_maps, ctx.views[0].shape[0]
+    if maps is None:
+        raise ValueError(
+            f"{who}: ctx.feature_maps is None; the pipeline must ask the method for target-branch maps at "
+            f"trunk position {_LearnedMixer.needs_feature_maps} (method(views, map_at=mixer.needs_feature_maps))"
+        )
+    if maps.dim() != 5 or maps.shape[:2] != (2, n):
+        raise ValueError(f"{who}: ctx.feature_maps must be (2, N={n}, C, h, w), got {tuple(maps.shape)}")
+    return maps
+
+
+class _LearnedMixer(Mixer):
+    """What SAMix-I and SAMix-C share: the Mixer, the bb path, the mb batch and the mask loss."""
+
+    needs_feature_maps = 3  # stage-3 maps of the target (momentum) branch, spec 3.1
+
+    def __init__(self, cfg: SAMixIConfig) -> None:
+        super().__init__(cfg)
+        validate_samix(cfg, labels=self.needs_labels)
+        self.net = MixerNet(cfg.feature_channels, cfg.reduction, cfg.rescale_k, cfg.dropout)
+
+    # -- bb: the encoder's mixed batch ---------------------------------------------------------
+    def _pair_labels(self, ctx: MixContext, perm: Tensor) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+        if ctx.labels is None:
+            return None, None
+        return ctx.labels, ctx.labels[perm]
+
+    def forward(self, xa: Tensor, xb: Tensor, ctx: MixContext) -> MixResult:
+        """x = s_a x_a + (1 - s_a) x_b with a detached, post-processed mask at lambda_bb (spec 2.1 step 5).
+
+        ``lam`` of the result is lambda_bb for every row: the encoder loss weights its two targets by
+        the drawn lambda, not by the mask mean (spec 2.1 step 8)."""
+        maps = _feature_maps(ctx, type(self).__name__)
+        cfg = self.cfg
+        n = xa.shape[0]
+        lam = torch.full((n,), sample_lambda(cfg.alpha), device=xa.device)
+        with torch.no_grad():
+            mask = self.net(maps[ctx.view_a], maps[ctx.view_b][ctx.perm], lam, xa.shape[-2:])
+            labels_a, labels_b = self._pair_labels(ctx, ctx.perm) if cfg.mask_adjust == "auto_label" else (None, None)
+            mask = postprocess_encoder_mask(mask, lam, cfg.lam_margin, cfg.mask_smooth, cfg.mask_adjust,
+                                            cfg.mean_margin, labels_a, labels_b)
+        return MixResult(x=blend(xa, xb, mask), lam=lam, start=0, mask=mask)
+
+    # -- mb: the Mixer's mixed batch -----------------------------------------------------------
+    def mixer_batch(self, ctx: MixContext) -> MixerBatch:
+        """Draw lambda_mb and pi_mb, build the mask with gradient and embed the mixed images with the
+        frozen target branch (spec 2.1 steps 6, 7, 9). The mask reads the features of the partner whose
+        image it mixes (spec 9 item 1), or of pi_bb(pi_mb(i)) with ``leaky_pairing`` (the code)."""
+        maps = _feature_maps(ctx, type(self).__name__)
+        xa, views_b = ctx.views[ctx.view_a], ctx.views[ctx.view_b]
+        n = xa.shape[0]
+        lam = torch.full((n,), sample_lambda(self.cfg.alpha), device=xa.device)
+        perm = derangement(n, xa.device)
+        feature_perm = ctx.perm[perm] if self.cfg.leaky_pairing else perm
+        mask = self.net(maps[ctx.view_a], maps[ctx.view_b][feature_perm], lam, xa.shape[-2:])
+        z = ctx.embed_target(blend(xa, views_b[perm], mask))
+        return MixerBatch(lam=lam, perm=perm, mask=mask, z=z)
+
+    def mask_term(self, batch: MixerBatch, ctx: MixContext) -> Tensor:
+        """beta(t) (l_mu + l_sigma) on the mb mask at lambda_mb (spec 3.7)."""
+        cfg = self.cfg
+        beta = decayed_weight(cfg.mask_loss_weight, ctx.step, ctx.total_steps, cfg.mask_loss_decay)
+        return beta * mask_loss(batch.mask, float(batch.lam[0]), cfg.mask_loss_margin, cfg.mask_loss)
+
+    def eta(self, ctx: MixContext) -> float:
+        return decayed_weight(self.cfg.eta, ctx.step, ctx.total_steps, self.cfg.eta_schedule)
+
+    def instance_positives(self, ctx: MixContext, perm: Tensor) -> Tuple[Tensor, Tensor]:
+        """The two sources' targets, latent-extended when ``latent_pos_extend`` is set (spec 4.1)."""
+        mode = self.cfg.latent_pos_extend
+        if mode == "none":
+            return source_targets(ctx.keys, ctx.view_a, ctx.view_b, perm)
+        rows = torch.arange(perm.shape[0], device=perm.device)
+        return extend_positives(ctx.keys, ctx.view_a, rows, mode), extend_positives(ctx.keys, ctx.view_b, perm, mode)
+
+    def export(self, path: str, trunk, meta: Dict) -> str:
+        """Write ``mixer.pt`` for SAMix-P: this Mixer with the trunk that fed it (spec 2.4)."""
+        from ssmix.mixers.samix.pretrained import export_mixer
+
+        return export_mixer(path, self.net, trunk, meta)
+
+    def mixer_group(self) -> Dict:
+        cfg = self.cfg
+        return {"name": "mixer", "params": list(self.net.parameters()), "lr": cfg.mixer_lr,
+                "momentum": cfg.mixer_momentum, "weight_decay": cfg.mixer_weight_decay,
+                "warmup_epochs": cfg.mixer_warmup_epochs, "min_lr": cfg.mixer_min_lr}
+
+    def param_groups(self) -> List[dict]:
+        return [self.mixer_group()]
+
+
+@register_mixer("samix_i")
+class SAMixI(_LearnedMixer):
+    """SAMix-I (spec 4.1): L_phi = l+ (two-source BCE) + eta l- (mixup infoNCE) + beta L_mask."""
+
+    def aux_losses(self, ctx: MixContext) -> Dict[str, Tensor]:
+        return self.losses_for(self.mixer_batch(ctx), ctx)
+
+    def losses_for(self, batch: MixerBatch, ctx: MixContext) -> Dict[str, Tensor]:
+        """The weighted Mixer losses of one mb batch; their sum is the Mixer's objective."""
+        t = ctx.temperature
+        k_a, k_b = source_targets(ctx.keys, ctx.view_a, ctx.view_b, batch.perm)
+        local = two_source_bce(batch.z, k_a, k_b, batch.lam, t).mean()
+        p_a, p_b = self.instance_positives(ctx, batch.perm)
+        if ctx.negatives is not None:
+            global_ = mixup_info_nce(batch.z, p_a, p_b, batch.lam, ctx.negatives, t)
+        else:
+            n = batch.perm.shape[0]
+            idx_a, idx_b = source_target_index(n, ctx.view_a, ctx.view_b, batch.perm)
+            candidates = ctx.keys.flatten(0, 1)
+            if self.cfg.latent_pos_extend == "none":
+                global_ = mixup_info_nce_in_batch(batch.z, candidates, idx_a, idx_b, batch.lam, t)
+            else:
+                global_ = mixup_info_nce_masked(batch.z, p_a, p_b, batch.lam, candidates, idx_a, idx_b, t)
+        return {"mixer_local": local, "mixer_global": self.eta(ctx) * global_.mean(),
+                "mixer_mask": self.mask_term(batch, ctx)}
+
+
+@register_mixer("samix_c")
+class SAMixC(_LearnedMixer):
+    """SAMix-C (spec 4.2, 5.5): L_phi = pBCE + eta mixup CE over ODC clusters through psi_off, plus
+    beta L_mask; the cluster head psi learns mixup CE + one-hot CE on the pseudo-labels.
+
+    Deviations (documented): the head reads the L2-normalised target embedding (method-agnostic; the
+    reference feeds the unnormalised MoCo projector output), psi's mixup CE sees the mixed embedding
+    detached (the Mixer is trained only through psi_off, as the paper; the code also lets psi's CE reach
+    the Mixer, spec 9 item 3), and class weights are normalised to batch mean 1 (spec 9 item 4).
+    """
+
+    needs_labels = True
+
+    def __init__(self, cfg: SAMixCConfig) -> None:
+        super().__init__(cfg)
+        if cfg.local not in ("pbce", "bce"):
+            raise ConfigError(f"mix.local: expected 'pbce' or 'bce', got '{cfg.local}'")
+        if cfg.embed_dim < 1 or cfg.odc.num_clusters < 2:
+            raise ConfigError(f"mix.embed_dim ({cfg.embed_dim}) must be >= 1 and mix.odc.num_clusters "
+                              f"({cfg.odc.num_clusters}) >= 2")
+        self.head = nn.Linear(cfg.embed_dim, cfg.odc.num_clusters)
+        nn.init.normal_(self.head.weight, 0.0, 0.01)
+        nn.init.zeros_(self.head.bias)
+        self.head_off = copy.deepcopy(self.head).requires_grad_(False)
+
+    def refresh_frozen_head(self) -> None:
+        """psi_off <- psi, a hard copy (spec 5.5)."""
+        with torch.no_grad():
+            for frozen, live in zip(self.head_off.parameters(), self.head.parameters()):
+                frozen.copy_(live)
+
+    def forward(self, xa: Tensor, xb: Tensor, ctx: MixContext) -> MixResult:
+        self.refresh_frozen_head()  # the bb call opens every step, before any Mixer loss
+        self._check_labels(ctx)
+        return super().forward(xa, xb, ctx)
+
+    def _check_labels(self, ctx: MixContext) -> Tensor:
+        clusters = self.head.out_features
+        if ctx.labels is None:
+            raise ValueError("SAMix-C: ctx.labels is None; the pipeline must provide pseudo-labels "
+                             "(mix.labels: odc | dataset)")
+        if ctx.num_classes and ctx.num_classes != clusters:
+            raise ValueError(f"SAMix-C: the labels have {ctx.num_classes} classes but the cluster head has "
+                             f"{clusters} outputs: set mix.odc.num_clusters: {ctx.num_classes}")
+        if ctx.labels.numel() and int(ctx.labels.max()) >= clusters:
+            raise ValueError(f"SAMix-C: label {int(ctx.labels.max())} >= mix.odc.num_clusters={clusters}")
+        return ctx.labels
+
+    def _check_embedding(self, ctx: MixContext) -> None:
+        dim = ctx.keys.shape[-1]
+        if dim != self.head.in_features:
+            raise ValueError(f"SAMix-C: the method's target embeddings have D={dim} but the cluster head expects "
+                             f"mix.embed_dim={self.head.in_features}: set mix.embed_dim: {dim}")
+
+    def aux_losses(self, ctx: MixContext) -> Dict[str, Tensor]:
+        self._check_labels(ctx)
+        self._check_embedding(ctx)
+        return self.losses_for(self.mixer_batch(ctx), ctx)
+
+    def losses_for(self, batch: MixerBatch, ctx: MixContext) -> Dict[str, Tensor]:
+        """Weighted Mixer losses (through psi_off) and the cluster head's loss for one mb batch."""
+        labels = ctx.labels
+        y_a, y_b = labels, labels[batch.perm]
+        w_a, w_b = sample_weights(y_a, ctx.class_weights), sample_weights(y_b, ctx.class_weights)
+        logits = self.head_off(batch.z.float())  # psi_off is frozen: gradient reaches z (the mask) only
+        if self.cfg.local == "pbce":
+            local = pair_bce(logits, y_a, y_b, batch.lam, w_a, w_b)
+        else:
+            p_a, p_b = self.instance_positives(ctx, batch.perm)
+            local = two_source_bce(batch.z, p_a, p_b, batch.lam, ctx.temperature).mean()
+        global_ = mixup_cross_entropy(logits, y_a, y_b, batch.lam, w_a, w_b)
+        head_mix = mixup_cross_entropy(self.head(batch.z.detach().float()), y_a, y_b, batch.lam, w_a, w_b)
+        head_raw = cross_entropy(self.head(ctx.keys[ctx.view_a].float()), y_a, w_a)
+        return {"mixer_local": local, "mixer_global": self.eta(ctx) * global_,
+                "mixer_mask": self.mask_term(batch, ctx), "cluster_head": head_mix + head_raw}
+
+    def param_groups(self) -> List[dict]:
+        cfg = self.cfg
+        head = {"name": "cluster_head", "params": list(self.head.parameters()), "lr": cfg.head_lr,
+                "momentum": cfg.head_momentum, "weight_decay": cfg.head_weight_decay,
+                "warmup_epochs": cfg.mixer_warmup_epochs, "min_lr": cfg.mixer_min_lr}
+        return [self.mixer_group(), head]
