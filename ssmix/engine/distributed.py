@@ -26,8 +26,11 @@ def is_distributed() -> bool:
 def broadcast_module(module: torch.nn.Module) -> None:
     """Make every rank start from rank 0's parameters and buffers."""
     if is_distributed():
+        device_type = "cuda" if dist.get_backend() == "nccl" else "cpu"
         for tensor in list(module.parameters()) + list(module.buffers()):
-            dist.broadcast(tensor.data, src=0)
+            # Host-resident state (the ODC memory) is kept in sync by its own owner.
+            if tensor.device.type == device_type:
+                dist.broadcast(tensor.data, src=0)
 
 
 @torch.no_grad()

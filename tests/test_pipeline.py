@@ -1,0 +1,140 @@
+"""The cross-view mixup pipeline: pairing and targets, queue discipline with mixing, gradient
+isolation, and every method x every mixer for a step."""
+import os
+
+import pytest
+import torch
+
+from ssmix.engine.pretrainer import Pretrainer
+from ssmix.losses.contrastive import mixup_info_nce
+from ssmix.methods import METHODS
+from ssmix.methods.base import l2n
+from ssmix.mixers import MIXERS
+from tests.helpers import moco_overrides, tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _views(n=8, size=16):
+    return [torch.randn(n, 3, size, size), torch.randn(n, 3, size, size)]
+
+
+def _capture(model):
+    """Record the MixedBatch and MethodOutput the pipeline hands to ``mixed_loss``."""
+    seen = {}
+    original = model.method.mixed_loss
+
+    def spy(mixed, out):
+        seen["mixed"], seen["out"] = mixed, out
+        seen["loss"] = original(mixed, out)
+        return seen["loss"]
+
+    model.method.mixed_loss = spy
+    return seen
+
+
+@pytest.mark.parametrize("cross_view", [True, False])
+def test_mixup_pairs_and_targets(cross_view):
+    cfg = tiny_config(*moco_overrides(), "mix.type=mixup", f"mix.cross_view={cross_view}")
+    model = Pretrainer(cfg, 32, 10)
+    seen = _capture(model)
+    views = _views()
+    torch.manual_seed(3)
+    model.training_step(views, torch.zeros(8), torch.arange(8), 0, 10)
+    mixed, out = seen["mixed"], seen["out"]
+    perm, lam = mixed.index_b, mixed.lam
+    assert not bool((perm == torch.arange(8)).any())  # no fixed points
+    assert sorted(perm.tolist()) == list(range(8))
+    source_b = views[1 if cross_view else 0][perm]
+    want_x = lam[:, None, None, None] * views[0] + (1 - lam[:, None, None, None]) * source_b
+    assert torch.allclose(mixed.x, want_x, atol=1e-6)
+    # Targets: i's other view (view 2) and pi(i)'s other view (view 1 cross-view, view 2 same-view).
+    assert (mixed.view_a, mixed.view_b) == ((1, 0) if cross_view else (1, 1))
+    assert torch.equal(mixed.index_a, torch.arange(8))
+    z = l2n(model.method.projector(model.method.backbone(mixed.x)))
+    key_b = out.keys[0 if cross_view else 1][perm]
+    want = mixup_info_nce(z, out.keys[1], key_b, lam, out.negatives, 0.2).mean()
+    assert torch.allclose(seen["loss"], want, atol=1e-5)
+
+
+def test_queue_is_read_once_and_enqueued_once_with_mixing():
+    cfg = tiny_config(*moco_overrides(), "mix.type=cutmix")
+    model = Pretrainer(cfg, 32, 10)
+    seen = _capture(model)
+    before = model.method.queue.snapshot()
+    model.training_step(_views(), torch.zeros(8), torch.arange(8), 0, 10)
+    assert torch.equal(seen["out"].negatives, before)  # the mixed loss used the pre-step queue
+    assert int(model.method.queue.ptr) == 8  # one enqueue of the batch
+    assert torch.equal(model.method.queue.keys[:8], seen["out"].keys[1])
+
+
+def test_mixed_loss_trains_the_online_encoder_only():
+    cfg = tiny_config(*moco_overrides(), "mix.type=mixup")
+    model = Pretrainer(cfg, 32, 10)
+    seen = _capture(model)
+    model.training_step(_views(), torch.zeros(8), torch.arange(8), 0, 10)
+    seen["loss"].backward()
+    assert not seen["out"].keys.requires_grad
+    for name, p in model.named_parameters():
+        assert (p.grad is not None) == name.startswith(("method.backbone.", "method.projector.")), name
+
+
+def test_odc_labels_are_read_before_the_memory_update():
+    cfg = tiny_config(*moco_overrides(), "mix.type=interintra", "mix.labels=odc", "mix.odc.num_clusters=4",
+                      "mix.odc.min_cluster=1", "mix.odc.centroid_interval=1", "mix.odc.small_cluster_interval=1")
+    model = Pretrainer(cfg, 32, 10)
+    model.on_train_start(lambda: (torch.nn.functional.normalize(torch.randn(32, 128), dim=1), torch.zeros(32)))
+    seen_labels = {}
+    mixer_forward = model.pipeline.mixer.forward
+
+    def spy(xa, xb, ctx):
+        seen_labels["ctx"] = ctx.labels.clone()
+        return mixer_forward(xa, xb, ctx)
+
+    model.pipeline.mixer.forward = spy
+    seen = _capture(model)
+    index = torch.arange(8) * 4
+    before = model.pipeline.odc.labels_of(index).clone()
+    model.training_step(_views(), torch.zeros(8), index, 0, 10)
+    assert torch.equal(seen_labels["ctx"], before)
+    # ... and the memory then holds this step's view-1 target embeddings (feature momentum 1).
+    assert torch.allclose(model.pipeline.odc.features[index], seen["out"].keys[0], atol=1e-6)
+
+
+METHOD_NAMES = sorted(METHODS)
+MIXER_NAMES = sorted(m for m in MIXERS if m != "samix_p")
+
+
+def _method_config(name, *overrides):
+    base = os.path.join(ROOT, "configs", "synthetic", f"{name}.yaml")
+    return tiny_config(*overrides, base=base)
+
+
+@pytest.mark.parametrize("mixer", MIXER_NAMES)
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_every_method_with_every_mixer_steps(method, mixer):
+    labelled = mixer in ("interintra", "samix_c")
+    extra = ["mix.labels=dataset", "mix.odc.num_clusters=10"] if labelled else []
+    cfg = _method_config(method, f"mix.type={mixer}", *extra)
+    model = Pretrainer(cfg, 32, 10)
+    params = [p for g in model.param_groups() for p in g["params"]]
+    opt = torch.optim.SGD(params, lr=0.01)
+    views = [torch.randn(8, 3, s, s) for s in _view_sizes(cfg)]
+    for step in range(2):
+        losses, metrics = model.training_step(views, torch.arange(8) % 10, torch.arange(8), step, 10)
+        loss = sum(losses.values())
+        assert torch.isfinite(loss), losses
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert "mix" in losses
+    if mixer.startswith("samix"):
+        mixer_params = list(model.pipeline.mixer.net.parameters())
+        assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in mixer_params)
+
+
+def _view_sizes(cfg):
+    if cfg.data.aug.kind == "swav":
+        mc = cfg.data.aug.multi_crop
+        return [s for s, c in zip(mc.sizes, mc.counts) for _ in range(c)]
+    return [cfg.data.image_size, cfg.data.image_size]
