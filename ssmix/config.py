@@ -210,7 +210,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        return _coerce(value, args[0], where)
+        if dataclasses.is_dataclass(args[0]) or typing.get_origin(args[0]) in (list, List, tuple, Tuple):
+            return _coerce(value, args[0], where)
+        try:
+            return _coerce(value, args[0], where)
+        except ConfigError:
+            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}") from None
     if origin in (list, List, tuple, Tuple):
         (item_tp,) = typing.get_args(tp)[:1]
         if isinstance(value, (int, float, str)) and not isinstance(value, bool):

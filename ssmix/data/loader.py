@@ -7,7 +7,7 @@ the same batches as an uninterrupted one, whatever the number of workers.
 from __future__ import annotations
 
 import random
-from typing import Callable, Iterator, List, Optional
+from typing import Callable, Iterator, List
 
 import numpy as np
 import torch
@@ -82,11 +82,8 @@ def epoch_loader(dataset: MultiViewDataset, batch_size: int, epoch: int, start_s
     """Loader over one epoch, starting after ``start_step`` batches of it."""
     dataset.epoch = epoch
     sampler = EpochSampler(len(dataset), seed, epoch, start_step * batch_size, rank, world_size)
+    # Its own generator: creating an iterator must not draw from the training loop's global RNG.
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       collate_fn=collate_views, drop_last=True, pin_memory=pin_memory,
-                      persistent_workers=False)
-
-
-def check_batch(n: int, what: Optional[str] = None) -> None:
-    if n < 2:
-        raise ValueError(f"{what or 'batch'}: at least 2 samples are needed per batch, got {n}")
+                      generator=generator, persistent_workers=False)

@@ -1,0 +1,91 @@
+"""Config schema: inheritance, overrides, validation errors and the CLI contract."""
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from ssmix.config import ConfigError, load_config, parse_overrides
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ALL_CONFIGS = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True)
+                     if "_base_" not in p and os.sep + "linear" + os.sep not in p)
+
+
+def _write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_base_inheritance_and_override_order(tmp_path):
+    _write(tmp_path, "base.yaml", "train: {lr: 0.5, epochs: 3}\ndata: {name: digits, image_size: 24}\n")
+    child = _write(tmp_path, "child.yaml", "_base_: base.yaml\ntrain: {lr: 0.1}\n")
+    cfg = load_config(child, ["train.epochs=7", "data.aug.blur_prob=0"])
+    assert cfg.train.lr == 0.1 and cfg.train.epochs == 7  # child over base, override over child
+    assert cfg.data.name == "digits" and cfg.data.image_size == 24
+    assert cfg.data.aug.blur_prob == 0.0 and isinstance(cfg.data.aug.blur_prob, float)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lrr=0.1", "unknown key 'train.lrr' (did you mean 'train.lr'?)"),
+    ("train.lr=fast", "train.lr: expected float, got str 'fast'"),
+    ("train.epochs=1.5", "train.epochs: expected int"),
+    ("train.max_steps=ten", "train.max_steps: expected int or null"),
+    ("method.name=mocov3", "method.name: unknown value 'mocov3'"),
+    ("method.queue_sise=8", "did you mean 'method.queue_size'"),
+    ("data.aug=3", "data.aug: expected a mapping"),
+    ("nokey", "not of the form dotted.key=value"),
+])
+def test_bad_values_are_one_line_errors_naming_the_key(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(str(tmp_path / "nope.yaml"))
+    bad = _write(tmp_path, "bad.yaml", "train: [1, 2\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(bad)
+    missing_base = _write(tmp_path, "child.yaml", "_base_: gone.yaml\n")
+    with pytest.raises(ConfigError, match="gone.yaml"):
+        load_config(missing_base)
+
+
+def test_method_fields_follow_the_method_name():
+    cfg = load_config(None, ["method.name=mocov2", "method.queue_size=64"])
+    assert cfg.method.queue_size == 64
+    with pytest.raises(ConfigError, match="unknown key 'mix.alpha'"):
+        load_config(None, ["mix.alpha=2"])  # mix.type none has no alpha
+
+
+def test_override_values_are_parsed_as_yaml_scalars():
+    assert parse_overrides(["a.b=1", "a.c=null", "d=[1, 2]", "e=true", "f=x=y"]) == {
+        "a": {"b": 1, "c": None}, "d": [1, 2], "e": True, "f": "x=y"}
+
+
+@pytest.mark.parametrize("path", ALL_CONFIGS, ids=lambda p: os.path.relpath(p, ROOT))
+def test_every_shipped_config_is_valid(path):
+    cfg = load_config(path)
+    assert cfg.train.batch_size > 0 and cfg.output_dir
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "ssmix.pretrain", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_cli_print_config_and_exit_codes():
+    path = os.path.join(ROOT, "configs", "mocov2.yaml")
+    out = _cli(path, "train.epochs=3", "--print-config")
+    assert out.returncode == 0, out.stderr
+    printed = yaml.safe_load(out.stdout)
+    assert printed["train"]["epochs"] == 3 and printed["method"]["name"] == "mocov2"
+    bad = _cli(path, "train.lrr=1")
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "error: unknown key 'train.lrr' (did you mean 'train.lr'?)"
