@@ -95,6 +95,19 @@ class MixPipeline(nn.Module):
         losses = {"mix": self.cfg.weight * method.mixed_loss(mixed, out)}
         losses.update(self.mixer.aux_losses(ctx))
         metrics: Dict[str, float] = {"mix_lam": float(mixed.lam.mean())}
+        if mixed.mask is not None:
+            metrics.update(mask_statistics(mixed.mask))
         if self.odc is not None:  # labels were read above, before this update (spec 4.2 item 6)
             metrics.update(self.odc.update(index.to(self.odc.labels.device), out.keys[0], step))
         return losses, metrics
+
+
+@torch.no_grad()
+def mask_statistics(mask: Tensor) -> Dict[str, float]:
+    """How structured the masks are: ``mask_var`` is the mean per-image spatial variance (0 for a
+    constant Mixup mask) and ``mask_pair_diff`` the mean absolute difference between the masks of
+    different pairs (0 when every pair gets the same mask)."""
+    m = mask.detach().float().flatten(1).expand(mask.shape[0], -1)
+    var = m.var(dim=1, unbiased=False).mean()
+    pair_diff = (m - m.roll(1, dims=0)).abs().mean() if m.shape[0] > 1 else m.new_zeros(())
+    return {"mask_var": float(var), "mask_pair_diff": float(pair_diff)}
