@@ -1,7 +1,7 @@
 """SSL methods behind one interface (:class:`ssmix.methods.base.Method`)."""
 from ssmix.config import Config
 from ssmix.methods.base import METHODS, Method, MethodOutput, MixedBatch
-from ssmix.methods import mocov2  # noqa: F401  (each module registers itself)
+from ssmix.methods import byol, mocov2, simclr, simsiam, swav  # noqa: F401  (each module registers itself)
 
 
 def build_method(cfg: Config) -> Method:

@@ -1,0 +1,111 @@
+"""BYOL (Grill et al. 2020, arXiv 2006.07733; spec 2.4).
+
+Online network = backbone + projector + predictor; target network = EMA copy of backbone + projector
+with tau cosine-scheduled from ``base_momentum`` (0.996) to ``final_momentum`` (1) over the run. The
+EMA update runs at the start of every step and tau is a function of the step number, so a resumed
+run is exact. Loss (paper eq. 2, symmetrised): 2 - 2 cos(q(z_1), sg(z'_2)) + 2 - 2 cos(q(z_2), sg(z'_1)).
+Mixed views (spec 2.4 [I], BSIM-style): soft-target cross-entropy between the normalised online
+prediction of x_mix and the batch's target projections, mass lam / 1 - lam on the two sources.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+import torch
+from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
+from lightly.models.utils import deactivate_requires_grad, update_momentum
+from lightly.utils.scheduler import cosine_schedule
+from torch import Tensor
+
+from ssmix.config import Config, ConfigError, MethodConfig, register_method_config
+from ssmix.losses.contrastive import soft_target_cross_entropy
+from ssmix.methods.base import Method, MethodOutput, MixedBatch, collapse_std, l2n, register_method
+from ssmix.methods.simclr import cat_views, lars_param_groups
+from ssmix.models.backbones import build_backbone
+
+
+@register_method_config("byol")
+@dataclass
+class BYOLConfig(MethodConfig):
+    name: str = "byol"
+    proj_hidden_dim: int = 4096
+    out_dim: int = 256
+    pred_hidden_dim: int = 4096
+    base_momentum: float = 0.996  # tau at step 0 (BYOL sec. 3.3)
+    final_momentum: float = 1.0  # tau at the last step
+    mix_temperature: float = 0.2  # of the mixed-view soft-target cross-entropy (spec 2.4 [I])
+
+
+def regression_loss(prediction: Tensor, target: Tensor) -> Tensor:
+    """BYOL eq. 2 per row: ||p/|p| - z/|z|||^2 = 2 - 2 cos(p, z); ``target`` must already be detached."""
+    return 2 - 2 * (l2n(prediction) * l2n(target)).sum(-1)
+
+
+@register_method("byol")
+class BYOL(Method):
+    def __init__(self, cfg: Config) -> None:
+        super().__init__(cfg)
+        mc: BYOLConfig = cfg.method
+        if not 0.0 <= mc.base_momentum <= mc.final_momentum <= 1.0:
+            raise ConfigError("method.base_momentum and method.final_momentum: need 0 <= base <= final <= 1, "
+                              f"got {mc.base_momentum} and {mc.final_momentum}")
+        self.temperature, self.embed_dim = mc.mix_temperature, mc.out_dim
+        self.backbone = build_backbone(cfg.model.arch, cfg.model.cifar_stem, cfg.model.zero_init_residual)
+        self.projector = BYOLProjectionHead(self.backbone.out_dim, mc.proj_hidden_dim, mc.out_dim)
+        self.predictor = BYOLPredictionHead(mc.out_dim, mc.pred_hidden_dim, mc.out_dim)
+        self.backbone_m = copy.deepcopy(self.backbone)
+        self.projector_m = copy.deepcopy(self.projector)
+        deactivate_requires_grad(self.backbone_m)
+        deactivate_requires_grad(self.projector_m)
+        self.momentum_pairs = [(self.backbone, self.backbone_m), (self.projector, self.projector_m)]
+        self.tau = mc.base_momentum
+
+    def momentum_at(self, step: int, total_steps: int) -> float:
+        """tau(step): cosine from base_momentum at step 0 to final_momentum at the last step."""
+        mc: BYOLConfig = self.cfg.method
+        return cosine_schedule(step, total_steps, mc.base_momentum, mc.final_momentum)
+
+    @torch.no_grad()
+    def on_step_start(self, step: int, total_steps: int) -> None:
+        # Spec 2.1 step 3.1: the EMA update comes first, so the targets use the updated network.
+        self.tau = self.momentum_at(step, total_steps)
+        for online, target in self.momentum_pairs:
+            update_momentum(online, target, self.tau)
+
+    def forward(self, views: List[Tensor], map_at: Optional[int] = None) -> MethodOutput:
+        n = views[0].shape[0]
+        x = cat_views(views)
+        z = self.projector(self.backbone(x))
+        p = self.predictor(z).float().unflatten(0, (2, n))
+        with torch.no_grad():
+            if map_at is None:
+                feats_m, maps = self.backbone_m(x), None
+            else:
+                feats_m, maps = self.backbone_m.forward_with_map(x, map_at)
+                maps = maps.unflatten(0, (2, n))
+            keys = l2n(self.projector_m(feats_m)).unflatten(0, (2, n))
+        loss = (regression_loss(p[0], keys[1]) + regression_loss(p[1], keys[0])).mean()
+        return MethodOutput(
+            losses={"byol": loss},
+            keys=keys,
+            feature_maps=maps,
+            metrics={"collapse_std": collapse_std(z), "tau": self.tau},
+        )
+
+    def mixed_loss(self, mixed: MixedBatch, out: MethodOutput) -> Tensor:
+        """-lam log p_a - (1 - lam) log p_b, p = softmax over the batch's target projections (spec 2.4)."""
+        p = l2n(self.predictor(self.projector(self.backbone(mixed.x, start=mixed.start))))
+        index_a, index_b = mixed.flat_index(out.keys.shape[1])
+        return soft_target_cross_entropy(p, out.keys.flatten(0, 1), index_a, index_b, mixed.lam,
+                                         self.temperature).mean()
+
+    def embed_target(self, x: Tensor) -> Tensor:
+        # The target network has requires_grad=False: gradient reaches the input only.
+        return l2n(self.projector_m(self.backbone_m(x)))
+
+    def param_groups(self) -> List[Dict[str, Any]]:
+        if self.cfg.train.optimizer == "lars":
+            return lars_param_groups(self)
+        return super().param_groups()

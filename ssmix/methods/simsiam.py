@@ -1,0 +1,113 @@
+"""SimSiam (Chen & He 2021, arXiv 2011.10566; spec 2.4).
+
+One encoder (backbone + projector) and a predictor; symmetric negative cosine with stop-gradient
+(paper eq. 4): L = D(p_1, sg(z_2)) / 2 + D(p_2, sg(z_1)) / 2, D = -cos. The projector has 3 layers
+(ImageNet, lightly ``SimSiamProjectionHead``) or 2 (the paper's CIFAR variant, ``proj_layers: 2``). The
+predictor's learning rate is not decayed (paper sec. 4.4 / its ``--fix-pred-lr``): its own optimizer
+group with no warm-up and a final lr equal to the base lr.
+
+Mixed views (spec 2.4 [I], BSIM-style): soft-target cross-entropy between the normalised prediction of
+x_mix and the batch's stop-gradient projections, mass lam / 1 - lam on the two sources.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+import torch.nn as nn
+from lightly.models.modules.heads import ProjectionHead, SimSiamPredictionHead, SimSiamProjectionHead
+from torch import Tensor
+
+from ssmix.config import Config, ConfigError, MethodConfig, register_method_config
+from ssmix.losses.contrastive import soft_target_cross_entropy
+from ssmix.methods.base import (
+    Method,
+    MethodOutput,
+    MixedBatch,
+    collapse_std,
+    frozen_call,
+    l2n,
+    register_method,
+)
+from ssmix.methods.simclr import cat_views
+from ssmix.models.backbones import build_backbone
+
+
+@register_method_config("simsiam")
+@dataclass
+class SimSiamConfig(MethodConfig):
+    name: str = "simsiam"
+    proj_layers: int = 3  # 3 = ImageNet recipe; 2 = the paper's CIFAR variant
+    proj_hidden_dim: int = 2048
+    out_dim: int = 2048
+    pred_hidden_dim: int = 512  # the predictor's bottleneck (paper sec. 4.3)
+    mix_temperature: float = 0.2  # of the mixed-view soft-target cross-entropy (spec 2.4 [I])
+
+
+def build_projector(layers: int, in_dim: int, hidden_dim: int, out_dim: int) -> nn.Module:
+    """SimSiam projector: BN on every fc, ReLU on the hidden ones, output BN without affine."""
+    if layers == 3:
+        return SimSiamProjectionHead(in_dim, hidden_dim, out_dim)
+    if layers == 2:
+        return ProjectionHead([
+            (in_dim, hidden_dim, nn.BatchNorm1d(hidden_dim), nn.ReLU()),
+            (hidden_dim, out_dim, nn.BatchNorm1d(out_dim, affine=False), None),
+        ])
+    raise ConfigError(f"method.proj_layers: expected 2 (CIFAR variant) or 3 (ImageNet), got {layers}")
+
+
+def negative_cosine(prediction: Tensor, target: Tensor) -> Tensor:
+    """D(p, z) = -cos(p, z) per row; ``target`` must already be detached (stop-gradient)."""
+    return -(l2n(prediction) * l2n(target)).sum(-1)
+
+
+@register_method("simsiam")
+class SimSiam(Method):
+    def __init__(self, cfg: Config) -> None:
+        super().__init__(cfg)
+        mc: SimSiamConfig = cfg.method
+        self.temperature, self.embed_dim = mc.mix_temperature, mc.out_dim
+        self.backbone = build_backbone(cfg.model.arch, cfg.model.cifar_stem, cfg.model.zero_init_residual)
+        self.projector = build_projector(mc.proj_layers, self.backbone.out_dim, mc.proj_hidden_dim, mc.out_dim)
+        self.predictor = SimSiamPredictionHead(mc.out_dim, mc.pred_hidden_dim, mc.out_dim)
+
+    def forward(self, views: List[Tensor], map_at: Optional[int] = None) -> MethodOutput:
+        n = views[0].shape[0]
+        x = cat_views(views)
+        if map_at is None:
+            feats, maps = self.backbone(x), None
+        else:  # no target network: the online pass's maps, detached (no extra forward)
+            feats, maps = self.backbone.forward_with_map(x, map_at)
+            maps = maps.detach().unflatten(0, (2, n))
+        z = self.projector(feats)
+        p = self.predictor(z).float().unflatten(0, (2, n))
+        zt = z.detach().float().unflatten(0, (2, n))  # stop-gradient branch
+        loss = 0.5 * (negative_cosine(p[0], zt[1]) + negative_cosine(p[1], zt[0])).mean()
+        return MethodOutput(
+            losses={"simsiam": loss},
+            keys=l2n(zt),
+            feature_maps=maps,
+            metrics={"collapse_std": collapse_std(z)},
+        )
+
+    def mixed_loss(self, mixed: MixedBatch, out: MethodOutput) -> Tensor:
+        """-lam log p_a - (1 - lam) log p_b, p = softmax over the batch's stop-grad projections (spec 2.4)."""
+        p = l2n(self.predictor(self.projector(self.backbone(mixed.x, start=mixed.start))))
+        index_a, index_b = mixed.flat_index(out.keys.shape[1])
+        return soft_target_cross_entropy(p, out.keys.flatten(0, 1), index_a, index_b, mixed.lam,
+                                         self.temperature).mean()
+
+    def embed_target(self, x: Tensor) -> Tensor:
+        # The stop-gradient branch: the encoder with its parameters detached (gradient reaches x only).
+        return l2n(frozen_call(self.projector, frozen_call(self.backbone, x)))
+
+    def param_groups(self) -> List[Dict[str, Any]]:
+        """Encoder with the run's schedule; predictor at a constant lr (no warm-up, no decay)."""
+        lr = self.cfg.train.lr
+        predictor = {id(p) for p in self.predictor.parameters()}
+        encoder = [p for p in self.parameters() if p.requires_grad and id(p) not in predictor]
+        return [
+            {"name": "encoder", "params": encoder},
+            {"name": "predictor", "params": list(self.predictor.parameters()), "lr": lr,
+             "warmup_epochs": 0, "min_lr": lr},
+        ]

@@ -1,0 +1,181 @@
+"""SwAV (Caron et al. 2020, arXiv 2006.09882; spec 2.4).
+
+Multi-crop: the two high-resolution views (``views[0:2]``) and any number of low-resolution views
+(``views[2:]``, ``data.aug.kind: swav``); the backbone runs once per resolution, the projector once on
+all crops. Embeddings are L2-normalised and scored against K bias-free prototypes (L2-normalised at the
+start of every step). Codes of the two high-resolution views come from Sinkhorn-Knopp (lightly's
+``sinkhorn``, gathered across ranks), computed once per step, optionally over a queue of recent
+high-resolution embeddings prepended to the batch (used once full and from ``queue_start_epoch``).
+Swapped prediction (eq. 1-3): every view predicts the codes of each high-resolution view other than
+itself. The prototypes are frozen (no gradient) during the first ``freeze_prototypes_epochs`` epochs.
+
+Mixed views (spec 2.4 [I]): lam CE(c_a, softmax(p_m / t)) + (1 - lam) CE(c_b, softmax(p_m / t)), c the
+codes of the sources' other views (``out.targets``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from lightly.loss.swav_loss import sinkhorn
+from lightly.models.modules import SwaVProjectionHead
+from torch import Tensor
+
+from ssmix.config import Config, ConfigError, MethodConfig, register_method_config
+from ssmix.losses.queue import KeyQueue
+from ssmix.methods.base import (
+    Method,
+    MethodOutput,
+    MixedBatch,
+    collapse_std,
+    frozen_call,
+    l2n,
+    register_method,
+)
+from ssmix.methods.simclr import cat_views
+from ssmix.models.backbones import build_backbone
+
+
+@register_method_config("swav")
+@dataclass
+class SwAVConfig(MethodConfig):
+    name: str = "swav"
+    proj_hidden_dim: int = 2048
+    out_dim: int = 128
+    num_prototypes: int = 3000
+    temperature: float = 0.1
+    sinkhorn_iterations: int = 3
+    sinkhorn_epsilon: float = 0.05
+    freeze_prototypes_epochs: int = 1  # prototypes get no gradient for this many epochs
+    queue_size: int = 0  # high-res embeddings kept per high-res view; 0 = no queue
+    queue_start_epoch: int = 15
+
+
+def swapped_prediction_loss(scores: Tensor, codes: Tensor, temperature: float) -> Tensor:
+    """SwAV eq. (1)-(3) over multi-crop.
+
+    ``scores`` (V, N, K): prototype scores of every view (high-resolution views first); ``codes``
+    (S, N, K): Sinkhorn codes of the S high-resolution views. Mean over the pairs (s, v != s) of
+    -1/N sum_n sum_k codes[s, n, k] log softmax(scores[v, n] / t)_k.
+    """
+    log_p = F.log_softmax(scores.float() / temperature, dim=-1)
+    ce = -torch.einsum("snk,vnk->sv", codes.float(), log_p) / scores.shape[1]  # (S, V)
+    keep = ~torch.eye(codes.shape[0], scores.shape[0], dtype=torch.bool, device=ce.device)
+    return ce[keep].mean()
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+@register_method("swav")
+class SwAV(Method):
+    def __init__(self, cfg: Config) -> None:
+        super().__init__(cfg)
+        mc: SwAVConfig = cfg.method
+        if mc.queue_size < 0 or mc.num_prototypes < 1:
+            raise ConfigError(f"method.queue_size must be >= 0 and method.num_prototypes >= 1, got "
+                              f"{mc.queue_size} and {mc.num_prototypes}")
+        self.temperature, self.embed_dim = mc.temperature, mc.out_dim
+        self.backbone = build_backbone(cfg.model.arch, cfg.model.cifar_stem, cfg.model.zero_init_residual)
+        self.projector = SwaVProjectionHead(self.backbone.out_dim, mc.proj_hidden_dim, mc.out_dim)
+        # Bias-free, as the SwAV reference (lightly's SwaVPrototypes has a bias: ecosystem notes 2.4.9).
+        self.prototypes = nn.Linear(mc.out_dim, mc.num_prototypes, bias=False)
+        self.queues = None
+        if mc.queue_size:  # buffers: saved in checkpoints, so resume is exact
+            self.queues = nn.ModuleList([KeyQueue(mc.queue_size, mc.out_dim, zero_init=True) for _ in range(2)])
+        self.epoch = 0  # set from the step number by on_step_start
+
+    # -- step -----------------------------------------------------------------------------
+    @property
+    def prototypes_frozen(self) -> bool:
+        return self.epoch < self.cfg.method.freeze_prototypes_epochs
+
+    @property
+    def queue_active(self) -> bool:
+        """The queue joins the Sinkhorn input once full and from ``queue_start_epoch`` on."""
+        return (self.queues is not None and self.epoch >= self.cfg.method.queue_start_epoch
+                and all(q.full for q in self.queues))
+
+    @torch.no_grad()
+    def on_step_start(self, step: int, total_steps: int) -> None:
+        steps_per_epoch = max(total_steps // max(self.cfg.train.epochs, 1), 1)
+        self.epoch = step // steps_per_epoch
+        w = self.prototypes.weight
+        w.copy_(F.normalize(w, dim=1))
+
+    def _prototype_weight(self) -> Tensor:
+        # Frozen epochs: detached, so the prototypes get no gradient (and the optimizer skips them).
+        w = self.prototypes.weight
+        return w.detach() if self.prototypes_frozen else w
+
+    def _embed(self, views: List[Tensor], map_at: Optional[int]):
+        """Normalised embeddings (V*N, D) of all views and the (detached) high-res maps at ``map_at``."""
+        n = views[0].shape[0]
+        high = cat_views(views)
+        if map_at is None:
+            feats, maps = [self.backbone(high)], None
+        else:  # no target network: the online pass's maps, detached (no extra forward)
+            f, maps = self.backbone.forward_with_map(high, map_at)
+            feats, maps = [f], maps.detach().unflatten(0, (2, n))
+        start = 2
+        while start < len(views):  # one backbone pass per run of equal-resolution low-res crops
+            stop = start + 1
+            while stop < len(views) and views[stop].shape == views[start].shape:
+                stop += 1
+            feats.append(self.backbone(torch.cat(views[start:stop])))
+            start = stop
+        return l2n(self.projector(torch.cat(feats))), maps
+
+    @torch.no_grad()
+    def _codes(self, high_scores: Tensor) -> Tensor:
+        """Sinkhorn codes (2, N, K) of the high-res views, over [queue; batch] when the queue is active."""
+        mc: SwAVConfig = self.cfg.method
+        n, codes = high_scores.shape[1], []
+        for v in range(2):
+            scores = high_scores[v].float()
+            if self.queue_active:
+                queued = self.queues[v].snapshot()
+                if _distributed():  # every rank holds the gathered queue: use a disjoint share of it
+                    queued = queued[dist.get_rank() :: dist.get_world_size()]
+                scores = torch.cat([queued @ self.prototypes.weight.detach().float().t(), scores])
+            q = sinkhorn(scores, iterations=mc.sinkhorn_iterations, epsilon=mc.sinkhorn_epsilon,
+                         gather_distributed=True)
+            codes.append(q[-n:])
+        return torch.stack(codes)
+
+    def forward(self, views: List[Tensor], map_at: Optional[int] = None) -> MethodOutput:
+        n = views[0].shape[0]
+        if self.queues is not None:
+            self.queues[0].check_batch(n * (dist.get_world_size() if _distributed() else 1))
+        z, maps = self._embed(views, map_at)
+        scores = (z @ self._prototype_weight().float().t()).unflatten(0, (len(views), n))  # (V, N, K)
+        codes = self._codes(scores[:2].detach())
+        loss = swapped_prediction_loss(scores, codes, self.temperature)
+        return MethodOutput(
+            losses={"swav": loss},
+            keys=z[: 2 * n].detach().unflatten(0, (2, n)),
+            targets=codes,
+            feature_maps=maps,
+            metrics={"collapse_std": collapse_std(z[: 2 * n])},
+        )
+
+    def mixed_loss(self, mixed: MixedBatch, out: MethodOutput) -> Tensor:
+        """lam CE(c_a, softmax(p_m / t)) + (1 - lam) CE(c_b, softmax(p_m / t)) (spec 2.4 [I])."""
+        z = l2n(self.projector(self.backbone(mixed.x, start=mixed.start)))
+        log_p = F.log_softmax(z @ self._prototype_weight().float().t() / self.temperature, dim=-1)
+        codes_a, codes_b = mixed.gather(out.targets)
+        return -(mixed.lam * (codes_a * log_p).sum(-1) + (1 - mixed.lam) * (codes_b * log_p).sum(-1)).mean()
+
+    def embed_target(self, x: Tensor) -> Tensor:
+        # No target network: the online encoder with its parameters detached (gradient reaches x only).
+        return l2n(frozen_call(self.projector, frozen_call(self.backbone, x)))
+
+    def on_step_end(self, out: MethodOutput) -> None:
+        if self.queues is not None:  # the normalised high-res embeddings, once per step
+            for v, queue in enumerate(self.queues):
+                queue.enqueue(out.keys[v])
