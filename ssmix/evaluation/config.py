@@ -1,0 +1,84 @@
+"""Schema of a linear-evaluation run (``linear_eval/run.py CONFIG key=value ...``), spec section 6.3.
+
+Loaded with the helpers of :mod:`ssmix.config` (``_base_`` inheritance, dotted overrides, unknown keys
+rejected with a :class:`~ssmix.config.ConfigError` that names the key).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+from ssmix.config import ConfigError, _from_dict, _merge, parse_overrides, read_yaml
+
+MODES = ("cached", "protocol")
+
+
+@dataclass
+class EvalDataConfig:
+    """Labelled train / test splits of the evaluation dataset (``ssmix.data.datasets``)."""
+
+    name: str = "synthetic"  # synthetic | digits | cifar10 | cifar100 | stl10 | tiny_imagenet | imagefolder
+    root: str = "data"
+    train_split: str = "train"
+    test_split: Optional[str] = None  # None: "test" if the dataset has it, else "val"
+    image_size: Optional[int] = None  # None: the dataset's native size (Tiny: set 96, spec 6.3)
+    test_resize: Optional[int] = None  # shorter side before the centre crop; None: image_size (ImageNet: 256)
+    num_samples: int = 512  # synthetic only
+    num_classes: int = 10  # synthetic only
+    num_workers: int = 2
+    download: bool = False
+
+
+@dataclass
+class LinearEvalConfig:
+    """Frozen-encoder evaluation: linear probe (``mode``) plus a kNN monitor on cached features."""
+
+    weights: str = ""  # run dir | checkpoint (.pt/.pth/.pth.tar) | exported backbone.pth | random
+    mode: str = "cached"  # cached (features extracted once) | protocol (paper protocol, spec 6.3)
+    data: EvalDataConfig = field(default_factory=EvalDataConfig)
+    arch: Optional[str] = None  # None: the run's config.yaml, else inferred from the weights (random: resnet18)
+    cifar_stem: Optional[bool] = None  # None: as arch (random: False)
+    epochs: int = 100
+    batch_size: int = 256
+    lr: float = 0.1  # 0.1 for STL-10 / Tiny, 30 for ImageNet (spec 6.3)
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    milestones: List[int] = field(default_factory=lambda: [60, 80])
+    gamma: float = 0.1
+    aug_copies: int = 0  # cached mode: augmented copies per train image (0: test transform only)
+    seeds: int = 1  # repeats of the probe (seed 0..N-1); reports mean +- std
+    knn_k: int = 200
+    knn_t: float = 0.1
+    output_dir: Optional[str] = None  # None (CLI): <run_dir>/linear_<data>_<mode> or runs/linear/...
+    cache_dir: Optional[str] = "runs/feature_cache"  # None or "": no feature cache on disk
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+def validate(cfg: LinearEvalConfig) -> LinearEvalConfig:
+    """Value checks the type schema cannot express; raises :class:`ConfigError` naming the key."""
+    if not cfg.weights:
+        raise ConfigError("weights: required; pass weights=<run dir | checkpoint file | backbone.pth | random>")
+    if cfg.mode not in MODES:
+        raise ConfigError(f"mode: unknown value '{cfg.mode}', expected one of {', '.join(MODES)}")
+    positive = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "seeds": cfg.seeds, "knn_k": cfg.knn_k}
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{key}: expected a positive integer, got {value}")
+    if cfg.aug_copies < 0:
+        raise ConfigError(f"aug_copies: expected an integer >= 0, got {cfg.aug_copies}")
+    if cfg.knn_t <= 0:
+        raise ConfigError(f"knn_t: expected a positive temperature, got {cfg.knn_t}")
+    if cfg.data.image_size is not None and cfg.data.image_size < 1:
+        raise ConfigError(f"data.image_size: expected a positive integer, got {cfg.data.image_size}")
+    return cfg
+
+
+def build_eval_config(data: Dict[str, Any]) -> LinearEvalConfig:
+    """Nested dict -> validated :class:`LinearEvalConfig`."""
+    return validate(_from_dict(LinearEvalConfig, data, ""))
+
+
+def load_eval_config(path: Optional[str], overrides: Sequence[str] = ()) -> LinearEvalConfig:
+    """Read ``path`` (may be None), apply ``dotted.key=value`` overrides and validate."""
+    data = read_yaml(path) if path else {}
+    return build_eval_config(_merge(data, parse_overrides(overrides)))

@@ -1,0 +1,219 @@
+"""One linear-evaluation run: load the encoder, (cached) features, kNN, probe(s), results (spec 6.3).
+
+:func:`run_linear_eval` is what ``linear_eval/run.py`` calls; :func:`evaluate` is the same from
+Python (used by the quickstart to compare a pre-trained and a random encoder).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+
+import torch
+import yaml
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from ssmix.config import ConfigError, _from_dict
+from ssmix.evaluation.config import EvalDataConfig, LinearEvalConfig, validate
+from ssmix.evaluation.features import (FeatureCache, TransformedDataset, dataset_identity, extract_copies,
+                                       test_transform, train_transform)
+from ssmix.evaluation.knn import knn_metrics
+from ssmix.evaluation.linear import ProbeHistory, ProbeSchedule, train_probe_cached, train_probe_in_loop
+from ssmix.evaluation.weights import LoadedEncoder, load_encoder
+
+Logger = Optional[Callable[[str], None]]
+MARKDOWN_HEADER = ("| weights | arch | dataset | px | mode | epochs | seeds | top-1 | top-5 | kNN top-1 |\n"
+                   "|---|---|---|---|---|---|---|---|---|---|")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device: '{name}' requested but CUDA is not available; use device=cpu or auto")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device: invalid value '{name}', expected auto | cpu | cuda | cuda:N") from None
+
+
+@dataclass
+class EvalData:
+    """The labelled splits (PIL images) and their transforms."""
+
+    name: str
+    train_set: Dataset
+    test_set: Dataset
+    train_id: Dict[str, Any]
+    test_id: Dict[str, Any]
+    image_size: int
+    num_classes: int
+    test_tf: Any
+    train_tf: Any
+
+
+def build_eval_data(data: EvalDataConfig) -> EvalData:
+    """Build both splits with ``ssmix.data.datasets`` and the spec-6.3 transforms."""
+    from ssmix.data.datasets import DATASET_INFO, build_dataset
+
+    if data.name not in DATASET_INFO:
+        raise ConfigError(f"data.name: unknown dataset '{data.name}', expected one of {', '.join(DATASET_INFO)}")
+    info = DATASET_INFO[data.name]
+    image_size = data.image_size or info.image_size
+    test_split = data.test_split or ("test" if "test" in info.splits else "val")
+    synthetic = {"num_samples": data.num_samples, "num_classes": data.num_classes} if data.name == "synthetic" else {}
+    sets, ids = [], []
+    for key, split in (("data.train_split", data.train_split), ("data.test_split", test_split)):
+        if info.splits and split not in info.splits:
+            raise ConfigError(f"{key}: '{data.name}' has no split '{split}', expected one of {', '.join(info.splits)}")
+        try:
+            sets.append(build_dataset(data.name, data.root, split, download=data.download, image_size=image_size,
+                                      num_samples=data.num_samples, num_classes=data.num_classes, seed=0))
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise ConfigError(f"data: cannot load '{data.name}' split '{split}' from root '{data.root}': {exc}") from None
+        ids.append(dataset_identity(data.name, data.root, split, image_size=image_size, size=len(sets[-1]),
+                                    **synthetic))
+    num_classes = data.num_classes if data.name == "synthetic" else int(info.num_classes or 0)
+    return EvalData(data.name, sets[0], sets[1], ids[0], ids[1], image_size, num_classes,
+                    test_transform(image_size, info.mean, info.std, data.test_resize),
+                    train_transform(image_size, info.mean, info.std))
+
+
+def default_output_dir(cfg: LinearEvalConfig) -> str:
+    """``<run_dir>/linear_<data>_<mode>`` for a run directory, else ``runs/linear/<weights>_<data>_<mode>``."""
+    leaf = f"linear_{cfg.data.name}_{cfg.mode}"
+    if os.path.isdir(cfg.weights):
+        return os.path.join(cfg.weights, leaf)
+    stem = "random" if cfg.weights == "random" else os.path.splitext(os.path.basename(cfg.weights))[0]
+    return os.path.join("runs", "linear", f"{stem}_{leaf}")
+
+
+def _mean_std(values: List[float]) -> Tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _features(encoder: LoadedEncoder, cache: FeatureCache, dataset: Dataset, identity: Mapping[str, Any],
+              transform: Any, copies: int, cfg: LinearEvalConfig, device: torch.device) -> Tuple[Tensor, Tensor]:
+    parts = {"weights": encoder.weights_hash, "arch": encoder.arch, "cifar_stem": encoder.cifar_stem,
+             "data": dict(identity), "transform": repr(transform), "copies": copies, "seed": 0}
+    return cache.get_or_compute(parts, lambda: extract_copies(encoder.backbone, dataset, transform, copies, 0,
+                                                               device, cfg.batch_size, cfg.data.num_workers))
+
+
+def summary_line(result: Mapping[str, Any]) -> str:
+    return (f"linear-eval {result['dataset']} {result['mode']} {result['arch']} ({result['weights']}): "
+            f"top1 {result['top1']:.2f} +- {result['top1_std']:.2f}  top5 {result['top5']:.2f}  "
+            f"kNN top1 {result['knn_top1']:.2f}  [{result['seeds']} seed(s), median of last 10 of "
+            f"{result['epochs']} epochs, {result['image_size']} px]")
+
+
+def markdown_row(result: Mapping[str, Any]) -> str:
+    arch = result["arch"] + (" (cifar stem)" if result["cifar_stem"] else "")
+    return (f"| {result['weights']} | {arch} | {result['dataset']} | {result['image_size']} | {result['mode']} | "
+            f"{result['epochs']} | {result['seeds']} | {result['top1']:.2f} ± {result['top1_std']:.2f} | "
+            f"{result['top5']:.2f} | {result['knn_top1']:.2f} |")
+
+
+def write_results(result: Mapping[str, Any], cfg: LinearEvalConfig, output_dir: str) -> None:
+    """``results.json``, ``results.md`` (header + row) and the resolved ``config.yaml``."""
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, "results.json"), "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=2)
+    with open(os.path.join(output_dir, "results.md"), "w", encoding="utf-8") as f:
+        f.write(f"{MARKDOWN_HEADER}\n{result['markdown_row']}\n")
+    with open(os.path.join(output_dir, "config.yaml"), "w", encoding="utf-8") as f:
+        yaml.safe_dump(dataclasses.asdict(cfg), f, sort_keys=False)
+
+
+def run_linear_eval(cfg: LinearEvalConfig, log: Logger = None) -> Dict[str, Any]:
+    """Run kNN plus ``cfg.seeds`` linear probes; write results when ``cfg.output_dir`` is set."""
+    validate(cfg)
+    say = log or (lambda _msg: None)
+    started = time.perf_counter()
+    device = resolve_device(cfg.device)
+    data = build_eval_data(cfg.data)
+    encoder = load_encoder(cfg.weights, cfg.arch, cfg.cifar_stem)
+    encoder.backbone.to(device)
+    say(f"encoder {encoder.arch} (cifar_stem={encoder.cifar_stem}) from {encoder.source} "
+        f"[prefix '{encoder.prefix}', hash {encoder.weights_hash}] on {device}")
+    cache = FeatureCache(cfg.cache_dir or None)
+
+    t0 = time.perf_counter()
+    train_clean, train_labels = _features(encoder, cache, data.train_set, data.train_id, data.test_tf, 1, cfg, device)
+    test_features, test_labels = _features(encoder, cache, data.test_set, data.test_id, data.test_tf, 1, cfg, device)
+    if cfg.mode == "cached" and cfg.aug_copies > 0:
+        train_probe_features, _ = _features(encoder, cache, data.train_set, data.train_id, data.train_tf,
+                                            cfg.aug_copies, cfg, device)
+    else:
+        train_probe_features = train_clean
+    features_s = time.perf_counter() - t0
+    num_classes = max(data.num_classes, int(max(train_labels.max(), test_labels.max())) + 1)
+    say(f"features: train {tuple(train_probe_features.shape)} test {tuple(test_features.shape[1:])} "
+        f"({cache.hits} cached, {cache.misses} extracted, {features_s:.1f} s)")
+
+    t0 = time.perf_counter()
+    knn = knn_metrics(train_clean[0], train_labels, test_features[0], test_labels, num_classes, cfg.knn_k, cfg.knn_t,
+                      device)
+    knn_s = time.perf_counter() - t0
+    say(f"kNN (k={cfg.knn_k}, t={cfg.knn_t}): top1 {knn['knn_top1']:.2f} top5 {knn['knn_top5']:.2f}")
+
+    schedule = ProbeSchedule(cfg.epochs, cfg.batch_size, cfg.lr, cfg.momentum, cfg.weight_decay,
+                             tuple(cfg.milestones), cfg.gamma)
+    t0 = time.perf_counter()
+    histories: List[ProbeHistory] = []
+    for seed in range(cfg.seeds):
+        say(f"probe seed {seed} ({cfg.mode}, {cfg.epochs} epochs, lr {cfg.lr}, milestones {list(cfg.milestones)})")
+        if cfg.mode == "cached":
+            history = train_probe_cached(train_probe_features, train_labels, test_features[0], test_labels,
+                                         num_classes, schedule, seed, device, log)
+        else:
+            history = train_probe_in_loop(encoder.backbone, TransformedDataset(data.train_set, data.train_tf),
+                                          TransformedDataset(data.test_set, data.test_tf), num_classes, schedule,
+                                          seed, device, cfg.data.num_workers, log)
+        histories.append(history)
+    probe_s = time.perf_counter() - t0
+
+    summaries = [h.summary(10) for h in histories]
+    top1, top1_std = _mean_std([s["top1"] for s in summaries])
+    top5, top5_std = _mean_std([s["top5"] for s in summaries])
+    result: Dict[str, Any] = {
+        "weights": cfg.weights, "source": encoder.source, "weights_hash": encoder.weights_hash,
+        "arch": encoder.arch, "cifar_stem": encoder.cifar_stem, "dataset": data.name,
+        "train_split": data.train_id["split"], "test_split": data.test_id["split"], "image_size": data.image_size,
+        "mode": cfg.mode, "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size,
+        "milestones": list(cfg.milestones), "gamma": cfg.gamma, "aug_copies": cfg.aug_copies, "seeds": cfg.seeds,
+        "top1": top1, "top1_std": top1_std, "top5": top5, "top5_std": top5_std,
+        "final_top1": statistics.fmean(s["final_top1"] for s in summaries),
+        **knn, "knn_k": cfg.knn_k, "knn_t": cfg.knn_t,
+        "num_train": int(train_labels.numel()), "num_test": int(test_labels.numel()),
+        "feature_dim": int(test_features.shape[-1]), "num_classes": num_classes, "device": str(device),
+        "per_seed": [{"seed": i, **s, "history": dataclasses.asdict(h)}
+                     for i, (s, h) in enumerate(zip(summaries, histories))],
+        "feature_cache": {"dir": cfg.cache_dir or None, "hits": cache.hits, "misses": cache.misses},
+        "timing_s": {"features": features_s, "knn": knn_s, "probe": probe_s,
+                     "total": time.perf_counter() - started},
+    }
+    result["summary"] = summary_line(result)
+    result["markdown_row"] = markdown_row(result)
+    if cfg.output_dir:
+        write_results(result, cfg, cfg.output_dir)
+        say(f"results: {os.path.join(cfg.output_dir, 'results.json')}")
+    return result
+
+
+def evaluate(weights: str, data: Union[EvalDataConfig, Mapping[str, Any], None] = None, mode: str = "cached",
+             *, log: Logger = None, **options: Any) -> Dict[str, Any]:
+    """Frozen-encoder accuracy from Python: ``dict(top1, top5, knn_top1, knn_top5, ...)`` (percent).
+
+    ``data`` is an :class:`EvalDataConfig` or its keys (e.g. ``{"name": "digits"}``); ``options`` are
+    any other :class:`LinearEvalConfig` keys (``epochs``, ``arch``, ``cifar_stem``, ``cache_dir``,
+    ``output_dir`` - results are written only when it is given - ...). Unknown keys raise ConfigError.
+    """
+    data_dict = dataclasses.asdict(data) if isinstance(data, EvalDataConfig) else dict(data or {})
+    cfg = _from_dict(LinearEvalConfig, {"weights": weights, "mode": mode, "data": data_dict, **options}, "")
+    return run_linear_eval(cfg, log)
