@@ -9,6 +9,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["ssmix", "ssmix.*", "linear_eval", "detection"]),
+    package_data={"detection": ["configs/*.yaml", "presets/*.yaml", "README.md"]},
     install_requires=[
         "torch>=2.1",
         "torchvision>=0.16",

@@ -6,7 +6,8 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Tests use tiny tensors: one thread avoids OpenMP overhead (and thrashing on a shared machine).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
