@@ -30,20 +30,11 @@ from detection.voc_eval import evaluate_voc, voc_ap, voc_iou
 from detection.weights import WeightsError, load_encoder_state
 from ssmix.config import ConfigError
 from ssmix.models.backbones import build_backbone, export_state_dict
+from tests.detection_helpers import PRESETS, encoder_state
 
-PRESETS = os.path.join(os.path.dirname(__file__), "..", "detection", "presets")
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "detection", "configs")
 D2_NAME = re.compile(r"^(stem\.conv1(\.norm)?|res[2-5]\.\d+\.(conv[1-3]|shortcut)(\.norm)?)\."
                      r"(weight|bias|running_mean|running_var|num_batches_tracked)$")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, two spinning threads per process are much slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -56,13 +47,12 @@ def data_root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def r18_state():
-    return export_state_dict(build_backbone("resnet18"))
+    return encoder_state("resnet18")
 
 
 @pytest.fixture(scope="module")
 def r50_state():
-    torch.manual_seed(0)
-    return export_state_dict(build_backbone("resnet50"))
+    return encoder_state("resnet50")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -14,18 +14,7 @@ from detection.datasets import DetectionDataset, load_datasets
 from detection.model import build_detector, build_resnet
 from detection.schema import ModelSpec
 from detection.synthetic import write_coco, write_voc
-from ssmix.models.backbones import build_backbone, export_state_dict
-
-PRESETS = os.path.join(os.path.dirname(__file__), "..", "detection", "presets")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, two spinning threads per process are much slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.detection_helpers import PRESETS, encoder_state
 
 
 @pytest.fixture(scope="module")
@@ -33,12 +22,11 @@ def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("detection_train")
     write_voc(str(root / "data"), num_trainval=4, num_test=2, years=("2007",))
     write_coco(str(root / "data"), num_train=4, num_val=2)
-    torch.manual_seed(0)
-    r50 = export_state_dict(build_backbone("resnet50"))
+    r50 = encoder_state("resnet50")
     torch.save(r50, root / "backbone.pth")
     # The same trunk as an ssmix training checkpoint (online trunk under method.backbone.).
     torch.save({"model": {f"method.backbone.{k}": v for k, v in r50.items()}, "step": 10}, root / "step.pt")
-    torch.save(export_state_dict(build_backbone("resnet18")), root / "r18.pth")
+    torch.save(encoder_state("resnet18"), root / "r18.pth")
     return root
 
 

@@ -3,8 +3,8 @@
 Accepted ``weights``:
 
 - ``random``: a randomly initialised trunk (seed 0) - the baseline of the quickstart;
-- an ssmix run directory: ``backbone.pth`` if present, else ``checkpoints/last.pt``, else the latest
-  ``checkpoints/step_*.pt``; arch and stem come from its ``config.yaml``;
+- an ssmix run directory: ``backbone.pth`` if present, else ``checkpoints/last.pt``, else the last
+  ``checkpoints/*.pt`` by name (the newest ``step_*.pt``); arch and stem come from its ``config.yaml``;
 - an exported ``backbone.pth`` (plain torchvision ResNet state_dict without ``fc``);
 - an ssmix training checkpoint (``{"model": pretrainer state_dict}``, trunk under ``method.backbone.``,
   split-BN running stats of shape ``(splits*C,)`` averaged over the splits);
@@ -12,7 +12,8 @@ Accepted ``weights``:
   (``{"state_dict": ...}`` with the trunk under ``module.encoder_q.``).
 
 Keys are checked strictly: a mismatch raises :class:`WeightsError` listing the missing and unexpected
-keys (and shape mismatches).
+keys (and shape mismatches). :func:`load_pretrained_encoder` is the loader for files and run directories
+(the detection transfer uses it too); :func:`load_encoder` adds ``random``.
 """
 from __future__ import annotations
 
@@ -20,14 +21,14 @@ import glob
 import hashlib
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 import yaml
 from torch import Tensor
 
 from ssmix.config import ConfigError
-from ssmix.models.backbones import ARCHS, ResNetTrunk, build_backbone, infer_arch
+from ssmix.models.backbones import ARCHS, ResNetTrunk, build_backbone, fold_split_bn_stats, infer_arch
 
 # Where the online trunk lives, most specific first (first match wins).
 TRUNK_PREFIXES = ("method.backbone.", "module.encoder_q.", "encoder_q.", "module.backbone.", "backbone.",
@@ -62,15 +63,24 @@ def state_dict_hash(state_dict: Mapping[str, Tensor]) -> str:
     return digest.hexdigest()[:24]
 
 
-def _torch_load(path: str) -> object:
-    """``torch.load(weights_only=True)``: tensors and plain containers only, never arbitrary pickles."""
+def _torch_load(path: str, allow_pickle: bool = False) -> object:
+    """``torch.load(weights_only=True)``: tensors and plain containers only; with ``allow_pickle`` a file
+    that also pickles objects (e.g. the argparse Namespace of a torchvision reference checkpoint) is
+    loaded in full as a fallback - for trusted files only."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated, foreign, or holding pickled objects
-        reason = " ".join(str(exc).split())[:300]
-        raise WeightsError(f"weights: cannot read '{path}' as a tensor checkpoint ({type(exc).__name__}: {reason}); "
-                           f"if it holds pickled objects and you trust it, re-save its state dict: "
-                           f"torch.save(torch.load(path, weights_only=False)['state_dict'], 'clean.pth')") from None
+        error = exc
+    if allow_pickle:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # noqa: BLE001
+            error = exc
+    reason = " ".join(str(error).split())[:300]
+    advice = "" if allow_pickle else ("; if it holds pickled objects and you trust it, re-save its state dict: "
+                                      "torch.save(torch.load(path, weights_only=False)['state_dict'], 'clean.pth')")
+    raise WeightsError(f"weights: cannot read '{path}' as a tensor checkpoint ({type(error).__name__}: "
+                       f"{reason}){advice}") from None
 
 
 def _run_config_model(run_dir: str) -> Tuple[Optional[str], Optional[bool]]:
@@ -86,21 +96,37 @@ def _run_config_model(run_dir: str) -> Tuple[Optional[str], Optional[bool]]:
 def resolve_weights_path(weights: str) -> Tuple[str, Optional[str]]:
     """Path of the file to load and the run directory whose ``config.yaml`` describes it (if any)."""
     if os.path.isdir(weights):
-        steps = sorted(glob.glob(os.path.join(weights, "checkpoints", "step_*.pt")))
-        for path in [os.path.join(weights, "backbone.pth"), os.path.join(weights, "checkpoints", "last.pt")] + steps[-1:]:
+        saved = sorted(glob.glob(os.path.join(weights, "checkpoints", "*.pt")))
+        for path in [os.path.join(weights, "backbone.pth"), os.path.join(weights, "checkpoints", "last.pt")] + saved[-1:]:
             if os.path.isfile(path):
                 return path, weights
-        raise WeightsError(f"weights: run directory '{weights}' has no backbone.pth, checkpoints/last.pt or "
-                           f"checkpoints/step_*.pt")
+        found = ", ".join(sorted(os.listdir(weights))[:20]) or "nothing"
+        raise WeightsError(f"weights: run directory '{weights}' has no backbone.pth and no checkpoints/*.pt "
+                           f"(found: {found}); pass the encoder file itself")
     if not os.path.isfile(weights):
-        raise WeightsError(f"weights: '{weights}' is not a file, a run directory or 'random'")
+        raise WeightsError(f"weights: '{weights}' does not exist (not a file or a run directory)")
     parent = os.path.dirname(os.path.abspath(weights))
     run_dir = os.path.dirname(parent) if os.path.basename(parent) == "checkpoints" else parent
     return weights, run_dir if os.path.isfile(os.path.join(run_dir, "config.yaml")) else None
 
 
-def _tensor_dict(obj: object, path: str) -> Dict[str, Tensor]:
+def _describe(obj: Any) -> str:
+    """A short picture of a loaded checkpoint's top level, for error messages."""
+    if not isinstance(obj, Mapping):
+        return f"a {type(obj).__name__}"
+    parts = []
+    for key, value in list(obj.items())[:8]:
+        if isinstance(value, Mapping):
+            inner = [str(k) for k in list(value)[:4]]
+            parts.append(f"'{key}': {{{', '.join(inner)}{', ...' if len(value) > 4 else ''}}}")
+        else:
+            parts.append(f"'{key}'")
+    return "a dict with " + ", ".join(parts)
+
+
+def _tensor_dict(loaded: object, path: str) -> Dict[str, Tensor]:
     """Unwrap ``{"model": ...}`` (ssmix) / ``{"state_dict": ...}`` (MoCo, Lightning) containers."""
+    obj = loaded
     while isinstance(obj, Mapping):
         tensors = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
         if any(k.endswith("conv1.weight") for k in tensors):
@@ -109,8 +135,10 @@ def _tensor_dict(obj: object, path: str) -> Dict[str, Tensor]:
         if inner is None:
             break
         obj = inner
-    raise WeightsError(f"weights: '{path}' holds no ResNet state dict (no '*conv1.weight' key under "
-                       f"'model', 'state_dict' or the top level)")
+    raise WeightsError(f"weights: '{path}': no ResNet encoder found (no '*conv1.weight' key at the top level or "
+                       f"under 'model', 'state_dict' or 'backbone'); expected a backbone.pth state dict, an ssmix "
+                       f"checkpoint ('model' with method.backbone.*), a torchvision state dict or a MoCo checkpoint "
+                       f"('state_dict' with module.encoder_q.*). Found {_describe(loaded)}")
 
 
 def extract_trunk_state(raw: Mapping[str, Tensor], path: str = "<state dict>") -> Tuple[Dict[str, Tensor], str]:
@@ -122,18 +150,6 @@ def extract_trunk_state(raw: Mapping[str, Tensor], path: str = "<state dict>") -
                            f"conv1 found under {found or 'no prefix'}")
     state = {k[len(prefix):]: v for k, v in raw.items() if k.startswith(prefix)}
     return {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIXES)}, prefix
-
-
-def merge_split_bn_stats(state: Dict[str, Tensor], reference: Mapping[str, Tensor]) -> Dict[str, Tensor]:
-    """Average split-BN running stats ``(splits*C,)`` over the splits to ``(C,)`` (as export_state_dict)."""
-    out = dict(state)
-    for key, value in state.items():
-        if not key.endswith(("running_mean", "running_var")) or key not in reference:
-            continue
-        channels = reference[key].numel()
-        if value.dim() == 1 and value.numel() != channels and value.numel() % channels == 0:
-            out[key] = value.view(-1, channels).mean(0)
-    return out
 
 
 def _format_keys(keys: List[str]) -> str:
@@ -180,18 +196,30 @@ def load_encoder(weights: str, arch: Optional[str] = None, cifar_stem: Optional[
     ``arch`` / ``cifar_stem`` override what the run's config.yaml or :func:`infer_arch` says; for
     ``weights=random`` they default to resnet18 with the ImageNet stem (``model`` defaults).
     """
+    if weights == "random":
+        _check_arch(arch)
+        return random_encoder(arch or "resnet18", bool(cifar_stem))
+    return load_pretrained_encoder(weights, arch, cifar_stem)
+
+
+def _check_arch(arch: Optional[str]) -> None:
     if arch is not None and arch not in ARCHS:
         raise WeightsError(f"arch: unknown backbone '{arch}', expected one of {', '.join(ARCHS)}")
-    if weights == "random":
-        return random_encoder(arch or "resnet18", bool(cifar_stem))
+
+
+def load_pretrained_encoder(weights: str, arch: Optional[str] = None, cifar_stem: Optional[bool] = None, *,
+                            allow_pickle: bool = False) -> LoadedEncoder:
+    """The frozen trunk stored in ``weights``, a file or a run directory (every format of the module
+    docstring); ``allow_pickle`` also reads trusted files that pickle objects (see :func:`_torch_load`)."""
+    _check_arch(arch)
     path, run_dir = resolve_weights_path(weights)
-    state, prefix = extract_trunk_state(_tensor_dict(_torch_load(path), path), path)
+    state, prefix = extract_trunk_state(_tensor_dict(_torch_load(path, allow_pickle), path), path)
     run_arch, run_stem = _run_config_model(run_dir) if run_dir else (None, None)
     inferred = infer_arch(state) or (None, None)
     arch = arch or run_arch or inferred[0] or "resnet18"
     cifar_stem = next(v for v in (cifar_stem, run_stem, inferred[1], False) if v is not None)
     backbone = build_backbone(arch, bool(cifar_stem))
-    state = merge_split_bn_stats(state, backbone.state_dict())
+    state = fold_split_bn_stats(state)
     load_state_strict(backbone, state, path)
     return _frozen(LoadedEncoder(backbone, arch, bool(cifar_stem), state_dict_hash(backbone.state_dict()),
                                  path, prefix))

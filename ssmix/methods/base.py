@@ -16,12 +16,14 @@ A method knows nothing about data loading, logging or which mixer it gets.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from lightly.models.utils import deactivate_requires_grad, get_weight_decay_parameters, update_momentum
 from torch import Tensor
 
 from ssmix.config import Config
@@ -85,6 +87,7 @@ class Method(nn.Module):
     :meth:`forward`, :meth:`mixed_loss` and :meth:`embed_target`."""
 
     backbone: ResNetTrunk
+    projector: nn.Module  # the online projection head (read by the helpers below)
     temperature: float = 0.2  # of the instance-level mixer losses on ``keys``
     embed_dim: int  # width of ``keys`` and of ``embed_target``
     #: (online, target) module pairs EMA-updated by :meth:`on_step_start`
@@ -121,6 +124,35 @@ class Method(nn.Module):
         """Online trunk from the image to position ``stop`` (ManifoldMix's hidden maps)."""
         return self.backbone.run(x, 0, stop)
 
+    def online_features(self, x: Tensor, map_at: Optional[int]) -> Tuple[Tensor, Optional[Tensor]]:
+        """Pooled online features of the two-view batch ``x`` (2N, ...) and, when ``map_at`` is set, the
+        detached maps at that position as (2, N, C, h, w): a method without a target network hands the
+        SAMix Mixer its online pass's maps (no extra forward)."""
+        if map_at is None:
+            return self.backbone(x), None
+        feats, maps = self.backbone.forward_with_map(x, map_at)
+        return feats, maps.detach().unflatten(0, (2, x.shape[0] // 2))
+
+    def frozen_online_embedding(self, x: Tensor) -> Tensor:
+        """:meth:`embed_target` of a method without a target network: the online backbone and projector
+        with their parameters detached (gradient reaches ``x`` only)."""
+        return l2n(frozen_call(self.projector, frozen_call(self.backbone, x)))
+
+    def build_momentum_branch(self) -> None:
+        """``backbone_m`` / ``projector_m``: gradient-free copies of the online backbone and projector,
+        registered in :attr:`momentum_pairs` for :meth:`momentum_update`."""
+        self.backbone_m = copy.deepcopy(self.backbone)
+        self.projector_m = copy.deepcopy(self.projector)
+        deactivate_requires_grad(self.backbone_m)
+        deactivate_requires_grad(self.projector_m)
+        self.momentum_pairs = [(self.backbone, self.backbone_m), (self.projector, self.projector_m)]
+
+    @torch.no_grad()
+    def momentum_update(self, tau: float) -> None:
+        """EMA of every pair in :attr:`momentum_pairs`: target <- tau * target + (1 - tau) * online."""
+        for online, target in self.momentum_pairs:
+            update_momentum(online, target, tau)
+
     def param_groups(self) -> List[Dict[str, Any]]:
         """Optimizer groups; keys beyond ``params`` (lr, momentum, weight_decay, warmup_epochs,
         min_lr) override the train config for that group."""
@@ -144,6 +176,33 @@ def frozen_call(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
     """Run ``module`` with its parameters detached: gradient reaches the inputs only."""
     params = {name: p.detach() for name, p in module.named_parameters()}
     return torch.func.functional_call(module, params, args, kwargs)
+
+
+def cat_views(views: List[Tensor]) -> Tensor:
+    """Views 1 and 2 as one batch (one forward: faster, and BN normalises both views together)."""
+    if len(views) < 2 or views[0].shape != views[1].shape:
+        raise ValueError("expected at least two views of equal shape (data.aug.kind makes the views); got "
+                         f"shapes {[tuple(v.shape) for v in views]}")
+    return torch.cat(views[:2])
+
+
+def in_batch_mixed_loss(criterion: Callable[..., Tensor], z: Tensor, mixed: MixedBatch, out: MethodOutput,
+                        temperature: float) -> Tensor:
+    """Mean of ``criterion(z, candidates, index_a, index_b, lam, temperature)`` where the candidates are
+    the batch's 2N keys ``out.keys`` and the two sources of each mixed row index into them (spec 2.4)."""
+    index_a, index_b = mixed.flat_index(out.keys.shape[1])
+    return criterion(z, out.keys.flatten(0, 1), index_a, index_b, mixed.lam, temperature).mean()
+
+
+def lars_param_groups(method: nn.Module) -> List[Dict[str, Any]]:
+    """Trainable parameters in two groups: biases and normalisation parameters get neither weight decay
+    nor LARS adaptation (as the SimCLR reference code and BYOL sec. 3.3; lightly's LARS skips the
+    adaptation of a group whose ``weight_decay`` is 0)."""
+    decay, no_decay = get_weight_decay_parameters([method])
+    return [
+        {"name": "encoder", "params": [p for p in decay if p.requires_grad]},
+        {"name": "encoder_no_decay", "params": [p for p in no_decay if p.requires_grad], "weight_decay": 0.0},
+    ]
 
 
 def collapse_std(z: Tensor) -> float:

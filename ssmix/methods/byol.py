@@ -9,20 +9,18 @@ prediction of x_mix and the batch's target projections, mass lam / 1 - lam on th
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 import torch
 from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
-from lightly.models.utils import deactivate_requires_grad, update_momentum
 from lightly.utils.scheduler import cosine_schedule
 from torch import Tensor
 
 from ssmix.config import Config, ConfigError, MethodConfig, register_method_config
 from ssmix.losses.contrastive import soft_target_cross_entropy
-from ssmix.methods.base import Method, MethodOutput, MixedBatch, collapse_std, l2n, register_method
-from ssmix.methods.simclr import cat_views, lars_param_groups
+from ssmix.methods.base import (Method, MethodOutput, MixedBatch, cat_views, collapse_std, in_batch_mixed_loss, l2n,
+                                lars_param_groups, register_method)
 from ssmix.models.backbones import build_backbone
 
 
@@ -55,11 +53,7 @@ class BYOL(Method):
         self.backbone = build_backbone(cfg.model.arch, cfg.model.cifar_stem, cfg.model.zero_init_residual)
         self.projector = BYOLProjectionHead(self.backbone.out_dim, mc.proj_hidden_dim, mc.out_dim)
         self.predictor = BYOLPredictionHead(mc.out_dim, mc.pred_hidden_dim, mc.out_dim)
-        self.backbone_m = copy.deepcopy(self.backbone)
-        self.projector_m = copy.deepcopy(self.projector)
-        deactivate_requires_grad(self.backbone_m)
-        deactivate_requires_grad(self.projector_m)
-        self.momentum_pairs = [(self.backbone, self.backbone_m), (self.projector, self.projector_m)]
+        self.build_momentum_branch()
         self.tau = mc.base_momentum
 
     def momentum_at(self, step: int, total_steps: int) -> float:
@@ -71,8 +65,7 @@ class BYOL(Method):
     def on_step_start(self, step: int, total_steps: int) -> None:
         # Spec 2.1 step 3.1: the EMA update comes first, so the targets use the updated network.
         self.tau = self.momentum_at(step, total_steps)
-        for online, target in self.momentum_pairs:
-            update_momentum(online, target, self.tau)
+        self.momentum_update(self.tau)
 
     def forward(self, views: List[Tensor], map_at: Optional[int] = None) -> MethodOutput:
         n = views[0].shape[0]
@@ -97,9 +90,7 @@ class BYOL(Method):
     def mixed_loss(self, mixed: MixedBatch, out: MethodOutput) -> Tensor:
         """-lam log p_a - (1 - lam) log p_b, p = softmax over the batch's target projections (spec 2.4)."""
         p = l2n(self.predictor(self.projector(self.backbone(mixed.x, start=mixed.start))))
-        index_a, index_b = mixed.flat_index(out.keys.shape[1])
-        return soft_target_cross_entropy(p, out.keys.flatten(0, 1), index_a, index_b, mixed.lam,
-                                         self.temperature).mean()
+        return in_batch_mixed_loss(soft_target_cross_entropy, p, mixed, out, self.temperature)
 
     def embed_target(self, x: Tensor) -> Tensor:
         # The target network has requires_grad=False: gradient reaches the input only.

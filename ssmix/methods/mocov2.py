@@ -6,17 +6,17 @@ InfoNCE against a persistent queue read once per step; the view-2 keys are enque
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import List, Optional
 
 import torch
 import torch.distributed as dist
 from lightly.models.modules import MoCoProjectionHead
-from lightly.models.utils import batch_shuffle, batch_unshuffle, deactivate_requires_grad, update_momentum
+from lightly.models.utils import batch_shuffle, batch_unshuffle
 from torch import Tensor
 
 from ssmix.config import Config, MethodConfig, register_method_config
+from ssmix.engine.distributed import is_distributed
 from ssmix.losses.contrastive import info_nce, mixup_info_nce
 from ssmix.losses.queue import KeyQueue
 from ssmix.methods.base import Method, MethodOutput, MixedBatch, collapse_std, l2n, register_method
@@ -35,50 +35,40 @@ class MoCoV2Config(MethodConfig):
     bn_splits: int = 8  # single-device shuffle-BN emulation; 1 = plain BN (used under DDP)
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
 @register_method("mocov2")
 class MoCoV2(Method):
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
         mc: MoCoV2Config = cfg.method
-        splits = 1 if _distributed() else mc.bn_splits
+        splits = 1 if is_distributed() else mc.bn_splits
         self.temperature, self.embed_dim = mc.temperature, mc.out_dim
         self.backbone = build_backbone(cfg.model.arch, cfg.model.cifar_stem, cfg.model.zero_init_residual, splits)
         width = self.backbone.out_dim
         self.projector = MoCoProjectionHead(width, mc.proj_hidden_dim or width, mc.out_dim)
-        self.backbone_m = copy.deepcopy(self.backbone)
-        self.projector_m = copy.deepcopy(self.projector)
-        deactivate_requires_grad(self.backbone_m)
-        deactivate_requires_grad(self.projector_m)
-        self.momentum_pairs = [(self.backbone, self.backbone_m), (self.projector, self.projector_m)]
+        self.build_momentum_branch()
         self.queue = KeyQueue(mc.queue_size, mc.out_dim)
 
     # -- step -----------------------------------------------------------------------------
-    @torch.no_grad()
     def on_step_start(self, step: int, total_steps: int) -> None:
         # Spec 2.1 step 3.1: the EMA update comes first, so keys use the updated encoder.
-        for online, target in self.momentum_pairs:
-            update_momentum(online, target, self.cfg.method.momentum)
+        self.momentum_update(self.cfg.method.momentum)
 
     @torch.no_grad()
     def _keys(self, x: Tensor, map_at: Optional[int]):
         """Momentum keys (and optional maps) of ``x`` with shuffle-BN."""
-        x, shuffle = batch_shuffle(x, distributed=_distributed())
+        x, shuffle = batch_shuffle(x, distributed=is_distributed())
         if map_at is None:
             feats, maps = self.backbone_m(x), None
         else:
             feats, maps = self.backbone_m.forward_with_map(x, map_at)
-            maps = batch_unshuffle(maps, shuffle, distributed=_distributed())
+            maps = batch_unshuffle(maps, shuffle, distributed=is_distributed())
         keys = l2n(self.projector_m(feats))
-        return batch_unshuffle(keys, shuffle, distributed=_distributed()), maps
+        return batch_unshuffle(keys, shuffle, distributed=is_distributed()), maps
 
     def forward(self, views: List[Tensor], map_at: Optional[int] = None) -> MethodOutput:
         x1, x2 = views[0], views[1]
         n = x1.shape[0]
-        self.queue.check_batch(n * (dist.get_world_size() if _distributed() else 1))
+        self.queue.check_batch(n * (dist.get_world_size() if is_distributed() else 1))
         keys, maps = self._keys(torch.cat([x1, x2]), map_at)
         keys = keys.view(2, n, -1)
         negatives = self.queue.snapshot()  # read once per step

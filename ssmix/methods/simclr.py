@@ -10,24 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
-import torch
-import torch.nn as nn
 from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
-from lightly.models.utils import get_weight_decay_parameters
 from torch import Tensor
 
 from ssmix.config import Config, MethodConfig, register_method_config
 from ssmix.losses.contrastive import mixup_info_nce_in_batch
-from ssmix.methods.base import (
-    Method,
-    MethodOutput,
-    MixedBatch,
-    collapse_std,
-    frozen_call,
-    l2n,
-    register_method,
-)
+from ssmix.methods.base import (Method, MethodOutput, MixedBatch, cat_views, collapse_std, in_batch_mixed_loss, l2n,
+                                lars_param_groups, register_method)
 from ssmix.models.backbones import build_backbone
 
 
@@ -38,25 +28,6 @@ class SimCLRConfig(MethodConfig):
     proj_hidden_dim: int = 0  # 0 = the backbone's output width (512 for R18, 2048 for R50)
     out_dim: int = 128
     temperature: float = 0.5  # SimCLR CIFAR recipe; 0.1 at ImageNet scale (configs say which)
-
-
-def cat_views(views: List[Tensor]) -> Tensor:
-    """Views 1 and 2 as one batch (one forward: faster, and BN normalises both views together)."""
-    if len(views) < 2 or views[0].shape != views[1].shape:
-        raise ValueError("expected at least two views of equal shape (data.aug.kind makes the views); got "
-                         f"shapes {[tuple(v.shape) for v in views]}")
-    return torch.cat(views[:2])
-
-
-def lars_param_groups(method: nn.Module) -> List[Dict[str, Any]]:
-    """Trainable parameters in two groups: biases and normalisation parameters get neither weight decay
-    nor LARS adaptation (as the SimCLR reference code and BYOL sec. 3.3; lightly's LARS skips the
-    adaptation of a group whose ``weight_decay`` is 0)."""
-    decay, no_decay = get_weight_decay_parameters([method])
-    return [
-        {"name": "encoder", "params": [p for p in decay if p.requires_grad]},
-        {"name": "encoder_no_decay", "params": [p for p in no_decay if p.requires_grad], "weight_decay": 0.0},
-    ]
 
 
 @register_method("simclr")
@@ -72,12 +43,7 @@ class SimCLR(Method):
 
     def forward(self, views: List[Tensor], map_at: Optional[int] = None) -> MethodOutput:
         n = views[0].shape[0]
-        x = cat_views(views)
-        if map_at is None:
-            feats, maps = self.backbone(x), None
-        else:  # no target network: the online pass's maps, detached (no extra forward)
-            feats, maps = self.backbone.forward_with_map(x, map_at)
-            maps = maps.detach().unflatten(0, (2, n))
+        feats, maps = self.online_features(cat_views(views), map_at)
         z = self.projector(feats).float()
         loss = self.criterion(z[:n], z[n:])
         return MethodOutput(
@@ -90,13 +56,9 @@ class SimCLR(Method):
     def mixed_loss(self, mixed: MixedBatch, out: MethodOutput) -> Tensor:
         """lam NT-Xent(z_m, k_a) + (1 - lam) NT-Xent(z_m, k_b), in-batch negatives (spec 2.4)."""
         z = l2n(self.projector(self.backbone(mixed.x, start=mixed.start)))
-        index_a, index_b = mixed.flat_index(out.keys.shape[1])
-        return mixup_info_nce_in_batch(z, out.keys.flatten(0, 1), index_a, index_b, mixed.lam,
-                                       self.temperature).mean()
+        return in_batch_mixed_loss(mixup_info_nce_in_batch, z, mixed, out, self.temperature)
 
-    def embed_target(self, x: Tensor) -> Tensor:
-        # No target network: the online encoder with its parameters detached (gradient reaches x only).
-        return l2n(frozen_call(self.projector, frozen_call(self.backbone, x)))
+    embed_target = Method.frozen_online_embedding  # no target network
 
     def param_groups(self) -> List[Dict[str, Any]]:
         if self.cfg.train.optimizer == "lars":

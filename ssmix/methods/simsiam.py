@@ -20,16 +20,8 @@ from torch import Tensor
 
 from ssmix.config import Config, ConfigError, MethodConfig, register_method_config
 from ssmix.losses.contrastive import soft_target_cross_entropy
-from ssmix.methods.base import (
-    Method,
-    MethodOutput,
-    MixedBatch,
-    collapse_std,
-    frozen_call,
-    l2n,
-    register_method,
-)
-from ssmix.methods.simclr import cat_views
+from ssmix.methods.base import (Method, MethodOutput, MixedBatch, cat_views, collapse_std, in_batch_mixed_loss, l2n,
+                                register_method)
 from ssmix.models.backbones import build_backbone
 
 
@@ -73,12 +65,7 @@ class SimSiam(Method):
 
     def forward(self, views: List[Tensor], map_at: Optional[int] = None) -> MethodOutput:
         n = views[0].shape[0]
-        x = cat_views(views)
-        if map_at is None:
-            feats, maps = self.backbone(x), None
-        else:  # no target network: the online pass's maps, detached (no extra forward)
-            feats, maps = self.backbone.forward_with_map(x, map_at)
-            maps = maps.detach().unflatten(0, (2, n))
+        feats, maps = self.online_features(cat_views(views), map_at)
         z = self.projector(feats)
         p = self.predictor(z).float().unflatten(0, (2, n))
         zt = z.detach().float().unflatten(0, (2, n))  # stop-gradient branch
@@ -93,13 +80,9 @@ class SimSiam(Method):
     def mixed_loss(self, mixed: MixedBatch, out: MethodOutput) -> Tensor:
         """-lam log p_a - (1 - lam) log p_b, p = softmax over the batch's stop-grad projections (spec 2.4)."""
         p = l2n(self.predictor(self.projector(self.backbone(mixed.x, start=mixed.start))))
-        index_a, index_b = mixed.flat_index(out.keys.shape[1])
-        return soft_target_cross_entropy(p, out.keys.flatten(0, 1), index_a, index_b, mixed.lam,
-                                         self.temperature).mean()
+        return in_batch_mixed_loss(soft_target_cross_entropy, p, mixed, out, self.temperature)
 
-    def embed_target(self, x: Tensor) -> Tensor:
-        # The stop-gradient branch: the encoder with its parameters detached (gradient reaches x only).
-        return l2n(frozen_call(self.projector, frozen_call(self.backbone, x)))
+    embed_target = Method.frozen_online_embedding  # the stop-gradient branch
 
     def param_groups(self) -> List[Dict[str, Any]]:
         """Encoder with the run's schedule; predictor at a constant lr (no warm-up, no decay)."""

@@ -26,17 +26,9 @@ from lightly.models.modules import SwaVProjectionHead
 from torch import Tensor
 
 from ssmix.config import Config, ConfigError, MethodConfig, register_method_config
+from ssmix.engine.distributed import is_distributed
 from ssmix.losses.queue import KeyQueue
-from ssmix.methods.base import (
-    Method,
-    MethodOutput,
-    MixedBatch,
-    collapse_std,
-    frozen_call,
-    l2n,
-    register_method,
-)
-from ssmix.methods.simclr import cat_views
+from ssmix.methods.base import Method, MethodOutput, MixedBatch, cat_views, collapse_std, l2n, register_method
 from ssmix.models.backbones import build_backbone
 
 
@@ -66,10 +58,6 @@ def swapped_prediction_loss(scores: Tensor, codes: Tensor, temperature: float) -
     ce = -torch.einsum("snk,vnk->sv", codes.float(), log_p) / scores.shape[1]  # (S, V)
     keep = ~torch.eye(codes.shape[0], scores.shape[0], dtype=torch.bool, device=ce.device)
     return ce[keep].mean()
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 @register_method("swav")
@@ -115,14 +103,8 @@ class SwAV(Method):
 
     def _embed(self, views: List[Tensor], map_at: Optional[int]):
         """Normalised embeddings (V*N, D) of all views and the (detached) high-res maps at ``map_at``."""
-        n = views[0].shape[0]
-        high = cat_views(views)
-        if map_at is None:
-            feats, maps = [self.backbone(high)], None
-        else:  # no target network: the online pass's maps, detached (no extra forward)
-            f, maps = self.backbone.forward_with_map(high, map_at)
-            feats, maps = [f], maps.detach().unflatten(0, (2, n))
-        start = 2
+        high, maps = self.online_features(cat_views(views), map_at)
+        feats, start = [high], 2
         while start < len(views):  # one backbone pass per run of equal-resolution low-res crops
             stop = start + 1
             while stop < len(views) and views[stop].shape == views[start].shape:
@@ -140,7 +122,7 @@ class SwAV(Method):
             scores = high_scores[v].float()
             if self.queue_active:
                 queued = self.queues[v].snapshot()
-                if _distributed():  # every rank holds the gathered queue: use a disjoint share of it
+                if is_distributed():  # every rank holds the gathered queue: use a disjoint share of it
                     queued = queued[dist.get_rank() :: dist.get_world_size()]
                 scores = torch.cat([queued @ self.prototypes.weight.detach().float().t(), scores])
             q = sinkhorn(scores, iterations=mc.sinkhorn_iterations, epsilon=mc.sinkhorn_epsilon,
@@ -151,7 +133,7 @@ class SwAV(Method):
     def forward(self, views: List[Tensor], map_at: Optional[int] = None) -> MethodOutput:
         n = views[0].shape[0]
         if self.queues is not None:
-            self.queues[0].check_batch(n * (dist.get_world_size() if _distributed() else 1))
+            self.queues[0].check_batch(n * (dist.get_world_size() if is_distributed() else 1))
         z, maps = self._embed(views, map_at)
         scores = (z @ self._prototype_weight().float().t()).unflatten(0, (len(views), n))  # (V, N, K)
         codes = self._codes(scores[:2].detach())
@@ -171,9 +153,7 @@ class SwAV(Method):
         codes_a, codes_b = mixed.gather(out.targets)
         return -(mixed.lam * (codes_a * log_p).sum(-1) + (1 - mixed.lam) * (codes_b * log_p).sum(-1)).mean()
 
-    def embed_target(self, x: Tensor) -> Tensor:
-        # No target network: the online encoder with its parameters detached (gradient reaches x only).
-        return l2n(frozen_call(self.projector, frozen_call(self.backbone, x)))
+    embed_target = Method.frozen_online_embedding  # no target network
 
     def on_step_end(self, out: MethodOutput) -> None:
         if self.queues is not None:  # the normalised high-res embeddings, once per step

@@ -10,7 +10,7 @@ Parameter names are torchvision's (``conv1``, ``bn1``, ``layer1`` ... ``layer4``
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Mapping, Optional
 
 import torch
 import torch.nn as nn
@@ -119,17 +119,26 @@ def build_backbone(arch: str = "resnet18", cifar_stem: bool = False, zero_init_r
     return ResNetTrunk(arch, cifar_stem, zero_init_residual, bn_splits)
 
 
+def fold_split_bn_stats(state_dict: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+    """Split-BN running stats of shape ``(splits*C,)`` averaged over the splits to ``(C,)``.
+
+    ``C`` is the width of the layer's ``weight`` (SplitBatchNorm keeps one affine pair per channel and
+    ``splits`` copies of the running stats); every other entry is returned as is.
+    """
+    out = dict(state_dict)
+    for key, value in state_dict.items():
+        if not key.endswith(("running_mean", "running_var")):
+            continue
+        weight = state_dict.get(key.rsplit(".", 1)[0] + ".weight")
+        if weight is not None and value.dim() == 1 and value.numel() != weight.numel() \
+                and value.numel() % weight.numel() == 0:
+            out[key] = value.view(-1, weight.numel()).mean(0)
+    return out
+
+
 def export_state_dict(trunk: ResNetTrunk) -> Dict[str, Tensor]:
     """Plain torchvision ResNet state_dict (no ``fc``): split-BN running stats averaged over splits."""
-    out: Dict[str, Tensor] = {}
-    for name, module in trunk.named_modules():
-        if isinstance(module, SplitBatchNorm) and module.num_splits > 1:
-            c = module.num_features
-            for buf in ("running_mean", "running_var"):
-                out[f"{name}.{buf}"] = getattr(module, buf).detach().view(module.num_splits, c).mean(0).clone()
-    for key, value in trunk.state_dict().items():
-        out.setdefault(key, value.detach().clone())
-    return out
+    return fold_split_bn_stats({key: value.detach().clone() for key, value in trunk.state_dict().items()})
 
 
 def load_torchvision_resnet(state_dict: Dict[str, Tensor], arch: str, cifar_stem: bool = False,
