@@ -68,7 +68,7 @@ class ModelConfig:
     arch: str = "resnet18"  # resnet18 | resnet34 | resnet50
     cifar_stem: bool = False  # 3x3 stride-1 conv1 and no max-pool, for 32 px inputs
     zero_init_residual: bool = False
-    channels_last: bool = True
+    channels_last: bool = True  # CUDA only (slower on CPU, see engine.trainer.memory_format_for)
 
 
 @dataclass
@@ -239,6 +239,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     elif tp is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, bool):  # YAML 1.1 reads off/on/no/yes as booleans (train.amp=off)
+            return "on" if value else "off"
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
     else:

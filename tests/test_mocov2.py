@@ -26,6 +26,17 @@ def test_loss_is_info_nce_of_view1_queries_against_view2_keys_and_the_queue():
     assert torch.allclose(out.keys.norm(dim=-1), torch.ones(2, 8), atol=1e-5)
 
 
+def test_without_targets_only_view2_keys_are_computed():
+    model, views = _model_and_views()
+    queue_before = model.queue.snapshot()
+    out = model(views, with_targets=False)
+    assert out.keys.shape == (1, 8, 128)
+    q = l2n(model.projector(model.backbone(views[0])))
+    assert torch.allclose(out.losses["moco"], info_nce(q, out.keys[0], queue_before, 0.2).mean(), atol=1e-5)
+    model.on_step_end(out)
+    assert torch.equal(model.queue.keys[:8], out.keys[0])
+
+
 def test_queue_read_once_enqueued_once_with_view2_keys():
     model, views = _model_and_views()
     out = model(views)

@@ -37,7 +37,7 @@ class Pretrainer(nn.Module):
         """Named losses (to be summed) and float metrics of one step (spec 2.1 order)."""
         self.method.on_step_start(step, total_steps)
         map_at = self.pipeline.needs_feature_maps if self.pipeline is not None else None
-        out = self.method(views, map_at=map_at)
+        out = self.method(views, map_at=map_at, with_targets=self.pipeline is not None)
         losses, metrics = dict(out.losses), dict(out.metrics)
         if self.pipeline is not None:
             mix_losses, mix_metrics = self.pipeline(self.method, views, labels, index, out, step, total_steps)

@@ -35,7 +35,9 @@ class MethodOutput:
     """What one forward pass of a method on the un-mixed views produces."""
 
     losses: Dict[str, Tensor]
-    keys: Tensor  # (2, N, D): L2-normalised target-branch embeddings of views 1 and 2, no grad
+    # (2, N, D): L2-normalised target-branch embeddings of views 1 and 2, no grad. Called with
+    # ``with_targets=False`` (no mix pipeline) a method may return view 2's alone, (1, N, D).
+    keys: Tensor
     negatives: Optional[Tensor] = None  # (K, D) extra negatives (queue snapshot), no grad
     targets: Optional[Tensor] = None  # (2, N, ...) method-specific mixed-view targets (default: keys)
     feature_maps: Optional[Tensor] = None  # (2, N, C, h, w) target-branch maps at `map_at`, no grad
@@ -102,7 +104,7 @@ class Method(nn.Module):
     def on_step_start(self, step: int, total_steps: int) -> None:
         """Called before the forward pass of every step (momentum updates go here)."""
 
-    def forward(self, views: List[Tensor], map_at: Optional[int] = None) -> MethodOutput:
+    def forward(self, views: List[Tensor], map_at: Optional[int] = None, with_targets: bool = True) -> MethodOutput:
         raise NotImplementedError
 
     def mixed_loss(self, mixed: MixedBatch, out: MethodOutput) -> Tensor:

@@ -67,7 +67,7 @@ class BYOL(Method):
         self.tau = self.momentum_at(step, total_steps)
         self.momentum_update(self.tau)
 
-    def forward(self, views: List[Tensor], map_at: Optional[int] = None) -> MethodOutput:
+    def forward(self, views: List[Tensor], map_at: Optional[int] = None, with_targets: bool = True) -> MethodOutput:
         n = views[0].shape[0]
         x = cat_views(views)
         z = self.projector(self.backbone(x))

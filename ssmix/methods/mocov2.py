@@ -65,16 +65,19 @@ class MoCoV2(Method):
         keys = l2n(self.projector_m(feats))
         return batch_unshuffle(keys, shuffle, distributed=is_distributed()), maps
 
-    def forward(self, views: List[Tensor], map_at: Optional[int] = None) -> MethodOutput:
+    def forward(self, views: List[Tensor], map_at: Optional[int] = None, with_targets: bool = True) -> MethodOutput:
         x1, x2 = views[0], views[1]
         n = x1.shape[0]
         self.queue.check_batch(n * (dist.get_world_size() if is_distributed() else 1))
-        keys, maps = self._keys(torch.cat([x1, x2]), map_at)
-        keys = keys.view(2, n, -1)
+        # Plain MoCo v2 needs view 2's keys only (shuffle-BN over N, as the original); the mix
+        # pipeline also needs view 1's (spec 2.1 step 3.3: both views in one shuffled pass).
+        both = with_targets or map_at is not None
+        keys, maps = self._keys(torch.cat([x1, x2]) if both else x2, map_at)
+        keys = keys.view(-1, n, keys.shape[-1])
         negatives = self.queue.snapshot()  # read once per step
         q = l2n(self.projector(self.backbone(x1)))
         # Spec 2.1 step 4: one-directional, query from view 1, positive key from view 2.
-        loss = info_nce(q, keys[1], negatives, self.temperature).mean()
+        loss = info_nce(q, keys[-1], negatives, self.temperature).mean()
         return MethodOutput(
             losses={"moco": loss},
             keys=keys,
@@ -94,4 +97,4 @@ class MoCoV2(Method):
         return l2n(self.projector_m(self.backbone_m(x)))
 
     def on_step_end(self, out: MethodOutput) -> None:
-        self.queue.enqueue(out.keys[1])  # spec 2.1 step 10: the view-2 keys, once per step
+        self.queue.enqueue(out.keys[-1])  # spec 2.1 step 10: the view-2 keys, once per step

@@ -41,7 +41,7 @@ class SimCLR(Method):
         self.projector = SimCLRProjectionHead(width, mc.proj_hidden_dim or width, mc.out_dim)
         self.criterion = NTXentLoss(temperature=mc.temperature, gather_distributed=True)
 
-    def forward(self, views: List[Tensor], map_at: Optional[int] = None) -> MethodOutput:
+    def forward(self, views: List[Tensor], map_at: Optional[int] = None, with_targets: bool = True) -> MethodOutput:
         n = views[0].shape[0]
         feats, maps = self.online_features(cat_views(views), map_at)
         z = self.projector(feats).float()

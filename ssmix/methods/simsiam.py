@@ -63,7 +63,7 @@ class SimSiam(Method):
         self.projector = build_projector(mc.proj_layers, self.backbone.out_dim, mc.proj_hidden_dim, mc.out_dim)
         self.predictor = SimSiamPredictionHead(mc.out_dim, mc.pred_hidden_dim, mc.out_dim)
 
-    def forward(self, views: List[Tensor], map_at: Optional[int] = None) -> MethodOutput:
+    def forward(self, views: List[Tensor], map_at: Optional[int] = None, with_targets: bool = True) -> MethodOutput:
         n = views[0].shape[0]
         feats, maps = self.online_features(cat_views(views), map_at)
         z = self.projector(feats)

@@ -130,7 +130,7 @@ class SwAV(Method):
             codes.append(q[-n:])
         return torch.stack(codes)
 
-    def forward(self, views: List[Tensor], map_at: Optional[int] = None) -> MethodOutput:
+    def forward(self, views: List[Tensor], map_at: Optional[int] = None, with_targets: bool = True) -> MethodOutput:
         n = views[0].shape[0]
         if self.queues is not None:
             self.queues[0].check_batch(n * (dist.get_world_size() if is_distributed() else 1))
