@@ -1,0 +1,275 @@
+"""Real two-process DDP on CPU (gloo), launched like ``torchrun`` (MASTER_ADDR/PORT, RANK, WORLD_SIZE,
+LOCAL_RANK in the environment), through ``ssmix.engine.distributed.init_distributed``.
+
+Importing torch + ssmix dominates the cost, so both ranks are started once (module fixture) and each
+runs every scenario in one process group, saving what it observed under ``tmp/rank<r>/``; the tests
+below only read those files. A rank that fails makes the fixture kill the other one at once (it would
+wait in a collective); a hang is killed after ``TIMEOUT_S``; either fails with both ranks' logs
+instead of blocking CI.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORLD = 2
+TIMEOUT_S = 240
+PER_RANK_BATCH = 4
+QUEUE = 24  # a multiple of the global batch 8, not of 16: after 4 steps ptr is 8 (8 keys/step), not 16 (4)
+STEPS = 4
+
+pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
+                                reason="torch.distributed with gloo is not available")
+
+
+# -- what every rank runs -------------------------------------------------------------------------
+def _train_overrides(out_dir: str, *extra: str):
+    # 24 images / 2 ranks / batch 4 = 3 steps per epoch: the resume at step 2 crosses an epoch end.
+    # Mixup draws lambda and the partner order from each rank's own RNG stream, so rank 1's stream
+    # reaches the averaged gradients: an exact resume needs every rank's RNG state in the checkpoint.
+    return ["method.name=mocov2", "mix.type=mixup", f"method.queue_size={QUEUE}", "method.momentum=0.9",
+            "method.bn_splits=2", f"train.batch_size={PER_RANK_BATCH}", "data.num_samples=24",
+            f"output_dir={out_dir}", *extra]
+
+
+def _grad_test_params(seed: int):
+    torch.manual_seed(seed)
+    shapes = [((2, 3), torch.float64), ((2,), torch.float64), ((1, 2), torch.float32), ((1,), torch.float32)]
+    params = [torch.nn.Parameter(torch.randn(shape, dtype=dtype)) for shape, dtype in shapes]
+    params[3].requires_grad_(False)
+    return params
+
+
+def _scenario_average_gradients(rank: int, out: str) -> None:
+    from ssmix.engine.distributed import average_gradients, broadcast_module
+
+    # float64 and float32 parameters (one flat buffer per dtype) and one without a gradient.
+    net = torch.nn.ParameterList(_grad_test_params(seed=rank))  # rank-dependent weights ...
+    broadcast_module(net)  # ... replaced by rank 0's
+    for i, p in enumerate(net.parameters()):
+        if p.requires_grad:
+            p.grad = torch.arange(p.numel(), dtype=p.dtype).view_as(p) * (rank + 1) + 10 * i
+    average_gradients([p for p in net.parameters()])
+    torch.save({"params": [p.detach().clone() for p in net.parameters()],
+                "grads": [None if p.grad is None else p.grad.clone() for p in net.parameters()]},
+               os.path.join(out, "grads.pt"))
+
+
+def _scenario_shuffle(rank: int, out: str) -> None:
+    from ssmix.engine.distributed import broadcast_module
+    from ssmix.methods import build_method
+    from ssmix.methods.base import l2n
+    from tests.helpers import moco_overrides, tiny_config
+
+    torch.manual_seed(0)
+    method = build_method(tiny_config(*moco_overrides()))
+    for m in method.modules():  # non-trivial running statistics, so eval-mode BN is not ~identity
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2.0)
+    broadcast_module(method)
+    method.eval()
+    seen = []
+    method.backbone_m.conv1.register_forward_pre_hook(lambda mod, args: seen.append(args[0].clone()))
+    torch.manual_seed(100 + rank)
+    x = torch.randn(2 * PER_RANK_BATCH, 3, 16, 16)  # (view 1, view 2) of this rank's half batch
+    keys, _ = method._keys(x, None)
+    keys_map, maps = method._keys(x, 3)
+    with torch.no_grad():
+        expected = l2n(method.projector_m(method.backbone_m(x)))
+        expected_maps = method.backbone_m.run(x, 0, 3)
+    torch.save({"x": x, "keys": keys, "keys_map": keys_map, "maps": maps, "expected": expected,
+                "expected_maps": expected_maps, "seen": seen[0],
+                "bn_types": sorted({type(m).__name__ for m in method.modules() if "Norm" in type(m).__name__})},
+               os.path.join(out, "shuffle.pt"))
+
+
+def _capturing_pretrainer(captured: dict):
+    """``trainer.Pretrainer`` stand-in that keeps the live model and its last enqueued keys."""
+    from ssmix.engine.pretrainer import Pretrainer
+
+    def build(*args, **kwargs):
+        model = Pretrainer(*args, **kwargs)
+        enqueue = model.method.on_step_end
+
+        def on_step_end(out):
+            captured["keys"] = out.keys[1].detach().clone()
+            captured["ptr_before"] = int(model.method.queue.ptr)
+            enqueue(out)
+
+        model.method.on_step_end = on_step_end
+        captured["model"] = model
+        return model
+
+    return build
+
+
+def _scenario_train(rank: int, out: str, shared: str) -> None:
+    from ssmix.engine import trainer
+    from tests.helpers import tiny_config
+
+    runs = {"full": [f"train.max_steps={STEPS}"], "part": ["train.max_steps=2"],
+            "resumed": [f"train.max_steps={STEPS}", "resume=auto"]}
+    for name, extra in runs.items():
+        captured = {}
+        trainer.Pretrainer = _capturing_pretrainer(captured)
+        run_dir = os.path.join(shared, "resume" if name != "full" else "full")
+        summary = trainer.train(tiny_config(*_train_overrides(run_dir, *extra)))
+        model = captured["model"]
+        torch.save({"summary": summary, "state": {k: v.clone() for k, v in model.state_dict().items()},
+                    "keys": captured["keys"], "ptr_before": captured["ptr_before"],
+                    "bn_splits": sorted({getattr(m, "num_splits", 1) for m in model.modules()
+                                         if isinstance(m, torch.nn.BatchNorm2d)})},
+                   os.path.join(out, f"train_{name}.pt"))
+
+
+def _worker(shared: str) -> None:
+    """Entry point of one rank (environment as torchrun sets it)."""
+    torch.set_num_threads(1)
+    from ssmix.engine.distributed import init_distributed
+
+    rank, world, _ = init_distributed("cpu")
+    assert world == WORLD, world
+    out = os.path.join(shared, f"rank{rank}")
+    os.makedirs(out, exist_ok=True)
+    try:
+        _scenario_average_gradients(rank, out)
+        _scenario_shuffle(rank, out)
+        _scenario_train(rank, out, shared)
+    finally:
+        dist.destroy_process_group()
+
+
+# -- the launcher -----------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    """Run both ranks once; returns the shared directory holding ``rank<r>/`` results."""
+    shared = str(tmp_path_factory.mktemp("ddp"))
+    port = _free_port()
+    procs = []
+    for rank in range(WORLD):
+        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+               "WORLD_SIZE": str(WORLD), "LOCAL_RANK": str(rank), "OMP_NUM_THREADS": "1",
+               "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
+        log = open(os.path.join(shared, f"log{rank}.txt"), "w", encoding="utf-8")
+        code = f"from tests.test_distributed import _worker; _worker({shared!r})"
+        procs.append((subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=log,
+                                       stderr=subprocess.STDOUT), log))
+    failed = []
+    deadline = time.monotonic() + TIMEOUT_S
+    try:
+        while any(proc.poll() is None for proc, _ in procs):
+            codes = [proc.poll() for proc, _ in procs]
+            if any(code not in (None, 0) for code in codes):  # the other rank would wait in a collective
+                break
+            if time.monotonic() > deadline:
+                failed.append(f"still running after {TIMEOUT_S} s (a collective hung?)")
+                break
+            time.sleep(0.2)
+        failed += [f"rank {r} exited with {proc.returncode}" for r, (proc, _) in enumerate(procs)
+                   if proc.poll() not in (None, 0)]
+    finally:
+        for proc, log in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            log.close()
+    if failed:
+        logs = "\n".join(f"--- rank {r} ---\n" + open(os.path.join(shared, f"log{r}.txt")).read()[-3000:]
+                         for r in range(WORLD))
+        pytest.fail("; ".join(failed) + "\n" + logs)
+    return shared
+
+
+def _load(shared: str, rank: int, name: str):
+    return torch.load(os.path.join(shared, f"rank{rank}", name), weights_only=False)
+
+
+def _latest_checkpoint(run_dir: str):
+    from ssmix.engine import checkpoint as ckpt
+
+    return ckpt.load_checkpoint(ckpt.latest_checkpoint(run_dir))
+
+
+# -- the tests --------------------------------------------------------------------------------------
+def test_average_gradients_is_the_mean_over_ranks(ranks):
+    r0, r1 = _load(ranks, 0, "grads.pt"), _load(ranks, 1, "grads.pt")
+    for i, (g0, g1) in enumerate(zip(r0["grads"], r1["grads"])):
+        if i == 3:  # the parameter without requires_grad
+            assert g0 is None and g1 is None
+            continue
+        base = torch.arange(g0.numel(), dtype=g0.dtype).view_as(g0)
+        expected = (base * 1 + 10 * i + base * 2 + 10 * i) / 2  # mean of rank 0's and rank 1's grads
+        assert g0.dtype == g1.dtype == expected.dtype
+        assert torch.equal(g0, expected) and torch.equal(g1, expected), i
+    assert r0["grads"][2].dtype == torch.float32 and r0["grads"][0].dtype == torch.float64
+    # broadcast_module: rank 1 now holds rank 0's (seed 0) weights
+    for p0, p1, expected in zip(r0["params"], r1["params"], _grad_test_params(seed=0)):
+        assert torch.equal(p0, p1) and torch.equal(p0, expected.detach())
+
+
+def test_cross_rank_shuffle_returns_keys_in_the_original_order(ranks):
+    r = [_load(ranks, k, "shuffle.pt") for k in range(WORLD)]
+    assert r[0]["bn_types"] == ["BatchNorm2d"]  # bn_splits forced to 1 under DDP
+    for k in range(WORLD):
+        torch.testing.assert_close(r[k]["keys"], r[k]["expected"], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(r[k]["keys_map"], r[k]["expected"], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(r[k]["maps"], r[k]["expected_maps"], rtol=1e-4, atol=1e-5)
+    # The key encoder saw a permutation of the global batch, with images of the other rank.
+    global_batch = torch.cat([r[k]["x"] for k in range(WORLD)]).flatten(1)
+    seen = torch.cat([r[k]["seen"] for k in range(WORLD)]).flatten(1)
+    match = (seen[:, None, :] == global_batch[None, :, :]).all(-1)  # (seen row, global row)
+    assert torch.equal(match.sum(0), torch.ones(len(global_batch), dtype=torch.long))
+    source_rank = match.float().argmax(1) // (2 * PER_RANK_BATCH)
+    assert (source_rank.view(WORLD, -1) != torch.arange(WORLD)[:, None]).any(1).all()
+
+
+def test_two_rank_training_keeps_ranks_identical_and_gathers_keys(ranks):
+    r = [_load(ranks, k, "train_full.pt") for k in range(WORLD)]
+    assert r[0]["summary"]["step"] == STEPS and r[0]["bn_splits"] == [1]
+    saved = _latest_checkpoint(os.path.join(ranks, "full"))
+    assert saved["step"] == STEPS and isinstance(saved["rng"], list) and len(saved["rng"]) == WORLD
+    running = ("running_mean", "running_var")  # BN statistics are per rank (batch statistics differ)
+    for key, value in saved["model"].items():
+        for k in range(WORLD):
+            if k == 0 or not key.endswith(running):
+                assert torch.equal(r[k]["state"][key], value), (k, key)
+    assert any(not torch.equal(r[1]["state"][k], v) for k, v in saved["model"].items() if k.endswith(running))
+    # The global batch (8 keys, rank 0's then rank 1's) is enqueued once per step.
+    queue_ptr = saved["model"]["method.queue.ptr"]
+    assert int(queue_ptr) == (STEPS * PER_RANK_BATCH * WORLD) % QUEUE
+    start = r[0]["ptr_before"]
+    assert r[1]["ptr_before"] == start
+    last = saved["model"]["method.queue.keys"][start : start + PER_RANK_BATCH * WORLD]
+    assert torch.equal(last, torch.cat([r[0]["keys"], r[1]["keys"]]))
+    assert not torch.allclose(r[0]["keys"], r[1]["keys"])  # the ranks saw different images
+
+
+def test_ddp_resume_is_exact(ranks):
+    part = [_load(ranks, k, "train_part.pt") for k in range(WORLD)]
+    resumed = [_load(ranks, k, "train_resumed.pt") for k in range(WORLD)]
+    assert part[0]["summary"]["step"] == 2 and resumed[0]["summary"]["step"] == STEPS
+    full = _latest_checkpoint(os.path.join(ranks, "full"))
+    after = _latest_checkpoint(os.path.join(ranks, "resume"))
+    assert after["step"] == full["step"] == STEPS
+    for key, value in full["model"].items():
+        assert torch.equal(value, after["model"][key]), key
+    for k, st in full["optimizer"]["state"].items():
+        assert torch.equal(st["momentum_buffer"], after["optimizer"]["state"][k]["momentum_buffer"])
+    # Rank 1 continued exactly too: its last keys match the uninterrupted run's.
+    full_keys = _load(ranks, 1, "train_full.pt")["keys"]
+    assert torch.equal(resumed[1]["keys"], full_keys)
