@@ -24,15 +24,6 @@ from ssmix.models.backbones import ResNetTrunk, build_backbone, export_state_dic
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny tensors: one intra-op thread is faster than several on a shared machine (restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_trunk(seed: int = 0, **kwargs) -> ResNetTrunk:
     torch.manual_seed(seed)
     return build_backbone("resnet18", **kwargs).eval()

@@ -20,15 +20,6 @@ ALL_TYPES = PIXEL_TYPES + ["manifoldmix"]
 BOX_TYPES = ["cutmix", "resizemix", "saliencymix", "interintra"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: intra-op threads only add contention on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Prefix(nn.Module):
     """A tiny stand-in for the online trunk: position k = after k (1x1 conv, 2x avg-pool) stages."""
 
