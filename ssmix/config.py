@@ -156,24 +156,21 @@ MIX_SCHEMAS: Dict[str, Type[MixConfig]] = {"none": MixConfig}
 _POLYMORPHIC = {"method": ("name", METHOD_SCHEMAS), "mix": ("type", MIX_SCHEMAS)}
 
 
-def register_method_config(name: str):
-    """Class decorator: register the schema of method ``name``."""
+def registrar(table: Dict[str, type]):
+    """``register = registrar(table)``; ``@register("name")`` puts the decorated class in ``table``."""
 
-    def wrap(cls):
-        METHOD_SCHEMAS[name] = cls
-        return cls
+    def register(name: str):
+        def wrap(cls):
+            table[name] = cls
+            return cls
 
-    return wrap
+        return wrap
+
+    return register
 
 
-def register_mix_config(name: str):
-    """Class decorator: register the schema of mixer ``name``."""
-
-    def wrap(cls):
-        MIX_SCHEMAS[name] = cls
-        return cls
-
-    return wrap
+register_method_config = registrar(METHOD_SCHEMAS)  # the schema of ``method.name``
+register_mix_config = registrar(MIX_SCHEMAS)  # the schema of ``mix.type``
 
 
 def _ensure_registries() -> None:

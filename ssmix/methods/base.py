@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from lightly.models.utils import deactivate_requires_grad, get_weight_decay_parameters, update_momentum
 from torch import Tensor
 
-from ssmix.config import Config
+from ssmix.config import Config, registrar
 from ssmix.models.backbones import ResNetTrunk
 
 
@@ -74,14 +74,7 @@ class MixedBatch:
 METHODS: Dict[str, type] = {}
 
 
-def register_method(name: str):
-    """Class decorator: make method ``name`` buildable from ``method.name``."""
-
-    def wrap(cls):
-        METHODS[name] = cls
-        return cls
-
-    return wrap
+register_method = registrar(METHODS)  # ``@register_method("name")``: buildable from ``method.name``
 
 
 class Method(nn.Module):

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ssmix.config import MixConfig
+from ssmix.config import MixConfig, registrar
 
 
 @dataclass
@@ -49,14 +49,7 @@ class MixResult:
 MIXERS: Dict[str, type] = {}
 
 
-def register_mixer(name: str):
-    """Class decorator: make mixer ``name`` buildable from ``mix.type``."""
-
-    def wrap(cls):
-        MIXERS[name] = cls
-        return cls
-
-    return wrap
+register_mixer = registrar(MIXERS)  # ``@register_mixer("name")``: buildable from ``mix.type``
 
 
 class Mixer(nn.Module):
