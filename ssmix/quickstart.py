@@ -52,9 +52,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     print("|---|---|---|---|")
     for title, result, took in rows:
         print(f"| {title} | {result['top1']:.1f} | {result['knn_top1']:.1f} | {took} |")
-    print("\nThis is a CPU smoke run of ~90 steps per method. The SAMix Mixer starts from a near-constant mask"
-          "\n(N(0, 0.01) init) and needs far longer schedules to learn structured masks (see mask_var in"
-          f"\n{args.output_root}/*/metrics.jsonl); the paper's gains come from 400+ epochs on GPUs.")
+    print("\nThis is a CPU smoke run of ~90 steps per method: it shows the pipeline end to end, not a ranking"
+          "\n(at this budget the accuracies move by several points with any change of seed or code). The SAMix"
+          "\nMixer starts from a near-constant mask (N(0, 0.01) init) and needs far longer schedules to learn"
+          f"\nstructured masks (mask_var in {args.output_root}/*/metrics.jsonl; figures: python -m"
+          "\nssmix.visualize_mix); the paper's gains come from 400+ epochs on GPUs.")
     return 0
 
 
