@@ -35,7 +35,8 @@ import torch  # noqa: E402
 
 from ssmix.config import Config, load_config  # noqa: E402
 from ssmix.engine.pretrainer import Pretrainer  # noqa: E402
-from ssmix.engine.trainer import autocast_dtype, build_optimizer, resolve_device  # noqa: E402
+from ssmix.engine.optim import build_optimizer  # noqa: E402
+from ssmix.engine.trainer import autocast_dtype, resolve_device  # noqa: E402
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 POOL_BATCHES = 4  # distinct batches cycled through (dataset size = 4 x batch)

@@ -46,7 +46,7 @@ def ssmix_step(args, total_steps: int) -> StepFn:
     from ssmix.engine.distributed import average_gradients
     from ssmix.engine import trainer
     from ssmix.engine.pretrainer import Pretrainer
-    from ssmix.engine.trainer import build_optimizer, set_learning_rates
+    from ssmix.engine.optim import build_optimizer, set_learning_rates
 
     cfg = load_config(None, [
         "device=cpu", "method.name=mocov2", f"model.arch={args.arch}", f"data.image_size={args.size}",

@@ -13,7 +13,8 @@ import ssmix.methods.swav as swav_module
 from ssmix.config import ConfigError
 from ssmix.engine import checkpoint as ckpt
 from ssmix.engine.pretrainer import Pretrainer
-from ssmix.engine.trainer import build_optimizer, set_learning_rates, train
+from ssmix.engine.optim import build_optimizer, set_learning_rates
+from ssmix.engine.trainer import train
 from ssmix.methods import build_method
 from ssmix.methods.base import MixedBatch, l2n
 from ssmix.methods.swav import swapped_prediction_loss
@@ -208,7 +209,7 @@ def test_swav_prototypes_get_no_gradient_during_the_frozen_epoch_and_do_after():
         assert model.projector.layers[0].weight.grad is not None
 
 
-def test_swav_queue_is_used_only_when_full_and_from_the_start_epoch(monkeypatch):
+def test_swav_queue_fills_from_the_start_epoch_and_is_used_once_full(monkeypatch):
     rows = []
 
     def recording_sinkhorn(scores, **kw):
@@ -220,15 +221,16 @@ def test_swav_queue_is_used_only_when_full_and_from_the_start_epoch(monkeypatch)
     assert {"queues.0.keys", "queues.0.ptr", "queues.0.filled", "queues.1.keys"} <= set(model.state_dict())
     views = make_views("swav", n=4)
     seen = []
-    for step in range(7):  # 14 steps in all: epoch 1 starts at step 7
+    for step in range(9):  # 14 steps in all: epoch 1 starts at step 7
         model.on_step_start(step, 14)
         out = model(views)
         seen.append(rows[-2:])
         model.on_step_end(out)
+        assert int(model.queues[0].filled) == (0 if step < 7 else 4 * (step - 6)), step  # empty until epoch 1
     assert torch.equal(model.queues[1].keys[4:8], out.keys[1])  # the latest high-res embeddings
-    assert seen == [[4, 4]] * 7  # full after 2 steps, but epoch 0 < queue_start_epoch
+    assert seen == [[4, 4]] * 9  # epoch 0: no queue; steps 7-8 fill it (4 + 4 of 8)
     queued = [q.snapshot() for q in model.queues]
-    model.on_step_start(7, 14)
+    model.on_step_start(9, 14)
     out = model(views)
     assert rows[-2:] == [12, 12]
     scores, _ = _swav_scores(model, views)

@@ -128,6 +128,22 @@ def test_derangement_is_a_permutation_without_fixed_points():
         derangement(1)
 
 
+def test_derangement_is_uniform_over_all_derangements():
+    # n = 4 has 9 derangements: 6 four-cycles and 3 double swaps (i <-> j, k <-> l). A single n-cycle
+    # construction never yields a swap; a uniform draw gives each of the 9 about 1/9 of the time.
+    torch.manual_seed(0)
+    draws = 9000
+    counts = {}
+    for _ in range(draws):
+        key = tuple(derangement(4).tolist())
+        counts[key] = counts.get(key, 0) + 1
+    assert len(counts) == 9
+    swaps = [p for p in counts if all(p[p[i]] == i for i in range(4))]
+    assert len(swaps) == 3
+    for count in counts.values():
+        assert abs(count / draws - 1 / 9) < 0.02  # ~6 standard deviations of a 1/9 frequency
+
+
 # --------------------------------------------------------------------------------------------
 # Mixup
 # --------------------------------------------------------------------------------------------
@@ -369,3 +385,23 @@ def test_interintra_without_labels_fails_clearly():
     ctx = make_ctx(4, 16, 16)
     with pytest.raises(ValueError, match="ctx.labels is None"):
         build("interintra")(ctx.views[0], ctx.views[1], ctx)
+
+
+def test_mask_statistics_tell_structured_flat_and_degenerate_masks_apart():
+    from ssmix.mixers.base import mask_statistics
+
+    flat = torch.full((4, 1, 8, 8), 0.4)  # Mixup: no spatial structure, nothing saturated
+    degenerate = torch.tensor([0.0, 1.0, 0.0, 1.0]).view(4, 1, 1, 1).expand(4, 1, 8, 8)  # all-0 / all-1
+    half = torch.zeros(4, 1, 8, 8)
+    half[..., :4] = 1.0  # CutMix-like: left half from a, every image alike
+    s = {name: mask_statistics(m, "") for name, m in (("flat", flat), ("degenerate", degenerate), ("half", half))}
+    assert s["flat"] == {"within_var": 0.0, "between_var": 0.0, "saturated": 0.0}
+    assert s["degenerate"]["within_var"] == 0.0 and s["degenerate"]["between_var"] == pytest.approx(0.25)
+    assert s["degenerate"]["saturated"] == 1.0
+    assert s["half"]["within_var"] == pytest.approx(0.25) and s["half"]["between_var"] == 0.0
+    # law of total variance on a random batch: within + between = variance over every pixel
+    m = torch.rand(6, 1, 5, 5)
+    r = mask_statistics(m, "mixer_mask_")
+    total = float(m.flatten().var(unbiased=False))
+    assert r["mixer_mask_within_var"] + r["mixer_mask_between_var"] == pytest.approx(total, rel=1e-5)
+    assert r["mixer_mask_saturated"] == pytest.approx(float(((m < 0.05) | (m > 0.95)).float().mean()))

@@ -293,7 +293,7 @@ def test_samix_c_eta_balanced_loss_matches_formula():
     lam = torch.full((N,), 0.4)
     z = l2n(torch.randn(N, D))
     out = mixer.losses_for(MixerBatch(lam=lam, perm=perm, mask=torch.rand(N, 1, IMG, IMG), z=z), ctx)
-    s = z @ mixer.head.weight.t() + mixer.head.bias
+    s = z @ l2n(mixer.head.weight).t() / 0.1  # cosine head, temperature 0.1 (z is already unit-length)
     ya, yb = labels, labels[perm]
     wa, wb = weights[ya], weights[yb]
     rows = torch.arange(N)
@@ -423,7 +423,8 @@ def test_configs_parse_and_validate():
     with pytest.raises(ConfigError, match="mix.latent_pos_extend"):
         samix_i(latent_pos_extend="expolation")
     group = samix_i().param_groups()[0]
-    assert set(group) == {"name", "params", "lr", "momentum", "weight_decay", "warmup_epochs", "min_lr"}
+    assert set(group) == {"name", "params", "lars", "lr", "momentum", "weight_decay", "warmup_epochs", "min_lr"}
+    assert group["lars"] is False  # plain SGD whatever the encoder optimizer (spec 6.2)
     assert (group["lr"], group["momentum"], group["warmup_epochs"], group["min_lr"]) == (0.005, 0.9, 10.0, 1e-4)
 
 
@@ -476,3 +477,34 @@ def test_samix_p_clear_errors(tmp_path):
         load_mixer(file)
     with pytest.raises(ConfigError, match="mix.checkpoint"):
         SAMixP(SAMixPConfig())
+
+
+# -- what SAMix logs: the cluster head against chance, the Mixer's own masks ----------------------------
+
+
+def test_samix_c_head_logs_accuracy_and_ce_against_chance():
+    torch.manual_seed(0)
+    mixer = samix_c()
+    labels = torch.tensor([0, 1, 2, 3])
+    ctx = make_ctx(TinyEncoder(), labels=labels, classes=5)
+    with torch.no_grad():  # prototypes = the view-a keys of each row: the head predicts every label
+        mixer.head.weight.zero_()
+        mixer.head.weight[labels] = ctx.keys[ctx.view_a]
+    losses = mixer.aux_losses(ctx)
+    assert ctx.metrics["cluster_head_acc"] == 1.0
+    assert ctx.metrics["cluster_head_ce_chance"] == pytest.approx(2 * math.log(5))
+    torch.testing.assert_close(torch.tensor(ctx.metrics["cluster_head_ce"]), losses["cluster_head"].detach())
+    # A cosine head over a temperature of 0.1 has logits in [-10, 10]: far from the ~0.01 of a linear
+    # head on unit-length inputs, so its CE can move well below chance.
+    logits = mixer.head(ctx.keys[ctx.view_a])
+    assert float(logits.abs().max()) <= 10 + 1e-4 and float(logits.max()) > 9
+    raw_ce = F.cross_entropy(logits, labels)
+    assert float(raw_ce) < 0.5 * math.log(5)
+
+
+def test_samix_logs_the_mixer_masks_statistics():
+    torch.manual_seed(0)
+    mixer = samix_i()
+    ctx = make_ctx(TinyEncoder())
+    mixer.aux_losses(ctx)
+    assert {"mixer_mask_within_var", "mixer_mask_between_var", "mixer_mask_saturated"} <= set(ctx.metrics)

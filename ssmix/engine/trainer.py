@@ -7,6 +7,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from typing import Any, Dict, Optional, Tuple
 
@@ -23,7 +24,8 @@ from ssmix.data.transforms import build_eval_transform, build_view_transform
 from ssmix.engine import checkpoint as ckpt
 from ssmix.engine.distributed import average_gradients, barrier, broadcast_module, init_distributed
 from ssmix.engine.pretrainer import Pretrainer
-from ssmix.engine.schedule import warmup_cosine
+from ssmix.engine.health import HealthMonitor
+from ssmix.engine.optim import build_optimizer, set_learning_rates
 from ssmix.models.backbones import export_state_dict
 
 
@@ -58,33 +60,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def build_optimizer(groups, cfg: Config, steps_per_ep: int) -> torch.optim.Optimizer:
-    """One optimizer over every group; a group's own lr / momentum / weight decay / warm-up / final lr
-    override the train config (the SAMix Mixer and cluster head have their own, spec 6.2)."""
-    tc = cfg.train
-    param_groups = []
-    for g in groups:
-        base = g.get("lr", tc.lr)
-        param_groups.append({
-            "params": g["params"], "name": g.get("name", "group"), "lr": base, "base_lr": base,
-            "momentum": g.get("momentum", tc.momentum), "weight_decay": g.get("weight_decay", tc.weight_decay),
-            "warmup_steps": int(round(g.get("warmup_epochs", tc.warmup_epochs) * steps_per_ep)),
-            "final_lr": g.get("min_lr", base * tc.min_lr_ratio),
-        })
-    if tc.optimizer == "sgd":
-        return torch.optim.SGD(param_groups, lr=tc.lr)
-    if tc.optimizer == "lars":
-        from lightly.utils.lars import LARS
-
-        return LARS(param_groups, lr=tc.lr)
-    raise ConfigError(f"train.optimizer: expected sgd or lars, got '{tc.optimizer}'")
-
-
-def set_learning_rates(optimizer: torch.optim.Optimizer, step: int, total_steps: int) -> None:
-    for g in optimizer.param_groups:
-        g["lr"] = warmup_cosine(step, total_steps, g["base_lr"], g["warmup_steps"], g["final_lr"])
 
 
 class MetricsLogger:
@@ -214,6 +189,7 @@ def train(cfg: Config) -> Dict[str, Any]:
     model.train()
 
     logger = MetricsLogger(cfg.output_dir, is_main)
+    health = HealthMonitor(model.method.embed_dim, total_steps)
     bar = tqdm(total=stop_step, initial=start_step, disable=not (is_main and cfg.train.progress),
                dynamic_ncols=True, desc="pretrain")
     params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -256,7 +232,11 @@ def train(cfg: Config) -> Dict[str, Any]:
                             img_s=f"{rate:.0f}", epoch=epoch)
             if step % cfg.train.log_every == 0 or step == stop_step:
                 lrs = {f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups}
-                logger.log(step, {"epoch": epoch, **last, **metrics, **lrs, "img_per_s": rate})
+                row = {"epoch": epoch, **last, **metrics, **lrs, "img_per_s": rate}
+                if is_main:
+                    for message in health.check(step, row):
+                        tqdm.write(message, file=sys.stderr)
+                logger.log(step, {**row, "health_warnings": health.active})
             if step % cfg.train.ckpt_every == 0 or step == stop_step:
                 _save(cfg, model, optimizer, scaler, step, world, is_main)
             if step % spe == 0:
@@ -293,7 +273,7 @@ def _end_of_epoch(cfg: Config, model: Pretrainer, epoch: int, step: int, logger:
     if tc.knn_every and epoch % tc.knn_every == 0 and logger.enabled:
         from ssmix.evaluation.monitor import knn_monitor
 
-        logger.log(step, {"knn_top1": knn_monitor(cfg, model.method.export_trunk(), device)})
+        logger.log(step, {"knn_top1": knn_monitor(cfg, model.method.export_trunk(), device, k=tc.knn_k)})
         model.train()
     if tc.vis_every and epoch % tc.vis_every == 0 and logger.enabled and model.pipeline is not None:
         from ssmix.visualize_mix import training_grid

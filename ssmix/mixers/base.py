@@ -6,7 +6,7 @@ never sees the method: what it may need of the step comes through :class:`MixCon
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
 import torch
@@ -36,6 +36,7 @@ class MixContext:
     index: Optional[Tensor] = None  # (N,) dataset indices
     step: int = 0
     total_steps: int = 1
+    metrics: Dict[str, float] = field(default_factory=dict)  # what a mixer reports about this step
 
 
 @dataclass
@@ -90,13 +91,15 @@ def sample_lambda(alpha: float, device: torch.device | str = "cpu") -> float:
 
 
 def derangement(n: int, device: torch.device | str = "cpu") -> Tensor:
-    """A random permutation of ``range(n)`` with no fixed points (n >= 2): one n-cycle through a
-    random ordering, ``perm[order[k]] = order[(k + 1) % n]``."""
+    """A uniformly random permutation of ``range(n)`` with no fixed points (n >= 2), by rejection:
+    draw permutations until one has no fixed point (1/e of them do, so ~2.7 draws on average). Every
+    derangement is equally likely, so partners are swapped both ways (i <-> j) as often as chance."""
     if n < 2:
         raise ValueError("mixing needs a batch of at least 2 samples")
-    order = torch.randperm(n)
-    perm = torch.empty(n, dtype=torch.long)
-    perm[order] = order.roll(-1)
+    rows = torch.arange(n)
+    perm = torch.randperm(n)
+    while bool((perm == rows).any()):
+        perm = torch.randperm(n)
     return perm.to(device)
 
 
@@ -104,6 +107,27 @@ def expand_lam(lam: float | Tensor, n: int, device: torch.device | str) -> Tenso
     if isinstance(lam, Tensor):
         return lam.to(device=device, dtype=torch.float32).expand(n).clone() if lam.dim() == 0 else lam.float()
     return torch.full((n,), float(lam), device=device)
+
+
+@torch.no_grad()
+def mask_statistics(mask: Tensor, prefix: str = "mask_") -> Dict[str, float]:
+    """How structured a batch of masks ``(N, 1, H, W)`` is (docs/algorithm.md §3.7):
+
+    - ``within_var``: mean over images of each mask's spatial variance (0 for a constant mask, as
+      Mixup's, and for a mask that is all 0 or all 1);
+    - ``between_var``: variance of the per-image mask means across the batch (high when images get
+      all-0 / all-1 masks: the degenerate optimum of the batch-global variance term);
+    - ``saturated``: fraction of pixels below 0.05 or above 0.95.
+
+    ``within_var + between_var`` is the variance over every pixel of the batch (law of total variance).
+    """
+    m = mask.detach().float().flatten(1)
+    means = m.mean(dim=1)
+    return {
+        f"{prefix}within_var": float(m.var(dim=1, unbiased=False).mean()),
+        f"{prefix}between_var": float(means.var(unbiased=False)),
+        f"{prefix}saturated": float(((m < 0.05) | (m > 0.95)).float().mean()),
+    }
 
 
 def blend(xa: Tensor, xb: Tensor, mask: Tensor) -> Tensor:

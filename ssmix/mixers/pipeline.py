@@ -23,7 +23,7 @@ from torch import Tensor
 from ssmix.config import LabelledMixConfig, MixConfig
 from ssmix.methods.base import Method, MethodOutput, MixedBatch
 from ssmix.mixers import build_mixer
-from ssmix.mixers.base import MixContext, MixResult, derangement
+from ssmix.mixers.base import MixContext, MixResult, derangement, mask_statistics
 
 
 class MixPipeline(nn.Module):
@@ -94,20 +94,9 @@ class MixPipeline(nn.Module):
         _, mixed = self.mix(ctx)
         losses = {"mix": self.cfg.weight * method.mixed_loss(mixed, out)}
         losses.update(self.mixer.aux_losses(ctx))
-        metrics: Dict[str, float] = {"mix_lam": float(mixed.lam.mean())}
-        if mixed.mask is not None:
-            metrics.update(mask_statistics(mixed.mask))
+        metrics: Dict[str, float] = {"mix_lam": float(mixed.lam.mean()), **ctx.metrics}
+        if mixed.mask is not None:  # the encoder's (bb) masks; SAMix adds its own (mb) as mixer_mask_*
+            metrics.update(mask_statistics(mixed.mask, "mask_"))
         if self.odc is not None:  # labels were read above, before this update (spec 4.2 item 6)
             metrics.update(self.odc.update(index.to(self.odc.labels.device), out.keys[0], step))
         return losses, metrics
-
-
-@torch.no_grad()
-def mask_statistics(mask: Tensor) -> Dict[str, float]:
-    """How structured the masks are: ``mask_var`` is the mean per-image spatial variance (0 for a
-    constant Mixup mask) and ``mask_pair_diff`` the mean absolute difference between the masks of
-    different pairs (0 when every pair gets the same mask)."""
-    m = mask.detach().float().flatten(1).expand(mask.shape[0], -1)
-    var = m.var(dim=1, unbiased=False).mean()
-    pair_diff = (m - m.roll(1, dims=0)).abs().mean() if m.shape[0] > 1 else m.new_zeros(())
-    return {"mask_var": float(var), "mask_pair_diff": float(pair_diff)}

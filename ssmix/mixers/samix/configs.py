@@ -36,6 +36,7 @@ class SAMixIConfig(MaskPostConfig, MixConfig):
     # Mixer losses (spec 3.7, 4.1)
     mask_loss: str = "l2"  # l2 (SSL dev configs) | l1 (SL configs)
     mask_loss_margin: float = 0.1
+    mask_mean: str = "batch"  # batch (spec 3.7, the code) | sample: l_mu on each image's mask mean
     mask_loss_weight: float = 0.1  # beta at step 0, decays to 0
     mask_loss_decay: str = "linear"  # linear (paper) | cosine (code)
     eta: float = 0.5  # weight of the global term
@@ -58,6 +59,7 @@ class SAMixCConfig(SAMixIConfig, LabelledMixConfig):
     type: str = "samix_c"
     embed_dim: int = 0  # width of the method's target embedding (cluster head input); 0 = the method's
     local: str = "pbce"  # pbce (paper) | bce (instance two-source BCE, as the code)
+    head_temperature: float = 0.1  # cosine cluster head: logits = cos(z, prototype) / t
     head_lr: float = 0.05
     head_momentum: float = 0.0
     head_weight_decay: float = 1e-4
@@ -107,6 +109,7 @@ def validate_samix(cfg: SAMixIConfig, labels: bool) -> None:
     if not 0 <= cfg.dropout < 1:
         raise ConfigError(f"mix.dropout: expected a probability in [0, 1), got {cfg.dropout}")
     _choice(cfg, "mask_loss", ("l2", "l1"))
+    _choice(cfg, "mask_mean", ("batch", "sample"))
     _choice(cfg, "mask_loss_decay", ("linear", "cosine", "constant"))
     _choice(cfg, "eta_schedule", ("constant", "cosine", "linear"))
     _choice(cfg, "latent_pos_extend", ("none", "interpolation", "extrapolation", "both"))

@@ -108,20 +108,25 @@ def postprocess_encoder_mask(
     return lam_margin_fallback(mask, lam, lam_margin)
 
 
-def mask_loss(mask: Tensor, lam: float, margin: float = 0.1, form: str = "l2") -> Tensor:
-    """l_mu + l_sigma of spec 3.7 with batch-global statistics (unweighted; multiply by beta).
+def mask_loss(mask: Tensor, lam: float, margin: float = 0.1, form: str = "l2", per_sample: bool = False) -> Tensor:
+    """l_mu + l_sigma of spec 3.7 (unweighted; multiply by beta).
 
     With m = mean of s_a over the batch and all pixels (= 1 - mean(s_b)):
     l_mu = max((m - lam)^2 - margin^2, 0) ("l2") or max(|m - lam| - margin, 0) ("l1");
-    l_sigma = -2 Var(s_a) (= -2 Var(s_b)), which rewards near-binary masks.
+    l_sigma = -2 Var(s_a) (= -2 Var(s_b)) over the batch, which rewards near-binary masks.
+
+    ``per_sample``: l_mu is the mean over images of the same hinge on each image's own mask mean
+    (``mix.mask_mean: sample``). The batch-global l_mu of the reference is also met by giving half the
+    images an all-1 and half an all-0 mask, which maximises l_sigma with no spatial structure at all;
+    tying each image's mean to lam leaves within-image structure as the only way to raise the variance.
     """
     mask = mask.float()
     mean = mask.mean()
-    gap = mean - lam
+    gap = (mask.mean(dim=(1, 2, 3)) if per_sample else mean) - lam
     if form == "l2":
-        l_mu = (gap**2 - margin**2).clamp_min(0)
+        l_mu = (gap**2 - margin**2).clamp_min(0).mean()
     elif form == "l1":
-        l_mu = (gap.abs() - margin).clamp_min(0)
+        l_mu = (gap.abs() - margin).clamp_min(0).mean()
     else:
         raise ValueError(f"mask loss form must be 'l1' or 'l2', got '{form}'")
     variance = ((mask - mean) ** 2).mean()

@@ -8,16 +8,19 @@ partner permutation, a mask *with* gradient, the mixed images embedded by the fr
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 
 from ssmix.config import ConfigError
 from ssmix.losses.contrastive import mixup_info_nce, mixup_info_nce_in_batch, two_source_bce
-from ssmix.mixers.base import MixContext, Mixer, MixResult, blend, derangement, register_mixer, sample_lambda
+from ssmix.mixers.base import (MixContext, Mixer, MixResult, blend, derangement, mask_statistics, register_mixer,
+                               sample_lambda)
 from ssmix.mixers.samix.configs import SAMixCConfig, SAMixIConfig, validate_samix
 from ssmix.mixers.samix.losses import (
     cross_entropy,
@@ -105,8 +108,10 @@ class _LearnedMixer(Mixer):
     def mask_term(self, batch: MixerBatch, ctx: MixContext) -> Tensor:
         """beta(t) (l_mu + l_sigma) on the mb mask at lambda_mb (spec 3.7)."""
         cfg = self.cfg
+        ctx.metrics.update(mask_statistics(batch.mask, "mixer_mask_"))
         beta = decayed_weight(cfg.mask_loss_weight, ctx.step, ctx.total_steps, cfg.mask_loss_decay)
-        return beta * mask_loss(batch.mask, float(batch.lam[0]), cfg.mask_loss_margin, cfg.mask_loss)
+        return beta * mask_loss(batch.mask, float(batch.lam[0]), cfg.mask_loss_margin, cfg.mask_loss,
+                                per_sample=cfg.mask_mean == "sample")
 
     def eta(self, ctx: MixContext) -> float:
         return decayed_weight(self.cfg.eta, ctx.step, ctx.total_steps, self.cfg.eta_schedule)
@@ -126,13 +131,31 @@ class _LearnedMixer(Mixer):
         return export_mixer(path, self.net, trunk, meta)
 
     def mixer_group(self) -> Dict:
+        """Plain SGD with the Mixer's own lr whatever the encoder's optimizer (``lars: False``, spec 6.2)."""
         cfg = self.cfg
-        return {"name": "mixer", "params": list(self.net.parameters()), "lr": cfg.mixer_lr,
+        return {"name": "mixer", "params": list(self.net.parameters()), "lars": False, "lr": cfg.mixer_lr,
                 "momentum": cfg.mixer_momentum, "weight_decay": cfg.mixer_weight_decay,
                 "warmup_epochs": cfg.mixer_warmup_epochs, "min_lr": cfg.mixer_min_lr}
 
     def param_groups(self) -> List[dict]:
         return [self.mixer_group()]
+
+
+class CosineClusterHead(nn.Module):
+    """Cluster head psi of SAMix-C: cosine similarity to C learned prototypes over a temperature.
+
+    The methods' target embeddings are L2-normalised (a linear head on them has logits of std ~0.01
+    and its CE never leaves ln C); normalising the prototypes too and dividing by ``temperature``
+    gives logits in [-1/t, 1/t] for every method (the reference feeds the unnormalised MoCo
+    projection to a linear head instead, docs/algorithm.md §5.5)."""
+
+    def __init__(self, dim: int, num_clusters: int, temperature: float) -> None:
+        super().__init__()
+        self.temperature = temperature
+        self.weight = nn.Parameter(torch.randn(num_clusters, dim) * 0.01)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return F.normalize(z.float(), dim=-1) @ F.normalize(self.weight, dim=-1).t() / self.temperature
 
 
 @register_mixer("samix_i")
@@ -167,8 +190,9 @@ class SAMixC(_LearnedMixer):
     """SAMix-C (spec 4.2, 5.5): L_phi = pBCE + eta mixup CE over ODC clusters through psi_off, plus
     beta L_mask; the cluster head psi learns mixup CE + one-hot CE on the pseudo-labels.
 
-    Deviations (documented): the head reads the L2-normalised target embedding (method-agnostic; the
-    reference feeds the unnormalised MoCo projector output), psi's mixup CE sees the mixed embedding
+    Deviations (documented): the head is a cosine head with a temperature on the L2-normalised target
+    embedding (method-agnostic, :class:`CosineClusterHead`; the reference feeds the unnormalised MoCo
+    projector output to a linear head), psi's mixup CE sees the mixed embedding
     detached (the Mixer is trained only through psi_off, as the paper; the code also lets psi's CE reach
     the Mixer, spec 9 item 3), and class weights are normalised to batch mean 1 (spec 9 item 4).
     """
@@ -182,9 +206,9 @@ class SAMixC(_LearnedMixer):
         if cfg.embed_dim < 1 or cfg.odc.num_clusters < 2:
             raise ConfigError(f"mix.embed_dim ({cfg.embed_dim}) must be >= 1 and mix.odc.num_clusters "
                               f"({cfg.odc.num_clusters}) >= 2")
-        self.head = nn.Linear(cfg.embed_dim, cfg.odc.num_clusters)
-        nn.init.normal_(self.head.weight, 0.0, 0.01)
-        nn.init.zeros_(self.head.bias)
+        if not cfg.head_temperature > 0:
+            raise ConfigError(f"mix.head_temperature: expected a positive temperature, got {cfg.head_temperature}")
+        self.head = CosineClusterHead(cfg.embed_dim, cfg.odc.num_clusters, cfg.head_temperature)
         self.head_off = copy.deepcopy(self.head).requires_grad_(False)
 
     def refresh_frozen_head(self) -> None:
@@ -199,7 +223,7 @@ class SAMixC(_LearnedMixer):
         return super().forward(xa, xb, ctx)
 
     def _check_labels(self, ctx: MixContext) -> Tensor:
-        clusters = self.head.out_features
+        clusters = self.head.weight.shape[0]
         if ctx.labels is None:
             raise ValueError("SAMix-C: ctx.labels is None; the pipeline must provide pseudo-labels "
                              "(mix.labels: odc | dataset)")
@@ -212,9 +236,9 @@ class SAMixC(_LearnedMixer):
 
     def _check_embedding(self, ctx: MixContext) -> None:
         dim = ctx.keys.shape[-1]
-        if dim != self.head.in_features:
+        if dim != self.head.weight.shape[1]:
             raise ValueError(f"SAMix-C: the method's target embeddings have D={dim} but the cluster head expects "
-                             f"mix.embed_dim={self.head.in_features}: set mix.embed_dim: {dim}")
+                             f"mix.embed_dim={self.head.weight.shape[1]}: set mix.embed_dim: {dim}")
 
     def aux_losses(self, ctx: MixContext) -> Dict[str, Tensor]:
         self._check_labels(ctx)
@@ -226,21 +250,26 @@ class SAMixC(_LearnedMixer):
         labels = ctx.labels
         y_a, y_b = labels, labels[batch.perm]
         w_a, w_b = sample_weights(y_a, ctx.class_weights), sample_weights(y_b, ctx.class_weights)
-        logits = self.head_off(batch.z.float())  # psi_off is frozen: gradient reaches z (the mask) only
+        logits = self.head_off(batch.z)  # psi_off is frozen: gradient reaches z (the mask) only
         if self.cfg.local == "pbce":
             local = pair_bce(logits, y_a, y_b, batch.lam, w_a, w_b)
         else:
             p_a, p_b = self.instance_positives(ctx, batch.perm)
             local = two_source_bce(batch.z, p_a, p_b, batch.lam, ctx.temperature).mean()
         global_ = mixup_cross_entropy(logits, y_a, y_b, batch.lam, w_a, w_b)
-        head_mix = mixup_cross_entropy(self.head(batch.z.detach().float()), y_a, y_b, batch.lam, w_a, w_b)
-        head_raw = cross_entropy(self.head(ctx.keys[ctx.view_a].float()), y_a, w_a)
+        head_mix = mixup_cross_entropy(self.head(batch.z.detach()), y_a, y_b, batch.lam, w_a, w_b)
+        raw_logits = self.head(ctx.keys[ctx.view_a])
+        head_raw = cross_entropy(raw_logits, y_a, w_a)
+        with torch.no_grad():  # chance: accuracy 1/C, and each of the two CE terms ln C
+            ctx.metrics.update({"cluster_head_acc": float((raw_logits.argmax(1) == y_a).float().mean()),
+                                "cluster_head_ce": float(head_mix + head_raw),
+                                "cluster_head_ce_chance": 2 * math.log(raw_logits.shape[1])})
         return {"mixer_local": local, "mixer_global": self.eta(ctx) * global_,
                 "mixer_mask": self.mask_term(batch, ctx), "cluster_head": head_mix + head_raw}
 
     def param_groups(self) -> List[dict]:
         cfg = self.cfg
-        head = {"name": "cluster_head", "params": list(self.head.parameters()), "lr": cfg.head_lr,
+        head = {"name": "cluster_head", "params": list(self.head.parameters()), "lars": False, "lr": cfg.head_lr,
                 "momentum": cfg.head_momentum, "weight_decay": cfg.head_weight_decay,
                 "warmup_epochs": cfg.mixer_warmup_epochs, "min_lr": cfg.mixer_min_lr}
         return [self.mixer_group(), head]

@@ -1,0 +1,80 @@
+"""The pre-training optimizer: SGD or LARS over the model's parameter groups, per-iteration schedules.
+
+Groups come from ``Pretrainer.param_groups()``; a group's own ``lr`` / ``momentum`` /
+``weight_decay`` / ``warmup_epochs`` / ``min_lr`` override ``cfg.train``. A group with
+``"lars": False`` (the SAMix Mixer and cluster head, docs/algorithm.md §6.2) is stepped by plain SGD
+even when the encoder uses LARS: LARS's trust ratio would shrink their updates ~20x below the SGD
+the paper specifies.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+import torch
+
+from ssmix.config import Config, ConfigError
+from ssmix.engine.schedule import warmup_cosine
+
+
+class LarsWithSgdGroups:
+    """LARS for the groups that want it, torch SGD for the rest, behind one optimizer interface
+    (``param_groups``, ``step``, ``zero_grad``, ``state_dict``, ``load_state_dict``): what the
+    trainer, the schedule and ``torch.amp.GradScaler`` use."""
+
+    def __init__(self, lars: torch.optim.Optimizer, sgd: torch.optim.Optimizer) -> None:
+        self.parts = (lars, sgd)
+        self.defaults: Dict[str, Any] = dict(lars.defaults)
+
+    @property
+    def param_groups(self) -> List[Dict[str, Any]]:
+        return [g for part in self.parts for g in part.param_groups]
+
+    @property
+    def state(self) -> Dict[Any, Any]:
+        return {**self.parts[0].state, **self.parts[1].state}
+
+    def step(self, closure=None) -> None:
+        if closure is not None:
+            raise ValueError("LarsWithSgdGroups.step takes no closure")
+        for part in self.parts:
+            part.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for part in self.parts:
+            part.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"lars": self.parts[0].state_dict(), "sgd": self.parts[1].state_dict()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.parts[0].load_state_dict(state["lars"])
+        self.parts[1].load_state_dict(state["sgd"])
+
+
+def build_optimizer(groups: List[Dict[str, Any]], cfg: Config, steps_per_ep: int):
+    """One optimizer over every group (see the module docstring for the per-group keys)."""
+    tc = cfg.train
+    param_groups = []
+    for g in groups:
+        base = g.get("lr", tc.lr)
+        param_groups.append({
+            "params": g["params"], "name": g.get("name", "group"), "lr": base, "base_lr": base,
+            "momentum": g.get("momentum", tc.momentum), "weight_decay": g.get("weight_decay", tc.weight_decay),
+            "warmup_steps": int(round(g.get("warmup_epochs", tc.warmup_epochs) * steps_per_ep)),
+            "final_lr": g.get("min_lr", base * tc.min_lr_ratio), "lars": g.get("lars", True),
+        })
+    if tc.optimizer == "sgd":
+        return torch.optim.SGD(param_groups, lr=tc.lr)
+    if tc.optimizer == "lars":
+        from lightly.utils.lars import LARS
+
+        sgd_groups = [g for g in param_groups if not g["lars"]]
+        lars = LARS([g for g in param_groups if g["lars"]], lr=tc.lr)
+        return LarsWithSgdGroups(lars, torch.optim.SGD(sgd_groups, lr=tc.lr)) if sgd_groups else lars
+    raise ConfigError(f"train.optimizer: expected sgd or lars, got '{tc.optimizer}'")
+
+
+def set_learning_rates(optimizer, step: int, total_steps: int) -> None:
+    """Per-iteration warm-up + cosine for every group, each with its own base / final lr."""
+    for g in optimizer.param_groups:
+        g["lr"] = warmup_cosine(step, total_steps, g["base_lr"], g["warmup_steps"], g["final_lr"])
