@@ -88,6 +88,7 @@ class TrainConfig:
     ckpt_every: int = 500  # steps between checkpoints (one is always written at the end)
     keep_ckpts: int = 2
     knn_every: int = 0  # epochs between online kNN monitors (0 = off)
+    knn_k: int = 200  # neighbours of the online kNN monitor (200, MoCo's; 20 for small sets like digits)
     vis_every: int = 0  # epochs between mixed-sample grids in TensorBoard (0 = off)
     progress: bool = True
 

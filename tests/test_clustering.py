@@ -144,12 +144,18 @@ def test_small_cluster_is_dissolved_and_refilled_from_largest():
     assert torch.allclose(mem.centroids[b], mem.features[mem.labels == b].mean(0), atol=1e-6)
 
 
-def test_emptied_cluster_is_refilled_every_step():
-    mem = ready_memory(min_cluster=0)  # no small-cluster handling, only the non-empty guarantee
+def test_emptied_cluster_waits_for_the_small_cluster_interval_then_is_refilled():
+    mem = ready_memory(min_cluster=0, small_cluster_interval=3)  # refills at steps 2, 5, ... (0-based)
     a, b = int(mem.labels[0]), int(mem.labels[N_PER])
     members_a = (mem.labels == a).nonzero().flatten()
     metrics = mem.update(members_a, mem.centroids[b].expand(N_PER, D), step=0)
+    assert metrics["odc_empty"] == 1 and metrics["odc_refilled"] == 0  # as the reference: not yet
+    assert int(mem.counts()[a]) == 0
+    assert metrics["odc_largest_vs_mean"] == pytest.approx(int(mem.counts().max()) / (N / C))
+    metrics = mem.update(torch.tensor([N - 1]), mem.features[N - 1 :], step=1)
     assert metrics["odc_empty"] == 1
+    metrics = mem.update(torch.tensor([N - 1]), mem.features[N - 1 :], step=2)
+    assert metrics["odc_refilled"] == 1 and metrics["odc_empty"] == 0
     assert mem.counts().min() >= 1
 
 

@@ -4,13 +4,13 @@ The memory holds one L2-normalised feature and one cluster label per training sa
 cluster centroids. It is initialised by k-means (spec 5.2), then every step the batch's features
 replace their rows (feature momentum 1.0) and those samples move to their nearest centroid; every
 ``centroid_interval`` steps the centroids become the member means again, and every
-``small_cluster_interval`` steps small clusters are dissolved and refilled by splitting the largest
-cluster (spec 5.3). Class weights for the cluster CE follow spec 5.4.
+``small_cluster_interval`` steps small clusters are dissolved and every empty cluster is refilled
+by splitting the then-largest cluster (spec 5.3; between two such steps a cluster may stay empty). Class weights for the cluster CE follow spec 5.4.
 """
 from __future__ import annotations
 
 import warnings
-from typing import Dict, List, Tuple
+from typing import Dict, List
 
 import torch
 import torch.distributed as dist
@@ -138,7 +138,8 @@ class ODCMemory(nn.Module):
 
     def _size_metrics(self, counts: Tensor | None = None) -> Dict[str, float]:
         counts = self.counts() if counts is None else counts
-        return {"odc_min_cluster": float(counts.min()), "odc_max_cluster": float(counts.max())}
+        return {"odc_min_cluster": float(counts.min()), "odc_max_cluster": float(counts.max()),
+                "odc_largest_vs_mean": float(counts.max()) * self.num_clusters / self.labels.shape[0]}
 
     # ------------------------------------------------------------------ writing
 
@@ -183,12 +184,16 @@ class ODCMemory(nn.Module):
 
         if (step + 1) % self.cfg.centroid_interval == 0:
             self._recompute_centroids()
-        small = self._dissolve_small_clusters() if (step + 1) % self.cfg.small_cluster_interval == 0 else 0
-        empty, counts = self._refill_empty_clusters(step)
+        small = refilled = 0
+        if (step + 1) % self.cfg.small_cluster_interval == 0:  # as the reference: both at this interval
+            small = self._dissolve_small_clusters()
+            refilled = self._refill_empty_clusters(step)
+        counts = self.counts()
         return {
             "odc_change_ratio": float((new != old).float().mean()),
             "odc_small": float(small),
-            "odc_empty": float(empty),
+            "odc_refilled": float(refilled),
+            "odc_empty": float((counts == 0).sum()),
             **self._size_metrics(counts),
         }
 
@@ -209,9 +214,9 @@ class ODCMemory(nn.Module):
         self.labels[members] = keep[(self.features[members] @ self.centroids[keep].T).argmax(1)]
         return int(small.sum())
 
-    def _refill_empty_clusters(self, step: int) -> Tuple[int, Tensor]:
+    def _refill_empty_clusters(self, step: int) -> int:
         """Give every empty cluster one half of the then-largest cluster (spec 5.3 step 3-4);
-        returns how many clusters were refilled and the new (C,) counts."""
+        returns how many clusters were refilled."""
         counts = self.counts()
         empties = (counts == 0).nonzero().flatten().tolist()
         for empty in empties:
@@ -223,7 +228,7 @@ class ODCMemory(nn.Module):
             counts[empty], counts[largest] = moved.numel(), stay.numel()
             self.centroids[empty] = self.features[moved].mean(0)
             self.centroids[largest] = self.features[stay].mean(0)
-        return len(empties), counts
+        return len(empties)
 
     def _split(self, x: Tensor, seed: int) -> Tensor:
         """Boolean mask of the half of ``x`` (n >= 2 rows) that leaves its cluster: sklearn 2-means,

@@ -5,7 +5,7 @@ Multi-crop: the two high-resolution views (``views[0:2]``) and any number of low
 all crops. Embeddings are L2-normalised and scored against K bias-free prototypes (L2-normalised at the
 start of every step). Codes of the two high-resolution views come from Sinkhorn-Knopp (lightly's
 ``sinkhorn``, gathered across ranks), computed once per step, optionally over a queue of recent
-high-resolution embeddings prepended to the batch (used once full and from ``queue_start_epoch``).
+high-resolution embeddings prepended to the batch (filled from ``queue_start_epoch``, used once full).
 Swapped prediction (eq. 1-3): every view predicts the codes of each high-resolution view other than
 itself. The prototypes are frozen (no gradient) during the first ``freeze_prototypes_epochs`` epochs.
 
@@ -85,7 +85,7 @@ class SwAV(Method):
 
     @property
     def queue_active(self) -> bool:
-        """The queue joins the Sinkhorn input once full and from ``queue_start_epoch`` on."""
+        """The queue joins the Sinkhorn input once full; it is filled from ``queue_start_epoch`` on."""
         return (self.queues is not None and self.epoch >= self.cfg.method.queue_start_epoch
                 and all(q.full for q in self.queues))
 
@@ -156,6 +156,8 @@ class SwAV(Method):
     embed_target = Method.frozen_online_embedding  # no target network
 
     def on_step_end(self, out: MethodOutput) -> None:
-        if self.queues is not None:  # the normalised high-res embeddings, once per step
+        # The normalised high-res embeddings, once per step, from queue_start_epoch on: the queue
+        # starts empty at that epoch (as the reference creates it then) and joins Sinkhorn once full.
+        if self.queues is not None and self.epoch >= self.cfg.method.queue_start_epoch:
             for v, queue in enumerate(self.queues):
                 queue.enqueue(out.keys[v])
