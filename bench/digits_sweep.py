@@ -5,22 +5,19 @@ frozen-feature accuracy on held-out digits against a random encoder of the same 
     python bench/digits_sweep.py --only lr0.12 t0.1 --seeds 0 1 2
     python bench/digits_sweep.py --table               # print the table of what has run
 
-Runs go to ``runs/digits_sweep/<variant>/seed<k>`` and are skipped when already finished, so the
+Runs go to ``runs/recipes/`` (see ``bench/recipe.py``) and are skipped when already finished, so the
 sweep can be stopped and resumed; ``--table`` writes ``docs/digits_sweep.md``. Run one sweep at a
 time on a 2-core machine (parallel runs make the minutes meaningless).
 """
 from __future__ import annotations
 
 import argparse
-import glob
-import json
 import os
 from typing import Dict, List, Tuple
 
 import recipe
 
 MOCO = os.path.join(recipe.ROOT, "configs", "digits", "mocov2.yaml")
-OUT = os.path.join(recipe.ROOT, "runs", "digits_sweep")
 TABLE = os.path.join(recipe.ROOT, "docs", "digits_sweep.md")
 
 # The starting point: the 32 px / ImageNet-stem demo of before, with digit-safe augmentation.
@@ -30,6 +27,8 @@ SAFE_AUG = ["data.aug.hflip_prob=0", "data.aug.min_scale=0.7", "data.aug.blur_pr
 #: variant -> (config, overrides on top of it); the recipe in configs/digits/ is the winner
 VARIANTS: Dict[str, Tuple[str, List[str]]] = {
     "base": (MOCO, []),
+    "no_proj_bn": (MOCO, ["method.proj_bn=false"]),
+    "symmetric": (MOCO, ["method.symmetric=true"]),
     "in32": (MOCO, GEOMETRY_32),
     "flip": (MOCO, ["data.aug.hflip_prob=0.5"]),
     "crop0.4": (MOCO, ["data.aug.min_scale=0.4"]),
@@ -47,7 +46,7 @@ def run_variants(names: List[str], seeds: List[int]) -> None:
     for name in names:
         config, overrides = VARIANTS[name]
         for seed in seeds:
-            result = recipe.run(config, overrides, seed, os.path.join(OUT, name, f"seed{seed}"))
+            result = recipe.run(config, overrides, seed)
             print(f"[sweep] {name} seed {seed}: linear {result['linear']:.1f} kNN {result['knn']:.1f} "
                   f"({result['minutes']:.1f} min, collapse_std {result.get('collapse_std', float('nan')):.3f})",
                   flush=True)
@@ -56,10 +55,7 @@ def run_variants(names: List[str], seeds: List[int]) -> None:
 def table() -> str:
     rows = []
     for name, (config, overrides) in VARIANTS.items():
-        results = []
-        for path in sorted(glob.glob(os.path.join(OUT, name, "seed*", "result.json"))):
-            with open(path, encoding="utf-8") as f:
-                results.append(json.load(f))
+        results = [r for r in (recipe.finished(config, overrides, seed) for seed in range(10)) if r]
         if not results:
             continue
         rows.append(f"| {name} | `{' '.join(overrides) or '(recipe)'}` | {len(results)} | "
@@ -67,7 +63,7 @@ def table() -> str:
                     f"{recipe.mean_std([r['knn'] for r in results])} | "
                     f"{recipe.mean_std([r['minutes'] for r in results])} | "
                     f"{recipe.mean_std([r.get('collapse_std', float('nan')) for r in results])} |")
-    randoms = {size: recipe.evaluate_trunk("random", size, "resnet18", stem) for size, stem in ((16, True), (32, False))}
+    randoms = {size: recipe.heldout_accuracy("random", size, "resnet18", stem) for size, stem in ((16, True), (32, False))}
     return "\n".join([
         "# Digits recipe sweep (`bench/digits_sweep.py`)",
         "",

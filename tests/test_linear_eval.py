@@ -400,3 +400,12 @@ def test_every_linear_config_loads():
     assert load_eval_config(os.path.join(REPO, "configs", "linear", "imagenet.yaml"), ["weights=x"]).lr == 30.0
     tiny = load_eval_config(os.path.join(REPO, "configs", "linear", "tiny_imagenet.yaml"), ["weights=x"])
     assert (tiny.data.image_size, tiny.data.test_split, tiny.lr, tiny.milestones) == (96, "val", 0.1, [60, 80])
+
+
+def test_random_encoder_takes_a_seed():
+    from ssmix.evaluation.weights import WeightsError, load_encoder
+
+    zero, again, one = (load_encoder(w, "resnet18", True) for w in ("random", "random:0", "random:1"))
+    assert zero.weights_hash == again.weights_hash != one.weights_hash
+    with pytest.raises(WeightsError, match="random:<seed>"):
+        load_encoder("random:x", "resnet18", True)

@@ -84,3 +84,21 @@ def test_feature_maps_are_momentum_stage3_maps_of_both_views():
     out = model(views, map_at=3)
     assert out.feature_maps.shape == (2, 8, 256, 1, 1)
     assert not out.feature_maps.requires_grad
+
+
+def test_symmetric_loss_averages_both_directions_and_proj_bn_spreads_a_random_encoder():
+    cfg = tiny_config(*moco_overrides(), "method.symmetric=true", "method.proj_bn=true")
+    model = MoCoV2(cfg)
+    views = [torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16)]
+    queue_before = model.queue.snapshot()
+    out = model(views, with_targets=False)  # symmetric needs both views' keys anyway
+    assert out.keys.shape == (2, 8, 128)
+    q = l2n(model.projector(model.backbone(torch.cat(views))))  # one pass: BN over both views, as the step
+    q1, q2 = q[:8], q[8:]
+    want = 0.5 * (info_nce(q1, out.keys[1], queue_before, 0.2).mean() + info_nce(q2, out.keys[0], queue_before, 0.2).mean())
+    assert torch.allclose(out.losses["moco"], want, atol=1e-5)
+    model.on_step_end(out)
+    assert torch.equal(model.queue.keys[:8], out.keys[1])  # still the view-2 keys, once per step
+    assert isinstance(model.projector.layers[1], torch.nn.BatchNorm1d)
+    # BN in the head: a random encoder's embeddings are spread (std ~1/sqrt(D)), not one direction
+    assert float(out.metrics["collapse_std"]) > 0.5 / 128 ** 0.5

@@ -89,7 +89,10 @@ def default_output_dir(cfg: LinearEvalConfig) -> str:
     leaf = f"linear_{cfg.data.name}_{cfg.mode}"
     if os.path.isdir(cfg.weights):
         return os.path.join(cfg.weights, leaf)
-    stem = "random" if cfg.weights == "random" else os.path.splitext(os.path.basename(cfg.weights))[0]
+    if cfg.weights.startswith("random"):
+        stem = cfg.weights.replace(":", "")
+    else:
+        stem = os.path.splitext(os.path.basename(cfg.weights))[0]
     return os.path.join("runs", "linear", f"{stem}_{leaf}")
 
 

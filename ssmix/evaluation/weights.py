@@ -2,7 +2,8 @@
 
 Accepted ``weights``:
 
-- ``random``: a randomly initialised trunk (seed 0) - the baseline of the quickstart;
+- ``random`` / ``random:<seed>``: a randomly initialised trunk (seed 0 / ``seed``) - the baseline of
+  the quickstart;
 - an ssmix run directory: ``backbone.pth`` if present, else ``checkpoints/last.pt``, else the last
   ``checkpoints/*.pt`` by name (the newest ``step_*.pt``); arch and stem come from its ``config.yaml``;
 - an exported ``backbone.pth`` (plain torchvision ResNet state_dict without ``fc``);
@@ -196,9 +197,12 @@ def load_encoder(weights: str, arch: Optional[str] = None, cifar_stem: Optional[
     ``arch`` / ``cifar_stem`` override what the run's config.yaml or :func:`infer_arch` says; for
     ``weights=random`` they default to resnet18 with the ImageNet stem (``model`` defaults).
     """
-    if weights == "random":
+    if weights == "random" or weights.startswith("random:"):
         _check_arch(arch)
-        return random_encoder(arch or "resnet18", bool(cifar_stem))
+        seed = weights.partition(":")[2]
+        if seed and not seed.isdigit():
+            raise WeightsError(f"weights: 'random:<seed>' takes a non-negative integer seed, got '{weights}'")
+        return random_encoder(arch or "resnet18", bool(cifar_stem), int(seed or 0))
     return load_pretrained_encoder(weights, arch, cifar_stem)
 
 

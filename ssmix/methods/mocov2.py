@@ -33,6 +33,8 @@ class MoCoV2Config(MethodConfig):
     momentum: float = 0.999
     queue_size: int = 16384
     bn_splits: int = 8  # single-device shuffle-BN emulation; 1 = plain BN (used under DDP)
+    proj_bn: bool = False  # BatchNorm in the projector (MoCo v3); spreads a random encoder's embeddings
+    symmetric: bool = False  # also query from view 2 against view-1 keys (loss averaged), as MoCo v3
 
 
 @register_method("mocov2")
@@ -44,7 +46,7 @@ class MoCoV2(Method):
         self.temperature, self.embed_dim = mc.temperature, mc.out_dim
         self.backbone = build_backbone(cfg.model.arch, cfg.model.cifar_stem, cfg.model.zero_init_residual, splits)
         width = self.backbone.out_dim
-        self.projector = MoCoProjectionHead(width, mc.proj_hidden_dim or width, mc.out_dim)
+        self.projector = MoCoProjectionHead(width, mc.proj_hidden_dim or width, mc.out_dim, batch_norm=mc.proj_bn)
         self.build_momentum_branch()
         self.queue = KeyQueue(mc.queue_size, mc.out_dim)
 
@@ -71,13 +73,17 @@ class MoCoV2(Method):
         self.queue.check_batch(n * (dist.get_world_size() if is_distributed() else 1))
         # Plain MoCo v2 needs view 2's keys only (shuffle-BN over N, as the original); the mix
         # pipeline also needs view 1's (spec 2.1 step 3.3: both views in one shuffled pass).
-        both = with_targets or map_at is not None
+        symmetric = self.cfg.method.symmetric
+        both = with_targets or map_at is not None or symmetric
         keys, maps = self._keys(torch.cat([x1, x2]) if both else x2, map_at)
         keys = keys.view(-1, n, keys.shape[-1])
         negatives = self.queue.snapshot()  # read once per step
-        q = l2n(self.projector(self.backbone(x1)))
-        # Spec 2.1 step 4: one-directional, query from view 1, positive key from view 2.
-        loss = info_nce(q, keys[-1], negatives, self.temperature).mean()
+        if symmetric:  # one online pass over both views; each view's query against the other's key
+            q = l2n(self.projector(self.backbone(torch.cat([x1, x2]))))
+            loss = info_nce(q, torch.cat([keys[1], keys[0]]), negatives, self.temperature).mean()
+        else:  # spec 2.1 step 4: one-directional, query from view 1, positive key from view 2
+            q = l2n(self.projector(self.backbone(x1)))
+            loss = info_nce(q, keys[-1], negatives, self.temperature).mean()
         return MethodOutput(
             losses={"moco": loss},
             keys=keys,

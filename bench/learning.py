@@ -1,0 +1,120 @@
+"""Does pre-training learn? Every method and MoCo v2 x {none, cutmix, samix_i, samix_c} on the digits
+recipe (``configs/digits/``), several seeds, beside random encoders; writes ``docs/results.md``.
+
+    python bench/learning.py                        # everything, seeds 0 1 2 (hours on 2 CPU cores)
+    python bench/learning.py --only mocov2 mocov2_samix_c --seeds 0
+    python bench/learning.py --table                # rewrite docs/results.md from the finished runs
+
+Each run pre-trains one config from scratch and is judged by frozen features on held-out digits
+(linear probe on cached features and 20-NN, ``configs/linear/digits.yaml``); ``random init`` is the
+same trunk, randomly initialised with the same seeds. Finished runs are reused (``bench/recipe.py``),
+so the benchmark can be run in pieces; the table lists how many seeds each row has. Columns:
+minutes of pre-training (wall clock, 2 CPU cores), the final ``collapse_std`` (healthy ~1/sqrt(D)),
+and for SAMix the Mixer's own masks at the end (within-image variance, share of saturated pixels)
+and the SAMix-C cluster head's accuracy against the ODC labels. The SAMix-C mask figure is written to
+``docs/samix_c_masks.png`` (``python -m ssmix.visualize_mix`` on the seed-0 run, held-out pairs).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+from typing import Dict, List, Optional
+
+import recipe
+
+DIGITS = os.path.join(recipe.ROOT, "configs", "digits")
+RESULTS = os.path.join(recipe.ROOT, "docs", "results.md")
+FIGURE = os.path.join(recipe.ROOT, "docs", "samix_c_masks.png")
+#: row name -> config under configs/digits/
+RUNS: Dict[str, str] = {name: os.path.join(DIGITS, f"{name}.yaml") for name in (
+    "mocov2", "simclr", "byol", "swav", "simsiam", "mocov2_cutmix", "mocov2_samix_i", "mocov2_samix_c")}
+
+
+def random_init(seeds: List[int]) -> List[Dict[str, float]]:
+    cfg, _ = recipe.resolve(RUNS["mocov2"], [], 0)
+    return [recipe.heldout_accuracy(f"random:{seed}", cfg.data.image_size, cfg.model.arch, cfg.model.cifar_stem)
+            for seed in seeds]
+
+
+def _cell(results: List[dict], key: str, fmt: str = "{:.1f}") -> str:
+    values = [r[key] for r in results if key in r]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return fmt.format(values[0])
+    return f"{fmt.format(statistics.fmean(values))} ± {fmt.format(statistics.stdev(values))}"
+
+
+def table(seeds: List[int]) -> str:
+    randoms = random_init(seeds)
+    header = ("| encoder | seeds | linear top-1 | kNN top-1 | minutes | collapse_std | Mixer mask within-var | "
+              "Mixer mask saturated | cluster-head acc |\n|---|---|---|---|---|---|---|---|---|")
+    rows = [f"| random init | {len(randoms)} | {_cell(randoms, 'linear')} | {_cell(randoms, 'knn')} | - | - | - | - | - |"]
+    for name, config in RUNS.items():
+        results = [r for r in (recipe.finished(config, [], seed) for seed in seeds) if r]
+        if not results:
+            rows.append(f"| {name} | 0 | not run | | | | | | |")
+            continue
+        rows.append(f"| {name} | {len(results)} | {_cell(results, 'linear')} | {_cell(results, 'knn')} | "
+                    f"{_cell(results, 'minutes')} | {_cell(results, 'collapse_std', '{:.3f}')} | "
+                    f"{_cell(results, 'mixer_mask_within_var', '{:.3f}')} | "
+                    f"{_cell(results, 'mixer_mask_saturated', '{:.2f}')} | "
+                    f"{_cell(results, 'cluster_head_acc', '{:.2f}')} |")
+    cfg, _ = recipe.resolve(RUNS["mocov2"], [], 0)
+    return "\n".join([
+        "# Results: does pre-training learn? (`bench/learning.py`)",
+        "",
+        f"scikit-learn digits, ResNet-18 ({cfg.data.image_size} px, "
+        f"{'CIFAR' if cfg.model.cifar_stem else 'ImageNet'} stem), {cfg.train.epochs} epochs of the 1438 "
+        f"training images at batch {cfg.train.batch_size} (`configs/digits/`). Frozen features of the 359 "
+        "held-out images: linear probe on cached features (100 epochs) and 20-NN (`configs/linear/digits.yaml`). "
+        "Mean ± std over seeds; random init is the same trunk with the same seeds, untrained. "
+        "Minutes are wall clock on a 2-core CPU (noisy: the machine is shared).",
+        "",
+        header,
+        *rows,
+        "",
+        "How the recipe was found: `bench/digits_sweep.py`, table in `docs/digits_sweep.md`.",
+        "",
+    ])
+
+
+def mask_figure(seed: int = 0) -> Optional[str]:
+    """The SAMix-C Mixer's masks on held-out pairs (``visualize_mix``), from the seed's finished run."""
+    config = RUNS["mocov2_samix_c"]
+    if recipe.finished(config, [], seed) is None:
+        return None
+    from ssmix.visualize_mix import main as visualize
+
+    _, run_dir = recipe.resolve(config, [], seed)
+    # writes docs/samix_c.png (mixed images over a lambda sweep) and docs/samix_c_masks.png (FIGURE)
+    visualize([config, f"checkpoint={run_dir}", f"out={os.path.join(recipe.ROOT, 'docs', 'samix_c.png')}",
+               "pairs=6", "steps=7", "split=test"])
+    return FIGURE
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="*", default=None, help=f"rows to run (default: all of {', '.join(RUNS)})")
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    parser.add_argument("--table", action="store_true", help="only write docs/results.md from finished runs")
+    args = parser.parse_args()
+    unknown = [n for n in args.only or [] if n not in RUNS]
+    if unknown:
+        raise SystemExit(f"--only: unknown row(s) {', '.join(unknown)}; known: {', '.join(RUNS)}")
+    if not args.table:
+        for name in args.only or list(RUNS):
+            for seed in args.seeds:
+                r = recipe.run(RUNS[name], [], seed)
+                print(f"[learning] {name} seed {seed}: linear {r['linear']:.1f} kNN {r['knn']:.1f} "
+                      f"({r['minutes']:.1f} min)", flush=True)
+    mask_figure()
+    text = table(args.seeds)
+    with open(RESULTS, "w", encoding="utf-8") as f:
+        f.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
