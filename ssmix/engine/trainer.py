@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ssmix.config import Config, ConfigError, config_to_dict, dump_config
-from ssmix.data.datasets import DATASET_INFO, build_dataset
+from ssmix.data.datasets import build_dataset, data_info
 from ssmix.data.loader import MultiViewDataset, epoch_loader, steps_per_epoch
 from ssmix.data.transforms import build_eval_transform, build_view_transform
 from ssmix.engine import checkpoint as ckpt
@@ -174,11 +174,12 @@ def train(cfg: Config) -> Dict[str, Any]:
 
     # -- data -------------------------------------------------------------------------------
     dc = cfg.data
-    if dc.name not in DATASET_INFO:
-        raise ConfigError(f"data.name: unknown dataset '{dc.name}', expected one of {', '.join(DATASET_INFO)}")
-    info = DATASET_INFO[dc.name]
+    info = data_info(dc)
+    if cfg.train.knn_every and not info.num_classes:
+        raise ConfigError(f"train.knn_every: data.name={dc.name} has no labels for the kNN monitor; set "
+                          "train.knn_every=0 and evaluate with linear_eval/run.py on a labelled folder")
     base = build_dataset(dc.name, dc.root, dc.split, download=dc.download, image_size=dc.image_size,
-                         num_samples=dc.num_samples, num_classes=dc.num_classes, seed=cfg.seed)
+                         num_samples=dc.num_samples, num_classes=info.num_classes, seed=cfg.seed)
     dataset = MultiViewDataset(base, build_view_transform(dc.aug, dc.image_size, info.mean, info.std), cfg.seed)
     batch = cfg.train.batch_size
     spe = steps_per_epoch(len(dataset), batch, world)
@@ -187,7 +188,7 @@ def train(cfg: Config) -> Dict[str, Any]:
                          f"({len(dataset)} images): lower train.batch_size")
     total_steps = cfg.train.epochs * spe
     stop_step = min(total_steps, cfg.train.max_steps) if cfg.train.max_steps else total_steps
-    num_classes = dc.num_classes if dc.name == "synthetic" else info.num_classes
+    num_classes = info.num_classes
 
     # -- model and optimizer ------------------------------------------------------------------
     model = Pretrainer(cfg, len(dataset), num_classes).to(device)
