@@ -72,6 +72,7 @@ class ModelConfig:
     cifar_stem: bool = False  # 3x3 stride-1 conv1 and no max-pool, for 32 px inputs
     zero_init_residual: bool = False
     channels_last: bool = True  # CUDA only (slower on CPU, see engine.trainer.memory_format_for)
+    sync_bn: bool = False  # under DDP: BatchNorm statistics over the global batch (not for MoCo: shuffle-BN)
 
 
 @dataclass

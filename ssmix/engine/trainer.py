@@ -21,7 +21,7 @@ from ssmix.data.datasets import build_dataset, data_info
 from ssmix.data.loader import MultiViewDataset, epoch_loader, steps_per_epoch
 from ssmix.data.transforms import build_eval_transform, build_view_transform
 from ssmix.engine import checkpoint as ckpt
-from ssmix.engine.distributed import average_gradients, barrier, broadcast_module, init_distributed
+from ssmix.engine.distributed import barrier, init_distributed, wrap_for_training
 from ssmix.engine.pretrainer import Pretrainer
 from ssmix.engine.schedule import warmup_cosine
 from ssmix.models.backbones import export_state_dict
@@ -211,7 +211,7 @@ def train(cfg: Config) -> Dict[str, Any]:
             print(f"resumed from {resume} at step {start_step}/{total_steps}")
     else:
         model.on_train_start(_extract_fn(model, base, cfg, device, info))
-    broadcast_module(model)
+    step_fn = wrap_for_training(model, cfg.model.sync_bn, cfg.method.name == "mocov2", device)
     model.train()
 
     logger = MetricsLogger(cfg.output_dir, is_main)
@@ -231,7 +231,7 @@ def train(cfg: Config) -> Dict[str, Any]:
             set_learning_rates(optimizer, step, total_steps)
             autocast = torch.autocast(device.split(":")[0], dtype=amp) if amp else contextlib.nullcontext()
             with autocast:
-                losses, metrics = model.training_step(views, labels, index, step, total_steps)
+                losses, metrics = step_fn(views, labels, index, step, total_steps)
             loss = sum(losses.values())
             if not torch.isfinite(loss):
                 raise FloatingPointError(
@@ -239,7 +239,6 @@ def train(cfg: Config) -> Dict[str, Any]:
                     "lower train.lr or use train.amp=bf16 / off")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
-            average_gradients(params)
             if cfg.train.grad_clip:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
