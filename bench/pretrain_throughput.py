@@ -43,7 +43,6 @@ StepFn = Callable[[List[Tensor], int], float]
 def ssmix_step(args, total_steps: int) -> StepFn:
     """One engine step of ssmix MoCo v2 (the body of the loop in ``trainer.train``, mix.type=none)."""
     from ssmix.config import load_config
-    from ssmix.engine.distributed import average_gradients
     from ssmix.engine import trainer
     from ssmix.engine.pretrainer import Pretrainer
     from ssmix.engine.trainer import build_optimizer, set_learning_rates
@@ -60,7 +59,6 @@ def ssmix_step(args, total_steps: int) -> StepFn:
     model = Pretrainer(cfg, num_samples=args.batch * total_steps, num_classes=10).to(memory_format=memory_format)
     model.train()
     optimizer = build_optimizer(model.param_groups(), cfg, steps_per_ep=total_steps)
-    params = [p for g in optimizer.param_groups for p in g["params"]]
     labels, index = torch.zeros(args.batch, dtype=torch.long), torch.arange(args.batch)
 
     def step(views: List[Tensor], i: int) -> float:
@@ -70,7 +68,6 @@ def ssmix_step(args, total_steps: int) -> StepFn:
         loss = sum(losses.values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        average_gradients(params)  # a no-op in one process, as in the engine
         optimizer.step()
         return float(loss.detach())
 
