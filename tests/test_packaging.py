@@ -30,4 +30,4 @@ def test_each_install_choice_gets_one_faiss_package():
     for name in ("test", "detection"):
         assert _faiss(extras[name]) == [], name  # combinable with either choice
     makefile = open(os.path.join(ROOT, "Makefile"), encoding="utf-8").read()
-    assert "-e '.[cpu,test]'" in makefile
+    assert "EXTRAS ?= cpu,test" in makefile and "-e '.[$(EXTRAS)]'" in makefile
