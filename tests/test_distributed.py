@@ -174,6 +174,25 @@ def _scenario_sync_bn_train(rank: int, out: str, shared: str) -> None:
                os.path.join(out, "sync_bn.pt"))
 
 
+def _scenario_swav_samix_c(rank: int, out: str, shared: str) -> None:
+    """SwAV + SAMix-C under DDP: prototypes frozen (unused) in epoch 0, trained from step 3 on; the
+    Mixer, the cluster head and the host-resident ODC memory in the same DDP module."""
+    from ssmix.engine import trainer
+    from ssmix.engine.pretrainer import Pretrainer
+    from tests.helpers import tiny_config
+
+    captured = {}
+    trainer.Pretrainer = lambda *args, **kwargs: captured.setdefault("model", Pretrainer(*args, **kwargs))
+    cfg = tiny_config("method.name=swav", "data.aug.kind=swav", "data.aug.multi_crop.sizes=[16,8]",
+                      "method.num_prototypes=16", "method.queue_size=0", "mix.type=samix_c",
+                      "mix.mixer_warmup_epochs=0", "mix.odc.num_clusters=4", "mix.odc.min_cluster=4",
+                      "data.num_samples=24", f"train.batch_size={PER_RANK_BATCH}", "train.max_steps=4",
+                      f"output_dir={os.path.join(shared, 'swav_samix_c')}")
+    summary = trainer.train(cfg)
+    torch.save({"summary": summary, "state": {k: v.clone() for k, v in captured["model"].state_dict().items()}},
+               os.path.join(out, "swav_samix_c.pt"))
+
+
 def _worker(shared: str) -> None:
     """Entry point of one rank (environment as torchrun sets it)."""
     torch.set_num_threads(1)
@@ -188,6 +207,7 @@ def _worker(shared: str) -> None:
         _scenario_shuffle(rank, out)
         _scenario_train(rank, out, shared)
         _scenario_sync_bn_train(rank, out, shared)
+        _scenario_swav_samix_c(rank, out, shared)
     finally:
         dist.destroy_process_group()
 
@@ -271,6 +291,16 @@ def test_sync_bn_training_run_keeps_global_statistics_on_every_rank(ranks):
     for key, value in r[0]["state"].items():  # parameters, EMA target and BN statistics: all equal
         assert torch.equal(r[1]["state"][key], value), key
     assert any(v.abs().sum() > 0 for k, v in r[0]["state"].items() if k.endswith("running_mean"))
+
+
+def test_swav_with_frozen_prototypes_and_samix_c_trains_under_ddp(ranks):
+    r = [_load(ranks, k, "swav_samix_c.pt") for k in range(WORLD)]
+    assert r[0]["summary"]["step"] == 4  # 3 steps with unused prototypes, then 1 with them
+    state = r[0]["state"]
+    assert {"pipeline.odc.labels", "pipeline.mixer.head.weight", "method.prototypes.weight"} <= set(state)
+    for key, value in state.items():  # parameters, Mixer, cluster head and ODC memory agree
+        if not key.endswith(("running_mean", "running_var")):
+            assert torch.equal(r[1]["state"][key], value), key
 
 
 def test_cross_rank_shuffle_returns_keys_in_the_original_order(ranks):
