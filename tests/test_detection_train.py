@@ -121,6 +121,7 @@ def test_own_voc_set_with_custom_classes_and_png_trains_in_the_embedded_backend(
     assert {"bbox/AP50-Tree", "bbox/AP50-Bush"} <= set(summary["mean"])
     log = (out / "log.txt").read_text()
     assert "iter 2/2" in log and "evaluated voc_trees_test (2 images" in log
+    assert f"encoder: loaded {len(encoder_state('resnet18'))} tensors from {workdir / 'r18.pth'}" in log
 
 
 def test_voc_image_comes_from_the_xml_filename_and_is_checked_before_training(own_voc, workdir, tmp_path, capsys):
