@@ -61,6 +61,7 @@ class DataConfig:
     num_classes: Optional[int] = None
     mean: Optional[List[float]] = None
     std: Optional[List[float]] = None
+    eval_root: Optional[str] = None  # folder: labelled <eval_root>/{train,val}/<class>/* for train.knn_every
     download: bool = False
     num_workers: int = 2
     aug: AugConfig = field(default_factory=AugConfig)

@@ -72,12 +72,22 @@ def test_linear_eval_on_a_labelled_folder_counts_its_classes(tmp_path):
     assert (result["num_train"], result["num_test"], result["num_classes"]) == (6, 6, 3)
 
 
-def test_knn_monitor_on_unlabelled_folder_is_refused_before_training(tmp_path):
+def test_knn_monitor_of_a_folder_run_uses_the_labelled_eval_root(tmp_path):
+    import json
+
     import pytest
 
     from ssmix.config import ConfigError
     from ssmix.engine.trainer import train
 
     _write_images(tmp_path / "images", [f"{i}.png" for i in range(8)])
-    with pytest.raises(ConfigError, match="^train.knn_every: data.name=folder has no labels"):
-        train(tiny_config(*_folder_overrides(tmp_path / "images", tmp_path / "run"), "train.knn_every=1"))
+    overrides = [*_folder_overrides(tmp_path / "images", tmp_path / "run"), "train.knn_every=1", "train.max_steps=1"]
+    with pytest.raises(ConfigError, match="^train.knn_every: data.name=folder has no labels for the kNN monitor; "
+                                          "set data.eval_root"):
+        train(tiny_config(*overrides))
+    for split in ("train", "val"):
+        _write_images(tmp_path / "labelled" / split, [f"{c}/{i}.png" for c in ("a", "b") for i in range(3)])
+    train(tiny_config(*overrides, f"data.eval_root={tmp_path / 'labelled'}"))
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert [r["step"] for r in rows if "knn_top1" in r] == [1]
+    assert all(0.0 <= r["knn_top1"] <= 100.0 for r in rows if "knn_top1" in r)
