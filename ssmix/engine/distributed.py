@@ -4,7 +4,7 @@ whole training step, and SyncBatchNorm (also on CPU / gloo).
 Under DDP the module whose ``forward`` is the training step (:class:`~ssmix.engine.pretrainer.Pretrainer`:
 method + mix pipeline) is wrapped once, so the several encoder passes of a step (views, mixed
 views, the SAMix Mixer's) are one graph whose gradients DDP averages in buckets, overlapped with the
-backward pass. Buffers are not broadcast per step (``broadcast_buffers=False``): BatchNorm running
+backward pass. Buffers are not broadcast per step (only once, at the wrap): BatchNorm running
 statistics stay per rank (global with ``model.sync_bn``), and the state that must agree across ranks
 keeps itself in sync (the MoCo/SwAV key queues gather the global batch; the ODC memory gathers and
 applies the same update everywhere and is host-resident, so it is also excluded from DDP's start-up
@@ -19,7 +19,6 @@ from typing import Callable, Tuple
 
 import torch
 import torch.distributed as dist
-
 import torch.nn as nn
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
