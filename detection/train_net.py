@@ -107,7 +107,9 @@ def register_voc_sets(names: Sequence[str], root: str, classes: Sequence[str]) -
             MetadataCatalog.remove(name)
         DatasetCatalog.register(name, lambda d=info.annotations, s=info.split: voc_dataset_dicts(
             d, s, classes, int(BoxMode.XYXY_ABS)))
-        MetadataCatalog.get(name).set(thing_classes=list(classes), dirname=info.annotations, year=info.year,
+        # PascalVOCDetectionEvaluator accepts the years 2007 (11-point AP) and 2012 (area AP) only.
+        year = 2007 if info.year == 2007 else 2012
+        MetadataCatalog.get(name).set(thing_classes=list(classes), dirname=info.annotations, year=year,
                                       split=info.split, evaluator_type="pascal_voc")
         done.append(name)
     return done
