@@ -202,3 +202,42 @@ def test_detectron2_launcher_trains_own_voc_classes(own_voc, workdir, tmp_path, 
 
     assert MetadataCatalog.get("voc_trees_trainval").thing_classes == list(OWN_CLASSES)
     assert os.path.isfile(tmp_path / "d2" / "model_final.pth")
+
+
+def test_detectron2_launcher_registers_own_voc_sets_with_the_class_names(own_voc, monkeypatch):
+    """register_voc_sets against a stand-in of the few detectron2 catalog calls it makes (detectron2
+    itself is not installable here; the test above runs the real launcher where it is)."""
+    import sys
+    import types
+
+    from detection.train_net import register_voc_sets
+    from ssmix.config import ConfigError
+
+    datasets, metadata = {"voc_trees_trainval": lambda: "builtin"}, {}
+
+    class Metadata(types.SimpleNamespace):
+        def set(self, **kwargs):
+            self.__dict__.update(kwargs)
+
+    catalog = types.SimpleNamespace(list=lambda: list(datasets), remove=datasets.pop,
+                                    register=datasets.__setitem__)
+    metadata_catalog = types.SimpleNamespace(get=lambda name: metadata.setdefault(name, Metadata()),
+                                             remove=lambda name: metadata.pop(name, None))
+    fake = {"detectron2": types.ModuleType("detectron2"),
+            "detectron2.data": types.SimpleNamespace(DatasetCatalog=catalog, MetadataCatalog=metadata_catalog),
+            "detectron2.structures": types.SimpleNamespace(BoxMode=types.SimpleNamespace(XYXY_ABS=0))}
+    for name, module in fake.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    names = ["voc_trees_trainval", "voc_trees_test", "coco_2017_train"]
+    assert register_voc_sets(names, str(own_voc), OWN_CLASSES) == ["voc_trees_trainval", "voc_trees_test"]
+    dicts = datasets["voc_trees_trainval"]()  # the builtin registration was replaced
+    assert len(dicts) == 4 and dicts[0]["file_name"].endswith("trees_000001.png")
+    meta = metadata["voc_trees_test"]
+    assert (meta.thing_classes, meta.year, meta.split) == (list(OWN_CLASSES), 2012, "test")
+    assert meta.dirname == str(own_voc / "VOCtrees")
+    (own_voc / "VOCtrees" / "JPEGImages" / "trees_000005.png").rename(own_voc / "moved.png")
+    try:
+        with pytest.raises(ConfigError, match="trees_000005.png not found"):
+            register_voc_sets(["voc_trees_test"], str(own_voc), OWN_CLASSES)  # checked before any training
+    finally:
+        (own_voc / "moved.png").rename(own_voc / "VOCtrees" / "JPEGImages" / "trees_000005.png")
