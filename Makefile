@@ -6,15 +6,17 @@ VENV ?= .venv
 # torch is pinned so the CPU machines this project is tested on install it from their local wheels.
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 BIN := $(VENV)/bin
+# faiss comes from an extra: cpu (faiss-cpu) or gpu (faiss-gpu-cu12), never both (one `faiss` module).
+EXTRAS ?= cpu,test
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench bench-gpu clean
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(TORCH)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[$(EXTRAS)]'
 	touch $@
 
 demo: setup
@@ -25,6 +27,14 @@ test: setup
 
 bench: setup
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
+
+# On a CUDA machine: the `cuda`-marked tests (AMP, channels_last, faiss GPU, NCCL), then images/s of
+# MoCo v2 and MoCo v2 + SAMix-C beside the torch + lightly reference and the data loader's own rate.
+# For faiss with GPU support, set the venv up with `make setup EXTRAS=gpu,test` on a fresh clone.
+bench-gpu: setup
+	$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'bench-gpu: no CUDA device')"
+	$(BIN)/python -m pytest -q -rs -m cuda tests
+	$(BIN)/python bench/gpu_throughput.py
 
 clean:
 	rm -rf $(VENV) runs

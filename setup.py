@@ -14,7 +14,6 @@ setup(
         "torch>=2.1",
         "torchvision>=0.16",
         "lightly>=1.6,<1.7",
-        "faiss-cpu>=1.7",
         "pyyaml>=6",
         "numpy",
         "pillow",
@@ -22,8 +21,12 @@ setup(
         "tensorboard",
         "scikit-learn",
     ],
+    # faiss is an extra, never a requirement: faiss-cpu and faiss-gpu-* all install the same `faiss`
+    # module and must not be installed together. Pick one: '.[cpu]' or '.[gpu]' (CUDA 12 wheels; for
+    # CUDA 11 use `pip install faiss-gpu-cu11`). Without faiss, k-means runs on torch (slower).
     extras_require={
-        "gpu": ["faiss-gpu"],
+        "cpu": ["faiss-cpu>=1.7"],
+        "gpu": ["faiss-gpu-cu12>=1.8"],
         "test": ["pytest>=7", "pycocotools>=2.0"],
         # Detectron2 is not on PyPI: build it from its source (see detection/README.md).
         "detection": ["pycocotools>=2.0"],

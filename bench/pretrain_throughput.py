@@ -29,7 +29,7 @@ import os
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -37,13 +37,12 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-StepFn = Callable[[List[Tensor], int], float]
+StepFn = Callable[[List[Tensor], int], object]
 
 
 def ssmix_step(args, total_steps: int) -> StepFn:
     """One engine step of ssmix MoCo v2 (the body of the loop in ``trainer.train``, mix.type=none)."""
     from ssmix.config import load_config
-    from ssmix.engine.distributed import average_gradients
     from ssmix.engine import trainer
     from ssmix.engine.pretrainer import Pretrainer
     from ssmix.engine.optim import build_optimizer, set_learning_rates
@@ -60,7 +59,6 @@ def ssmix_step(args, total_steps: int) -> StepFn:
     model = Pretrainer(cfg, num_samples=args.batch * total_steps, num_classes=10).to(memory_format=memory_format)
     model.train()
     optimizer = build_optimizer(model.param_groups(), cfg, steps_per_ep=total_steps)
-    params = [p for g in optimizer.param_groups for p in g["params"]]
     labels, index = torch.zeros(args.batch, dtype=torch.long), torch.arange(args.batch)
 
     def step(views: List[Tensor], i: int) -> float:
@@ -70,9 +68,8 @@ def ssmix_step(args, total_steps: int) -> StepFn:
         loss = sum(losses.values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        average_gradients(params)  # a no-op in one process, as in the engine
         optimizer.step()
-        return float(loss.detach())
+        return loss.detach()
 
     return step
 
@@ -97,13 +94,16 @@ class ReferenceMoCo(nn.Module):
         deactivate_requires_grad(self.head_m)
 
 
-def reference_step(args, total_steps: int) -> StepFn:
+def reference_step(args, total_steps: int, device: str = "cpu", amp: Optional[torch.dtype] = None,
+                   memory_format: torch.memory_format = torch.contiguous_format) -> StepFn:
+    """The reference step; ``device`` / ``amp`` (autocast dtype) / ``memory_format`` for GPU runs
+    (bench/gpu_throughput.py), matching what the ssmix engine uses there."""
     from lightly.loss import NTXentLoss
     from lightly.models.utils import batch_shuffle, batch_unshuffle, update_momentum
     from lightly.utils.scheduler import cosine_schedule
 
-    model = ReferenceMoCo(args.arch, args.bn_splits).train()
-    criterion = NTXentLoss(temperature=args.temperature, memory_bank_size=(args.queue, 128))
+    model = ReferenceMoCo(args.arch, args.bn_splits).to(device, memory_format=memory_format).train()
+    criterion = NTXentLoss(temperature=args.temperature, memory_bank_size=(args.queue, 128)).to(device)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.03, momentum=0.9,
                                 weight_decay=1e-4)
 
@@ -112,15 +112,16 @@ def reference_step(args, total_steps: int) -> StepFn:
             g["lr"] = cosine_schedule(i, total_steps, 0.03, 0.0)
         update_momentum(model.backbone, model.backbone_m, 0.999)
         update_momentum(model.head, model.head_m, 0.999)
-        query = model.head(model.backbone(views[0]))
-        with torch.no_grad():
-            x_key, shuffle = batch_shuffle(views[1])
-            key = batch_unshuffle(model.head_m(model.backbone_m(x_key)), shuffle)
-        loss = criterion(query, key)
+        with torch.autocast(device.split(":")[0], dtype=amp or torch.float32, enabled=amp is not None):
+            query = model.head(model.backbone(views[0]))
+            with torch.no_grad():
+                x_key, shuffle = batch_shuffle(views[1])
+                key = batch_unshuffle(model.head_m(model.backbone_m(x_key)), shuffle)
+            loss = criterion(query, key)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return float(loss.detach())
+        return loss.detach()
 
     return step
 

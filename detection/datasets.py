@@ -22,6 +22,7 @@ from torch.utils.data import Dataset, Sampler
 
 from detection.synthetic import VOC_CLASSES
 from ssmix.config import ConfigError
+from ssmix.data.datasets import CorruptImageError
 
 COCO_SPLITS = {  # detectron2's builtin COCO names -> (image dir, annotation json), relative to the root
     "coco_2017_train": ("coco/train2017", "coco/annotations/instances_train2017.json"),
@@ -30,7 +31,8 @@ COCO_SPLITS = {  # detectron2's builtin COCO names -> (image dir, annotation jso
     "coco_2014_val": ("coco/val2014", "coco/annotations/instances_val2014.json"),
     "coco_2014_minival": ("coco/val2014", "coco/annotations/instances_minival2014.json"),
 }
-_VOC_NAME = re.compile(r"^voc_(\d{4})_(train|val|trainval|test)$")
+# voc_<year>_<split> (builtin) or voc_<tag>_<split> for your own VOC-format set in <root>/VOC<tag>/.
+_VOC_NAME = re.compile(r"^voc_(\w+?)_(train|val|trainval|test)$")
 
 
 @dataclass
@@ -69,13 +71,14 @@ def resolve(name: str, root: str) -> DatasetInfo:
     """Where a builtin dataset name lives under ``root`` (raises with the known names)."""
     match = _VOC_NAME.match(name)
     if match:
-        year, split = match.groups()
-        dirname = os.path.join(root, f"VOC{year}")
-        return DatasetInfo(name, "voc", os.path.join(dirname, "JPEGImages"), dirname, split, int(year))
+        tag, split = match.groups()
+        dirname = os.path.join(root, f"VOC{tag}")
+        year = int(tag) if tag.isdigit() else 0  # 2007 selects the 11-point AP, as in detectron2
+        return DatasetInfo(name, "voc", os.path.join(dirname, "JPEGImages"), dirname, split, year)
     if name in COCO_SPLITS:
         images, annotations = COCO_SPLITS[name]
         return DatasetInfo(name, "coco", os.path.join(root, images), os.path.join(root, annotations))
-    raise ConfigError(f"data: unknown dataset '{name}'; expected voc_<year>_<train|val|trainval|test> or one of "
+    raise ConfigError(f"data: unknown dataset '{name}'; expected voc_<year or tag>_<train|val|trainval|test> or one of "
                       f"{', '.join(COCO_SPLITS)}")
 
 
@@ -86,8 +89,15 @@ def _xml_int(node: ET.Element, tag: str, path: str) -> float:
     return float(child.text)
 
 
+def voc_image_path(dirname: str, file_id: str, tree: ET.ElementTree) -> str:
+    """``JPEGImages/<filename>`` from the XML's ``<filename>`` (any extension), else ``JPEGImages/<id>.jpg``."""
+    file_name = (tree.findtext("filename") or "").strip()
+    return os.path.join(dirname, "JPEGImages", os.path.basename(file_name) if file_name else f"{file_id}.jpg")
+
+
 def read_voc(dirname: str, split: str, classes: Sequence[str]) -> List[ImageRecord]:
-    """Records of ``<dirname>/ImageSets/Main/<split>.txt`` from ``Annotations/<id>.xml``."""
+    """Records of ``<dirname>/ImageSets/Main/<split>.txt`` from ``Annotations/<id>.xml``; every image file
+    is checked to exist here, before any training starts."""
     list_file = os.path.join(dirname, "ImageSets", "Main", f"{split}.txt")
     if not os.path.isfile(list_file):
         raise ConfigError(f"VOC split list not found: {list_file} (set data.root or $DETECTRON2_DATASETS)")
@@ -97,7 +107,16 @@ def read_voc(dirname: str, split: str, classes: Sequence[str]) -> List[ImageReco
     records = []
     for number, file_id in enumerate(file_ids):
         path = os.path.join(dirname, "Annotations", f"{file_id}.xml")
-        tree = ET.parse(path)
+        if not os.path.isfile(path):
+            raise ConfigError(f"{path}: annotation of '{file_id}' (listed in {list_file}) not found")
+        try:
+            tree = ET.parse(path)
+        except ET.ParseError as exc:
+            raise ConfigError(f"{path}: invalid XML ({exc})") from None
+        image_path = voc_image_path(dirname, file_id, tree)
+        if not os.path.isfile(image_path):
+            raise ConfigError(f"{path}: image file {image_path} not found (from <filename>, else <id>.jpg); "
+                              "put the image in JPEGImages/ or fix <filename>")
         size = tree.find("size")
         if size is None:
             raise ConfigError(f"{path}: missing <size>")
@@ -105,7 +124,8 @@ def read_voc(dirname: str, split: str, classes: Sequence[str]) -> List[ImageReco
         for obj in tree.findall("object"):
             name = (obj.findtext("name") or "").strip()
             if name not in index:
-                raise ConfigError(f"{path}: class '{name}' is not in data.classes ({', '.join(classes)})")
+                raise ConfigError(f"{path}: class '{name}' is not in data.classes ({', '.join(classes)}); "
+                                  f"list your class names, e.g. data.classes=[{name}]")
             bndbox = obj.find("bndbox")
             if bndbox is None:
                 raise ConfigError(f"{path}: object without <bndbox>")
@@ -114,7 +134,7 @@ def read_voc(dirname: str, split: str, classes: Sequence[str]) -> List[ImageReco
             labels.append(index[name])
             difficult.append(int(obj.findtext("difficult") or 0) == 1)
         records.append(ImageRecord(
-            os.path.join(dirname, "JPEGImages", f"{file_id}.jpg"), number,
+            image_path, number,
             int(_xml_int(size, "height", path)), int(_xml_int(size, "width", path)),
             np.asarray(boxes, dtype=np.float32).reshape(-1, 4), np.asarray(labels, dtype=np.int64),
             np.asarray(difficult, dtype=bool)))
@@ -208,8 +228,12 @@ class DetectionDataset(Dataset):
 
     def __getitem__(self, index: int) -> Tuple[Tensor, Dict[str, Tensor], int]:
         record = self.records[index]
-        with Image.open(record.file_name) as pil:
-            pixels = np.array(pil.convert("RGB"))
+        try:
+            with Image.open(record.file_name) as pil:
+                pixels = np.array(pil.convert("RGB"))
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise CorruptImageError(f"{record.file_name}: not a readable image ({type(exc).__name__}: {exc}); "
+                                    "delete or replace the file") from None
         if pixels.shape[:2] != (record.height, record.width):
             raise ValueError(f"{record.file_name}: image is {pixels.shape[:2]} (H, W) but its annotation "
                              f"says ({record.height}, {record.width})")

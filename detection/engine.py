@@ -146,6 +146,9 @@ def run_trial(cfg: DetectionConfig, env: DistEnv) -> Dict[str, float]:
         raise ConfigError(f"data: {cfg.data.test} and {', '.join(cfg.data.train)} have different classes")
     train_records = [r for r in train.records if len(r.labels)]  # FILTER_EMPTY_ANNOTATIONS
     state, arch = load_encoder(cfg)
+    if state is not None and env.is_main:
+        log.info("encoder: loaded %d tensors from %s into the %s trunk (the detection heads start from scratch)",
+                 len(state), cfg.model.weights, arch)
     model = build_detector(cfg.model, len(train.classes), build_resnet(arch, state), arch, cfg.data.min_size_train,
                            cfg.data.min_size_test, cfg.data.max_size).to(env.device)
     if env.world_size > 1 and env.device.type == "cuda":

@@ -77,8 +77,9 @@ def _voc_xml(folder: str, file_name: str, width: int, height: int, objects, clas
 
 def write_voc(root: str, classes: Sequence[str] = SYNTHETIC_VOC_CLASSES, num_trainval: int = 8,
               num_test: int = 4, years: Sequence[str] = ("2007", "2012"), max_side: int = 128,
-              seed: int = 0) -> Dict[str, List[str]]:
-    """Write ``root/VOC<year>/{Annotations,ImageSets/Main,JPEGImages}``; test split for 2007 only.
+              seed: int = 0, extension: str = ".jpg") -> Dict[str, List[str]]:
+    """Write ``root/VOC<year>/{Annotations,ImageSets/Main,JPEGImages}``; test split for 2007 and for
+    non-numeric tags (your own set, ``voc_<tag>_test``) only. Images are saved as ``<id><extension>``.
 
     Returns ``{"<year>_<split>": [file ids]}``.
     """
@@ -87,8 +88,9 @@ def write_voc(root: str, classes: Sequence[str] = SYNTHETIC_VOC_CLASSES, num_tra
         base = os.path.join(root, f"VOC{year}")
         for sub in ("Annotations", os.path.join("ImageSets", "Main"), "JPEGImages"):
             os.makedirs(os.path.join(base, sub), exist_ok=True)
-        splits = [("trainval", num_trainval)] + ([("test", num_test)] if year == "2007" else [])
-        rng = np.random.default_rng([seed, int(year)])
+        with_test = year == "2007" or not year.isdigit()
+        splits = [("trainval", num_trainval)] + ([("test", num_test)] if with_test else [])
+        rng = np.random.default_rng([seed, int(year) if year.isdigit() else sum(map(ord, year))])
         counter = 0
         for split, count in splits:
             ids = []
@@ -96,8 +98,10 @@ def write_voc(root: str, classes: Sequence[str] = SYNTHETIC_VOC_CLASSES, num_tra
                 counter += 1
                 file_id = f"{counter:06d}" if year == "2007" else f"{year}_{counter:06d}"
                 image, objects = _scene(rng, index, len(classes), max_side, with_difficult=index == 0)
-                Image.fromarray(image).save(os.path.join(base, "JPEGImages", f"{file_id}.jpg"), quality=95)
-                xml = _voc_xml(f"VOC{year}", f"{file_id}.jpg", image.shape[1], image.shape[0], objects, classes)
+                file_name = f"{file_id}{extension}"
+                Image.fromarray(image).save(os.path.join(base, "JPEGImages", file_name),
+                                            **({"quality": 95} if extension.lower() in (".jpg", ".jpeg") else {}))
+                xml = _voc_xml(f"VOC{year}", file_name, image.shape[1], image.shape[0], objects, classes)
                 with open(os.path.join(base, "Annotations", f"{file_id}.xml"), "wb") as f:
                     f.write(xml)
                 ids.append(file_id)

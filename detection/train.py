@@ -19,6 +19,7 @@ import yaml
 from detection.engine import log, run_trial, setup_distributed
 from detection.schema import DetectionConfig, load_detection_config
 from ssmix.config import ConfigError
+from ssmix.data.datasets import CorruptImageError
 
 
 def summarize(per_trial: List[Dict[str, float]]) -> Dict[str, object]:
@@ -88,7 +89,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         cfg = load_detection_config(args[0], args[1:])
         run(cfg)
-    except (ConfigError, ImportError) as exc:
+    except (ConfigError, CorruptImageError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

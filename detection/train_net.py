@@ -10,12 +10,25 @@ otherwise relies on DefaultTrainer (precise BN, checkpoints, final evaluation). 
 name an encoder file or run directory, which is converted to ``OUTPUT_DIR/<name>.pkl`` before launching.
 ``--config-file`` may be a bare file name from ``detection/configs``. Datasets are read from
 ``$DETECTRON2_DATASETS`` (default ``./datasets``). detectron2 is imported lazily: it is not on PyPI.
+
+VOC-format sets (``voc_<year or tag>_<split>`` in ``DATASETS.TRAIN`` / ``DATASETS.TEST``, read from
+``VOC<year or tag>/``) are (re-)registered with ssmix's reader, so the image file is the XML's
+``<filename>`` (any extension, checked before training) and ``--classes A,B,...`` (default: the 20 VOC
+classes) names the classes; ``MODEL.ROI_HEADS.NUM_CLASSES`` is set to their count.
+
+    python -m detection.train_net --config-file pascal_voc_R_50_C4_24k_moco.yaml --classes Tree \
+        DATASETS.TRAIN "('voc_trees_trainval',)" DATASETS.TEST "('voc_trees_test',)" MODEL.WEIGHTS d2.pkl
 """
 from __future__ import annotations
 
+import logging
 import os
+import pickle
+import re
 import sys
-from typing import List, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+from ssmix.config import ConfigError
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 WEIGHTS_PLACEHOLDER = "SET-MODEL.WEIGHTS-TO-THE-CONVERTED.pkl"
@@ -57,6 +70,76 @@ def register_extra_norm_head():
 
     ROI_HEADS_REGISTRY.register(Res5ROIHeadsExtraNorm)
     return Res5ROIHeadsExtraNorm
+
+
+def voc_dataset_dicts(dirname: str, split: str, classes: Sequence[str], bbox_mode: int = 0) -> List[Dict]:
+    """A VOC-format split as detectron2 dataset dicts, read by :func:`detection.datasets.read_voc`
+    (image from ``<filename>``, boxes 0-based ``XYXY_ABS`` = mode 0, ``image_id`` the file id that
+    PascalVOCDetectionEvaluator matches against ``ImageSets/Main/<split>.txt``)."""
+    from detection.datasets import read_voc
+
+    records = read_voc(dirname, split, classes)
+    with open(os.path.join(dirname, "ImageSets", "Main", f"{split}.txt"), encoding="utf-8") as f:
+        file_ids = [line.strip() for line in f if line.strip()]
+    return [{"file_name": r.file_name, "image_id": file_id, "height": r.height, "width": r.width,
+             "annotations": [{"category_id": int(label), "bbox": [float(v) for v in box], "bbox_mode": bbox_mode}
+                             for box, label in zip(r.boxes, r.labels)]}
+            for r, file_id in zip(records, file_ids)]
+
+
+def register_voc_sets(names: Sequence[str], root: str, classes: Sequence[str]) -> List[str]:
+    """(Re-)register every VOC-format name among ``names`` with ``classes``; returns the names registered.
+    Images and class names are checked here, in the launching process, before any training."""
+    import_detectron2()
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.structures import BoxMode
+
+    from detection.datasets import resolve
+
+    done = []
+    for name in dict.fromkeys(names):
+        if not re.match(r"^voc_\w+?_(train|val|trainval|test)$", name):
+            continue
+        info = resolve(name, root)
+        voc_dataset_dicts(info.annotations, info.split, classes)  # fail now, with a one-line error
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+        DatasetCatalog.register(name, lambda d=info.annotations, s=info.split: voc_dataset_dicts(
+            d, s, classes, int(BoxMode.XYXY_ABS)))
+        # PascalVOCDetectionEvaluator accepts the years 2007 (11-point AP) and 2012 (area AP) only.
+        year = 2007 if info.year == 2007 else 2012
+        MetadataCatalog.get(name).set(thing_classes=list(classes), dirname=info.annotations, year=year,
+                                      split=info.split, evaluator_type="pascal_voc")
+        done.append(name)
+    return done
+
+
+def matched_tensors(model_shapes: Mapping[str, Tuple[int, ...]], checkpoint: Mapping[str, object]) -> int:
+    """How many checkpoint tensors have a model parameter of the same shape whose name is theirs or ends
+    in ``.<theirs>`` (detectron2's matching heuristics, e.g. ``res5.*`` -> ``roi_heads.res5.*``)."""
+    count = 0
+    for key, value in checkpoint.items():
+        shape = tuple(getattr(value, "shape", ()))
+        if any((name == key or name.endswith("." + key)) and tuple(s) == shape for name, s in model_shapes.items()):
+            count += 1
+    return count
+
+
+def log_loaded_encoder(model, weights: str) -> Optional[str]:
+    """Log how many tensors of the encoder ``.pkl`` reached ``model``: detectron2's 'not found in the
+    checkpoint' warning for the new detection heads is expected and not a failure."""
+    if not weights.endswith(".pkl") or not os.path.isfile(weights):
+        return None
+    with open(weights, "rb") as f:
+        tensors = pickle.load(f).get("model", {})
+    model = getattr(model, "module", model)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    message = (f"encoder: loaded {matched_tensors(shapes, tensors)} of {len(tensors)} tensors from {weights}; "
+               "parameters reported as 'not found in the checkpoint' are the new detection heads (expected)")
+    logging.getLogger("detection").warning(message)
+    print(message, flush=True)
+    return message
 
 
 def trainer_class():
@@ -115,13 +198,28 @@ def prepare_weights(opts: List[str]) -> List[str]:
     return out
 
 
-def setup(args):
+def build_config(args):
+    """The detectron2 config of ``args`` with the VOC-format sets registered (see module docstring)."""
     from detectron2.config import get_cfg
-    from detectron2.engine import default_setup
+
+    from detection.synthetic import VOC_CLASSES
 
     cfg = get_cfg()
     cfg.merge_from_file(resolve_config_file(args.config_file))
     cfg.merge_from_list(args.opts)
+    given = getattr(args, "classes", None)
+    classes = [c.strip() for c in given.split(",") if c.strip()] if given else list(VOC_CLASSES)
+    root = os.environ.get("DETECTRON2_DATASETS", "datasets")
+    if register_voc_sets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST), root, classes):
+        cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(classes)
+        cfg.MODEL.RETINANET.NUM_CLASSES = len(classes)
+    return cfg
+
+
+def setup(args):
+    from detectron2.engine import default_setup
+
+    cfg = build_config(args)
     if cfg.MODEL.WEIGHTS == WEIGHTS_PLACEHOLDER and not args.resume:
         raise ValueError("MODEL.WEIGHTS is not set: add 'MODEL.WEIGHTS path/to/encoder.pkl' (from "
                          "python -m detection.convert) after the other arguments")
@@ -143,6 +241,8 @@ def main(args):
         return trainer.test(cfg, model)
     runner = trainer(cfg)
     runner.resume_or_load(resume=args.resume)
+    if not args.resume:
+        log_loaded_encoder(runner.model, cfg.MODEL.WEIGHTS)
     return runner.train()
 
 
@@ -154,7 +254,15 @@ def cli(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     from detectron2.engine import default_argument_parser, launch
 
-    args = default_argument_parser().parse_args(argv)
+    parser = default_argument_parser()
+    parser.add_argument("--classes", default=None, metavar="A,B,...",
+                        help="comma-separated class names of the VOC-format sets (default: the 20 VOC classes)")
+    args = parser.parse_args(argv)
+    try:
+        build_config(args)  # registers and checks the VOC-format sets: bad data fails here, in one line
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     args.config_file = resolve_config_file(args.config_file)
     if not args.eval_only:
         args.opts = prepare_weights(list(args.opts))

@@ -31,7 +31,12 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         if cfg.output_dir is None:
             cfg.output_dir = default_output_dir(cfg)
-        result = run_linear_eval(cfg, log=lambda msg: print(msg, flush=True))
+        from ssmix.data.datasets import CorruptImageError
+
+        try:
+            result = run_linear_eval(cfg, log=lambda msg: print(msg, flush=True))
+        except CorruptImageError as exc:  # a bad file in the labelled folder: one line, exit code 2
+            raise ConfigError(str(exc)) from None
     except ConfigError as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2

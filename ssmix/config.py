@@ -52,12 +52,16 @@ class AugConfig:
 
 @dataclass
 class DataConfig:
-    name: str = "synthetic"  # synthetic | digits | cifar10 | cifar100 | stl10 | tiny_imagenet | imagefolder
-    root: str = "data"
+    name: str = "synthetic"  # synthetic | digits | cifar10 | cifar100 | stl10 | tiny_imagenet | imagefolder | folder
+    root: str = "data"  # folder: the directory of your images (any sub-folder layout)
     split: str = "train"  # pre-training split (stl10: unlabeled | train | test | train+unlabeled)
     image_size: int = 32
     num_samples: int = 512  # synthetic only
-    num_classes: int = 10  # synthetic only
+    # null = the dataset's own value (ssmix.data.datasets.DATASET_INFO); mean / std: R, G, B on 0..1
+    num_classes: Optional[int] = None
+    mean: Optional[List[float]] = None
+    std: Optional[List[float]] = None
+    eval_root: Optional[str] = None  # folder: labelled <eval_root>/{train,val}/<class>/* for train.knn_every
     download: bool = False
     num_workers: int = 2
     aug: AugConfig = field(default_factory=AugConfig)
@@ -69,6 +73,7 @@ class ModelConfig:
     cifar_stem: bool = False  # 3x3 stride-1 conv1 and no max-pool, for 32 px inputs
     zero_init_residual: bool = False
     channels_last: bool = True  # CUDA only (slower on CPU, see engine.trainer.memory_format_for)
+    sync_bn: bool = False  # under DDP: BatchNorm statistics over the global batch (not for MoCo: shuffle-BN)
 
 
 @dataclass

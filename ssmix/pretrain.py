@@ -28,12 +28,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.print_config:
         print(dump_config(cfg), end="")
         return 0
-    from ssmix.data.datasets import DatasetNotFoundError
+    from ssmix.data.datasets import CorruptImageError, DatasetNotFoundError
     from ssmix.engine.trainer import train
 
     try:
         summary = train(cfg)
-    except (ConfigError, DatasetNotFoundError, FileNotFoundError) as exc:
+    except (ConfigError, CorruptImageError, DatasetNotFoundError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"done: {summary['step']} steps, outputs in {summary['output_dir']}")

@@ -118,15 +118,13 @@ def choose_pairs(num_items: int, pairs: int, seed: int) -> Tuple[Tensor, Tensor]
 
 def load_pairs(cfg: Config, split: str, pairs: int, device: torch.device | str = "cpu") -> Pairs:
     """Build the ``split`` dataset of ``cfg.data`` and read ``pairs`` pairs through the eval transform."""
-    from ssmix.data.datasets import DATASET_INFO, build_dataset
+    from ssmix.data.datasets import build_dataset, data_info
     from ssmix.data.transforms import build_eval_transform
 
     dc = cfg.data
-    if dc.name not in DATASET_INFO:
-        raise ConfigError(f"data.name: unknown dataset '{dc.name}', expected one of {', '.join(DATASET_INFO)}")
-    info = DATASET_INFO[dc.name]
+    info = data_info(dc)
     dataset = build_dataset(dc.name, dc.root, split, download=dc.download, image_size=dc.image_size,
-                            num_samples=dc.num_samples, num_classes=dc.num_classes, seed=cfg.seed)
+                            num_samples=dc.num_samples, num_classes=info.num_classes, seed=cfg.seed)
     transform = build_eval_transform(dc.image_size, info.mean, info.std)
     index_a, index_b = choose_pairs(len(dataset), pairs, cfg.seed)
 
@@ -382,18 +380,18 @@ def _title(cfg: Config, sweep: Sweep, what: str) -> str:
 
 def mix_figure(cfg: Config, sweep: Sweep) -> Image.Image:
     """The main grid: rows = pairs, columns = a, b, mixed at each lambda."""
-    from ssmix.data.datasets import DATASET_INFO
+    from ssmix.data.datasets import data_info
 
-    info = DATASET_INFO[cfg.data.name]
+    info = data_info(cfg.data)
     return render(grid_cells(sweep, info.mean, info.std), column_labels(sweep.lams),
                   _title(cfg, sweep, "rows = pairs (a, b)"))
 
 
 def mask_figure(cfg: Config, sweep: Sweep) -> Image.Image:
     """The learned Mixer's masks: per pair, mixed images / used mask of a / raw Mixer mask s_a."""
-    from ssmix.data.datasets import DATASET_INFO
+    from ssmix.data.datasets import data_info
 
-    info = DATASET_INFO[cfg.data.name]
+    info = data_info(cfg.data)
     cells = mask_cells(sweep, info.mean, info.std)
     text = {}
     for r in range(0, cells.shape[0], 3):
@@ -442,7 +440,7 @@ def build_model(cfg: Config, checkpoint: Optional[str], device: str) -> nn.Modul
     """Pretrainer(cfg) with ``checkpoint`` loaded. The ODC memory (labels=odc) is sized from the
     checkpoint; without one it stays uninitialised (the sweep then uses dataset labels) and gets a
     nominal size that satisfies its cluster-size checks."""
-    from ssmix.data.datasets import DATASET_INFO
+    from ssmix.data.datasets import data_info
     from ssmix.engine.checkpoint import load_checkpoint
     from ssmix.engine.pretrainer import Pretrainer
 
@@ -454,7 +452,7 @@ def build_model(cfg: Config, checkpoint: Optional[str], device: str) -> nn.Modul
         odc_labels = state.get("pipeline.odc.labels")
         if odc_labels is not None:
             num_samples = int(odc_labels.shape[0])
-    num_classes = cfg.data.num_classes if cfg.data.name == "synthetic" else DATASET_INFO[cfg.data.name].num_classes
+    num_classes = data_info(cfg.data).num_classes
     model = Pretrainer(cfg, num_samples, num_classes)
     if state is not None:
         try:

@@ -48,6 +48,8 @@ def hand_means(features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def backend(request, monkeypatch):
     if request.param == "torch":
         monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` raises ImportError
+    else:
+        pytest.importorskip("faiss", reason="faiss is an extra: pip install -e '.[cpu]' or '.[gpu]'")
     return request.param
 
 

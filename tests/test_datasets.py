@@ -8,7 +8,8 @@ import pytest
 import torchvision
 from PIL import Image
 
-from ssmix.data.datasets import DATASET_INFO, DatasetNotFoundError, build_dataset
+from ssmix.data.datasets import (DATASET_INFO, CorruptImageError, DatasetNotFoundError, build_dataset,
+                                 dataset_info)
 
 
 def _rgb(item):
@@ -248,6 +249,75 @@ def test_imagefolder_reads_rgb_with_sorted_classes(tmp_path):
         build_dataset("imagefolder", str(tmp_path), "train")
 
 
+# ------------------------------------------------------------------------------------------- folder
+def _write_folder(root, rng):
+    """Images at three depths with odd extensions (lossless formats, so pixels round-trip)."""
+    images = _images(rng, 4, 12)
+    files = {"a/b/c/deep.PNG": images[0], "top.tif": images[1], "x/y.webp": images[2], "x/z.Png": images[3]}
+    for name, pixels in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(path, **({"lossless": True} if name.endswith(".webp") else {}))
+    Image.fromarray(images[0]).save(root / "x" / "photo.jpeg", quality=95)
+    (root / "x" / "notes.txt").write_text("not an image")
+    return files
+
+
+def test_folder_reads_every_image_at_any_depth_unlabelled(tmp_path):
+    files = _write_folder(tmp_path, np.random.default_rng(3))
+    dataset = _roundtrip(build_dataset("folder", str(tmp_path), "train"))
+    expected = sorted([*files, "x/photo.jpeg"], key=lambda name: os.path.join(str(tmp_path), name))
+    assert [os.path.relpath(p, tmp_path) for p in dataset.paths] == [os.path.normpath(n) for n in expected]
+    assert list(dataset.targets) == [-1] * 5
+    for index, name in enumerate(expected):
+        pixels, label = _rgb(dataset[index])
+        assert label == -1
+        if name in files:
+            assert np.array_equal(pixels, files[name]), name
+        else:
+            assert pixels.shape == (12, 12, 3)
+
+
+def test_folder_without_images_or_missing_names_the_root(tmp_path):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "sub" / "readme.md").write_text("x")
+    with pytest.raises(DatasetNotFoundError, match="image files"):
+        build_dataset("folder", str(tmp_path / "empty"), "train")
+    with pytest.raises(DatasetNotFoundError, match=str(tmp_path / "nowhere")):
+        build_dataset("folder", str(tmp_path / "nowhere"), "train")
+
+
+def test_corrupt_image_is_a_one_line_error_naming_the_file(tmp_path):
+    import torch
+
+    _write_folder(tmp_path, np.random.default_rng(4))
+    bad = tmp_path / "x" / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    dataset = build_dataset("folder", str(tmp_path), "train")
+    index = [str(p) for p in dataset.paths].index(str(bad))
+    with pytest.raises(CorruptImageError) as error:
+        dataset[index]
+    message = str(error.value)
+    assert message.startswith(f"{bad}: not a readable image (") and "\n" not in message
+    assert message.endswith("delete or replace the file")
+    # Raised in a DataLoader worker, the re-raised error keeps the same single line.
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, [index]), num_workers=1,
+                                         collate_fn=lambda items: items)
+    with pytest.raises(CorruptImageError) as error:
+        next(iter(loader))
+    assert str(error.value) == message
+
+
+def test_mean_std_num_classes_overrides_and_their_errors():
+    info = dataset_info("cifar10", mean=[0.1, 0.2, 0.3], num_classes=4)
+    assert info.mean == (0.1, 0.2, 0.3) and info.std == DATASET_INFO["cifar10"].std and info.num_classes == 4
+    assert dataset_info("folder").num_classes == 0 and dataset_info("folder").mean == DATASET_INFO["stl10"].mean
+    with pytest.raises(ValueError, match=r"^data.std: expected 3 per-channel values \(R, G, B, > 0\)"):
+        dataset_info("folder", std=[0.2, 0.0, 0.2])
+    with pytest.raises(ValueError, match=r"^data.mean: expected 3 per-channel values"):
+        dataset_info("folder", mean=[0.5])
+
+
 # ------------------------------------------------------------------------------------------- digits
 def test_digits_split_is_a_stable_stratified_partition():
     from sklearn.datasets import load_digits
@@ -315,5 +385,6 @@ def test_unknown_name_or_split_lists_choices():
         build_dataset("mnist", "", "train")
     with pytest.raises(ValueError, match="unlabeled, train, test, train\\+unlabeled"):
         build_dataset("stl10", "", "val")
-    assert set(DATASET_INFO) == {"synthetic", "digits", "cifar10", "cifar100", "stl10", "tiny_imagenet", "imagefolder"}
+    assert set(DATASET_INFO) == {"synthetic", "digits", "cifar10", "cifar100", "stl10", "tiny_imagenet", "imagefolder",
+                                 "folder"}
     assert DATASET_INFO["stl10"].image_size == 96 and DATASET_INFO["tiny_imagenet"].image_size == 96

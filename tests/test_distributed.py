@@ -40,42 +40,54 @@ def _train_overrides(out_dir: str, *extra: str):
             f"output_dir={out_dir}", *extra]
 
 
-def _grad_test_params(seed: int):
-    torch.manual_seed(seed)
-    shapes = [((2, 3), torch.float64), ((2,), torch.float64), ((1, 2), torch.float32), ((1,), torch.float32)]
-    params = [torch.nn.Parameter(torch.randn(shape, dtype=dtype)) for shape, dtype in shapes]
-    params[3].requires_grad_(False)
-    return params
+def _ddp_step_config(*extra: str):
+    from tests.helpers import tiny_config
+
+    # SimSiam has no queue, no momentum branch and no cross-sample term in its loss: the full-batch loss
+    # is the mean of the per-rank losses, so with global BN statistics the steps must agree.
+    return tiny_config("method.name=simsiam", "data.aug.kind=simsiam", *extra)
 
 
-def _scenario_average_gradients(rank: int, out: str) -> None:
-    from ssmix.engine.distributed import average_gradients, broadcast_module
+def _scenario_ddp_step(rank: int, out: str) -> None:
+    """One DDP step (SyncBN, float64) on this rank's half of 8 images vs one plain step on all 8."""
+    from ssmix.engine.distributed import wrap_for_training
+    from ssmix.engine.pretrainer import Pretrainer
 
-    # float64 and float32 parameters (one flat buffer per dtype) and one without a gradient.
-    net = torch.nn.ParameterList(_grad_test_params(seed=rank))  # rank-dependent weights ...
-    broadcast_module(net)  # ... replaced by rank 0's
-    for i, p in enumerate(net.parameters()):
-        if p.requires_grad:
-            p.grad = torch.arange(p.numel(), dtype=p.dtype).view_as(p) * (rank + 1) + 10 * i
-    average_gradients([p for p in net.parameters()])
-    torch.save({"params": [p.detach().clone() for p in net.parameters()],
-                "grads": [None if p.grad is None else p.grad.clone() for p in net.parameters()]},
-               os.path.join(out, "grads.pt"))
+    cfg = _ddp_step_config("model.sync_bn=true")
+    models = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        models.append(Pretrainer(cfg, 32, 10).double().train())
+    reference, model = models
+    torch.manual_seed(1)  # the same global batch on both ranks
+    views = [torch.randn(2 * PER_RANK_BATCH, 3, 16, 16, dtype=torch.float64) for _ in range(2)]
+    labels, index = torch.zeros(2 * PER_RANK_BATCH, dtype=torch.long), torch.arange(2 * PER_RANK_BATCH)
+    losses, _ = reference.training_step(views, labels, index, 0, 10)
+    sum(losses.values()).backward()
+    step = wrap_for_training(model, cfg.model.sync_bn, False, "cpu")
+    part = slice(rank * PER_RANK_BATCH, (rank + 1) * PER_RANK_BATCH)
+    losses, _ = step([v[part] for v in views], labels[part], index[part], 0, 10)
+    sum(losses.values()).backward()
+    torch.save({"type": type(step).__name__,
+                "norms": sorted({type(m).__name__ for m in model.modules() if "Norm" in type(m).__name__}),
+                "grads": {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None},
+                "ref_grads": {n: p.grad.clone() for n, p in reference.named_parameters() if p.grad is not None},
+                "buffers": {n: b.clone() for n, b in model.named_buffers()},
+                "ref_buffers": {n: b.clone() for n, b in reference.named_buffers()}},
+               os.path.join(out, "ddp_step.pt"))
 
 
 def _scenario_shuffle(rank: int, out: str) -> None:
-    from ssmix.engine.distributed import broadcast_module
     from ssmix.methods import build_method
     from ssmix.methods.base import l2n
     from tests.helpers import moco_overrides, tiny_config
 
-    torch.manual_seed(0)
+    torch.manual_seed(0)  # the same weights on both ranks
     method = build_method(tiny_config(*moco_overrides()))
     for m in method.modules():  # non-trivial running statistics, so eval-mode BN is not ~identity
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.normal_()
             m.running_var.uniform_(0.5, 2.0)
-    broadcast_module(method)
     method.eval()
     seen = []
     method.backbone_m.conv1.register_forward_pre_hook(lambda mod, args: seen.append(args[0].clone()))
@@ -112,6 +124,17 @@ def _capturing_pretrainer(captured: dict):
     return build
 
 
+def _recording_wrap(captured: dict):
+    from ssmix.engine.distributed import wrap_for_training
+
+    def wrap(*args, **kwargs):
+        step = wrap_for_training(*args, **kwargs)
+        captured["step_type"] = type(step).__name__
+        return step
+
+    return wrap
+
+
 def _scenario_train(rank: int, out: str, shared: str) -> None:
     from ssmix.engine import trainer
     from tests.helpers import tiny_config
@@ -121,14 +144,53 @@ def _scenario_train(rank: int, out: str, shared: str) -> None:
     for name, extra in runs.items():
         captured = {}
         trainer.Pretrainer = _capturing_pretrainer(captured)
+        trainer.wrap_for_training = _recording_wrap(captured)
         run_dir = os.path.join(shared, "resume" if name != "full" else "full")
         summary = trainer.train(tiny_config(*_train_overrides(run_dir, *extra)))
         model = captured["model"]
         torch.save({"summary": summary, "state": {k: v.clone() for k, v in model.state_dict().items()},
+                    "step_type": captured["step_type"],
                     "keys": captured["keys"], "ptr_before": captured["ptr_before"],
                     "bn_splits": sorted({getattr(m, "num_splits", 1) for m in model.modules()
                                          if isinstance(m, torch.nn.BatchNorm2d)})},
                    os.path.join(out, f"train_{name}.pt"))
+
+
+def _scenario_sync_bn_train(rank: int, out: str, shared: str) -> None:
+    from ssmix.engine import trainer
+    from tests.helpers import tiny_config
+
+    from ssmix.engine.pretrainer import Pretrainer
+
+    captured = {}
+    trainer.Pretrainer = lambda *args, **kwargs: captured.setdefault("model", Pretrainer(*args, **kwargs))
+    cfg = tiny_config("method.name=byol", "model.sync_bn=true", "data.num_samples=24",
+                      f"train.batch_size={PER_RANK_BATCH}", "train.max_steps=2",
+                      f"output_dir={os.path.join(shared, 'sync_bn')}")
+    summary = trainer.train(cfg)
+    model = captured["model"]
+    torch.save({"summary": summary, "state": {k: v.clone() for k, v in model.state_dict().items()},
+                "norms": sorted({type(m).__name__ for m in model.modules() if "Norm" in type(m).__name__})},
+               os.path.join(out, "sync_bn.pt"))
+
+
+def _scenario_swav_samix_c(rank: int, out: str, shared: str) -> None:
+    """SwAV + SAMix-C under DDP: prototypes frozen (unused) in epoch 0, trained from step 3 on; the
+    Mixer, the cluster head and the host-resident ODC memory in the same DDP module."""
+    from ssmix.engine import trainer
+    from ssmix.engine.pretrainer import Pretrainer
+    from tests.helpers import tiny_config
+
+    captured = {}
+    trainer.Pretrainer = lambda *args, **kwargs: captured.setdefault("model", Pretrainer(*args, **kwargs))
+    cfg = tiny_config("method.name=swav", "data.aug.kind=swav", "data.aug.multi_crop.sizes=[16,8]",
+                      "method.num_prototypes=16", "method.queue_size=0", "mix.type=samix_c",
+                      "mix.mixer_warmup_epochs=0", "mix.odc.num_clusters=4", "mix.odc.min_cluster=4",
+                      "data.num_samples=24", f"train.batch_size={PER_RANK_BATCH}", "train.max_steps=4",
+                      f"output_dir={os.path.join(shared, 'swav_samix_c')}")
+    summary = trainer.train(cfg)
+    torch.save({"summary": summary, "state": {k: v.clone() for k, v in captured["model"].state_dict().items()}},
+               os.path.join(out, "swav_samix_c.pt"))
 
 
 def _worker(shared: str) -> None:
@@ -141,9 +203,11 @@ def _worker(shared: str) -> None:
     out = os.path.join(shared, f"rank{rank}")
     os.makedirs(out, exist_ok=True)
     try:
-        _scenario_average_gradients(rank, out)
+        _scenario_ddp_step(rank, out)
         _scenario_shuffle(rank, out)
         _scenario_train(rank, out, shared)
+        _scenario_sync_bn_train(rank, out, shared)
+        _scenario_swav_samix_c(rank, out, shared)
     finally:
         dist.destroy_process_group()
 
@@ -206,20 +270,37 @@ def _latest_checkpoint(run_dir: str):
 
 
 # -- the tests --------------------------------------------------------------------------------------
-def test_average_gradients_is_the_mean_over_ranks(ranks):
-    r0, r1 = _load(ranks, 0, "grads.pt"), _load(ranks, 1, "grads.pt")
-    for i, (g0, g1) in enumerate(zip(r0["grads"], r1["grads"])):
-        if i == 3:  # the parameter without requires_grad
-            assert g0 is None and g1 is None
-            continue
-        base = torch.arange(g0.numel(), dtype=g0.dtype).view_as(g0)
-        expected = (base * 1 + 10 * i + base * 2 + 10 * i) / 2  # mean of rank 0's and rank 1's grads
-        assert g0.dtype == g1.dtype == expected.dtype
-        assert torch.equal(g0, expected) and torch.equal(g1, expected), i
-    assert r0["grads"][2].dtype == torch.float32 and r0["grads"][0].dtype == torch.float64
-    # broadcast_module: rank 1 now holds rank 0's (seed 0) weights
-    for p0, p1, expected in zip(r0["params"], r1["params"], _grad_test_params(seed=0)):
-        assert torch.equal(p0, p1) and torch.equal(p0, expected.detach())
+def test_ddp_step_equals_the_single_process_step_on_the_full_batch(ranks):
+    r = [_load(ranks, k, "ddp_step.pt") for k in range(WORLD)]
+    assert r[0]["type"] == "DistributedDataParallel"
+    assert r[0]["norms"] == ["CPUSyncBatchNorm"]
+    assert set(r[0]["grads"]) == set(r[0]["ref_grads"]) and len(r[0]["grads"]) > 10
+    for name, expected in r[0]["ref_grads"].items():
+        for k in range(WORLD):  # DDP's averaged gradient = the full-batch gradient, on every rank
+            torch.testing.assert_close(r[k]["grads"][name], expected, rtol=1e-9, atol=1e-12, msg=name)
+    for name, expected in r[0]["ref_buffers"].items():  # SyncBN running statistics = full-batch ones
+        for k in range(WORLD):
+            torch.testing.assert_close(r[k]["buffers"][name], expected, rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_sync_bn_training_run_keeps_global_statistics_on_every_rank(ranks):
+    r = [_load(ranks, k, "sync_bn.pt") for k in range(WORLD)]
+    assert r[0]["summary"]["step"] == 2 and r[0]["norms"] == ["CPUSyncBatchNorm"]
+    running = [k for k in r[0]["state"] if k.endswith("running_mean")]
+    assert running
+    for key, value in r[0]["state"].items():  # parameters, EMA target and BN statistics: all equal
+        assert torch.equal(r[1]["state"][key], value), key
+    assert any(v.abs().sum() > 0 for k, v in r[0]["state"].items() if k.endswith("running_mean"))
+
+
+def test_swav_with_frozen_prototypes_and_samix_c_trains_under_ddp(ranks):
+    r = [_load(ranks, k, "swav_samix_c.pt") for k in range(WORLD)]
+    assert r[0]["summary"]["step"] == 4  # 3 steps with unused prototypes, then 1 with them
+    state = r[0]["state"]
+    assert {"pipeline.odc.labels", "pipeline.mixer.head.weight", "method.prototypes.weight"} <= set(state)
+    for key, value in state.items():  # parameters, Mixer, cluster head and ODC memory agree
+        if not key.endswith(("running_mean", "running_var")):
+            assert torch.equal(r[1]["state"][key], value), key
 
 
 def test_cross_rank_shuffle_returns_keys_in_the_original_order(ranks):
@@ -241,6 +322,7 @@ def test_cross_rank_shuffle_returns_keys_in_the_original_order(ranks):
 def test_two_rank_training_keeps_ranks_identical_and_gathers_keys(ranks):
     r = [_load(ranks, k, "train_full.pt") for k in range(WORLD)]
     assert r[0]["summary"]["step"] == STEPS and r[0]["bn_splits"] == [1]
+    assert r[0]["step_type"] == r[1]["step_type"] == "DistributedDataParallel"  # method + mixer in one DDP
     saved = _latest_checkpoint(os.path.join(ranks, "full"))
     assert saved["step"] == STEPS and isinstance(saved["rng"], list) and len(saved["rng"]) == WORLD
     running = ("running_mean", "running_var")  # BN statistics are per rank (batch statistics differ)
@@ -273,3 +355,69 @@ def test_ddp_resume_is_exact(ranks):
     # Rank 1 continued exactly too: its last keys match the uninterrupted run's.
     full_keys = _load(ranks, 1, "train_full.pt")["keys"]
     assert torch.equal(resumed[1]["keys"], full_keys)
+
+
+# -- a rank that fails ------------------------------------------------------------------------------
+FAIL_BOUND_S = 60
+
+
+def test_a_failing_rank_ends_the_whole_job_non_zero(tmp_path):
+    """Both ranks launched as SLURM's srun would (no torchrun agent to kill the survivor): rank 1 meets a
+    corrupt image in its second batch; it exits with its one-line error, rank 0 (waiting in DDP's
+    gradient all-reduce) fails within the bound instead of hanging."""
+    import numpy as np
+    from PIL import Image
+
+    from ssmix.data.loader import EpochSampler
+    from tests.helpers import TINY
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(16):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(images / f"{i:02d}.png")
+    paths = sorted(str(p) for p in images.iterdir())
+    second_batch_of_rank1 = EpochSampler(16, seed=0, epoch=0, rank=1, world_size=WORLD)._shard()[4:8]
+    bad = paths[second_batch_of_rank1[0]]
+    with open(bad, "wb") as f:
+        f.write(b"not a png")
+    port = _free_port()
+    procs, logs = [], []
+    for rank in range(WORLD):
+        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+               "WORLD_SIZE": str(WORLD), "LOCAL_RANK": str(rank), "OMP_NUM_THREADS": "1",
+               "SSMIX_DIST_TIMEOUT_S": "30", "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
+        logs.append(tmp_path / f"log{rank}.txt")
+        cmd = [sys.executable, "-m", "ssmix.pretrain", os.path.join(ROOT, "configs", "synthetic", "simsiam.yaml"),
+               *TINY, "data.name=folder", f"data.root={images}", "seed=0", "train.batch_size=4", "train.max_steps=3",
+               f"output_dir={tmp_path / 'run'}"]
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(logs[-1], "w"), stderr=subprocess.STDOUT))
+    ended = {}
+    start = time.monotonic()
+    try:
+        while len(ended) < WORLD and time.monotonic() - start < TIMEOUT_S:
+            for rank, proc in enumerate(procs):
+                if rank not in ended and proc.poll() is not None:
+                    ended[rank] = time.monotonic()
+            time.sleep(0.1)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    text = [log.read_text() for log in logs]
+    assert set(ended) == {0, 1}, f"a rank was still running after {TIMEOUT_S} s:\n" + "\n".join(t[-2000:] for t in text)
+    assert procs[1].returncode == 2 and f"error: {bad}: not a readable image (" in text[1]
+    assert procs[0].returncode != 0, text[0][-2000:]
+    assert ended[0] - ended[1] < FAIL_BOUND_S  # the survivor did not wait for the default timeout
+    assert not os.path.exists(tmp_path / "run" / "backbone.pth")
+
+
+def test_sync_bn_is_refused_for_moco_and_a_no_op_on_one_process():
+    from ssmix.config import ConfigError
+    from ssmix.engine.distributed import wrap_for_training
+
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(3))
+    with pytest.raises(ConfigError, match="^model.sync_bn: MoCo v2 normalises its keys with shuffle-BN"):
+        wrap_for_training(model, True, True, "cpu")
+    assert wrap_for_training(model, True, False, "cpu") is model and type(model[0]) is torch.nn.BatchNorm2d

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ssmix.data.datasets import DATASET_INFO
+from ssmix.data.datasets import DATASET_INFO, data_info
 from ssmix.engine.pretrainer import Pretrainer
 from ssmix.mixers import base as mixer_base
 from ssmix.mixers.handcrafted import Mixup
@@ -33,7 +33,7 @@ MEAN, STD = DATASET_INFO["synthetic"].mean, DATASET_INFO["synthetic"].std
 
 def _model(*overrides):
     cfg = tiny_config(*moco_overrides(), *overrides)
-    return cfg, Pretrainer(cfg, cfg.data.num_samples, cfg.data.num_classes)
+    return cfg, Pretrainer(cfg, cfg.data.num_samples, data_info(cfg.data).num_classes)
 
 
 def _cli(tmp_path, *args):

@@ -39,7 +39,14 @@ On-disk layouts (``root`` is ``data.root``):
 
     <root>/<split>/<class_name>/<image files>
 
-  torchvision ``ImageFolder``; classes are the sorted sub-folder names.
+  torchvision ``ImageFolder``; classes are the sorted sub-folder names (their count is the class count).
+
+``folder`` (your own unlabeled images; split ``train`` = everything)::
+
+    <root>/**/<image files>   (any depth of sub-folders; extensions in IMAGE_EXTENSIONS, any case)
+
+  Every image under ``root``, sorted by path, label ``-1`` (sub-folder names are not labels). A file
+  that does not decode raises :class:`CorruptImageError` naming it.
 
 ``digits`` (offline, no files): scikit-learn's bundled ``load_digits()`` (1797 real 8x8 images,
 values 0..16, 10 classes), scaled to uint8 0..255 and bilinearly resized to ``image_size``, RGB.
@@ -65,13 +72,25 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-__all__ = ["DatasetNotFoundError", "DatasetInfo", "DATASET_INFO", "build_dataset"]
+__all__ = ["CorruptImageError", "DatasetNotFoundError", "DatasetInfo", "DATASET_INFO", "IMAGE_EXTENSIONS",
+           "build_dataset", "dataset_info"]
 
 Item = Tuple[Image.Image, int]
 
 
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset's files are missing or unreadable; the message says what is expected where."""
+
+
+class CorruptImageError(ValueError):
+    """An image file that does not decode. Its message is one line naming the file, also when a
+    DataLoader worker re-raises it (the worker's traceback is reduced to its last line)."""
+
+    def __init__(self, message: str) -> None:
+        lines = [line for line in str(message).strip().splitlines() if line.strip()]
+        last = lines[-1] if lines else ""
+        prefix = f"{__name__}.{type(self).__name__}: "
+        super().__init__(last[len(prefix):] if last.startswith(prefix) else last)
 
 
 @dataclass(frozen=True)
@@ -97,7 +116,37 @@ DATASET_INFO: Dict[str, DatasetInfo] = {
     "stl10": DatasetInfo(_IMAGENET_MEAN, _IMAGENET_STD, 96, 10, ("unlabeled", "train", "test", "train+unlabeled")),
     "tiny_imagenet": DatasetInfo(_IMAGENET_MEAN, _IMAGENET_STD, 96, 200, ("train", "val")),
     "imagefolder": DatasetInfo(_IMAGENET_MEAN, _IMAGENET_STD, 224, 1000, ("train", "val", "test")),
+    "folder": DatasetInfo(_IMAGENET_MEAN, _IMAGENET_STD, 224, 0, ("train",)),  # unlabeled: no classes
 }
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def dataset_info(name: str, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
+                 num_classes: Optional[int] = None) -> DatasetInfo:
+    """``DATASET_INFO[name]`` with the config's ``data.mean`` / ``data.std`` / ``data.num_classes``
+    (None keeps the dataset's default); raises ValueError naming the bad key."""
+    if name not in DATASET_INFO:
+        raise ValueError(f"data.name: unknown dataset '{name}', expected one of {', '.join(DATASET_INFO)}")
+    info = DATASET_INFO[name]
+    for key, value in (("data.mean", mean), ("data.std", std)):
+        if value is not None and (len(value) != 3 or (key == "data.std" and min(value) <= 0)):
+            raise ValueError(f"{key}: expected 3 per-channel values (R, G, B{', > 0' if key == 'data.std' else ''}) "
+                             f"on the 0..1 scale, got {list(value)}")
+    if num_classes is not None and num_classes < 0:
+        raise ValueError(f"data.num_classes: expected an integer >= 0, got {num_classes}")
+    return DatasetInfo(tuple(mean) if mean is not None else info.mean, tuple(std) if std is not None else info.std,
+                       info.image_size, info.num_classes if num_classes is None else num_classes, info.splits)
+
+
+def data_info(data) -> DatasetInfo:
+    """:func:`dataset_info` of a ``DataConfig`` (``ssmix.config``); a bad value raises ``ConfigError``."""
+    from ssmix.config import ConfigError
+
+    try:
+        info = dataset_info(data.name, data.mean, data.std, data.num_classes)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return info
 
 
 def _check_index(index: int, length: int) -> int:
@@ -247,8 +296,14 @@ _TINY_DIR = "tiny-imagenet-200"
 
 
 def _load_rgb(path: str) -> Image.Image:
-    with open(path, "rb") as f:
-        return Image.open(f).convert("RGB")
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise CorruptImageError(f"{path}: not a readable image ({type(exc).__name__}: {exc}); delete or replace "
+                                "the file") from None
 
 
 class ImageFiles(Dataset):
@@ -312,6 +367,18 @@ def _build_imagefolder(root: str, split: str) -> Dataset:
         raise _not_found("imagefolder", root, [f"{folder} ({error})"],
                          [os.path.join(split, "<class_name>", "<image files>")],
                          "Point data.root at a folder holding train/ and val/ (ImageNet layout).") from error
+
+
+def _build_folder(root: str) -> Dataset:
+    if not os.path.isdir(root):
+        raise _not_found("folder", root, [root], ["**/<image files>"],
+                         "Point data.root at the folder holding your images (sub-folders are searched).")
+    paths = sorted(os.path.join(folder, f) for folder, _, files in os.walk(root, followlinks=True)
+                   for f in files if f.lower().endswith(IMAGE_EXTENSIONS))
+    if not paths:
+        raise _not_found("folder", root, [f"image files ({', '.join(IMAGE_EXTENSIONS)}, any case)"],
+                         ["**/<image files>"], "Point data.root at the folder holding your images.")
+    return ImageFiles(paths, [-1] * len(paths))
 
 
 # --------------------------------------------------------------------------------------------- digits
@@ -398,11 +465,11 @@ class SyntheticImages(Dataset):
 
 # ------------------------------------------------------------------------------------------- builder
 def build_dataset(name: str, root: str, split: str, *, download: bool = False, image_size: int = 32,
-                  num_samples: int = 512, num_classes: int = 10, seed: int = 0) -> Dataset:
+                  num_samples: int = 512, num_classes: Optional[int] = None, seed: int = 0) -> Dataset:
     """Build a raw dataset yielding ``(RGB PIL image, int label)``; layouts in the module docstring.
 
     ``image_size`` applies to ``digits`` and ``synthetic`` only (files are read at their native size);
-    ``num_samples``, ``num_classes`` and ``seed`` apply to ``synthetic`` only.
+    ``num_samples``, ``num_classes`` (None: 10) and ``seed`` apply to ``synthetic`` only.
     """
     if name not in DATASET_INFO:
         raise ValueError(f"unknown dataset {name!r}; valid choices (data.name): {', '.join(DATASET_INFO)}")
@@ -412,6 +479,7 @@ def build_dataset(name: str, root: str, split: str, *, download: bool = False, i
                          f"{', '.join(splits)}")
     root = os.fspath(root)
     if name == "synthetic":
+        num_classes = DATASET_INFO["synthetic"].num_classes if num_classes is None else num_classes
         if num_samples < 1 or num_classes < 1 or image_size < 1:
             raise ValueError(f"synthetic: num_samples, num_classes and image_size must be >= 1, got "
                              f"{num_samples}, {num_classes}, {image_size}")
@@ -426,4 +494,6 @@ def build_dataset(name: str, root: str, split: str, *, download: bool = False, i
         return _build_cifar(name, root, split, download)
     if name == "tiny_imagenet":
         return _build_tiny_imagenet(root, split)
+    if name == "folder":
+        return _build_folder(root)
     return _build_imagefolder(root, split)

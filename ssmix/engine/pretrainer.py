@@ -45,3 +45,8 @@ class Pretrainer(nn.Module):
             metrics.update(mix_metrics)
         self.method.on_step_end(out)
         return losses, metrics
+
+    def forward(self, views: List[Tensor], labels: Tensor, index: Tensor, step: int, total_steps: int
+                ) -> Tuple[Dict[str, Tensor], Dict[str, float]]:
+        """The training step: DistributedDataParallel wraps it whole, as one graph."""
+        return self.training_step(views, labels, index, step, total_steps)

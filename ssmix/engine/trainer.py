@@ -18,11 +18,11 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ssmix.config import Config, ConfigError, config_to_dict, dump_config
-from ssmix.data.datasets import DATASET_INFO, build_dataset
+from ssmix.data.datasets import build_dataset, data_info
 from ssmix.data.loader import MultiViewDataset, epoch_loader, steps_per_epoch
 from ssmix.data.transforms import build_eval_transform, build_view_transform
 from ssmix.engine import checkpoint as ckpt
-from ssmix.engine.distributed import average_gradients, barrier, broadcast_module, init_distributed
+from ssmix.engine.distributed import barrier, init_distributed, wrap_for_training
 from ssmix.engine.pretrainer import Pretrainer
 from ssmix.engine.health import HealthMonitor
 from ssmix.engine.optim import build_optimizer, set_learning_rates
@@ -149,11 +149,12 @@ def train(cfg: Config) -> Dict[str, Any]:
 
     # -- data -------------------------------------------------------------------------------
     dc = cfg.data
-    if dc.name not in DATASET_INFO:
-        raise ConfigError(f"data.name: unknown dataset '{dc.name}', expected one of {', '.join(DATASET_INFO)}")
-    info = DATASET_INFO[dc.name]
+    info = data_info(dc)
+    if cfg.train.knn_every and dc.name == "folder" and not dc.eval_root:
+        raise ConfigError("train.knn_every: data.name=folder has no labels for the kNN monitor; set "
+                          "data.eval_root to a labelled folder (<eval_root>/{train,val}/<class>/*) or train.knn_every=0")
     base = build_dataset(dc.name, dc.root, dc.split, download=dc.download, image_size=dc.image_size,
-                         num_samples=dc.num_samples, num_classes=dc.num_classes, seed=cfg.seed)
+                         num_samples=dc.num_samples, num_classes=info.num_classes, seed=cfg.seed)
     dataset = MultiViewDataset(base, build_view_transform(dc.aug, dc.image_size, info.mean, info.std), cfg.seed)
     batch = cfg.train.batch_size
     spe = steps_per_epoch(len(dataset), batch, world)
@@ -162,7 +163,7 @@ def train(cfg: Config) -> Dict[str, Any]:
                          f"({len(dataset)} images): lower train.batch_size")
     total_steps = cfg.train.epochs * spe
     stop_step = min(total_steps, cfg.train.max_steps) if cfg.train.max_steps else total_steps
-    num_classes = dc.num_classes if dc.name == "synthetic" else info.num_classes
+    num_classes = info.num_classes
 
     # -- model and optimizer ------------------------------------------------------------------
     model = Pretrainer(cfg, len(dataset), num_classes).to(device)
@@ -185,7 +186,7 @@ def train(cfg: Config) -> Dict[str, Any]:
             print(f"resumed from {resume} at step {start_step}/{total_steps}")
     else:
         model.on_train_start(_extract_fn(model, base, cfg, device, info))
-    broadcast_module(model)
+    step_fn = wrap_for_training(model, cfg.model.sync_bn, cfg.method.name == "mocov2", device)
     model.train()
 
     logger = MetricsLogger(cfg.output_dir, is_main)
@@ -206,7 +207,7 @@ def train(cfg: Config) -> Dict[str, Any]:
             set_learning_rates(optimizer, step, total_steps)
             autocast = torch.autocast(device.split(":")[0], dtype=amp) if amp else contextlib.nullcontext()
             with autocast:
-                losses, metrics = model.training_step(views, labels, index, step, total_steps)
+                losses, metrics = step_fn(views, labels, index, step, total_steps)
             loss = sum(losses.values())
             if not torch.isfinite(loss):
                 raise FloatingPointError(
@@ -214,7 +215,6 @@ def train(cfg: Config) -> Dict[str, Any]:
                     "lower train.lr or use train.amp=bf16 / off")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
-            average_gradients(params)
             if cfg.train.grad_clip:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)

@@ -17,14 +17,18 @@ MODES = ("cached", "protocol")
 class EvalDataConfig:
     """Labelled train / test splits of the evaluation dataset (``ssmix.data.datasets``)."""
 
+    # imagefolder: your own labelled images, <root>/<train_split>/<class>/* and <root>/<test_split>/<class>/*
     name: str = "synthetic"  # synthetic | digits | cifar10 | cifar100 | stl10 | tiny_imagenet | imagefolder
     root: str = "data"
     train_split: str = "train"
-    test_split: Optional[str] = None  # None: "test" if the dataset has it, else "val"
+    test_split: Optional[str] = None  # None: "val" if the dataset has it, else "test"
     image_size: Optional[int] = None  # None: the dataset's native size (Tiny: set 96, spec 6.3)
     test_resize: Optional[int] = None  # shorter side before the centre crop; None: image_size (ImageNet: 256)
     num_samples: int = 512  # synthetic only
-    num_classes: int = 10  # synthetic only
+    # null = the dataset's own value (imagefolder: its class sub-folders); mean / std: R, G, B on 0..1
+    num_classes: Optional[int] = None
+    mean: Optional[List[float]] = None
+    std: Optional[List[float]] = None
     num_workers: int = 2
     download: bool = False
 

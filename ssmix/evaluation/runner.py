@@ -59,26 +59,29 @@ class EvalData:
 
 def build_eval_data(data: EvalDataConfig) -> EvalData:
     """Build both splits with ``ssmix.data.datasets`` and the spec-6.3 transforms."""
-    from ssmix.data.datasets import DATASET_INFO, build_dataset
+    from ssmix.data.datasets import build_dataset, data_info
 
-    if data.name not in DATASET_INFO:
-        raise ConfigError(f"data.name: unknown dataset '{data.name}', expected one of {', '.join(DATASET_INFO)}")
-    info = DATASET_INFO[data.name]
+    info = data_info(data)
+    if info.num_classes == 0:
+        raise ConfigError(f"data.name: '{data.name}' has no labels; evaluate on a labelled folder with "
+                          "data.name=imagefolder (<root>/train/<class>/*, <root>/val/<class>/*)")
     image_size = data.image_size or info.image_size
-    test_split = data.test_split or ("test" if "test" in info.splits else "val")
-    synthetic = {"num_samples": data.num_samples, "num_classes": data.num_classes} if data.name == "synthetic" else {}
+    test_split = data.test_split or ("val" if "val" in info.splits else "test")
+    synthetic = {"num_samples": data.num_samples, "num_classes": info.num_classes} if data.name == "synthetic" else {}
     sets, ids = [], []
     for key, split in (("data.train_split", data.train_split), ("data.test_split", test_split)):
         if info.splits and split not in info.splits:
             raise ConfigError(f"{key}: '{data.name}' has no split '{split}', expected one of {', '.join(info.splits)}")
         try:
             sets.append(build_dataset(data.name, data.root, split, download=data.download, image_size=image_size,
-                                      num_samples=data.num_samples, num_classes=data.num_classes, seed=0))
+                                      num_samples=data.num_samples, num_classes=info.num_classes, seed=0))
         except (OSError, RuntimeError, ValueError) as exc:
             raise ConfigError(f"data: cannot load '{data.name}' split '{split}' from root '{data.root}': {exc}") from None
         ids.append(dataset_identity(data.name, data.root, split, image_size=image_size, size=len(sets[-1]),
                                     **synthetic))
-    num_classes = data.num_classes if data.name == "synthetic" else int(info.num_classes or 0)
+    num_classes = info.num_classes
+    if data.name == "imagefolder" and data.num_classes is None:  # the class sub-folders, not ImageNet's 1000
+        num_classes = len(sets[0].classes)
     return EvalData(data.name, sets[0], sets[1], ids[0], ids[1], image_size, num_classes,
                     test_transform(image_size, info.mean, info.std, data.test_resize),
                     train_transform(image_size, info.mean, info.std))
