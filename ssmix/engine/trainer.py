@@ -7,6 +7,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from typing import Any, Dict, Optional, Tuple
 
@@ -22,7 +23,10 @@ from ssmix.data.loader import MultiViewDataset, epoch_loader, steps_per_epoch
 from ssmix.data.transforms import build_eval_transform, build_view_transform
 from ssmix.engine import checkpoint as ckpt
 from ssmix.engine.distributed import average_gradients, barrier, broadcast_module, init_distributed
+from ssmix.engine.finite import FiniteGuard, check_state
 from ssmix.engine.pretrainer import Pretrainer
+from ssmix.engine.rundir import RunDir, truncate_metrics
+from ssmix.engine.signals import Interrupted, StopRequest
 from ssmix.engine.schedule import warmup_cosine
 from ssmix.models.backbones import export_state_dict
 
@@ -90,15 +94,17 @@ def set_learning_rates(optimizer: torch.optim.Optimizer, step: int, total_steps:
 class MetricsLogger:
     """``metrics.jsonl`` rows and TensorBoard scalars (rank 0 only)."""
 
-    def __init__(self, output_dir: str, enabled: bool) -> None:
+    def __init__(self, output_dir: str, enabled: bool, start_step: int = 0) -> None:
+        """Rows after ``start_step`` (left by a run that went further before it was killed) are dropped."""
         self.enabled = enabled
         self.tb = None
         if enabled:
+            truncate_metrics(os.path.join(output_dir, "metrics.jsonl"), start_step)
             self.file = open(os.path.join(output_dir, "metrics.jsonl"), "a", encoding="utf-8")
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(os.path.join(output_dir, "tb"))
+                self.tb = SummaryWriter(os.path.join(output_dir, "tb"), purge_step=start_step + 1)
             except ImportError:  # tensorboard is optional at run time
                 self.tb = None
 
@@ -155,10 +161,25 @@ class _Transformed(torch.utils.data.Dataset):
         return self.transform(image), label
 
 
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def train(cfg: Config) -> Dict[str, Any]:
-    """Run (or resume) pre-training; returns a summary (final step, last losses, output paths)."""
+    """Run (or resume) pre-training; returns a summary (final step, last losses, output paths).
+
+    ``output_dir`` is checked and locked first (:class:`~ssmix.engine.rundir.RunDir`); SIGTERM / SIGINT
+    stop at the next step boundary with a checkpoint (:class:`~ssmix.engine.signals.Interrupted`)."""
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    run_dir = RunDir(cfg.output_dir, bool(cfg.resume), cfg.overwrite) if is_main else contextlib.nullcontext()
+    with run_dir, StopRequest() as stop:
+        return _train(cfg, run_dir if is_main else None, stop)
+
+
+def _train(cfg: Config, run_dir: Optional[RunDir], stop: StopRequest) -> Dict[str, Any]:
     device = resolve_device(cfg.device)
     rank, world, local_rank = init_distributed(device)
+    barrier()  # rank 0 has checked and locked output_dir
     if device == "cuda":
         device = f"cuda:{local_rank}"
         torch.cuda.set_device(local_rank)
@@ -167,10 +188,6 @@ def train(cfg: Config) -> Dict[str, Any]:
         torch.use_deterministic_algorithms(True, warn_only=True)
     seed_everything(cfg.seed + rank)
     is_main = rank == 0
-    os.makedirs(cfg.output_dir, exist_ok=True)
-    if is_main:
-        with open(os.path.join(cfg.output_dir, "config.yaml"), "w", encoding="utf-8") as f:
-            f.write(dump_config(cfg))
 
     # -- data -------------------------------------------------------------------------------
     dc = cfg.data
@@ -197,23 +214,32 @@ def train(cfg: Config) -> Dict[str, Any]:
     amp = autocast_dtype(cfg.train.amp, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
 
-    start_step = 0
-    resume = ckpt.latest_checkpoint(cfg.output_dir) if cfg.resume == "auto" else cfg.resume
-    if resume:
-        state = ckpt.load_checkpoint(resume)
-        model.load_state_dict(state["model"])
+    start_step, state = 0, None
+    if cfg.resume == "auto":
+        resume, state = ckpt.load_latest_readable(cfg.output_dir, _warn if is_main else lambda msg: None, is_main)
+    else:
+        resume = cfg.resume
+        state = ckpt.load_training_checkpoint(resume) if resume else None
+    if state is not None:
+        ckpt.check_resume_config(resume, state.get("config"), config_to_dict(cfg))
+        _load_model_state(model, state["model"], resume)
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         start_step = int(state["step"])
         ckpt.set_rng_state(state["rng"][rank] if isinstance(state["rng"], list) else state["rng"])
         if is_main:
+            ckpt.set_aside_newer(cfg.output_dir, start_step, _warn)
             print(f"resumed from {resume} at step {start_step}/{total_steps}")
     else:
+        resume = None
         model.on_train_start(_extract_fn(model, base, cfg, device, info))
     broadcast_module(model)
     model.train()
+    if run_dir is not None:  # everything checked: this directory now holds this run
+        run_dir.write_text("config.yaml", dump_config(cfg))
 
-    logger = MetricsLogger(cfg.output_dir, is_main)
+    logger = MetricsLogger(cfg.output_dir, is_main, start_step)
+    guard, last_ckpt = FiniteGuard(), resume
     bar = tqdm(total=stop_step, initial=start_step, disable=not (is_main and cfg.train.progress),
                dynamic_ncols=True, desc="pretrain")
     params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -232,10 +258,7 @@ def train(cfg: Config) -> Dict[str, Any]:
             with autocast:
                 losses, metrics = model.training_step(views, labels, index, step, total_steps)
             loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"step {step}: non-finite loss {float(loss)} ({ {k: float(v) for k, v in losses.items()} }); "
-                    "lower train.lr or use train.amp=bf16 / off")
+            guard.observe(losses, loss, step + 1)  # no host sync; read at log and checkpoint steps
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             average_gradients(params)
@@ -255,15 +278,21 @@ def train(cfg: Config) -> Dict[str, Any]:
             bar.set_postfix(loss=f"{last['loss']:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.4g}",
                             img_s=f"{rate:.0f}", epoch=epoch)
             if step % cfg.train.log_every == 0 or step == stop_step:
+                guard.check(last_ckpt)
                 lrs = {f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups}
                 logger.log(step, {"epoch": epoch, **last, **metrics, **lrs, "img_per_s": rate})
             if step % cfg.train.ckpt_every == 0 or step == stop_step:
-                _save(cfg, model, optimizer, scaler, step, world, is_main)
+                last_ckpt = _save(cfg, model, optimizer, scaler, step, world, is_main, guard, last_ckpt)
             if step % spe == 0:
                 _end_of_epoch(cfg, model, step // spe, step, logger, info, device)
+            if step < stop_step and (world == 1 or step % cfg.train.log_every == 0) and stop.requested(world, device):
+                if last_ckpt != ckpt.checkpoint_path(cfg.output_dir, step):
+                    last_ckpt = _save(cfg, model, optimizer, scaler, step, world, is_main, guard, last_ckpt)
+                logger.close()
+                raise Interrupted(stop.signum, step, last_ckpt)
     bar.close()
     if is_main:
-        torch.save(export_state_dict(model.method.export_trunk()), os.path.join(cfg.output_dir, "backbone.pth"))
+        ckpt.save_atomic(export_state_dict(model.method.export_trunk()), os.path.join(cfg.output_dir, "backbone.pth"))
         if model.pipeline is not None and hasattr(model.pipeline.mixer, "export"):
             model.pipeline.mixer.export(os.path.join(cfg.output_dir, "mixer.pt"), model.method.target_trunk(),
                                         {"image_size": cfg.data.image_size, "method": cfg.method.name})
@@ -272,7 +301,21 @@ def train(cfg: Config) -> Dict[str, Any]:
     return {"step": step, "total_steps": total_steps, "last": last, "output_dir": cfg.output_dir}
 
 
-def _save(cfg: Config, model, optimizer, scaler, step: int, world: int, is_main: bool) -> None:
+def _load_model_state(model: Pretrainer, state: Dict[str, Tensor], path: str) -> None:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:  # a config check missed a shape: one line, not 60
+        first = " ".join(str(exc).split("\n\t")[:2])
+        raise ckpt.CheckpointError(f"resume: {path} does not fit the model this config builds ({first[:300]})") \
+            from None
+
+
+def _save(cfg: Config, model, optimizer, scaler, step: int, world: int, is_main: bool, guard: FiniteGuard,
+          last_ckpt: Optional[str]) -> str:
+    """Check that the loss and every weight and buffer are finite, then write the checkpoint of ``step``
+    (rank 0) and prune this run's older ones; returns its path."""
+    guard.check(last_ckpt)
+    check_state(model.state_dict(), step, last_ckpt)
     rng = ckpt.get_rng_state()
     if world > 1:  # every rank's RNG stream, so each resumes exactly
         gathered = [None] * world
@@ -282,8 +325,9 @@ def _save(cfg: Config, model, optimizer, scaler, step: int, world: int, is_main:
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                  "step": step, "rng": rng, "config": config_to_dict(cfg)}
         ckpt.save_atomic(state, ckpt.checkpoint_path(cfg.output_dir, step))
-        ckpt.prune_checkpoints(cfg.output_dir, cfg.train.keep_ckpts)
+        ckpt.prune_checkpoints(cfg.output_dir, cfg.train.keep_ckpts, upto_step=step)
     barrier()
+    return ckpt.checkpoint_path(cfg.output_dir, step)
 
 
 def _end_of_epoch(cfg: Config, model: Pretrainer, epoch: int, step: int, logger: MetricsLogger, info,

@@ -1,0 +1,135 @@
+"""A run's output directory: refused when it holds another run, locked while a run is live, cleaned of
+stray temp files, and given ``config.yaml`` only once the run is known to start.
+
+Rules (README "Reliability"): a non-empty ``output_dir`` is refused unless ``resume`` is set (continue the
+run) or ``overwrite=true`` (delete the old run's outputs first). An exclusive ``flock`` on
+``output_dir/.lock`` is held for the whole run, so a second process in the same directory is refused.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+from typing import Optional
+
+from ssmix.config import ConfigError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no lock
+    fcntl = None
+
+LOCK_FILE = ".lock"
+OUTPUTS = ("checkpoints", "metrics.jsonl", "tb", "backbone.pth", "mixer.pt", "config.yaml")
+
+
+class RunDirError(ConfigError):
+    """``output_dir`` cannot be used: a file, not writable, in use, or holding another run."""
+
+
+class RunDir:
+    """``with RunDir(path, resume, overwrite) as run_dir:`` - checks, lock, cleanup; unlock on exit."""
+
+    def __init__(self, path: str, resume: bool, overwrite: bool) -> None:
+        self.path, self.resume, self.overwrite = path, resume, overwrite
+        self._lock: Optional[object] = None
+
+    def __enter__(self) -> "RunDir":
+        self._create()
+        self._acquire()
+        try:
+            self._check_contents()
+            self._remove_temp_files()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _create(self) -> None:
+        if os.path.exists(self.path) and not os.path.isdir(self.path):
+            raise RunDirError(f"output_dir: '{self.path}' is a file; pass a directory path")
+        try:
+            os.makedirs(self.path, exist_ok=True)
+        except OSError as exc:
+            raise RunDirError(f"output_dir: cannot create '{self.path}' ({exc.strerror}); pass a writable "
+                              "directory") from None
+        if not os.access(self.path, os.W_OK | os.X_OK):
+            raise RunDirError(f"output_dir: '{self.path}' is not writable; pass a writable directory")
+
+    def _acquire(self) -> None:
+        path = os.path.join(self.path, LOCK_FILE)
+        try:
+            handle = open(path, "a+", encoding="utf-8")
+        except OSError as exc:
+            raise RunDirError(f"output_dir: cannot write '{path}' ({exc.strerror}); pass a writable directory") from None
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                owner = handle.read().strip() or "?"
+                handle.close()
+                raise RunDirError(f"output_dir: '{self.path}' is in use by another run (pid {owner}); wait for it "
+                                  "to finish or pass another output_dir") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._lock = handle
+
+    def _check_contents(self) -> None:
+        existing = sorted(e for e in os.listdir(self.path) if e != LOCK_FILE)
+        if not existing or self.resume:
+            return
+        if not self.overwrite:
+            shown = ", ".join(existing[:5]) + (", ..." if len(existing) > 5 else "")
+            raise RunDirError(f"output_dir: '{self.path}' is not empty ({shown}); pass resume=auto to continue "
+                              "that run, overwrite=true to replace it, or another output_dir")
+        for name in OUTPUTS:
+            target = os.path.join(self.path, name)
+            if os.path.isdir(target):
+                shutil.rmtree(target)
+            elif os.path.exists(target):
+                os.remove(target)
+
+    def _remove_temp_files(self) -> None:
+        """Half-written ``*.tmp.<pid>`` files of a killed save (no live run can own them: we hold the lock)."""
+        for pattern in ("*.tmp.*", os.path.join("checkpoints", "*.tmp.*")):
+            for path in glob.glob(os.path.join(self.path, pattern)):
+                os.remove(path)
+
+    def write_text(self, name: str, text: str) -> None:
+        """Write ``output_dir/name`` atomically."""
+        path = os.path.join(self.path, name)
+        tmp = f"{path}.tmp.{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+
+    def close(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the descriptor releases the flock
+            self._lock = None
+
+
+def truncate_metrics(path: str, step: int) -> None:
+    """Drop the rows of ``metrics.jsonl`` after ``step`` (a resumed run re-logs them); torn lines go too."""
+    if not os.path.isfile(path):
+        return
+    kept = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a line cut by a kill
+            if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)
