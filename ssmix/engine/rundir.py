@@ -11,7 +11,7 @@ import glob
 import json
 import os
 import shutil
-from typing import Optional
+from typing import Optional, Sequence
 
 from ssmix.config import ConfigError
 
@@ -29,10 +29,14 @@ class RunDirError(ConfigError):
 
 
 class RunDir:
-    """``with RunDir(path, resume, overwrite) as run_dir:`` - checks, lock, cleanup; unlock on exit."""
+    """``with RunDir(path, resume, overwrite) as run_dir:`` - checks, lock, cleanup; unlock on exit.
 
-    def __init__(self, path: str, resume: bool, overwrite: bool) -> None:
+    ``outputs``: the glob patterns ``overwrite`` deletes; ``resume_hint``: how the message says to resume."""
+
+    def __init__(self, path: str, resume: bool, overwrite: bool, outputs: Sequence[str] = OUTPUTS,
+                 resume_hint: str = "resume=auto") -> None:
         self.path, self.resume, self.overwrite = path, resume, overwrite
+        self.outputs, self.resume_hint = tuple(outputs), resume_hint
         self._lock: Optional[object] = None
 
     def __enter__(self) -> "RunDir":
@@ -87,14 +91,14 @@ class RunDir:
             return
         if not self.overwrite:
             shown = ", ".join(existing[:5]) + (", ..." if len(existing) > 5 else "")
-            raise RunDirError(f"output_dir: '{self.path}' is not empty ({shown}); pass resume=auto to continue "
-                              "that run, overwrite=true to replace it, or another output_dir")
-        for name in OUTPUTS:
-            target = os.path.join(self.path, name)
-            if os.path.isdir(target):
-                shutil.rmtree(target)
-            elif os.path.exists(target):
-                os.remove(target)
+            raise RunDirError(f"output_dir: '{self.path}' is not empty ({shown}); pass {self.resume_hint} to "
+                              "continue that run, overwrite=true to replace it, or another output_dir")
+        for pattern in self.outputs:
+            for target in glob.glob(os.path.join(self.path, pattern)):
+                if os.path.isdir(target):
+                    shutil.rmtree(target)
+                else:
+                    os.remove(target)
 
     def _remove_temp_files(self) -> None:
         """Half-written ``*.tmp.<pid>`` files of a killed save (no live run can own them: we hold the lock)."""
