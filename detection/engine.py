@@ -139,13 +139,13 @@ def run_trial(cfg: DetectionConfig, env: DistEnv) -> Dict[str, float]:
     if solver.ims_per_batch % env.world_size:
         raise ConfigError(f"solver.ims_per_batch={solver.ims_per_batch} is not divisible by the "
                           f"{env.world_size} processes")
+    state, arch = load_encoder(cfg)  # first: a bad weights file fails before any data is read
     root = dataset_root(cfg.data)
     train = load_datasets(cfg.data.train, root, cfg.data.classes)
     test = load_datasets([cfg.data.test], root, cfg.data.classes)
     if test.classes != train.classes:
         raise ConfigError(f"data: {cfg.data.test} and {', '.join(cfg.data.train)} have different classes")
     train_records = [r for r in train.records if len(r.labels)]  # FILTER_EMPTY_ANNOTATIONS
-    state, arch = load_encoder(cfg)
     model = build_detector(cfg.model, len(train.classes), build_resnet(arch, state), arch, cfg.data.min_size_train,
                            cfg.data.min_size_test, cfg.data.max_size).to(env.device)
     if env.world_size > 1 and env.device.type == "cuda":

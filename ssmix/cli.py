@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import sys
+import warnings
 from typing import Callable, Tuple, Type
 
 from ssmix.config import ConfigError
@@ -13,6 +14,7 @@ from ssmix.config import ConfigError
 # diverged run (ssmix.engine.finite.NonFiniteError); ImportError an optional dependency.
 EXPECTED: Tuple[Type[BaseException], ...] = (ConfigError, OSError, FloatingPointError)
 _WRAPPED = re.compile(r"^[\w.]+(Error|Exception|Interrupt): ")
+_TORCH_ADVICE = re.compile(r"Weights only load failed.*", re.S)
 
 
 def one_line(exc: BaseException) -> str:
@@ -21,6 +23,8 @@ def one_line(exc: BaseException) -> str:
     if "Traceback (most recent call last)" in text:
         lines = [line for line in text.splitlines() if line.strip()]
         text = _WRAPPED.sub("", lines[-1].strip()) if lines else text
+    # torch's own weights-only refusal suggests unsafe loading: keep only what happened.
+    text = _TORCH_ADVICE.sub("weights-only loading refused it: it holds pickled objects)", text)
     if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
         text = f"{text}: {exc.filename}"
     return " ".join(text.split()) or type(exc).__name__
@@ -33,6 +37,7 @@ def fail(exc: BaseException) -> int:
 
 def run_main(body: Callable[[], int], expected: Tuple[Type[BaseException], ...] = EXPECTED) -> int:
     """``body()``, with the expected errors turned into one line and exit code 2."""
+    warnings.filterwarnings("ignore", message="Detected pickle protocol")  # torch's notice, not the user's problem
     try:
         return body()
     except expected as exc:

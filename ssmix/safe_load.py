@@ -59,8 +59,9 @@ def safe_torch_load(path: str, what: str = "file", trust_pickle: bool = False, o
     except pickle.UnpicklingError as exc:
         name = _refused_global(str(exc))
         if trust_pickle or not name:
-            raise UnreadableFileError(f"{what}: '{path}' is truncated or not a torch checkpoint ({_short(exc)})",
-                                      _short(exc)) from None
+            reason = "not a torch.save file of tensors and containers" if "Weights only" in str(exc) else _short(exc)
+            raise UnreadableFileError(f"{what}: '{path}' is truncated or not a torch checkpoint ({reason})",
+                                      reason) from None
         raise UnsafePickleError(
             f"{what}: '{path}' holds a pickled {name}; refused, since loading it could run code from the file "
             "(only tensors, numbers, strings and containers are read); re-save the weights as a plain state "

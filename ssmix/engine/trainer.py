@@ -207,7 +207,10 @@ def _train(cfg: Config, run_dir: Optional[RunDir], stop: StopRequest) -> Dict[st
     num_classes = dc.num_classes if dc.name == "synthetic" else info.num_classes
 
     # -- model and optimizer ------------------------------------------------------------------
-    model = Pretrainer(cfg, len(dataset), num_classes).to(device)
+    try:
+        model = Pretrainer(cfg, len(dataset), num_classes).to(device)
+    except ValueError as exc:  # a validated config naming an unusable input (e.g. mix.checkpoint)
+        raise ConfigError(str(exc)) from None
     memory_format = memory_format_for(cfg, device)
     model = model.to(memory_format=memory_format)
     optimizer = build_optimizer(model.param_groups(), cfg, spe)
