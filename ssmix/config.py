@@ -143,7 +143,7 @@ class LabelledMixConfig(MixConfig):
 class Config:
     output_dir: str = "runs/default"
     seed: int = 0
-    resume: Optional[str] = None  # None | auto | path to a checkpoint
+    resume: Optional[str] = None  # None | auto | a checkpoint file | a run directory (its newest checkpoint)
     overwrite: bool = False  # start afresh in a non-empty output_dir, deleting the old run's outputs
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     deterministic: bool = False

@@ -218,8 +218,12 @@ def _train(cfg: Config, run_dir: Optional[RunDir], stop: StopRequest) -> Dict[st
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
 
     start_step, state = 0, None
-    if cfg.resume == "auto":
-        resume, state = ckpt.load_latest_readable(cfg.output_dir, _warn if is_main else lambda msg: None, is_main)
+    if cfg.resume == "auto" or (cfg.resume and os.path.isdir(cfg.resume)):  # a run directory: its newest
+        run = cfg.output_dir if cfg.resume == "auto" else cfg.resume
+        warn = _warn if is_main else (lambda msg: None)
+        resume, state = ckpt.load_latest_readable(run, warn, rename=is_main and run == cfg.output_dir)
+        if cfg.resume != "auto" and state is None:
+            raise ckpt.CheckpointError(f"resume: {cfg.resume} holds no readable checkpoints/step_*.pt")
     else:
         resume = cfg.resume
         state = ckpt.load_training_checkpoint(resume) if resume else None
