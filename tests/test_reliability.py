@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -322,3 +323,25 @@ def test_trust_pickle_is_an_explicit_opt_in(tmp_path, capsys):
     assert not out.exists()
     assert det_convert.main([str(tmp_path / "odd.pth"), str(out), "--trust-pickle"]) == 0
     assert out.exists()
+
+
+def test_sigterm_to_the_process_group_with_loader_workers(tmp_path):
+    """Preemption as a scheduler does it: SIGTERM to the whole process group, DataLoader workers included."""
+    argv = [sys.executable, "-m", "ssmix.pretrain", *_argv(tmp_path, "data.num_workers=1", "train.epochs=100")]
+    proc = subprocess.Popen(argv, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            start_new_session=True)
+    try:
+        metrics = tmp_path / "metrics.jsonl"
+        while proc.poll() is None and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGTERM)
+        err = proc.communicate(timeout=120)[1]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 143, err
+    last = err.strip().splitlines()[-1]
+    assert "stopped by SIGTERM at step" in last and last.endswith("resume=auto")
+    step = ckpt.checkpoint_step(ckpt.latest_checkpoint(str(tmp_path)))
+    assert step >= 2 and ckpt.load_checkpoint(ckpt.latest_checkpoint(str(tmp_path)))["step"] == step
+    assert f"at step {step};" in last
