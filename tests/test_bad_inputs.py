@@ -80,6 +80,8 @@ CASES = {
                           ["different config", "data.image_size 16 -> 24"]),
     "corrupt image": (P("data.name=imagefolder", "data.root={tmp}/folder", "train.batch_size=2", "train.epochs=1"),
                       ["bad.png: unreadable image", "remove or replace the file"]),
+    "corrupt image, loader worker": (P("data.name=imagefolder", "data.root={tmp}/folder", "train.batch_size=2",
+                                       "train.epochs=1", "data.num_workers=1"), ["bad.png: unreadable image"]),
     "cifar missing": (P("data.name=cifar10", "data.root={tmp}/none"), ["dataset 'cifar10' not found", "Expected layout"]),
     "mix.checkpoint not a Mixer": (P("mix.type=samix_p", "mix.checkpoint={tmp}/state.pt"),
                                    ["mix.checkpoint", "not a SAMix Mixer checkpoint"]),

@@ -6,6 +6,7 @@ the same batches as an uninterrupted one, whatever the number of workers.
 """
 from __future__ import annotations
 
+import os
 import random
 import signal
 from typing import Callable, Iterator, List
@@ -78,11 +79,12 @@ def steps_per_epoch(num_samples: int, batch_size: int, world_size: int = 1) -> i
     return (num_samples // world_size) // batch_size
 
 
-def _ignore_stop_signals(worker_id: int) -> None:
-    """Workers leave SIGTERM / SIGINT (sent to the whole process group on preemption or Ctrl-C) to the
-    main process, which stops cleanly at the next step (ssmix.engine.signals) and then ends them."""
+def _detach_from_stop_signals(worker_id: int) -> None:
+    """A worker leaves its parent's process group and ignores SIGINT: SIGTERM / SIGINT sent to the job's
+    group (preemption, Ctrl-C) reach only the main process, which finishes the step with its workers, saves
+    (ssmix.engine.signals) and then ends them (a direct terminate() still works)."""
+    os.setpgrp()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def epoch_loader(dataset: MultiViewDataset, batch_size: int, epoch: int, start_step: int, seed: int,
@@ -95,4 +97,4 @@ def epoch_loader(dataset: MultiViewDataset, batch_size: int, epoch: int, start_s
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       collate_fn=collate_views, drop_last=True, pin_memory=pin_memory,
                       generator=generator, persistent_workers=False,
-                      worker_init_fn=_ignore_stop_signals if num_workers else None)
+                      worker_init_fn=_detach_from_stop_signals if num_workers else None)

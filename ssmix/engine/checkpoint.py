@@ -22,7 +22,7 @@ _STEP = re.compile(r"step_(\d+)\.pt$")
 # Keys a resumed run may change: where and how it runs, not what it computes. Every other difference
 # from the checkpoint's config is refused (see :func:`check_resume_config`).
 RESUME_FREE_KEYS = ("output_dir", "resume", "overwrite", "device", "deterministic", "data.root", "data.download",
-                    "data.num_workers", "train.max_steps", "train.amp", "train.progress", "train.log_every",
+                    "data.num_workers", "train.max_steps", "train.progress", "train.log_every",
                     "train.ckpt_every", "train.keep_ckpts", "train.knn_every", "train.vis_every")
 
 
