@@ -24,6 +24,7 @@ from tests.helpers import TINY, moco_overrides
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "synthetic", "mocov2.yaml")
+LINEAR = os.path.join(ROOT, "configs", "linear", "synthetic.yaml")
 
 
 def _argv(out, *overrides):
@@ -282,8 +283,7 @@ ENTRY_POINTS = {
                                                                   f"data.root={tmp / 'cifar'}")),
     "pretrain mix.checkpoint=": lambda evil, tmp: pretrain.main(_argv(tmp / "run", "mix.type=samix_p",
                                                                      f"mix.checkpoint={evil}")),
-    "linear_eval weights=": lambda evil, tmp: linear_run.main([os.path.join(ROOT, "configs", "linear", "synthetic.yaml"),
-                                                              f"weights={evil}", "device=cpu"]),
+    "linear_eval weights=": lambda evil, tmp: linear_run.main([LINEAR, f"weights={evil}", "device=cpu"]),
     "detection.train model.weights=": lambda evil, tmp: det_train.main(
         [os.path.join(PRESETS, "tiny_voc_c4.yaml"), f"model.weights={evil}", f"output_dir={tmp / 'det'}",
          "device=cpu"]),

@@ -71,7 +71,8 @@ def load_checkpoint(path: str, what: str = "resume") -> Dict[str, Any]:
 def load_training_checkpoint(path: str, what: str = "resume") -> Dict[str, Any]:
     """:func:`load_checkpoint` of a file the trainer wrote (``model``, ``optimizer``, ``step``...)."""
     state = load_checkpoint(path, what)
-    missing = [k for k in ("model", "optimizer", "scaler", "step", "rng") if not isinstance(state, dict) or k not in state]
+    keys = state if isinstance(state, dict) else {}
+    missing = [k for k in ("model", "optimizer", "scaler", "step", "rng") if k not in keys]
     if missing:
         raise CheckpointError(f"{what}: {path} is not an ssmix training checkpoint (no {', '.join(missing)}); "
                               "pass a checkpoints/step_*.pt file or a run's output_dir")
@@ -112,6 +113,22 @@ def load_latest_readable(output_dir: str, warn: Callable[[str], None],
             warn(f"warning: skipping unreadable checkpoint {path} (renamed *.corrupt): "
                  f"{' '.join(str(exc).split())[:200]}")
     return None, None
+
+
+def find_resume(resume: Optional[str], output_dir: str,
+                warn: Optional[Callable[[str], None]]) -> Tuple[Optional[str], Optional[Dict]]:
+    """``(path, state)`` of what ``resume`` names: ``auto`` (the newest readable checkpoint of
+    ``output_dir``; none yet: ``(None, None)``), a run directory (its newest) or a checkpoint file.
+    ``warn`` is None on the processes that must neither print nor rename."""
+    if not resume:
+        return None, None
+    if resume != "auto" and not os.path.isdir(resume):
+        return resume, load_training_checkpoint(resume)
+    run = output_dir if resume == "auto" else resume
+    path, state = load_latest_readable(run, warn or (lambda msg: None), rename=warn is not None and run == output_dir)
+    if state is None and resume != "auto":
+        raise CheckpointError(f"resume: {resume} holds no readable checkpoints/step_*.pt")
+    return path, state
 
 
 def set_aside_newer(output_dir: str, step: int, warn: Callable[[str], None]) -> None:

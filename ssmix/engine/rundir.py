@@ -69,7 +69,8 @@ class RunDir:
         try:
             handle = open(path, "a+", encoding="utf-8")
         except OSError as exc:
-            raise RunDirError(f"output_dir: cannot write '{path}' ({exc.strerror}); pass a writable directory") from None
+            raise RunDirError(f"output_dir: cannot write '{path}' ({exc.strerror}); pass a writable "
+                              "directory") from None
         if fcntl is not None:
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

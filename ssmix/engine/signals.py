@@ -45,10 +45,13 @@ class StopRequest:
             raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: stopped without a checkpoint")
         self.signum = signum
 
-    def requested(self, world: int = 1, device: str = "cpu") -> bool:
-        """Whether to stop now; with several processes, whether any of them got a signal (a collective)."""
+    def due(self, step: int, every: int, world: int = 1, device: str = "cpu") -> bool:
+        """Whether to stop after ``step``. One process: at every step (a Python flag). Several: every
+        ``every`` steps, whether any of them got a signal (a collective, so that all stop together)."""
         if world == 1:
             return self.signum is not None
+        if step % every:
+            return False
         flag = torch.tensor([self.signum or 0], device=device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         self.signum = int(flag.item()) or None

@@ -26,8 +26,8 @@ from ssmix.engine.distributed import average_gradients, barrier, broadcast_modul
 from ssmix.engine.finite import FiniteGuard, check_state
 from ssmix.engine.pretrainer import Pretrainer
 from ssmix.engine.rundir import RunDir, truncate_metrics
-from ssmix.engine.signals import Interrupted, StopRequest
 from ssmix.engine.schedule import warmup_cosine
+from ssmix.engine.signals import Interrupted, StopRequest
 from ssmix.models.backbones import export_state_dict
 
 
@@ -217,16 +217,8 @@ def _train(cfg: Config, run_dir: Optional[RunDir], stop: StopRequest) -> Dict[st
     amp = autocast_dtype(cfg.train.amp, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
 
-    start_step, state = 0, None
-    if cfg.resume == "auto" or (cfg.resume and os.path.isdir(cfg.resume)):  # a run directory: its newest
-        run = cfg.output_dir if cfg.resume == "auto" else cfg.resume
-        warn = _warn if is_main else (lambda msg: None)
-        resume, state = ckpt.load_latest_readable(run, warn, rename=is_main and run == cfg.output_dir)
-        if cfg.resume != "auto" and state is None:
-            raise ckpt.CheckpointError(f"resume: {cfg.resume} holds no readable checkpoints/step_*.pt")
-    else:
-        resume = cfg.resume
-        state = ckpt.load_training_checkpoint(resume) if resume else None
+    start_step = 0
+    resume, state = ckpt.find_resume(cfg.resume, cfg.output_dir, _warn if is_main else None)
     if state is not None:
         ckpt.check_resume_config(resume, state.get("config"), config_to_dict(cfg))
         _load_model_state(model, state["model"], resume)
@@ -292,7 +284,7 @@ def _train(cfg: Config, run_dir: Optional[RunDir], stop: StopRequest) -> Dict[st
                 last_ckpt = _save(cfg, model, optimizer, scaler, step, world, is_main, guard, last_ckpt)
             if step % spe == 0:
                 _end_of_epoch(cfg, model, step // spe, step, logger, info, device)
-            if step < stop_step and (world == 1 or step % cfg.train.log_every == 0) and stop.requested(world, device):
+            if step < stop_step and stop.due(step, cfg.train.log_every, world, device):
                 if last_ckpt != ckpt.checkpoint_path(cfg.output_dir, step):
                     last_ckpt = _save(cfg, model, optimizer, scaler, step, world, is_main, guard, last_ckpt)
                 logger.close()
