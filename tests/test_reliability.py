@@ -103,6 +103,14 @@ def test_a_second_process_in_the_same_output_dir_is_refused(tmp_path, capsys):
     assert _pretrain(capsys, tmp_path, "train.max_steps=1")[0] == 0  # the lock died with its process
 
 
+def test_a_read_only_output_dir_is_one_line(tmp_path, capsys, monkeypatch):
+    import ssmix.engine.rundir as rundir
+
+    monkeypatch.setattr(rundir.os, "access", lambda path, mode: False)  # as root, chmod would not stop us
+    code, err = _pretrain(capsys, tmp_path / "ro", "train.max_steps=1")
+    assert code == 2 and err == f"error: output_dir: '{tmp_path / 'ro'}' is not writable; pass a writable directory\n"
+
+
 def test_stray_temp_files_of_a_killed_save_are_removed(tmp_path, capsys):
     assert _pretrain(capsys, tmp_path, "train.max_steps=1")[0] == 0
     stray = tmp_path / "checkpoints" / "step_00000002.pt.tmp.12345"

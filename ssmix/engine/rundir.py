@@ -7,6 +7,7 @@ run) or ``overwrite=true`` (delete the old run's outputs first). An exclusive ``
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -119,6 +120,27 @@ class RunDir:
         if self._lock is not None:
             self._lock.close()  # closing the descriptor releases the flock
             self._lock = None
+
+
+def open_run_dir(stack: contextlib.ExitStack, path: str, resume: bool, overwrite: bool, rank: int,
+                 world: int) -> Optional[RunDir]:
+    """Rank 0 enters :class:`RunDir` (kept open by ``stack``); with several processes its verdict is
+    shared, so every rank raises the same :class:`RunDirError` instead of waiting for rank 0 forever."""
+    run_dir, error = None, None
+    if rank == 0:
+        try:
+            run_dir = stack.enter_context(RunDir(path, resume, overwrite))
+        except RunDirError as exc:
+            error = str(exc)
+    if world > 1:
+        import torch.distributed as dist
+
+        shared = [error]
+        dist.broadcast_object_list(shared, src=0)
+        error = shared[0]
+    if error is not None:
+        raise RunDirError(error)
+    return run_dir
 
 
 def truncate_metrics(path: str, step: int) -> None:

@@ -25,7 +25,7 @@ from ssmix.engine import checkpoint as ckpt
 from ssmix.engine.distributed import average_gradients, barrier, broadcast_module, init_distributed
 from ssmix.engine.finite import FiniteGuard, check_state
 from ssmix.engine.pretrainer import Pretrainer
-from ssmix.engine.rundir import RunDir, truncate_metrics
+from ssmix.engine.rundir import open_run_dir, truncate_metrics
 from ssmix.engine.schedule import warmup_cosine
 from ssmix.engine.signals import Interrupted, StopRequest
 from ssmix.models.backbones import export_state_dict
@@ -170,16 +170,14 @@ def train(cfg: Config) -> Dict[str, Any]:
 
     ``output_dir`` is checked and locked first (:class:`~ssmix.engine.rundir.RunDir`); SIGTERM / SIGINT
     stop at the next step boundary with a checkpoint (:class:`~ssmix.engine.signals.Interrupted`)."""
-    is_main = int(os.environ.get("RANK", "0")) == 0
-    run_dir = RunDir(cfg.output_dir, bool(cfg.resume), cfg.overwrite) if is_main else contextlib.nullcontext()
-    with run_dir, StopRequest() as stop:
-        return _train(cfg, run_dir if is_main else None, stop)
+    with contextlib.ExitStack() as stack, StopRequest() as stop:
+        return _train(cfg, stack, stop)
 
 
-def _train(cfg: Config, run_dir: Optional[RunDir], stop: StopRequest) -> Dict[str, Any]:
+def _train(cfg: Config, stack: contextlib.ExitStack, stop: StopRequest) -> Dict[str, Any]:
     device = resolve_device(cfg.device)
     rank, world, local_rank = init_distributed(device)
-    barrier()  # rank 0 has checked and locked output_dir
+    run_dir = open_run_dir(stack, cfg.output_dir, bool(cfg.resume), cfg.overwrite, rank, world)
     if device == "cuda":
         device = f"cuda:{local_rank}"
         torch.cuda.set_device(local_rank)
