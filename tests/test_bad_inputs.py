@@ -71,6 +71,7 @@ CASES = {
     "output_dir is a file": (P("output_dir={tmp}/a_file"), ["output_dir", "a_file' is a file"]),
     "output_dir under a file": (P("output_dir={tmp}/a_file/run"), ["output_dir: cannot create", "a_file/run"]),
     "used output_dir": (P("output_dir={run}"), ["is not empty", "resume=auto", "overwrite=true"]),
+    "resume elsewhere into a used dir": (P("output_dir={tmp}/folder", "resume={run}"), ["folder' is not empty"]),
     "resume missing": (P("resume={tmp}/gone.pt"), ["resume: checkpoint not found", "gone.pt"]),
     "resume garbage": (P("resume={tmp}/garbage.pt"), ["garbage.pt: not a readable ssmix checkpoint"]),
     "resume backbone.pth": (P("resume={tmp}/backbone.pth"), ["not an ssmix training checkpoint"]),

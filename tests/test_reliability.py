@@ -1,5 +1,6 @@
 """Reliability of pre-training runs (issue 11): run directories, locks, signals, non-finite steps, resume
 fallback and compatibility, disk full, and files that try to run code when loaded."""
+import argparse
 import os
 import pickle
 import shutil
@@ -331,6 +332,9 @@ def test_trust_pickle_is_an_explicit_opt_in(tmp_path, capsys):
     assert not out.exists()
     assert det_convert.main([str(tmp_path / "odd.pth"), str(out), "--trust-pickle"]) == 0
     assert out.exists()
+    # The allow-list: a torchvision reference checkpoint's argparse.Namespace needs no opt-in.
+    torch.save({"model": state, "args": argparse.Namespace(lr=0.1)}, tmp_path / "reference.pth")
+    assert det_convert.main([str(tmp_path / "reference.pth"), str(tmp_path / "ref.pkl")]) == 0
 
 
 def test_sigterm_to_the_process_group_with_loader_workers(tmp_path):

@@ -122,6 +122,17 @@ class RunDir:
             self._lock = None
 
 
+def continues_in_place(resume: Optional[str], output_dir: str) -> bool:
+    """Whether ``resume`` continues the run in ``output_dir`` (``auto``, the directory itself or a file in
+    it); resuming from elsewhere starts a new line of checkpoints, which needs an empty ``output_dir``."""
+    if not resume:
+        return False
+    if resume == "auto":
+        return True
+    target, root = os.path.realpath(resume), os.path.realpath(output_dir)
+    return target == root or target.startswith(root + os.sep)
+
+
 def open_run_dir(stack: contextlib.ExitStack, path: str, resume: bool, overwrite: bool, rank: int,
                  world: int) -> Optional[RunDir]:
     """Rank 0 enters :class:`RunDir` (kept open by ``stack``); with several processes its verdict is

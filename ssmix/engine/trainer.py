@@ -25,7 +25,7 @@ from ssmix.engine import checkpoint as ckpt
 from ssmix.engine.distributed import average_gradients, barrier, broadcast_module, init_distributed
 from ssmix.engine.finite import FiniteGuard, check_state
 from ssmix.engine.pretrainer import Pretrainer
-from ssmix.engine.rundir import open_run_dir, truncate_metrics
+from ssmix.engine.rundir import continues_in_place, open_run_dir, truncate_metrics
 from ssmix.engine.schedule import warmup_cosine
 from ssmix.engine.signals import Interrupted, StopRequest
 from ssmix.models.backbones import export_state_dict
@@ -177,7 +177,8 @@ def train(cfg: Config) -> Dict[str, Any]:
 def _train(cfg: Config, stack: contextlib.ExitStack, stop: StopRequest) -> Dict[str, Any]:
     device = resolve_device(cfg.device)
     rank, world, local_rank = init_distributed(device)
-    run_dir = open_run_dir(stack, cfg.output_dir, bool(cfg.resume), cfg.overwrite, rank, world)
+    run_dir = open_run_dir(stack, cfg.output_dir, continues_in_place(cfg.resume, cfg.output_dir), cfg.overwrite,
+                           rank, world)
     if device == "cuda":
         device = f"cuda:{local_rank}"
         torch.cuda.set_device(local_rank)
