@@ -14,7 +14,7 @@ from ssmix.config import ConfigError
 # diverged run (ssmix.engine.finite.NonFiniteError); ImportError an optional dependency.
 EXPECTED: Tuple[Type[BaseException], ...] = (ConfigError, OSError, FloatingPointError)
 _WRAPPED = re.compile(r"^[\w.]+(Error|Exception|Interrupt): ")
-_TORCH_ADVICE = re.compile(r"Weights only load failed.*", re.S)
+_TORCH_ADVICE = re.compile(r"(\()?Weights only load failed.*", re.S)  # torch's text, which suggests unsafe loading
 
 
 def one_line(exc: BaseException) -> str:
@@ -23,8 +23,8 @@ def one_line(exc: BaseException) -> str:
     if "Traceback (most recent call last)" in text:
         lines = [line for line in text.splitlines() if line.strip()]
         text = _WRAPPED.sub("", lines[-1].strip()) if lines else text
-    # torch's own weights-only refusal suggests unsafe loading: keep only what happened.
-    text = _TORCH_ADVICE.sub("weights-only loading refused it: it holds pickled objects)", text)
+    text = _TORCH_ADVICE.sub(lambda m: "(refused by weights-only loading: it holds pickled objects)" if m.group(1)
+                             else "refused by weights-only loading: it holds pickled objects", text)
     if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
         text = f"{text}: {exc.filename}"
     return " ".join(text.split()) or type(exc).__name__
