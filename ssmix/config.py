@@ -187,6 +187,10 @@ def _ensure_registries() -> None:
 # --------------------------------------------------------------------------------------------
 
 
+class _NotFinite(ConfigError):
+    """A NaN or infinite number (kept as is through ``Optional``: the type was right, the value not)."""
+
+
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -214,6 +218,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return _coerce(value, args[0], where)
         try:
             return _coerce(value, args[0], where)
+        except _NotFinite:
+            raise
         except ConfigError:
             raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}") from None
     if origin in (list, List, tuple, Tuple):
@@ -241,7 +247,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 pass
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if not math.isfinite(value):
-                raise ConfigError(f"{where}: expected a finite number, got {value}")
+                raise _NotFinite(f"{where}: expected a finite number, got {value}")
             return float(value)
     elif tp is str:
         if isinstance(value, str):

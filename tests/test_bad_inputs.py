@@ -59,6 +59,7 @@ CASES = {
     "lr=nan": (P("train.lr=nan"), ["train.lr: expected a finite number, got nan"]),
     "lr=.inf": (P("train.lr=.inf"), ["train.lr: expected a finite number, got inf"]),
     "weight_decay=.nan": (P("train.weight_decay=.nan"), ["train.weight_decay: expected a finite number"]),
+    "grad_clip=inf": (P("train.grad_clip=inf"), ["train.grad_clip: expected a finite number, got inf"]),
     "lr=word": (P("train.lr=fast"), ["train.lr: expected float, got str 'fast'"]),
     "image_size=0": (P("data.image_size=0"), ["data.image_size: expected a positive number"]),
     "device=tpu": (P("device=tpu"), ["device: invalid value 'tpu'", "cuda:N"]),

@@ -28,8 +28,8 @@ import yaml
 from torch import Tensor
 
 from ssmix.config import ConfigError
-from ssmix.safe_load import UnreadableFileError, UnsafePickleError, safe_torch_load
 from ssmix.models.backbones import ARCHS, ResNetTrunk, build_backbone, fold_split_bn_stats, infer_arch
+from ssmix.safe_load import UnreadableFileError, UnsafePickleError, safe_torch_load
 
 # Where the online trunk lives, most specific first (first match wins).
 TRUNK_PREFIXES = ("method.backbone.", "module.encoder_q.", "encoder_q.", "module.backbone.", "backbone.",
