@@ -52,8 +52,11 @@ def _setup_logging(output_dir: str, is_main: bool) -> None:
 
 
 def _write_json(path: str, data: object) -> None:
-    with open(path, "w", encoding="utf-8") as f:
+    """Write, then rename: a kill never leaves half a metrics.json."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2)
+    os.replace(tmp, path)
 
 
 # What overwrite=true deletes from a previous run's output_dir.
