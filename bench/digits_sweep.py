@@ -62,7 +62,7 @@ def table() -> str:
                     f"{recipe.mean_std([r['linear'] for r in results])} | "
                     f"{recipe.mean_std([r['knn'] for r in results])} | "
                     f"{recipe.mean_std([r['minutes'] for r in results])} | "
-                    f"{recipe.mean_std([r.get('collapse_std', float('nan')) for r in results])} |")
+                    f"{recipe.mean_std([r['collapse_std'] for r in results if 'collapse_std' in r], '{:.3f}')} |")
     randoms = {size: recipe.heldout_accuracy("random", size, "resnet18", stem) for size, stem in ((16, True), (32, False))}
     return "\n".join([
         "# Digits recipe sweep (`bench/digits_sweep.py`)",

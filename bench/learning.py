@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 from typing import Dict, List, Optional
 
 import recipe
@@ -38,12 +37,7 @@ def random_init(seeds: List[int]) -> List[Dict[str, float]]:
 
 
 def _cell(results: List[dict], key: str, fmt: str = "{:.1f}") -> str:
-    values = [r[key] for r in results if key in r]
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return fmt.format(values[0])
-    return f"{fmt.format(statistics.fmean(values))} ± {fmt.format(statistics.stdev(values))}"
+    return recipe.mean_std([r[key] for r in results if key in r], fmt)
 
 
 def table(seeds: List[int]) -> str:

@@ -4,14 +4,13 @@
 A run pre-trains a config (plus overrides and a seed) into its own directory, then evaluates the
 exported trunk on held-out digits exactly as ``make demo`` does (linear probe on cached features and
 kNN, ``configs/linear/digits.yaml``), and reads the last logged health metrics from ``metrics.jsonl``.
-Runs live in ``runs/recipes/<config>-<hash>/seed<k>``, the hash taken over the resolved config
-(output directory and monitoring intervals excepted): a finished run is not trained again (its
-``result.json`` is read back), so a long sweep can be stopped and restarted, and the sweep and the
-learning benchmark share runs.
+Runs live in ``runs/recipes/<config stem>[,<override>...]/seed<k>``: a finished run is not trained
+again (its ``result.json`` is read back) and an interrupted one resumes, so a long sweep can be
+stopped and restarted, and the sweep and the learning benchmark share runs. After changing a config
+file, delete its runs.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import statistics
@@ -22,24 +21,17 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from ssmix.config import Config, config_to_dict, load_config  # noqa: E402
+from ssmix.config import Config, load_config  # noqa: E402
 from ssmix.quickstart import heldout_accuracy, last_metrics  # noqa: E402  (the demo's evaluation)
 
 RUNS = os.path.join(ROOT, "runs", "recipes")
-#: train.* keys that only watch a run: left out of the run's hash
-MONITORING = ("log_every", "ckpt_every", "keep_ckpts", "knn_every", "knn_k", "vis_every", "progress")
 
 
 def resolve(config: str, overrides: Sequence[str], seed: int) -> Tuple[Config, str]:
-    """The run's config and its directory, named by a hash of the resolved config."""
-    cfg = load_config(config, [*overrides, f"seed={seed}", "resume=null", "train.progress=false"])
-    resolved = config_to_dict(cfg)
-    resolved.pop("output_dir")
-    for key in MONITORING:
-        resolved["train"].pop(key)
-    digest = hashlib.sha1(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:10]
-    stem = os.path.splitext(os.path.basename(config))[0]
-    cfg.output_dir = os.path.join(RUNS, f"{stem}-{digest}", f"seed{seed}")
+    """The run's config and its directory: ``<config stem>[,<override>...]/seed<k>``."""
+    cfg = load_config(config, [*overrides, f"seed={seed}", "resume=auto", "train.progress=false"])
+    name = ",".join([os.path.splitext(os.path.basename(config))[0], *overrides]).replace(os.sep, "_")
+    cfg.output_dir = os.path.join(RUNS, name, f"seed{seed}")
     return cfg, cfg.output_dir
 
 
@@ -71,9 +63,10 @@ def run(config: str, overrides: Sequence[str], seed: int) -> Dict[str, Any]:
     return result
 
 
-def mean_std(values: List[float]) -> str:
+def mean_std(values: List[float], fmt: str = "{:.1f}") -> str:
+    """``mean ± std`` of ``values`` (one value as is, none as ``-``)."""
     if not values:
         return "-"
     if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.fmean(values):.1f} ± {statistics.stdev(values):.1f}"
+        return fmt.format(values[0])
+    return f"{fmt.format(statistics.fmean(values))} ± {fmt.format(statistics.stdev(values))}"

@@ -20,6 +20,8 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from torch import Tensor
 
+from ssmix.cli import EXPECTED, run_main
+
 AUTHOR = "ssmix"
 _RULES: List[Tuple[re.Pattern, Callable[[re.Match], str]]] = [
     (re.compile(r"^conv1\.weight$"), lambda m: "stem.conv1.weight"),
@@ -65,16 +67,23 @@ def write_detectron2_pkl(state_dict: Mapping[str, Tensor], output: str) -> Dict[
     if unmapped:
         raise ValueError(f"cannot map {len(unmapped)} key(s) to detectron2 names: {unmapped[:10]}")
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    with open(output, "wb") as f:
-        pickle.dump({"model": model, "__author__": AUTHOR, "matching_heuristics": True}, f)
+    tmp = f"{output}.tmp.{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            pickle.dump({"model": model, "__author__": AUTHOR, "matching_heuristics": True}, f)
+        os.replace(tmp, output)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return model
 
 
-def convert(source: str, output: str) -> Tuple[str, int]:
-    """Convert any encoder file :func:`detection.weights.load_encoder_state` accepts; returns (arch, #tensors)."""
+def convert(source: str, output: str, trust_pickle: bool = False) -> Tuple[str, int]:
+    """Convert any encoder file :func:`detection.weights.load_encoder_state` accepts; returns (arch, #tensors).
+    ``trust_pickle`` also reads files that pickle objects (runs their code: only for files you made)."""
     from detection.weights import load_encoder_state
 
-    state, arch, cifar_stem = load_encoder_state(source)
+    state, arch, cifar_stem = load_encoder_state(source, trust_pickle, "--trust-pickle")
     if cifar_stem:
         raise ValueError(f"{source}: a CIFAR-stem encoder (3x3 conv1, no max-pool) cannot be used for detection")
     return arch, len(write_detectron2_pkl(state, output))
@@ -84,14 +93,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description="Convert an ssmix/torchvision/MoCo encoder to a detectron2 .pkl")
     parser.add_argument("input", help="backbone.pth, ssmix run directory, or a training/torchvision/MoCo checkpoint")
     parser.add_argument("output", help="output path, must end in .pkl")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="also read an input that pickles objects; this runs code from the file, so use it "
+                             "only for files you made yourself (default: tensors and containers only)")
     args = parser.parse_args(argv)
-    try:
-        arch, count = convert(args.input, args.output)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {args.output}: {arch}, {count} tensors (use MODEL.WEIGHTS {args.output})")
-    return 0
+
+    def body() -> int:
+        arch, count = convert(args.input, args.output, args.trust_pickle)
+        print(f"wrote {args.output}: {arch}, {count} tensors (use MODEL.WEIGHTS {args.output})")
+        return 0
+
+    return run_main(body, EXPECTED + (ValueError,))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from detection.solver import build_optimizer, build_scheduler
 from detection.voc_eval import VOCEvaluator
 from detection.weights import load_encoder_state
 from ssmix.config import ConfigError
-from ssmix.engine.checkpoint import save_atomic
+from ssmix.engine.checkpoint import load_checkpoint, save_atomic
 
 log = logging.getLogger("detection")
 LAST_CHECKPOINT = "last_checkpoint.pth"
@@ -121,7 +121,7 @@ def load_encoder(cfg: DetectionConfig) -> Tuple[Optional[Dict[str, torch.Tensor]
     if not cfg.model.weights:
         log.warning("model.weights is not set: the detector starts from a randomly initialised trunk")
         return None, cfg.model.arch or "resnet50"
-    state, arch, cifar_stem = load_encoder_state(cfg.model.weights)
+    state, arch, cifar_stem = load_encoder_state(cfg.model.weights, cfg.model.trust_pickle, "model.trust_pickle=true")
     if cifar_stem:
         raise ConfigError(f"model.weights: '{cfg.model.weights}' is a CIFAR-stem encoder (3x3 conv1, no "
                           f"max-pool), unusable for detection; pre-train with model.cifar_stem=false")
@@ -139,13 +139,13 @@ def run_trial(cfg: DetectionConfig, env: DistEnv) -> Dict[str, float]:
     if solver.ims_per_batch % env.world_size:
         raise ConfigError(f"solver.ims_per_batch={solver.ims_per_batch} is not divisible by the "
                           f"{env.world_size} processes")
+    state, arch = load_encoder(cfg)  # first: a bad weights file fails before any data is read
     root = dataset_root(cfg.data)
     train = load_datasets(cfg.data.train, root, cfg.data.classes)
     test = load_datasets([cfg.data.test], root, cfg.data.classes)
     if test.classes != train.classes:
         raise ConfigError(f"data: {cfg.data.test} and {', '.join(cfg.data.train)} have different classes")
     train_records = [r for r in train.records if len(r.labels)]  # FILTER_EMPTY_ANNOTATIONS
-    state, arch = load_encoder(cfg)
     if state is not None and env.is_main:
         log.info("encoder: loaded %d tensors from %s into the %s trunk (the detection heads start from scratch)",
                  len(state), cfg.model.weights, arch)
@@ -208,7 +208,7 @@ def _maybe_resume(cfg: DetectionConfig, model: nn.Module, optimizer, scheduler) 
     path = os.path.join(cfg.output_dir, LAST_CHECKPOINT)
     if not (cfg.resume and os.path.isfile(path)):
         return 0
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_checkpoint(path, "resume")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

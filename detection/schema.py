@@ -9,7 +9,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
-from ssmix.config import ConfigError, _from_dict, _merge, parse_overrides, read_yaml
+from ssmix.config import (ConfigError, _from_dict, _merge, check_device, check_ranges, check_runnable, parse_overrides,
+                          read_yaml)
 
 HEADS = ("c4", "fpn")
 ARCHS = ("resnet18", "resnet34", "resnet50")
@@ -27,6 +28,7 @@ class ModelSpec:
     """The detector. ``weights`` is the encoder (see :func:`detection.weights.load_encoder_state`)."""
 
     weights: Optional[str] = None  # backbone.pth | run dir | ssmix/torchvision/MoCo checkpoint | null = random
+    trust_pickle: bool = False  # also read weights that pickle objects: runs code from the file, own files only
     arch: Optional[str] = None  # null: read from the weights (resnet50 without weights)
     head: str = "c4"  # c4 (res5 RoI head, R50 only) | fpn
     mask: bool = False  # Mask R-CNN
@@ -80,6 +82,7 @@ class DetectionConfig:
     device: str = "auto"  # auto | cpu | cuda
     trials: int = 1  # independent runs (seeds seed..seed+trials-1), reported as mean +- std
     resume: bool = False  # continue from output_dir/last_checkpoint.pth if present
+    overwrite: bool = False  # start afresh in a non-empty output_dir, deleting the old run's outputs
     log_every: int = 20
     model: ModelSpec = field(default_factory=ModelSpec)
     data: DataSpec = field(default_factory=DataSpec)
@@ -102,6 +105,12 @@ def dataset_root(data: DataSpec) -> str:
 def validate(cfg: DetectionConfig) -> DetectionConfig:
     """Check values the types cannot (raises :class:`ConfigError` naming key and fix)."""
     m, d, s = cfg.model, cfg.data, cfg.solver
+    check_device(cfg.device)
+    check_ranges({"log_every": cfg.log_every, "solver.checkpoint_period": s.checkpoint_period,
+                  "data.max_size": d.max_size}, ">0")
+    check_ranges({"solver.weight_decay": s.weight_decay, "solver.warmup_iters": s.warmup_iters,
+                  "data.num_workers": d.num_workers, "test.precise_bn_iters": cfg.test.precise_bn_iters,
+                  "test.eval_period": cfg.test.eval_period}, ">=0")
     if m.head not in HEADS:
         raise ConfigError(f"model.head: unknown head '{m.head}', expected one of {', '.join(HEADS)}")
     if m.arch is not None and m.arch not in ARCHS:
@@ -134,6 +143,8 @@ def check_head_arch(head: str, arch: Optional[str]) -> None:
 
 def load_detection_config(path: Optional[str], overrides: Sequence[str] = ()) -> DetectionConfig:
     """Read a preset (``_base_`` inheritance as in ssmix configs), apply overrides, validate."""
+    if path:
+        check_runnable(path)
     data: Dict[str, Any] = read_yaml(path) if path else {}
     data = _merge(data, parse_overrides(overrides))
     return validate(_from_dict(DetectionConfig, data, ""))

@@ -6,6 +6,7 @@ plus ``output_dir/log.txt``. Multi-GPU: ``torchrun --nproc_per_node=8 -m detecti
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -16,10 +17,10 @@ from typing import Dict, List, Optional, Sequence
 
 import yaml
 
-from detection.engine import log, run_trial, setup_distributed
+from detection.engine import LAST_CHECKPOINT, log, run_trial, setup_distributed
 from detection.schema import DetectionConfig, load_detection_config
-from ssmix.config import ConfigError
-from ssmix.data.datasets import CorruptImageError
+from ssmix.cli import EXPECTED, run_main
+from ssmix.engine.rundir import RunDir
 
 
 def summarize(per_trial: List[Dict[str, float]]) -> Dict[str, object]:
@@ -51,13 +52,28 @@ def _setup_logging(output_dir: str, is_main: bool) -> None:
 
 
 def _write_json(path: str, data: object) -> None:
-    with open(path, "w", encoding="utf-8") as f:
+    """Write, then rename: a kill never leaves half a metrics.json."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2)
+    os.replace(tmp, path)
+
+
+# What overwrite=true deletes from a previous run's output_dir.
+OUTPUTS = ("config.yaml", "log.txt", "metrics.json", LAST_CHECKPOINT, "model_final.pth", "trial_*")
 
 
 def run(cfg: DetectionConfig) -> Dict[str, object]:
-    """All trials of ``cfg``; returns the summary written to ``output_dir/metrics.json`` (main process)."""
+    """All trials of ``cfg``; returns the summary written to ``output_dir/metrics.json`` (main process).
+    ``output_dir`` is refused if it holds another run (unless ``resume`` / ``overwrite``) and locked."""
     env = setup_distributed(cfg.device)
+    run_dir = RunDir(cfg.output_dir, cfg.resume, cfg.overwrite, OUTPUTS, "resume=true") if env.is_main \
+        else contextlib.nullcontext()
+    with run_dir:
+        return _run(cfg, env)
+
+
+def _run(cfg: DetectionConfig, env) -> Dict[str, object]:
     _setup_logging(cfg.output_dir, env.is_main)
     if env.is_main:
         with open(os.path.join(cfg.output_dir, "config.yaml"), "w", encoding="utf-8") as f:
@@ -86,13 +102,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(__doc__.strip() + "\n\nPresets: detection/presets/*.yaml; e.g. python -m detection.train "
               "detection/presets/voc_r50_c4_24k.yaml model.weights=runs/mocov2/backbone.pth")
         return 0 if args and args[0] in ("-h", "--help") else 2
-    try:
-        cfg = load_detection_config(args[0], args[1:])
-        run(cfg)
-    except (ConfigError, CorruptImageError, ImportError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    def body() -> int:
+        run(load_detection_config(args[0], args[1:]))
+        return 0
+
+    return run_main(body, EXPECTED + (ImportError,))
 
 
 if __name__ == "__main__":

@@ -18,8 +18,9 @@ from ssmix.models.backbones import export_state_dict
 __all__ = ["WeightsError", "load_encoder_state"]
 
 
-def load_encoder_state(path: str) -> Tuple[Dict[str, Tensor], str, bool]:
-    """``(state_dict, arch, cifar_stem)`` of the encoder in ``path`` (a trusted file: pickled objects such
-    as a torchvision reference checkpoint's ``args`` are read too)."""
-    encoder = load_pretrained_encoder(path, allow_pickle=True)
+def load_encoder_state(path: str, trust_pickle: bool = False,
+                       opt_in: str = "") -> Tuple[Dict[str, Tensor], str, bool]:
+    """``(state_dict, arch, cifar_stem)`` of the encoder in ``path``, loaded weights-only; ``trust_pickle``
+    (the user's explicit opt-in, named by ``opt_in`` in errors) also reads files that pickle objects."""
+    encoder = load_pretrained_encoder(path, trust_pickle=trust_pickle, opt_in=opt_in)
     return export_state_dict(encoder.backbone), encoder.arch, encoder.cifar_stem

@@ -16,7 +16,7 @@ from typing import List, Optional
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ssmix.config import ConfigError  # noqa: E402
+from ssmix.cli import run_main  # noqa: E402
 from ssmix.evaluation.config import load_eval_config  # noqa: E402 - no torch: bad keys fail fast
 
 
@@ -25,21 +25,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("config", help="YAML under configs/linear/ (or any file with the same keys)")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. weights=runs/x mode=protocol")
     args = parser.parse_args(argv)
-    try:
-        cfg = load_eval_config(args.config, args.overrides)
-        from ssmix.evaluation.runner import MARKDOWN_HEADER, default_output_dir, run_linear_eval
+    return run_main(lambda: _run(args))
 
-        if cfg.output_dir is None:
-            cfg.output_dir = default_output_dir(cfg)
-        from ssmix.data.datasets import CorruptImageError
 
-        try:
-            result = run_linear_eval(cfg, log=lambda msg: print(msg, flush=True))
-        except CorruptImageError as exc:  # a bad file in the labelled folder: one line, exit code 2
-            raise ConfigError(str(exc)) from None
-    except ConfigError as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
+def _run(args: argparse.Namespace) -> int:
+    cfg = load_eval_config(args.config, args.overrides)
+    from ssmix.evaluation.runner import MARKDOWN_HEADER, default_output_dir, run_linear_eval
+
+    if cfg.output_dir is None:
+        cfg.output_dir = default_output_dir(cfg)
+    result = run_linear_eval(cfg, log=lambda msg: print(msg, flush=True))
     print(result["summary"])
     print(MARKDOWN_HEADER)
     print(result["markdown_row"])

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -147,7 +149,8 @@ class LabelledMixConfig(MixConfig):
 class Config:
     output_dir: str = "runs/default"
     seed: int = 0
-    resume: Optional[str] = None  # None | auto | path to a checkpoint
+    resume: Optional[str] = None  # None | auto | a checkpoint file | a run directory (its newest checkpoint)
+    overwrite: bool = False  # start afresh in a non-empty output_dir, deleting the old run's outputs
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     deterministic: bool = False
     data: DataConfig = field(default_factory=DataConfig)
@@ -190,6 +193,10 @@ def _ensure_registries() -> None:
 # --------------------------------------------------------------------------------------------
 
 
+class _NotFinite(ConfigError):
+    """A NaN or infinite number (kept as is through ``Optional``: the type was right, the value not)."""
+
+
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -217,6 +224,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return _coerce(value, args[0], where)
         try:
             return _coerce(value, args[0], where)
+        except _NotFinite:
+            raise
         except ConfigError:
             raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}") from None
     if origin in (list, List, tuple, Tuple):
@@ -237,7 +246,14 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, float) and value.is_integer():
             return int(value)
     elif tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) and nan as strings
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise _NotFinite(f"{where}: expected a finite number, got {value}")
             return float(value)
     elif tp is str:
         if isinstance(value, str):
@@ -345,18 +361,67 @@ def parse_overrides(items: Sequence[str]) -> Dict[str, Any]:
 
 
 def build_config(data: Dict[str, Any]) -> Config:
+    """Nested dict -> validated :class:`Config` (types, then ranges)."""
     _ensure_registries()
-    return _from_dict(Config, data, "")
+    data = dict(data)
+    for key in _POLYMORPHIC:  # an absent method/mix section still gets its registered schema
+        if data.get(key) is None:
+            data[key] = {}
+    return validate(_from_dict(Config, data, ""))
+
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def check_device(device: str, key: str = "device") -> None:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
+    if not _DEVICE.match(device):
+        raise ConfigError(f"{key}: invalid value '{device}', expected auto, cpu, cuda or cuda:N")
+
+
+def check_ranges(values: Dict[str, Any], rule: str) -> None:
+    """``rule``: ``>0`` (positive), ``>=0`` or ``>=1``; None values are skipped (optional keys)."""
+    low, strict = {">0": (0, True), ">=0": (0, False), ">=1": (1, False)}[rule]
+    for key, value in values.items():
+        if value is not None and (value <= low if strict else value < low):
+            kind = "a positive number" if rule == ">0" else f"a number {rule[:2]} {low}"
+            raise ConfigError(f"{key}: expected {kind}, got {value}")
+
+
+def validate(cfg: Config) -> Config:
+    """Value ranges the type schema cannot express; raises :class:`ConfigError` naming the key."""
+    check_device(cfg.device)
+    d, t = cfg.data, cfg.train
+    check_ranges({"data.image_size": d.image_size, "data.num_samples": d.num_samples,
+                  "data.num_classes": d.num_classes, "train.epochs": t.epochs, "train.max_steps": t.max_steps,
+                  "train.batch_size": t.batch_size, "train.lr": t.lr, "train.log_every": t.log_every,
+                  "train.ckpt_every": t.ckpt_every, "train.grad_clip": t.grad_clip}, ">0")
+    check_ranges({"data.num_workers": d.num_workers, "train.momentum": t.momentum,
+                  "train.weight_decay": t.weight_decay, "train.warmup_epochs": t.warmup_epochs,
+                  "train.min_lr_ratio": t.min_lr_ratio, "train.knn_every": t.knn_every,
+                  "train.vis_every": t.vis_every}, ">=0")
+    check_ranges({"train.keep_ckpts": t.keep_ckpts}, ">=1")
+    if not cfg.output_dir:
+        raise ConfigError("output_dir: must not be empty")
+    return cfg
+
+
+def check_runnable(path: str) -> None:
+    """A file under a ``_base_`` folder is a fragment that other configs include, not a run."""
+    if "_base_" in os.path.normpath(os.path.abspath(path)).split(os.sep):
+        raise ConfigError(f"{path}: a _base_ fragment (included by other configs), not a runnable config; "
+                          "pass a config that includes it, e.g. configs/synthetic/mocov2.yaml")
 
 
 def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> Config:
     """Load ``path`` (may be None for pure defaults), apply overrides and validate."""
+    if path:
+        check_runnable(path)
     data = read_yaml(path) if path else {}
     data = _merge(data, parse_overrides(overrides))
-    cfg = build_config(data)
-    if path and not cfg.output_dir:
-        cfg.output_dir = os.path.join("runs", os.path.splitext(os.path.basename(path))[0])
-    return cfg
+    if path and not data.get("output_dir", True):
+        data["output_dir"] = os.path.join("runs", os.path.splitext(os.path.basename(path))[0])
+    return build_config(data)
 
 
 def dump_config(cfg: Config) -> str:

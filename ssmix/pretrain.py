@@ -3,6 +3,10 @@
 Pre-trains an encoder with the method and mixer the config names. Outputs go to ``output_dir``:
 ``config.yaml`` (resolved), ``metrics.jsonl``, ``tb/`` (TensorBoard), ``checkpoints/step_*.pt`` and,
 at the end, ``backbone.pth`` (a torchvision ResNet state_dict without ``fc``).
+
+A non-empty ``output_dir`` is refused unless ``resume=auto|PATH`` (continue) or ``overwrite=true``
+(replace); SIGTERM / SIGINT write a checkpoint at the next step and exit 143 / 130. Expected errors
+(config, files, disk, divergence) print one line and exit 2.
 """
 from __future__ import annotations
 
@@ -10,7 +14,8 @@ import argparse
 import sys
 from typing import List, Optional
 
-from ssmix.config import ConfigError, dump_config, load_config
+from ssmix.cli import run_main
+from ssmix.config import dump_config, load_config
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -20,22 +25,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. train.epochs=10")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_main(lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
     if args.print_config:
         print(dump_config(cfg), end="")
         return 0
-    from ssmix.data.datasets import CorruptImageError, DatasetNotFoundError
+    from ssmix.engine.signals import Interrupted
     from ssmix.engine.trainer import train
 
     try:
         summary = train(cfg)
-    except (ConfigError, CorruptImageError, DatasetNotFoundError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except Interrupted as stop:
+        kept = [o for o in args.overrides if not o.startswith(("resume=", "overwrite="))]
+        print(f"{stop}; continue with: python -m ssmix.pretrain {' '.join([args.config, *kept])} resume=auto",
+              file=sys.stderr, flush=True)
+        return stop.exit_code
     print(f"done: {summary['step']} steps, outputs in {summary['output_dir']}")
     return 0
 

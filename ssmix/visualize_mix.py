@@ -45,6 +45,7 @@ import torch.nn as nn
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
+from ssmix.cli import EXPECTED, run_main
 from ssmix.config import Config, ConfigError, load_config
 from ssmix.mixers import base as mixer_base
 from ssmix.mixers.base import MixContext, Mixer
@@ -441,14 +442,19 @@ def build_model(cfg: Config, checkpoint: Optional[str], device: str) -> nn.Modul
     checkpoint; without one it stays uninitialised (the sweep then uses dataset labels) and gets a
     nominal size that satisfies its cluster-size checks."""
     from ssmix.data.datasets import data_info
-    from ssmix.engine.checkpoint import load_checkpoint
+    from ssmix.engine.checkpoint import CheckpointError, load_checkpoint
     from ssmix.engine.pretrainer import Pretrainer
 
     state = None
     odc = getattr(cfg.mix, "odc", None)
     num_samples = max(odc.num_clusters * max(odc.min_cluster, 1), 2) if odc is not None else 2
     if checkpoint:
-        state = load_checkpoint(resolve_checkpoint(checkpoint))["model"]
+        path = resolve_checkpoint(checkpoint)
+        loaded = load_checkpoint(path, "checkpoint")
+        if not isinstance(loaded, dict) or not isinstance(loaded.get("model"), dict):
+            raise CheckpointError(f"checkpoint={checkpoint}: {path} is not an ssmix training checkpoint (no 'model'); "
+                                  "pass a checkpoints/step_*.pt file or a run's output_dir")
+        state = loaded["model"]
         odc_labels = state.get("pipeline.odc.labels")
         if odc_labels is not None:
             num_samples = int(odc_labels.shape[0])
@@ -488,22 +494,21 @@ def parse_args(argv: Sequence[str]) -> Tuple[str, Dict[str, object], List[str]]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from ssmix.data.datasets import DatasetNotFoundError
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return run_main(lambda: _run(argv), EXPECTED + (ValueError,))
+
+
+def _run(argv: List[str]) -> int:
     from ssmix.engine.trainer import resolve_device
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        config, opts, overrides = parse_args(argv)
-        cfg = load_config(config, overrides)
-        device = resolve_device(cfg.device)
-        split = opts["split"] or cfg.data.split
-        pairs = load_pairs(cfg, split, int(opts["pairs"]), device)
-        lams = sweep_lambdas(int(opts["steps"]))
-        model = build_model(cfg, opts["checkpoint"], device)
-        sweep = lambda_sweep(model, pairs, lams, cfg.seed, from_training_split=split == cfg.data.split)
-    except (ConfigError, DatasetNotFoundError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    config, opts, overrides = parse_args(argv)
+    cfg = load_config(config, overrides)
+    device = resolve_device(cfg.device)
+    split = opts["split"] or cfg.data.split
+    pairs = load_pairs(cfg, split, int(opts["pairs"]), device)
+    lams = sweep_lambdas(int(opts["steps"]))
+    model = build_model(cfg, opts["checkpoint"], device)
+    sweep = lambda_sweep(model, pairs, lams, cfg.seed, from_training_split=split == cfg.data.split)
     out = str(opts["out"])
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     mix_figure(cfg, sweep).save(out)

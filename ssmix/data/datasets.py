@@ -72,8 +72,10 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-__all__ = ["CorruptImageError", "DatasetNotFoundError", "DatasetInfo", "DATASET_INFO", "IMAGE_EXTENSIONS",
-           "build_dataset", "dataset_info"]
+from ssmix.config import ConfigError
+
+__all__ = ["CorruptImageError", "DatasetFileError", "DatasetNotFoundError", "DatasetInfo", "DATASET_INFO",
+           "IMAGE_EXTENSIONS", "build_dataset", "dataset_info"]
 
 Item = Tuple[Image.Image, int]
 
@@ -82,7 +84,11 @@ class DatasetNotFoundError(FileNotFoundError):
     """A dataset's files are missing or unreadable; the message says what is expected where."""
 
 
-class CorruptImageError(ValueError):
+class DatasetFileError(OSError, ValueError):
+    """A dataset file that is present but unusable (a corrupt image, a malformed or unsafe batch file)."""
+
+
+class CorruptImageError(DatasetFileError):
     """An image file that does not decode. Its message is one line naming the file, also when a
     DataLoader worker re-raises it (the worker's traceback is reduced to its last line)."""
 
@@ -191,7 +197,7 @@ class STL10Binary(Dataset):
         for x_path, y_path in parts:
             size = os.path.getsize(x_path)
             if size % _STL_IMAGE_BYTES:
-                raise ValueError(f"{x_path}: {size} bytes is not a whole number of 3x96x96 uint8 images "
+                raise DatasetFileError(f"{x_path}: {size} bytes is not a whole number of 3x96x96 uint8 images "
                                  f"({_STL_IMAGE_BYTES} bytes each); the file is truncated or not STL-10")
             count = size // _STL_IMAGE_BYTES
             if y_path is None:
@@ -199,7 +205,7 @@ class STL10Binary(Dataset):
             else:
                 labels = np.fromfile(y_path, dtype=np.uint8).astype(np.int64) - 1
                 if len(labels) != count or (count and not (labels.min() >= 0 and labels.max() <= 9)):
-                    raise ValueError(f"{y_path}: expected {count} uint8 labels in 1..10 to match {x_path}, "
+                    raise DatasetFileError(f"{y_path}: expected {count} uint8 labels in 1..10 to match {x_path}, "
                                      f"got {len(labels)} values")
             targets.append(labels)
             self.offsets.append(self.offsets[-1] + count)
@@ -252,6 +258,28 @@ _CIFAR = {  # name -> (folder, train files, test files, label key)
 }
 
 
+# What a CIFAR batch file pickles: dicts, lists, bytes and numpy arrays. Nothing else is rebuilt, so a
+# planted file cannot run code.
+_CIFAR_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                  ("numpy", "ndarray"), ("numpy", "dtype")}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) in _CIFAR_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global {module}.{name}")
+
+
+def _read_cifar_batch(path: str) -> object:
+    try:
+        with open(path, "rb") as f:
+            return _CifarUnpickler(f, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as error:
+        raise DatasetFileError(f"{path}: not a CIFAR batch file ({error}); a CIFAR batch holds only arrays, "
+                               "lists and bytes - re-download the dataset") from None
+
+
 class ArrayImages(Dataset):
     """In-memory uint8 images (N, H, W, 3) with int labels (CIFAR: 150 MB at most)."""
 
@@ -279,13 +307,12 @@ def _build_cifar(name: str, root: str, split: str, download: bool) -> Dataset:
     images, targets = [], []
     for entry in layout:
         path = os.path.join(root, entry)
-        with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
+        batch = _read_cifar_batch(path)
         if not isinstance(batch, dict) or b"data" not in batch or label_key not in batch:
-            raise ValueError(f"{path}: expected a pickled dict with keys b'data' and {label_key!r}")
+            raise DatasetFileError(f"{path}: expected a pickled dict with keys b'data' and {label_key!r}")
         data = np.asarray(batch[b"data"], dtype=np.uint8)
         if data.ndim != 2 or data.shape[1] != 3072:
-            raise ValueError(f"{path}: b'data' must be uint8 of shape (N, 3072), got {data.shape}")
+            raise DatasetFileError(f"{path}: b'data' must be uint8 of shape (N, 3072), got {data.shape}")
         images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         targets.append(np.asarray(batch[label_key], dtype=np.int64))
     return ArrayImages(np.ascontiguousarray(np.concatenate(images)), np.concatenate(targets))
@@ -302,8 +329,8 @@ def _load_rgb(path: str) -> Image.Image:
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         if isinstance(exc, FileNotFoundError):
             raise
-        raise CorruptImageError(f"{path}: not a readable image ({type(exc).__name__}: {exc}); delete or replace "
-                                "the file") from None
+        raise CorruptImageError(f"{path}: not a readable image ({type(exc).__name__}: "
+                                f"{' '.join(str(exc).split())[:200]}); delete or replace the file") from None
 
 
 class ImageFiles(Dataset):
@@ -349,7 +376,7 @@ def _build_tiny_imagenet(root: str, split: str) -> Dataset:
             rows = [line.rstrip("\n").split("\t") for line in f if line.strip()]
         for row_number, row in enumerate(rows, 1):
             if len(row) < 2 or row[1] not in class_of:
-                raise ValueError(f"{annotations}:{row_number}: expected 'file<TAB>wnid<TAB>x<TAB>y<TAB>w<TAB>h' "
+                raise DatasetFileError(f"{annotations}:{row_number}: expected 'file<TAB>wnid<TAB>x<TAB>y<TAB>w<TAB>h' "
                                  f"with a wnid from wnids.txt, got {row!r}")
         for file_name, wnid, *_ in sorted(rows):
             paths.append(os.path.join(base, "val", "images", file_name))
@@ -472,21 +499,21 @@ def build_dataset(name: str, root: str, split: str, *, download: bool = False, i
     ``num_samples``, ``num_classes`` (None: 10) and ``seed`` apply to ``synthetic`` only.
     """
     if name not in DATASET_INFO:
-        raise ValueError(f"unknown dataset {name!r}; valid choices (data.name): {', '.join(DATASET_INFO)}")
+        raise ConfigError(f"unknown dataset {name!r}; valid choices (data.name): {', '.join(DATASET_INFO)}")
     splits = DATASET_INFO[name].splits
     if split not in splits:
-        raise ValueError(f"unknown split {split!r} for dataset {name!r}; valid choices (data.split): "
+        raise ConfigError(f"unknown split {split!r} for dataset {name!r}; valid choices (data.split): "
                          f"{', '.join(splits)}")
     root = os.fspath(root)
     if name == "synthetic":
         num_classes = DATASET_INFO["synthetic"].num_classes if num_classes is None else num_classes
         if num_samples < 1 or num_classes < 1 or image_size < 1:
-            raise ValueError(f"synthetic: num_samples, num_classes and image_size must be >= 1, got "
+            raise ConfigError(f"synthetic: num_samples, num_classes and image_size must be >= 1, got "
                              f"{num_samples}, {num_classes}, {image_size}")
         return SyntheticImages(num_samples, num_classes, image_size, seed, split)
     if name == "digits":
         if image_size < 1:
-            raise ValueError(f"digits: image_size must be >= 1, got {image_size}")
+            raise ConfigError(f"digits: image_size must be >= 1, got {image_size}")
         return DigitsImages(split, image_size)
     if name == "stl10":
         return _build_stl10(root, split, download)

@@ -6,7 +6,9 @@ the same batches as an uninterrupted one, whatever the number of workers.
 """
 from __future__ import annotations
 
+import os
 import random
+import signal
 from typing import Callable, Iterator, List
 
 import numpy as np
@@ -77,6 +79,14 @@ def steps_per_epoch(num_samples: int, batch_size: int, world_size: int = 1) -> i
     return (num_samples // world_size) // batch_size
 
 
+def _detach_from_stop_signals(worker_id: int) -> None:
+    """A worker leaves its parent's process group and ignores SIGINT: SIGTERM / SIGINT sent to the job's
+    group (preemption, Ctrl-C) reach only the main process, which finishes the step with its workers, saves
+    (ssmix.engine.signals) and then ends them (a direct terminate() still works)."""
+    os.setpgrp()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def epoch_loader(dataset: MultiViewDataset, batch_size: int, epoch: int, start_step: int, seed: int,
                  num_workers: int, rank: int = 0, world_size: int = 1, pin_memory: bool = False) -> DataLoader:
     """Loader over one epoch, starting after ``start_step`` batches of it."""
@@ -86,4 +96,5 @@ def epoch_loader(dataset: MultiViewDataset, batch_size: int, epoch: int, start_s
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       collate_fn=collate_views, drop_last=True, pin_memory=pin_memory,
-                      generator=generator, persistent_workers=False)
+                      generator=generator, persistent_workers=False,
+                      worker_init_fn=_detach_from_stop_signals if num_workers else None)

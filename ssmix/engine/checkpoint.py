@@ -1,15 +1,37 @@
-"""Atomic checkpoints (write to a temp file, fsync, rename) and exact-resume RNG state."""
+"""Checkpoints: atomic writes (temp file, fsync, rename), safe loading with fallback to the previous
+checkpoint, the resume-compatibility check, and exact-resume RNG state."""
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import random
-from typing import Any, Dict, Optional
+import re
+import shutil
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
+from ssmix.config import ConfigError
+from ssmix.safe_load import UnreadableFileError, UnsafePickleError, safe_torch_load
+
 CKPT_DIR = "checkpoints"
+_STEP = re.compile(r"step_(\d+)\.pt$")
+
+# Keys a resumed run may change: where and how it runs, not what it computes. Every other difference
+# from the checkpoint's config is refused (see :func:`check_resume_config`).
+RESUME_FREE_KEYS = ("output_dir", "resume", "overwrite", "device", "deterministic", "data.root", "data.download",
+                    "data.num_workers", "train.max_steps", "train.progress", "train.log_every",
+                    "train.ckpt_every", "train.keep_ckpts", "train.knn_every", "train.vis_every")
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be used: unreadable, not a training checkpoint, or another run's config."""
+
+
+class DiskWriteError(OSError):
+    """A save that failed (disk full, read-only...); the previous checkpoint is intact."""
 
 
 def save_atomic(obj: Any, path: str) -> None:
@@ -22,34 +44,138 @@ def save_atomic(obj: Any, path: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
+        free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free / 2 ** 20
+        full = getattr(exc, "errno", None) == errno.ENOSPC or free < 1
+        reason = "no space left on device" if full else " ".join(str(exc).split())[:200]
+        raise DiskWriteError(errno.ENOSPC if full else getattr(exc, "errno", None) or errno.EIO,
+                             f"cannot write {path}: {reason} ({free:.0f} MiB free there; a save needs room for one "
+                             f"more file of this size); the previous file is intact") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
-def load_checkpoint(path: str) -> Dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True`` (plain tensors, numbers, strings, containers)."""
+def load_checkpoint(path: str, what: str = "resume") -> Dict[str, Any]:
+    """Load a checkpoint safely (weights-only: tensors, numbers, strings, containers)."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"{what}: checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file
-        raise ValueError(f"{path}: not a readable ssmix checkpoint ({type(exc).__name__}: {exc})") from None
+        return safe_torch_load(path, what)
+    except UnsafePickleError:
+        raise
+    except UnreadableFileError as exc:
+        raise CheckpointError(f"{what}: {path}: not a readable ssmix checkpoint ({exc.reason})") from None
+
+
+def load_training_checkpoint(path: str, what: str = "resume") -> Dict[str, Any]:
+    """:func:`load_checkpoint` of a file the trainer wrote (``model``, ``optimizer``, ``step``...)."""
+    state = load_checkpoint(path, what)
+    keys = state if isinstance(state, dict) else {}
+    missing = [k for k in ("model", "optimizer", "scaler", "step", "rng") if k not in keys]
+    if missing:
+        raise CheckpointError(f"{what}: {path} is not an ssmix training checkpoint (no {', '.join(missing)}); "
+                              "pass a checkpoints/step_*.pt file or a run's output_dir")
+    return state
 
 
 def checkpoint_path(output_dir: str, step: int) -> str:
     return os.path.join(output_dir, CKPT_DIR, f"step_{step:08d}.pt")
 
 
+def checkpoint_step(path: str) -> int:
+    match = _STEP.search(os.path.basename(path))
+    return int(match.group(1)) if match else -1
+
+
+def list_checkpoints(output_dir: str) -> List[str]:
+    """``checkpoints/step_*.pt`` of a run, oldest first."""
+    return sorted(glob.glob(os.path.join(output_dir, CKPT_DIR, "step_*.pt")), key=checkpoint_step)
+
+
 def latest_checkpoint(output_dir: str) -> Optional[str]:
-    paths = sorted(glob.glob(os.path.join(output_dir, CKPT_DIR, "step_*.pt")))
+    paths = list_checkpoints(output_dir)
     return paths[-1] if paths else None
 
 
-def prune_checkpoints(output_dir: str, keep: int) -> None:
-    paths = sorted(glob.glob(os.path.join(output_dir, CKPT_DIR, "step_*.pt")))
-    for path in paths[: max(len(paths) - keep, 0)]:
+def load_latest_readable(output_dir: str, warn: Callable[[str], None],
+                         rename: bool = True) -> Tuple[Optional[str], Optional[Dict]]:
+    """The newest checkpoint that loads; an unreadable newer one is skipped with a warning and (``rename``)
+    renamed ``*.corrupt``, kept for inspection but never picked again. ``(None, None)`` if none loads."""
+    for path in reversed(list_checkpoints(output_dir)):
+        try:
+            return path, load_training_checkpoint(path)
+        except UnsafePickleError:
+            raise
+        except CheckpointError as exc:
+            if rename and os.path.exists(path):
+                os.replace(path, path + ".corrupt")
+            warn(f"warning: skipping unreadable checkpoint {path} (renamed *.corrupt): "
+                 f"{' '.join(str(exc).split())[:200]}")
+    return None, None
+
+
+def find_resume(resume: Optional[str], output_dir: str,
+                warn: Optional[Callable[[str], None]]) -> Tuple[Optional[str], Optional[Dict]]:
+    """``(path, state)`` of what ``resume`` names: ``auto`` (the newest readable checkpoint of
+    ``output_dir``; none yet: ``(None, None)``), a run directory (its newest) or a checkpoint file.
+    ``warn`` is None on the processes that must neither print nor rename."""
+    if not resume:
+        return None, None
+    if resume != "auto" and not os.path.isdir(resume):
+        return resume, load_training_checkpoint(resume)
+    run = output_dir if resume == "auto" else resume
+    path, state = load_latest_readable(run, warn or (lambda msg: None), rename=warn is not None and run == output_dir)
+    if state is None and resume != "auto":
+        raise CheckpointError(f"resume: {resume} holds no readable checkpoints/step_*.pt")
+    return path, state
+
+
+def set_aside_newer(output_dir: str, step: int, warn: Callable[[str], None]) -> None:
+    """Rename checkpoints after ``step`` (an abandoned continuation) ``*.stale``, so that neither pruning
+    nor a later ``resume=auto`` mixes them with this run's."""
+    for path in list_checkpoints(output_dir):
+        if checkpoint_step(path) > step:
+            os.replace(path, path + ".stale")
+            warn(f"warning: {path} is newer than the resumed step {step}; renamed *.stale")
+
+
+def prune_checkpoints(output_dir: str, keep: int, upto_step: Optional[int] = None) -> None:
+    """Delete all but the newest ``keep`` checkpoints at or before ``upto_step`` (the run's own)."""
+    paths = [p for p in list_checkpoints(output_dir) if upto_step is None or checkpoint_step(p) <= upto_step]
+    for path in paths[: max(len(paths) - max(keep, 1), 0)]:
         os.remove(path)
+
+
+def _flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def config_differences(saved: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
+    """``key saved -> current`` for every key but :data:`RESUME_FREE_KEYS` (keys one side lacks are skipped)."""
+    old, new = _flatten(saved), _flatten(current)
+    diffs = []
+    for key in new:
+        if key in old and key not in RESUME_FREE_KEYS and old[key] != new[key]:
+            diffs.append(f"{key} {old[key]!r} -> {new[key]!r}")
+    polymorphic = [d for d in diffs if d.startswith(("model.", "method.name", "mix.type"))]  # shape-changing first
+    return polymorphic + [d for d in diffs if d not in polymorphic]
+
+
+def check_resume_config(path: str, saved: Optional[Dict[str, Any]], current: Dict[str, Any]) -> None:
+    """Refuse to resume from ``path`` with a config that computes something else (one line naming what)."""
+    diffs = config_differences(saved or {}, current)
+    if diffs:
+        shown = ", ".join(diffs[:4]) + (f" (+{len(diffs) - 4} more)" if len(diffs) > 4 else "")
+        raise CheckpointError(f"resume: {path} was written with a different config: {shown}; resume with the "
+                              "checkpoint's values, or start a new run in another output_dir")
 
 
 def get_rng_state() -> Dict[str, Any]:

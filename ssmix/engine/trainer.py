@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import random
 import sys
@@ -23,9 +22,12 @@ from ssmix.data.loader import MultiViewDataset, epoch_loader, steps_per_epoch
 from ssmix.data.transforms import build_eval_transform, build_view_transform
 from ssmix.engine import checkpoint as ckpt
 from ssmix.engine.distributed import barrier, init_distributed, wrap_for_training
-from ssmix.engine.pretrainer import Pretrainer
+from ssmix.engine.finite import FiniteGuard, check_state
 from ssmix.engine.health import HealthMonitor
 from ssmix.engine.optim import build_optimizer, set_learning_rates
+from ssmix.engine.pretrainer import Pretrainer
+from ssmix.engine.rundir import continues_in_place, open_run_dir, truncate_metrics
+from ssmix.engine.signals import Interrupted, StopRequest
 from ssmix.models.backbones import export_state_dict
 
 
@@ -65,15 +67,17 @@ def seed_everything(seed: int) -> None:
 class MetricsLogger:
     """``metrics.jsonl`` rows and TensorBoard scalars (rank 0 only)."""
 
-    def __init__(self, output_dir: str, enabled: bool) -> None:
+    def __init__(self, output_dir: str, enabled: bool, start_step: int = 0) -> None:
+        """Rows after ``start_step`` (left by a run that went further before it was killed) are dropped."""
         self.enabled = enabled
         self.tb = None
         if enabled:
+            truncate_metrics(os.path.join(output_dir, "metrics.jsonl"), start_step)
             self.file = open(os.path.join(output_dir, "metrics.jsonl"), "a", encoding="utf-8")
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(os.path.join(output_dir, "tb"))
+                self.tb = SummaryWriter(os.path.join(output_dir, "tb"), purge_step=start_step + 1)
             except ImportError:  # tensorboard is optional at run time
                 self.tb = None
 
@@ -130,10 +134,24 @@ class _Transformed(torch.utils.data.Dataset):
         return self.transform(image), label
 
 
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def train(cfg: Config) -> Dict[str, Any]:
-    """Run (or resume) pre-training; returns a summary (final step, last losses, output paths)."""
+    """Run (or resume) pre-training; returns a summary (final step, last losses, output paths).
+
+    ``output_dir`` is checked and locked first (:class:`~ssmix.engine.rundir.RunDir`); SIGTERM / SIGINT
+    stop at the next step boundary with a checkpoint (:class:`~ssmix.engine.signals.Interrupted`)."""
+    with contextlib.ExitStack() as stack, StopRequest() as stop:
+        return _train(cfg, stack, stop)
+
+
+def _train(cfg: Config, stack: contextlib.ExitStack, stop: StopRequest) -> Dict[str, Any]:
     device = resolve_device(cfg.device)
     rank, world, local_rank = init_distributed(device)
+    run_dir = open_run_dir(stack, cfg.output_dir, continues_in_place(cfg.resume, cfg.output_dir), cfg.overwrite,
+                           rank, world)
     if device == "cuda":
         device = f"cuda:{local_rank}"
         torch.cuda.set_device(local_rank)
@@ -142,10 +160,6 @@ def train(cfg: Config) -> Dict[str, Any]:
         torch.use_deterministic_algorithms(True, warn_only=True)
     seed_everything(cfg.seed + rank)
     is_main = rank == 0
-    os.makedirs(cfg.output_dir, exist_ok=True)
-    if is_main:
-        with open(os.path.join(cfg.output_dir, "config.yaml"), "w", encoding="utf-8") as f:
-            f.write(dump_config(cfg))
 
     # -- data -------------------------------------------------------------------------------
     dc = cfg.data
@@ -166,7 +180,10 @@ def train(cfg: Config) -> Dict[str, Any]:
     num_classes = info.num_classes
 
     # -- model and optimizer ------------------------------------------------------------------
-    model = Pretrainer(cfg, len(dataset), num_classes).to(device)
+    try:
+        model = Pretrainer(cfg, len(dataset), num_classes).to(device)
+    except ValueError as exc:  # a validated config naming an unusable input (e.g. mix.checkpoint)
+        raise ConfigError(str(exc)) from None
     memory_format = memory_format_for(cfg, device)
     model = model.to(memory_format=memory_format)
     optimizer = build_optimizer(model.param_groups(), cfg, spe)
@@ -174,23 +191,28 @@ def train(cfg: Config) -> Dict[str, Any]:
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
 
     start_step = 0
-    resume = ckpt.latest_checkpoint(cfg.output_dir) if cfg.resume == "auto" else cfg.resume
-    if resume:
-        state = ckpt.load_checkpoint(resume)
-        model.load_state_dict(state["model"])
+    resume, state = ckpt.find_resume(cfg.resume, cfg.output_dir, _warn if is_main else None)
+    if state is not None:
+        ckpt.check_resume_config(resume, state.get("config"), config_to_dict(cfg))
+        _load_model_state(model, state["model"], resume)
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         start_step = int(state["step"])
         ckpt.set_rng_state(state["rng"][rank] if isinstance(state["rng"], list) else state["rng"])
         if is_main:
+            ckpt.set_aside_newer(cfg.output_dir, start_step, _warn)
             print(f"resumed from {resume} at step {start_step}/{total_steps}")
     else:
+        resume = None
         model.on_train_start(_extract_fn(model, base, cfg, device, info))
     step_fn = wrap_for_training(model, cfg.model.sync_bn, cfg.method.name == "mocov2", device)
     model.train()
+    if run_dir is not None:  # everything checked: this directory now holds this run
+        run_dir.write_text("config.yaml", dump_config(cfg))
 
-    logger = MetricsLogger(cfg.output_dir, is_main)
+    logger = MetricsLogger(cfg.output_dir, is_main, start_step)
     health = HealthMonitor(model.method.embed_dim, total_steps)
+    guard, last_ckpt = FiniteGuard(), resume
     bar = tqdm(total=stop_step, initial=start_step, disable=not (is_main and cfg.train.progress),
                dynamic_ncols=True, desc="pretrain")
     params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -209,10 +231,7 @@ def train(cfg: Config) -> Dict[str, Any]:
             with autocast:
                 losses, metrics = step_fn(views, labels, index, step, total_steps)
             loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"step {step}: non-finite loss {float(loss)} ({ {k: float(v) for k, v in losses.items()} }); "
-                    "lower train.lr or use train.amp=bf16 / off")
+            guard.observe(losses, loss, step + 1)  # no host sync; read at log and checkpoint steps
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if cfg.train.grad_clip:
@@ -231,6 +250,7 @@ def train(cfg: Config) -> Dict[str, Any]:
             bar.set_postfix(loss=f"{last['loss']:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.4g}",
                             img_s=f"{rate:.0f}", epoch=epoch)
             if step % cfg.train.log_every == 0 or step == stop_step:
+                guard.check(last_ckpt)
                 lrs = {f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups}
                 row = {"epoch": epoch, **last, **metrics, **lrs, "img_per_s": rate}
                 if is_main:
@@ -238,12 +258,17 @@ def train(cfg: Config) -> Dict[str, Any]:
                         tqdm.write(message, file=sys.stderr)
                 logger.log(step, {**row, "health_warnings": health.active})
             if step % cfg.train.ckpt_every == 0 or step == stop_step:
-                _save(cfg, model, optimizer, scaler, step, world, is_main)
+                last_ckpt = _save(cfg, model, optimizer, scaler, step, world, is_main, guard, last_ckpt)
             if step % spe == 0:
                 _end_of_epoch(cfg, model, step // spe, step, logger, info, device)
+            if step < stop_step and stop.due(step, cfg.train.log_every, world, device):
+                if last_ckpt != ckpt.checkpoint_path(cfg.output_dir, step):
+                    last_ckpt = _save(cfg, model, optimizer, scaler, step, world, is_main, guard, last_ckpt)
+                logger.close()
+                raise Interrupted(stop.signum, step, last_ckpt)
     bar.close()
     if is_main:
-        torch.save(export_state_dict(model.method.export_trunk()), os.path.join(cfg.output_dir, "backbone.pth"))
+        ckpt.save_atomic(export_state_dict(model.method.export_trunk()), os.path.join(cfg.output_dir, "backbone.pth"))
         if model.pipeline is not None and hasattr(model.pipeline.mixer, "export"):
             model.pipeline.mixer.export(os.path.join(cfg.output_dir, "mixer.pt"), model.method.target_trunk(),
                                         {"image_size": cfg.data.image_size, "method": cfg.method.name})
@@ -252,7 +277,21 @@ def train(cfg: Config) -> Dict[str, Any]:
     return {"step": step, "total_steps": total_steps, "last": last, "output_dir": cfg.output_dir}
 
 
-def _save(cfg: Config, model, optimizer, scaler, step: int, world: int, is_main: bool) -> None:
+def _load_model_state(model: Pretrainer, state: Dict[str, Tensor], path: str) -> None:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:  # a config check missed a shape: one line, not 60
+        first = " ".join(str(exc).split("\n\t")[:2])
+        raise ckpt.CheckpointError(f"resume: {path} does not fit the model this config builds ({first[:300]})") \
+            from None
+
+
+def _save(cfg: Config, model, optimizer, scaler, step: int, world: int, is_main: bool, guard: FiniteGuard,
+          last_ckpt: Optional[str]) -> str:
+    """Check that the loss and every weight and buffer are finite, then write the checkpoint of ``step``
+    (rank 0) and prune this run's older ones; returns its path."""
+    guard.check(last_ckpt)
+    check_state(model.state_dict(), step, last_ckpt)
     rng = ckpt.get_rng_state()
     if world > 1:  # every rank's RNG stream, so each resumes exactly
         gathered = [None] * world
@@ -262,8 +301,9 @@ def _save(cfg: Config, model, optimizer, scaler, step: int, world: int, is_main:
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                  "step": step, "rng": rng, "config": config_to_dict(cfg)}
         ckpt.save_atomic(state, ckpt.checkpoint_path(cfg.output_dir, step))
-        ckpt.prune_checkpoints(cfg.output_dir, cfg.train.keep_ckpts)
+        ckpt.prune_checkpoints(cfg.output_dir, cfg.train.keep_ckpts, upto_step=step)
     barrier()
+    return ckpt.checkpoint_path(cfg.output_dir, step)
 
 
 def _end_of_epoch(cfg: Config, model: Pretrainer, epoch: int, step: int, logger: MetricsLogger, info,

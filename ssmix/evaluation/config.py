@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
-from ssmix.config import ConfigError, _from_dict, _merge, parse_overrides, read_yaml
+from ssmix.config import (ConfigError, _from_dict, _merge, check_device, check_ranges, check_runnable, parse_overrides,
+                          read_yaml)
 
 MODES = ("cached", "protocol")
 
@@ -74,6 +75,11 @@ def validate(cfg: LinearEvalConfig) -> LinearEvalConfig:
         raise ConfigError(f"knn_t: expected a positive temperature, got {cfg.knn_t}")
     if cfg.data.image_size is not None and cfg.data.image_size < 1:
         raise ConfigError(f"data.image_size: expected a positive integer, got {cfg.data.image_size}")
+    check_device(cfg.device)
+    check_ranges({"lr": cfg.lr, "gamma": cfg.gamma, "data.test_resize": cfg.data.test_resize,
+                  "data.num_samples": cfg.data.num_samples, "data.num_classes": cfg.data.num_classes}, ">0")
+    check_ranges({"momentum": cfg.momentum, "weight_decay": cfg.weight_decay,
+                  "data.num_workers": cfg.data.num_workers}, ">=0")
     return cfg
 
 
@@ -84,5 +90,7 @@ def build_eval_config(data: Dict[str, Any]) -> LinearEvalConfig:
 
 def load_eval_config(path: Optional[str], overrides: Sequence[str] = ()) -> LinearEvalConfig:
     """Read ``path`` (may be None), apply ``dotted.key=value`` overrides and validate."""
+    if path:
+        check_runnable(path)
     data = read_yaml(path) if path else {}
     return build_eval_config(_merge(data, parse_overrides(overrides)))

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from ssmix.config import ConfigError
 from ssmix.models.backbones import ARCHS, ResNetTrunk, build_backbone, fold_split_bn_stats, infer_arch
+from ssmix.safe_load import UnreadableFileError, UnsafePickleError, safe_torch_load
 
 # Where the online trunk lives, most specific first (first match wins).
 TRUNK_PREFIXES = ("method.backbone.", "module.encoder_q.", "encoder_q.", "module.backbone.", "backbone.",
@@ -64,24 +65,15 @@ def state_dict_hash(state_dict: Mapping[str, Tensor]) -> str:
     return digest.hexdigest()[:24]
 
 
-def _torch_load(path: str, allow_pickle: bool = False) -> object:
-    """``torch.load(weights_only=True)``: tensors and plain containers only; with ``allow_pickle`` a file
-    that also pickles objects (e.g. the argparse Namespace of a torchvision reference checkpoint) is
-    loaded in full as a fallback - for trusted files only."""
+def _torch_load(path: str, trust_pickle: bool = False, opt_in: str = "") -> object:
+    """:func:`ssmix.safe_load.safe_torch_load` (weights-only unless ``trust_pickle``), its errors as
+    :class:`WeightsError`; ``opt_in`` names the entry point's trust switch in the message."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - truncated, foreign, or holding pickled objects
-        error = exc
-    if allow_pickle:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # noqa: BLE001
-            error = exc
-    reason = " ".join(str(error).split())[:300]
-    advice = "" if allow_pickle else ("; if it holds pickled objects and you trust it, re-save its state dict: "
-                                      "torch.save(torch.load(path, weights_only=False)['state_dict'], 'clean.pth')")
-    raise WeightsError(f"weights: cannot read '{path}' as a tensor checkpoint ({type(error).__name__}: "
-                       f"{reason}){advice}") from None
+        return safe_torch_load(path, "weights", trust_pickle, opt_in)
+    except UnsafePickleError as exc:
+        raise WeightsError(str(exc)) from None
+    except UnreadableFileError as exc:
+        raise WeightsError(f"weights: cannot read '{path}' as a tensor checkpoint ({exc.reason})") from None
 
 
 def _run_config_model(run_dir: str) -> Tuple[Optional[str], Optional[bool]]:
@@ -212,12 +204,13 @@ def _check_arch(arch: Optional[str]) -> None:
 
 
 def load_pretrained_encoder(weights: str, arch: Optional[str] = None, cifar_stem: Optional[bool] = None, *,
-                            allow_pickle: bool = False) -> LoadedEncoder:
+                            trust_pickle: bool = False, opt_in: str = "") -> LoadedEncoder:
     """The frozen trunk stored in ``weights``, a file or a run directory (every format of the module
-    docstring); ``allow_pickle`` also reads trusted files that pickle objects (see :func:`_torch_load`)."""
+    docstring); ``trust_pickle`` also reads files that pickle arbitrary objects, running their code: for
+    files the user made (see :mod:`ssmix.safe_load`)."""
     _check_arch(arch)
     path, run_dir = resolve_weights_path(weights)
-    state, prefix = extract_trunk_state(_tensor_dict(_torch_load(path, allow_pickle), path), path)
+    state, prefix = extract_trunk_state(_tensor_dict(_torch_load(path, trust_pickle, opt_in), path), path)
     run_arch, run_stem = _run_config_model(run_dir) if run_dir else (None, None)
     inferred = infer_arch(state) or (None, None)
     arch = arch or run_arch or inferred[0] or "resnet18"

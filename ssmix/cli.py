@@ -1,0 +1,44 @@
+"""The one error policy of every entry point: expected failures (bad config or input file, unusable
+``output_dir``, disk full, unreadable image or checkpoint, diverged training) print one line on stderr
+and exit 2; anything else is a bug and keeps its traceback (exit 1)."""
+from __future__ import annotations
+
+import re
+import sys
+import warnings
+from typing import Callable, Tuple, Type
+
+from ssmix.config import ConfigError
+
+# OSError covers missing datasets, unreadable images, permissions and a full disk; FloatingPointError a
+# diverged run (ssmix.engine.finite.NonFiniteError); ImportError an optional dependency.
+EXPECTED: Tuple[Type[BaseException], ...] = (ConfigError, OSError, FloatingPointError)
+_WRAPPED = re.compile(r"^[\w.]+(Error|Exception|Interrupt): ")
+_TORCH_ADVICE = re.compile(r"(\()?Weights only load failed.*", re.S)  # torch's text, which suggests unsafe loading
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line; a DataLoader worker's re-raised traceback becomes its last line."""
+    text = str(exc)
+    if "Traceback (most recent call last)" in text:
+        lines = [line for line in text.splitlines() if line.strip()]
+        text = _WRAPPED.sub("", lines[-1].strip()) if lines else text
+    text = _TORCH_ADVICE.sub(lambda m: "(refused by weights-only loading: it holds pickled objects)" if m.group(1)
+                             else "refused by weights-only loading: it holds pickled objects", text)
+    if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
+        text = f"{text}: {exc.filename}"
+    return " ".join(text.split()) or type(exc).__name__
+
+
+def fail(exc: BaseException) -> int:
+    print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
+    return 2
+
+
+def run_main(body: Callable[[], int], expected: Tuple[Type[BaseException], ...] = EXPECTED) -> int:
+    """``body()``, with the expected errors turned into one line and exit code 2."""
+    warnings.filterwarnings("ignore", message="Detected pickle protocol")  # torch's notice, not the user's problem
+    try:
+        return body()
+    except expected as exc:
+        return fail(exc)

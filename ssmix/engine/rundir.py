@@ -1,0 +1,173 @@
+"""A run's output directory: refused when it holds another run, locked while a run is live, cleaned of
+stray temp files, and given ``config.yaml`` only once the run is known to start.
+
+Rules (README "Reliability"): a non-empty ``output_dir`` is refused unless ``resume`` is set (continue the
+run) or ``overwrite=true`` (delete the old run's outputs first). An exclusive ``flock`` on
+``output_dir/.lock`` is held for the whole run, so a second process in the same directory is refused.
+"""
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import shutil
+from typing import Optional, Sequence
+
+from ssmix.config import ConfigError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no lock
+    fcntl = None
+
+LOCK_FILE = ".lock"
+OUTPUTS = ("checkpoints", "metrics.jsonl", "tb", "backbone.pth", "mixer.pt", "config.yaml")
+
+
+class RunDirError(ConfigError):
+    """``output_dir`` cannot be used: a file, not writable, in use, or holding another run."""
+
+
+class RunDir:
+    """``with RunDir(path, resume, overwrite) as run_dir:`` - checks, lock, cleanup; unlock on exit.
+
+    ``outputs``: the glob patterns ``overwrite`` deletes; ``resume_hint``: how the message says to resume."""
+
+    def __init__(self, path: str, resume: bool, overwrite: bool, outputs: Sequence[str] = OUTPUTS,
+                 resume_hint: str = "resume=auto") -> None:
+        self.path, self.resume, self.overwrite = path, resume, overwrite
+        self.outputs, self.resume_hint = tuple(outputs), resume_hint
+        self._lock: Optional[object] = None
+
+    def __enter__(self) -> "RunDir":
+        self._create()
+        self._acquire()
+        try:
+            self._check_contents()
+            self._remove_temp_files()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _create(self) -> None:
+        if os.path.exists(self.path) and not os.path.isdir(self.path):
+            raise RunDirError(f"output_dir: '{self.path}' is a file; pass a directory path")
+        try:
+            os.makedirs(self.path, exist_ok=True)
+        except OSError as exc:
+            raise RunDirError(f"output_dir: cannot create '{self.path}' ({exc.strerror}); pass a writable "
+                              "directory") from None
+        if not os.access(self.path, os.W_OK | os.X_OK):
+            raise RunDirError(f"output_dir: '{self.path}' is not writable; pass a writable directory")
+
+    def _acquire(self) -> None:
+        path = os.path.join(self.path, LOCK_FILE)
+        try:
+            handle = open(path, "a+", encoding="utf-8")
+        except OSError as exc:
+            raise RunDirError(f"output_dir: cannot write '{path}' ({exc.strerror}); pass a writable "
+                              "directory") from None
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                owner = handle.read().strip() or "?"
+                handle.close()
+                raise RunDirError(f"output_dir: '{self.path}' is in use by another run (pid {owner}); wait for it "
+                                  "to finish or pass another output_dir") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._lock = handle
+
+    def _check_contents(self) -> None:
+        existing = sorted(e for e in os.listdir(self.path) if e != LOCK_FILE)
+        if not existing or self.resume:
+            return
+        if not self.overwrite:
+            shown = ", ".join(existing[:5]) + (", ..." if len(existing) > 5 else "")
+            raise RunDirError(f"output_dir: '{self.path}' is not empty ({shown}); pass {self.resume_hint} to "
+                              "continue that run, overwrite=true to replace it, or another output_dir")
+        for pattern in self.outputs:
+            for target in glob.glob(os.path.join(self.path, pattern)):
+                if os.path.isdir(target):
+                    shutil.rmtree(target)
+                else:
+                    os.remove(target)
+
+    def _remove_temp_files(self) -> None:
+        """Half-written ``*.tmp.<pid>`` files of a killed save (no live run can own them: we hold the lock)."""
+        for pattern in ("*.tmp.*", os.path.join("checkpoints", "*.tmp.*")):
+            for path in glob.glob(os.path.join(self.path, pattern)):
+                os.remove(path)
+
+    def write_text(self, name: str, text: str) -> None:
+        """Write ``output_dir/name`` atomically."""
+        path = os.path.join(self.path, name)
+        tmp = f"{path}.tmp.{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+
+    def close(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the descriptor releases the flock
+            self._lock = None
+
+
+def continues_in_place(resume: Optional[str], output_dir: str) -> bool:
+    """Whether ``resume`` continues the run in ``output_dir`` (``auto``, the directory itself or a file in
+    it); resuming from elsewhere starts a new line of checkpoints, which needs an empty ``output_dir``."""
+    if not resume:
+        return False
+    if resume == "auto":
+        return True
+    target, root = os.path.realpath(resume), os.path.realpath(output_dir)
+    return target == root or target.startswith(root + os.sep)
+
+
+def open_run_dir(stack: contextlib.ExitStack, path: str, resume: bool, overwrite: bool, rank: int,
+                 world: int) -> Optional[RunDir]:
+    """Rank 0 enters :class:`RunDir` (kept open by ``stack``); with several processes its verdict is
+    shared, so every rank raises the same :class:`RunDirError` instead of waiting for rank 0 forever."""
+    run_dir, error = None, None
+    if rank == 0:
+        try:
+            run_dir = stack.enter_context(RunDir(path, resume, overwrite))
+        except RunDirError as exc:
+            error = str(exc)
+    if world > 1:
+        import torch.distributed as dist
+
+        shared = [error]
+        dist.broadcast_object_list(shared, src=0)
+        error = shared[0]
+    if error is not None:
+        raise RunDirError(error)
+    return run_dir
+
+
+def truncate_metrics(path: str, step: int) -> None:
+    """Drop the rows of ``metrics.jsonl`` after ``step`` (a resumed run re-logs them); torn lines go too."""
+    if not os.path.isfile(path):
+        return
+    kept = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a line cut by a kill
+            if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)
