@@ -1,5 +1,5 @@
 # Two commands on a fresh machine (only Python 3.9+ needed):
-#   make demo   set up .venv, pre-train on scikit-learn's digits (CPU, a few minutes), report accuracies
+#   make demo   set up .venv, pre-train on scikit-learn's digits (CPU, ~10 minutes), report accuracies
 #   make test   set up .venv, run the test suite (what CI runs)
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,7 +9,10 @@ BIN := $(VENV)/bin
 # faiss comes from an extra: cpu (faiss-cpu) or gpu (faiss-gpu-cu12), never both (one `faiss` module).
 EXTRAS ?= cpu,test
 
-.PHONY: setup demo test bench bench-gpu clean
+# Speed benchmarks (ratios against a reference in the same process; minutes each on 2 CPU cores).
+SPEED_BENCH := pretrain_throughput mix_overhead linear_eval_speed kmeans_speed ddp_overhead
+
+.PHONY: setup demo test bench learning bench-gpu clean
 
 setup: $(VENV)/.installed
 
@@ -26,7 +29,12 @@ test: setup
 	$(BIN)/python -m pytest -q tests
 
 bench: setup
-	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
+	for b in $(SPEED_BENCH); do $(BIN)/python bench/$$b.py || exit 1; done
+
+# Does pre-training learn? Every method and MoCo v2 x mixers on the digits recipe, 3 seeds, beside random
+# init (hours on 2 CPU cores; finished runs are reused): writes docs/results.md.
+learning: setup
+	$(BIN)/python bench/learning.py
 
 # On a CUDA machine: the `cuda`-marked tests (AMP, channels_last, faiss GPU, NCCL), then images/s of
 # MoCo v2 and MoCo v2 + SAMix-C beside the torch + lightly reference and the data loader's own rate.
