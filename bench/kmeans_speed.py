@@ -1,4 +1,4 @@
-"""Time ODC's initial k-means and its per-step update (spec 5.2, 5.3) on CPU.
+"""Time ODC's initial k-means and its per-step update (docs/algorithm.md §5.2, §5.3) on CPU.
 
     python -m bench.kmeans_speed [--samples 100000] [--dim 128] [--clusters 200] [--batch 256] [--steps 50]
 
@@ -57,7 +57,7 @@ def main() -> None:
         batch = torch.randn(args.batch, args.dim, generator=g)
         t0 = time.perf_counter()
         mem.update(index, batch, step)
-        mem.class_weights()  # the pipeline reads the re-weights every step (spec 5.3)
+        mem.class_weights()  # the pipeline reads the re-weights every step (docs/algorithm.md §5.3)
         per_step.append(time.perf_counter() - t0)
     is_periodic = [(s + 1) % cfg.centroid_interval == 0 or (s + 1) % cfg.small_cluster_interval == 0
                    for s in range(args.steps)]

@@ -1,4 +1,4 @@
-"""Detection transfer of ssmix encoders (the MoCo protocol, detection_notes.md).
+"""Detection transfer of ssmix encoders (the MoCo protocol, docs/detection.md).
 
 Two backends:
 

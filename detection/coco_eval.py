@@ -1,4 +1,4 @@
-"""COCO box / mask AP through pycocotools (detection_notes.md 5.2), reported like detectron2 (x100).
+"""COCO box / mask AP through pycocotools (docs/detection.md §5.2), reported like detectron2 (x100).
 
 Masks are the model's full-resolution probabilities thresholded at 0.5 and RLE-encoded; box results and
 mask results are scored separately (a mask result's area is its mask area, as in detectron2).

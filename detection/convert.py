@@ -1,4 +1,4 @@
-"""Encoder -> detectron2 ``.pkl`` (detection_notes.md 1.6).
+"""Encoder -> detectron2 ``.pkl`` (docs/detection.md §1.6).
 
 torchvision ResNet names become detectron2's: ``conv1``/``bn1`` -> ``stem.conv1``/``stem.conv1.norm``,
 ``layer1..4`` -> ``res2..5``, ``bnK`` -> ``convK.norm``, ``downsample.0/1`` -> ``shortcut``/``shortcut.norm``.

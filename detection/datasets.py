@@ -1,6 +1,6 @@
 """VOC XML / COCO JSON readers in detectron2's conventions, the training dataset and its sampler.
 
-Conventions (detection_notes.md 4.2 item 6): VOC ``xmin``/``ymin`` minus 1, so boxes are 0-based
+Conventions (docs/detection.md §4.2 item 6): VOC ``xmin``/``ymin`` minus 1, so boxes are 0-based
 continuous ``[x0, y0, x1, y1]``; ``difficult`` boxes are kept for training and flagged for evaluation.
 COCO ``[x, y, w, h]`` becomes ``[x, y, x + w, y + h]``; ``iscrowd=1`` annotations are left to COCOeval.
 Dataset names and paths are detectron2's builtin ones under a root (``$DETECTRON2_DATASETS``).

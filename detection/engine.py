@@ -1,4 +1,4 @@
-"""One training + evaluation run of the embedded backend (detection_notes.md 4.2).
+"""One training + evaluation run of the embedded backend (docs/detection.md §4.2).
 
 Iteration-based SGD on endless aspect-grouped batches, SyncBN + DDP under torchrun (the analogue of
 naiveSyncBN), precise BN before each evaluation, evaluator chosen by the test dataset's name.

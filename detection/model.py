@@ -1,4 +1,4 @@
-"""torchvision detectors set up as detectron2's R50-C4 (MoCo protocol) or R-FPN (notes 4.2).
+"""torchvision detectors set up as detectron2's R50-C4 (MoCo protocol) or R-FPN (docs/detection.md §4.2).
 
 C4: the trunk is stem + res2..res4 (stride 16, 1024 channels); the encoder's res5 plus a new BatchNorm
 (MoCo's ``Res5ROIHeadsExtraNorm``) is the RoI head shared by the box and mask branches; RoIs are pooled
@@ -33,7 +33,7 @@ from detection.schema import ModelSpec, check_head_arch, rpn_topk
 from ssmix.config import ConfigError
 from ssmix.models.backbones import STAGE_CHANNELS
 
-# The _moco overlay's PIXEL_MEAN / PIXEL_STD divided by 255 (RGB input, notes 1.2 / 1.4).
+# The _moco overlay's PIXEL_MEAN / PIXEL_STD divided by 255 (RGB input, docs/detection.md §1.2 / §1.4).
 IMAGE_MEAN = (0.485, 0.456, 0.406)
 IMAGE_STD = (0.229, 0.224, 0.225)
 ANCHOR_SIZES = (32, 64, 128, 256, 512)

@@ -1,4 +1,4 @@
-"""Precise BN (detection_notes.md 4.2 item 4): before evaluation, recompute every BatchNorm's running
+"""Precise BN (docs/detection.md §4.2 item 4): before evaluation, recompute every BatchNorm's running
 statistics as the plain average over ``num_iters`` training-mode forward passes, without gradients.
 
 A detection model's training-mode forward needs targets (and returns losses), so this takes an iterator

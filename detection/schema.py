@@ -1,6 +1,6 @@
 """Config of the embedded detection backend: YAML + ``key=value`` overrides, typed by dataclasses.
 
-Defaults are the MoCo VOC protocol (detection_notes.md 1.1-1.2): Faster R-CNN R50-C4, VOC07+12
+Defaults are the MoCo VOC protocol (docs/detection.md §1.1-1.2): Faster R-CNN R50-C4, VOC07+12
 trainval -> VOC07 test, 24k iterations at 16 images, LR 0.02, steps 18k/22k, warmup 100.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ HEADS = ("c4", "fpn")
 ARCHS = ("resnet18", "resnet34", "resnet50")
 VOC_MIN_SIZES = [480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800]
 
-# detectron2 RPN top-k defaults per head (notes 1.1 for C4; Base-RCNN-FPN for FPN, per level).
+# detectron2 RPN top-k defaults per head (docs/detection.md §1.1 for C4; Base-RCNN-FPN for FPN, per level).
 RPN_TOPK = {
     "c4": {"pre_train": 12000, "pre_test": 6000, "post_train": 2000, "post_test": 1000},
     "fpn": {"pre_train": 2000, "pre_test": 1000, "post_train": 1000, "post_test": 1000},
@@ -133,7 +133,7 @@ def validate(cfg: DetectionConfig) -> DetectionConfig:
 
 
 def check_head_arch(head: str, arch: Optional[str]) -> None:
-    """The C4 head runs the encoder's res5 on RoIs: it needs a Bottleneck stage (notes 1.1)."""
+    """The C4 head runs the encoder's res5 on RoIs: it needs a Bottleneck stage (docs/detection.md §1.1)."""
     if head == "c4" and arch is not None and arch != "resnet50":
         raise ConfigError(
             f"model.head=c4 needs a resnet50 encoder (its res5 Bottleneck stage is the RoI head); "

@@ -1,4 +1,4 @@
-"""detectron2's default solver (detection_notes.md 1.1, 4.2 item 5): SGD momentum 0.9 with weight decay
+"""detectron2's default solver (docs/detection.md §1.1, §4.2 item 5): SGD momentum 0.9 with weight decay
 except on normalisation layers (WEIGHT_DECAY_NORM 0), and WarmupMultiStepLR (linear warmup from 1/1000,
 x0.1 at each step), stepped once per iteration."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Tiny deterministic detection datasets in the exact VOC and COCO on-disk layouts (notes section 6).
+"""Tiny deterministic detection datasets in the exact VOC and COCO on-disk layouts (docs/detection.md §6).
 
 Coloured rectangles (one colour per class) on a dark background, 1-3 objects per image, images of at most
 ``max_side`` pixels. Every class appears as a non-difficult object in every split; the first image of

@@ -1,4 +1,4 @@
-"""Detectron2 launcher of the MoCo detection protocol (detection_notes.md 1.5) - the paper's exact setup.
+"""Detectron2 launcher of the MoCo detection protocol (docs/detection.md §1.5) - the paper's exact setup.
 
     python -m detection.convert runs/mocov2/backbone.pth runs/mocov2/d2.pkl
     python -m detection.train_net --config-file detection/configs/pascal_voc_R_50_C4_24k_moco.yaml \\

@@ -1,4 +1,4 @@
-"""Pascal VOC detection AP as detectron2's PascalVOCDetectionEvaluator reports it (detection_notes.md 5.1).
+"""Pascal VOC detection AP as detectron2's PascalVOCDetectionEvaluator reports it (docs/detection.md §5.1).
 
 For each class and each IoU threshold in 0.50:0.05:0.95: detections of the whole test set sorted by
 score; a detection is a true positive if its IoU with the best-overlapping ground truth of its image

@@ -1,4 +1,4 @@
-"""The encoder file of a detection transfer (detection_notes.md 1.6, 4.2), read by ssmix's one loader.
+"""The encoder file of a detection transfer (docs/detection.md §1.6, §4.2), read by ssmix's one loader.
 
 :func:`load_encoder_state` returns a plain torchvision ResNet state_dict without ``fc`` (the format of
 ssmix's ``backbone.pth``), checked key by key against the trunk. Every format

@@ -1,4 +1,4 @@
-"""Linear / kNN evaluation of a frozen encoder (spec 6.3).
+"""Linear / kNN evaluation of a frozen encoder (docs/algorithm.md §6.3).
 
     python linear_eval/run.py configs/linear/stl10.yaml weights=runs/stl10_samix mode=protocol
     python linear_eval/run.py configs/linear/digits.yaml weights=random seeds=3
@@ -21,7 +21,7 @@ from ssmix.evaluation.config import load_eval_config  # noqa: E402 - no torch: b
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description="Linear probe and kNN of a frozen encoder (spec 6.3).")
+    parser = argparse.ArgumentParser(description="Linear probe and kNN of a frozen encoder (docs/algorithm.md §6.3).")
     parser.add_argument("config", help="YAML under configs/linear/ (or any file with the same keys)")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. weights=runs/x mode=protocol")
     args = parser.parse_args(argv)

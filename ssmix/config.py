@@ -111,7 +111,7 @@ class MethodConfig:
 class MixConfig:
     """Base of every mixer's schema; ``type`` selects the registered subclass.
 
-    ``weight`` scales the mixed-view loss; ``cross_view`` selects the pipeline variant (spec 2.3):
+    ``weight`` scales the mixed-view loss; ``cross_view`` selects the pipeline variant (docs/algorithm.md §2.3):
     True mixes view 1 of i with view 2 of pi(i) (targets: the other views), False mixes view 1 of both
     (targets: view 2 of both, the paper's Fig. 8 reading).
     """
@@ -123,13 +123,13 @@ class MixConfig:
 
 @dataclass
 class ODCConfig:
-    """Online deep clustering pseudo-labels (spec section 5, defaults of 5.6 / 11)."""
+    """Online deep clustering pseudo-labels (docs/algorithm.md §5, defaults of §5.6 / §11)."""
 
     num_clusters: int = 200
-    min_cluster: int = 150  # clusters smaller than this are dissolved and refilled (spec 5.3)
+    min_cluster: int = 150  # clusters smaller than this are dissolved and refilled (docs/algorithm.md §5.3)
     centroid_interval: int = 50  # steps between centroid recomputations
     small_cluster_interval: int = 50  # steps between small-cluster handling
-    reweight_pow: float = 0.5  # class weight ~ count^-pow (spec 5.4)
+    reweight_pow: float = 0.5  # class weight ~ count^-pow (docs/algorithm.md §5.4)
     kmeans_iters: int = 20
 
 
@@ -137,7 +137,7 @@ class ODCConfig:
 class LabelledMixConfig(MixConfig):
     """Base of mixers that need a label per sample (Inter-Intra, SAMix-C).
 
-    ``labels: odc`` clusters the target-branch embeddings online (spec 5); ``labels: dataset`` uses the
+    ``labels: odc`` clusters the target-branch embeddings online (docs/algorithm.md §5); ``labels: dataset`` uses the
     dataset's labels (for tests and oracle ablations).
     """
 

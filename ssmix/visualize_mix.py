@@ -23,7 +23,7 @@ lambda differs from the requested one, and the column label is the requested lam
   directory: its newest ``checkpoints/step_*.pt``) is loaded; without one the Mixer is untrained.
   The Mixer reads the target trunk's stage-3 maps (``method.target_trunk()``, eval mode, the trunk
   that feeds it in training). A second figure, ``<out stem>_masks.png``, shows per pair the mixed
-  images, the mask of source a actually used (grey = weight of a, after the spec 3.6
+  images, the mask of source a actually used (grey = weight of a, after the docs/algorithm.md §3.6
   post-processing) and the raw Mixer output s_a. SAMix-P gets the same figure from its own Mixer.
 
 The sweep runs in eval mode under ``torch.no_grad()`` inside ``torch.random.fork_rng``: it changes

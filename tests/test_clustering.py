@@ -1,4 +1,4 @@
-"""k-means and the ODC memory (spec 5)."""
+"""k-means and the ODC memory (docs/algorithm.md §5)."""
 from __future__ import annotations
 
 import io

@@ -1,4 +1,4 @@
-"""Hand-crafted mixers (spec section 8): values against the formulas, mask/lambda consistency, RNG
+"""Hand-crafted mixers (docs/algorithm.md §8): values against the formulas, mask/lambda consistency, RNG
 reproducibility, non-square images and small batches."""
 from __future__ import annotations
 

@@ -45,7 +45,7 @@ def test_mixer_and_cluster_head_use_plain_sgd_under_lars():
             # first step: the momentum buffer is the update itself
             torch.testing.assert_close(p.detach(), before[i] - g["lr"] * d, msg=f"group {g['name']}")
             i += 1
-    # the Mixer's own lr, not train.lr (spec 6.2)
+    # the Mixer's own lr, not train.lr (docs/algorithm.md §6.2)
     assert groups["mixer"]["lr"] == pytest.approx(0.005) and groups["cluster_head"]["lr"] == pytest.approx(0.05)
 
 

@@ -1,4 +1,4 @@
-"""SAMix Mixer (spec 3, 4): MixerNet, mask post-processing, losses, gradient isolation, SAMix-P."""
+"""SAMix Mixer (docs/algorithm.md §3, §4): MixerNet, mask post-processing, losses, gradient isolation, SAMix-P."""
 from __future__ import annotations
 
 import math
@@ -87,7 +87,7 @@ def test_mixer_net_shapes_and_range(channels, image, side):
 
 
 def test_mixer_net_parameter_count_r18():
-    # spec 3.8: W_q, W_k 2 (512*128 + 128); value 256*128 + BN 2*128 + 128*1
+    # docs/algorithm.md §3.8: W_q, W_k 2 (512*128 + 128); value 256*128 + BN 2*128 + 128*1
     net = MixerNet(256)
     assert sum(p.numel() for p in net.parameters()) == 2 * (512 * 128 + 128) + 256 * 128 + 2 * 128 + 128
 
@@ -424,7 +424,7 @@ def test_configs_parse_and_validate():
         samix_i(latent_pos_extend="expolation")
     group = samix_i().param_groups()[0]
     assert set(group) == {"name", "params", "lars", "lr", "momentum", "weight_decay", "warmup_epochs", "min_lr"}
-    assert group["lars"] is False  # plain SGD whatever the encoder optimizer (spec 6.2)
+    assert group["lars"] is False  # plain SGD whatever the encoder optimizer (docs/algorithm.md §6.2)
     assert (group["lr"], group["momentum"], group["warmup_epochs"], group["min_lr"]) == (0.005, 0.9, 10.0, 1e-4)
 
 

@@ -1,4 +1,4 @@
-"""k-means for ODC's initial pseudo-labels (spec 5.2).
+"""k-means for ODC's initial pseudo-labels (docs/algorithm.md §5.2).
 
 Features are L2-normalised; seeding is k-means++ (ours, torch, seeded); the Lloyd iterations run in
 faiss (GPU when faiss sees one; ``max_points_per_centroid=10**7`` so nothing is subsampled); labels
@@ -117,7 +117,7 @@ def kmeans(features: Tensor | np.ndarray, k: int, iters: int = 20, seed: int = 0
     """Cluster the L2-normalised rows of ``features`` (N, D) into ``k`` non-empty clusters.
 
     Returns ``(centroids (k, D) float32, labels (N,) long)``, both on CPU; centroids are the member
-    means of the normalised features (not re-normalised, spec 5.1). Deterministic for a given
+    means of the normalised features (not re-normalised, docs/algorithm.md §5.1). Deterministic for a given
     ``seed`` on a given machine.
     """
     x = _as_features(features, k)

@@ -1,11 +1,12 @@
-"""Online deep clustering (ODC) memory: the pseudo-labels of SAMix-C (spec 5).
+"""Online deep clustering (ODC) memory: the pseudo-labels of SAMix-C (docs/algorithm.md §5).
 
 The memory holds one L2-normalised feature and one cluster label per training sample, plus the
-cluster centroids. It is initialised by k-means (spec 5.2), then every step the batch's features
+cluster centroids. It is initialised by k-means (docs/algorithm.md §5.2), then every step the batch's features
 replace their rows (feature momentum 1.0) and those samples move to their nearest centroid; every
 ``centroid_interval`` steps the centroids become the member means again, and every
 ``small_cluster_interval`` steps small clusters are dissolved and every empty cluster is refilled
-by splitting the then-largest cluster (spec 5.3; between two such steps a cluster may stay empty). Class weights for the cluster CE follow spec 5.4.
+by splitting the then-largest cluster (docs/algorithm.md §5.3; between two such steps a cluster may stay
+empty). Class weights for the cluster CE follow docs/algorithm.md §5.4.
 """
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def _check_config(num_samples: int, dim: int, cfg: ODCConfig) -> None:
 
 
 class ODCMemory(nn.Module):
-    """Samples memory (features, labels) and centroids memory of ODC (spec 5.1).
+    """Samples memory (features, labels) and centroids memory of ODC (docs/algorithm.md §5.1).
 
     Everything is a registered buffer, so the memory is saved and restored with the model's
     ``state_dict``. The buffers stay on ``device`` (CPU by default: ImageNet's 1.3M x 128 bank is
@@ -122,8 +123,8 @@ class ODCMemory(nn.Module):
         return index.to(self.labels.device, torch.long)
 
     def labels_of(self, index: Tensor) -> Tensor:
-        """Current pseudo-labels of dataset samples ``index`` (read before this step's update, spec
-        4.2 item 6), on ``index``'s device."""
+        """Current pseudo-labels of dataset samples ``index`` (read before this step's update,
+        docs/algorithm.md §4.2 item 6), on ``index``'s device."""
         self._check_ready("labels_of")
         return self.labels[self._check_index(index)].to(index.device)
 
@@ -132,7 +133,7 @@ class ODCMemory(nn.Module):
         return torch.bincount(self.labels, minlength=self.num_clusters)
 
     def class_weights(self) -> Tensor:
-        """(C,) loss re-weights w_c = (n_c + 1e-5)^-p / sum_c' (n_c' + 1e-5)^-p (spec 5.4)."""
+        """(C,) loss re-weights w_c = (n_c + 1e-5)^-p / sum_c' (n_c' + 1e-5)^-p (docs/algorithm.md §5.4)."""
         w = (self.counts().double() + 1e-5).pow(-self.cfg.reweight_pow)
         return (w / w.sum()).float()
 
@@ -145,7 +146,7 @@ class ODCMemory(nn.Module):
 
     @torch.no_grad()
     def initialize(self, features: Tensor, seed: int = 0) -> Dict[str, float]:
-        """k-means the whole training set's features (spec 5.2): labels, features (normalised) and
+        """k-means the whole training set's features (docs/algorithm.md §5.2): labels, features (normalised) and
         centroids (member means). Under DDP rank 0 clusters and broadcasts its features and labels."""
         expected = tuple(self.features.shape)
         if tuple(features.shape) != expected:
@@ -164,7 +165,7 @@ class ODCMemory(nn.Module):
 
     @torch.no_grad()
     def update(self, index: Tensor, features: Tensor, step: int) -> Dict[str, float]:
-        """One ODC step (spec 5.3) with this rank's batch: dataset ``index`` (B,) and momentum-encoder
+        """One ODC step (docs/algorithm.md §5.3) with this rank's batch: dataset ``index`` (B,) and momentum-encoder
         projections ``features`` (B, D). ``step`` is the 0-based global step; the periodic updates
         run after every ``centroid_interval`` / ``small_cluster_interval`` steps. Under DDP every
         rank must pass the same B."""
@@ -215,7 +216,7 @@ class ODCMemory(nn.Module):
         return int(small.sum())
 
     def _refill_empty_clusters(self, step: int) -> int:
-        """Give every empty cluster one half of the then-largest cluster (spec 5.3 step 3-4);
+        """Give every empty cluster one half of the then-largest cluster (docs/algorithm.md §5.3 step 3-4);
         returns how many clusters were refilled."""
         counts = self.counts()
         empties = (counts == 0).nonzero().flatten().tolist()

@@ -34,7 +34,7 @@ class Pretrainer(nn.Module):
 
     def training_step(self, views: List[Tensor], labels: Tensor, index: Tensor, step: int, total_steps: int
                       ) -> Tuple[Dict[str, Tensor], Dict[str, float]]:
-        """Named losses (to be summed) and float metrics of one step (spec 2.1 order)."""
+        """Named losses (to be summed) and float metrics of one step (docs/algorithm.md §2.1 order)."""
         self.method.on_step_start(step, total_steps)
         map_at = self.pipeline.needs_feature_maps if self.pipeline is not None else None
         out = self.method(views, map_at=map_at, with_targets=self.pipeline is not None)

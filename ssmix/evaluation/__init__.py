@@ -1,4 +1,4 @@
-"""Evaluation of frozen encoders: linear probe (paper protocol or cached features) and kNN (spec 6.3).
+"""Evaluation of frozen encoders: linear probe (paper protocol or cached features) and kNN (docs/algorithm.md §6.3).
 
 Public names resolve lazily, so ``ssmix.evaluation.config`` (used by the CLI to validate its
 arguments) imports without torch.

@@ -1,4 +1,4 @@
-"""Schema of a linear-evaluation run (``linear_eval/run.py CONFIG key=value ...``), spec section 6.3.
+"""Schema of a linear-evaluation run (``linear_eval/run.py CONFIG key=value ...``), docs/algorithm.md §6.3.
 
 Loaded with the helpers of :mod:`ssmix.config` (``_base_`` inheritance, dotted overrides, unknown keys
 rejected with a :class:`~ssmix.config.ConfigError` that names the key).
@@ -23,7 +23,7 @@ class EvalDataConfig:
     root: str = "data"
     train_split: str = "train"
     test_split: Optional[str] = None  # None: "val" if the dataset has it, else "test"
-    image_size: Optional[int] = None  # None: the dataset's native size (Tiny: set 96, spec 6.3)
+    image_size: Optional[int] = None  # None: the dataset's native size (Tiny: set 96, docs/algorithm.md §6.3)
     test_resize: Optional[int] = None  # shorter side before the centre crop; None: image_size (ImageNet: 256)
     num_samples: int = 512  # synthetic only
     # null = the dataset's own value (imagefolder: its class sub-folders); mean / std: R, G, B on 0..1
@@ -39,13 +39,13 @@ class LinearEvalConfig:
     """Frozen-encoder evaluation: linear probe (``mode``) plus a kNN monitor on cached features."""
 
     weights: str = ""  # run dir | checkpoint (.pt/.pth/.pth.tar) | exported backbone.pth | random
-    mode: str = "cached"  # cached (features extracted once) | protocol (paper protocol, spec 6.3)
+    mode: str = "cached"  # cached (features extracted once) | protocol (paper protocol, docs/algorithm.md §6.3)
     data: EvalDataConfig = field(default_factory=EvalDataConfig)
     arch: Optional[str] = None  # None: the run's config.yaml, else inferred from the weights (random: resnet18)
     cifar_stem: Optional[bool] = None  # None: as arch (random: False)
     epochs: int = 100
     batch_size: int = 256
-    lr: float = 0.1  # 0.1 for STL-10 / Tiny, 30 for ImageNet (spec 6.3)
+    lr: float = 0.1  # 0.1 for STL-10 / Tiny, 30 for ImageNet (docs/algorithm.md §6.3)
     momentum: float = 0.9
     weight_decay: float = 0.0
     milestones: List[int] = field(default_factory=lambda: [60, 80])

@@ -1,4 +1,4 @@
-"""Frozen-feature extraction and the on-disk feature cache (cached linear probe, spec 6.3).
+"""Frozen-feature extraction and the on-disk feature cache (cached linear probe, docs/algorithm.md §6.3).
 
 Features are the global-average-pooled last stage of the trunk in eval mode, extracted once per
 (weights hash, dataset, split, transform, copies) and stored as ``<cache_dir>/<key>.pt``. The key
@@ -23,13 +23,13 @@ BICUBIC = T.InterpolationMode.BICUBIC
 
 def test_transform(image_size: int, mean: Sequence[float], std: Sequence[float],
                    resize: Optional[int] = None) -> T.Compose:
-    """Resize (shorter side, bicubic) + centre crop to ``image_size`` + normalise (spec 6.3: no aug)."""
+    """Resize (shorter side, bicubic) + centre crop to ``image_size`` + normalise (docs/algorithm.md §6.3: no aug)."""
     return T.Compose([T.Resize(resize or image_size, interpolation=BICUBIC), T.CenterCrop(image_size),
                       T.ToTensor(), T.Normalize(mean, std)])
 
 
 def train_transform(image_size: int, mean: Sequence[float], std: Sequence[float]) -> T.Compose:
-    """RandomResizedCrop(scale 0.2-1, bicubic) + horizontal flip + normalise (spec 6.3, OpenMixup)."""
+    """RandomResizedCrop(scale 0.2-1, bicubic) + horizontal flip + normalise (docs/algorithm.md §6.3, OpenMixup)."""
     return T.Compose([T.RandomResizedCrop(image_size, scale=(0.2, 1.0), interpolation=BICUBIC),
                       T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
 

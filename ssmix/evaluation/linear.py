@@ -1,4 +1,4 @@
-"""Linear probe on a frozen trunk, two ways (spec 6.3).
+"""Linear probe on a frozen trunk, two ways (docs/algorithm.md §6.3).
 
 - :func:`train_probe_in_loop` (``mode=protocol``): the paper's protocol - the trunk runs in eval mode
   on augmented images every epoch; a check asserts its weights are unchanged at the end.
@@ -26,7 +26,7 @@ Logger = Optional[Callable[[str], None]]
 
 @dataclass
 class ProbeSchedule:
-    """SGD recipe of the probe (spec 6.3: momentum 0.9, wd 0, batch 256, 100 epochs, x0.1 at 60/80)."""
+    """SGD recipe of the probe (docs/algorithm.md §6.3: momentum 0.9, wd 0, batch 256, 100 epochs, x0.1 at 60/80)."""
 
     epochs: int = 100
     batch_size: int = 256

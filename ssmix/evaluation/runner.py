@@ -1,4 +1,4 @@
-"""One linear-evaluation run: load the encoder, (cached) features, kNN, probe(s), results (spec 6.3).
+"""One linear-evaluation run: load the encoder, (cached) features, kNN, probe(s), results (docs/algorithm.md §6.3).
 
 :func:`run_linear_eval` is what ``linear_eval/run.py`` calls; :func:`evaluate` is the same from
 Python (used by the quickstart to compare a pre-trained and a random encoder).
@@ -58,7 +58,7 @@ class EvalData:
 
 
 def build_eval_data(data: EvalDataConfig) -> EvalData:
-    """Build both splits with ``ssmix.data.datasets`` and the spec-6.3 transforms."""
+    """Build both splits with ``ssmix.data.datasets`` and the docs/algorithm.md §6.3 transforms."""
     from ssmix.data.datasets import build_dataset, data_info
 
     info = data_info(data)

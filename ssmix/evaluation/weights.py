@@ -1,4 +1,4 @@
-"""Loading frozen encoders from every checkpoint format ssmix meets (spec 6.3, ecosystem notes 3.1).
+"""Loading frozen encoders from every checkpoint format ssmix meets (docs/algorithm.md §6.3, §12.6 item 1).
 
 Accepted ``weights``:
 

@@ -1,7 +1,7 @@
 """Contrastive losses with soft (lambda-mixed) targets. All inputs are L2-normalised embeddings;
 every function returns one loss per row (reduce with ``.mean()``). Computed in fp32.
 
-Notation of the spec (section 1): l^NCE(z, k+) = -log e^{z.k+/t} / (e^{z.k+/t} + sum_u e^{z.u/t}).
+Notation of docs/algorithm.md §1: l^NCE(z, k+) = -log e^{z.k+/t} / (e^{z.k+/t} + sum_u e^{z.u/t}).
 """
 from __future__ import annotations
 
@@ -16,14 +16,14 @@ def _nce_from_logits(pos: Tensor, neg: Tensor) -> Tensor:
 
 
 def info_nce(query: Tensor, positive: Tensor, negatives: Tensor, temperature: float) -> Tensor:
-    """l^NCE(q, k+) with the negatives shared by all rows (the MoCo queue), spec section 1."""
+    """l^NCE(q, k+) with the negatives shared by all rows (the MoCo queue), docs/algorithm.md §1."""
     q, k, n = query.float(), positive.float(), negatives.float()
     return _nce_from_logits((q * k).sum(-1) / temperature, q @ n.t() / temperature)
 
 
 def mixup_info_nce(z: Tensor, pos_a: Tensor, pos_b: Tensor, lam: Tensor, negatives: Tensor,
                    temperature: float) -> Tensor:
-    """lam * l^NCE(z, k_a) + (1 - lam) * l^NCE(z, k_b) with shared negatives (spec 2.1 step 8, L_bb).
+    """lam * l^NCE(z, k_a) + (1 - lam) * l^NCE(z, k_b) with shared negatives (docs/algorithm.md §2.1 step 8, L_bb).
 
     The negative logits are computed once and shared by both terms.
     """
@@ -43,7 +43,7 @@ def _pair_logits(z: Tensor, candidates: Tensor, index_a: Tensor, index_b: Tensor
 
 def mixup_info_nce_in_batch(z: Tensor, candidates: Tensor, index_a: Tensor, index_b: Tensor, lam: Tensor,
                             temperature: float) -> Tensor:
-    """lam * NT-Xent(z, c_a) + (1 - lam) * NT-Xent(z, c_b) with in-batch negatives (spec 2.4, SimCLR).
+    """lam * NT-Xent(z, c_a) + (1 - lam) * NT-Xent(z, c_b) with in-batch negatives (docs/algorithm.md §2.4, SimCLR).
 
     ``candidates`` (M, D) are the batch's target embeddings; row n's two positives are
     ``candidates[index_a[n]]`` and ``candidates[index_b[n]]``; its negatives are the other M - 2.
@@ -60,7 +60,7 @@ def soft_target_cross_entropy(z: Tensor, candidates: Tensor, index_a: Tensor, in
                               temperature: float) -> Tensor:
     """-lam log p_a - (1 - lam) log p_b with p = softmax(z . candidates / t) over the whole batch.
 
-    The BSIM-style objective for mixed samples in BYOL and SimSiam (spec 2.4 [I]).
+    The BSIM-style objective for mixed samples in BYOL and SimSiam (docs/algorithm.md §2.4 [I]).
     """
     logits, la, lb = _pair_logits(z, candidates, index_a, index_b, temperature)
     lse = torch.logsumexp(logits, dim=1)
@@ -68,7 +68,7 @@ def soft_target_cross_entropy(z: Tensor, candidates: Tensor, index_a: Tensor, in
 
 
 def two_source_bce(z: Tensor, pos_a: Tensor, pos_b: Tensor, lam: Tensor, temperature: float) -> Tensor:
-    """SAMix-I local term (spec 4.1): p = e^{z.k_a/t} / (e^{z.k_a/t} + e^{z.k_b/t});
+    """SAMix-I local term (docs/algorithm.md §4.1): p = e^{z.k_a/t} / (e^{z.k_a/t} + e^{z.k_b/t});
     -lam log p - (1 - lam) log(1 - p)."""
     la = (z.float() * pos_a.float()).sum(-1) / temperature
     lb = (z.float() * pos_b.float()).sum(-1) / temperature

@@ -1,9 +1,9 @@
 """A persistent key queue (MoCo dictionary), saved in checkpoints.
 
-lightly's ``MemoryBankModule`` is not checkpointed and enqueues on every loss call (ecosystem notes
-2.4, gotchas 1, 3, 5). This queue is read once per step (:meth:`snapshot`) and enqueued once per step
-(:meth:`enqueue`), gathers keys across ranks before enqueueing, and requires ``size % global_batch == 0``
-so no key is ever silently dropped.
+lightly's ``MemoryBankModule`` is not checkpointed and enqueues on every loss call
+(docs/algorithm.md §12.4, items 1, 3, 5). This queue is read once per step (:meth:`snapshot`) and
+enqueued once per step (:meth:`enqueue`), gathers keys across ranks before enqueueing, and requires
+``size % global_batch == 0`` so no key is ever silently dropped.
 """
 from __future__ import annotations
 

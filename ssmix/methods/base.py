@@ -1,6 +1,6 @@
 """The contract every SSL method implements.
 
-A training step, as the engine drives it (spec 2.1):
+A training step, as the engine drives it (docs/algorithm.md §2.1):
 
 1. ``method.on_step_start(step, total_steps)``: EMA/momentum updates happen *first*.
 2. ``out = method(views, map_at)``: the method's own losses on the un-mixed views, plus what the mixup
@@ -46,7 +46,7 @@ class MethodOutput:
 
 @dataclass
 class MixedBatch:
-    """Mixed inputs and their two sources' targets (spec 2.1 step 8).
+    """Mixed inputs and their two sources' targets (docs/algorithm.md §2.1 step 8).
 
     ``x`` enters the online trunk at position ``start`` (0 = images; ManifoldMix uses 1 or 2).
     Row n is trained toward ``lam[n]`` x target(view_a, index_a[n]) + (1 - lam[n]) x
@@ -184,7 +184,7 @@ def cat_views(views: List[Tensor]) -> Tensor:
 def in_batch_mixed_loss(criterion: Callable[..., Tensor], z: Tensor, mixed: MixedBatch, out: MethodOutput,
                         temperature: float) -> Tensor:
     """Mean of ``criterion(z, candidates, index_a, index_b, lam, temperature)`` where the candidates are
-    the batch's 2N keys ``out.keys`` and the two sources of each mixed row index into them (spec 2.4)."""
+    the batch's 2N keys ``out.keys`` and the two sources of each mixed row index into them (docs/algorithm.md §2.4)."""
     index_a, index_b = mixed.flat_index(out.keys.shape[1])
     return criterion(z, out.keys.flatten(0, 1), index_a, index_b, mixed.lam, temperature).mean()
 

@@ -1,10 +1,10 @@
-"""BYOL (Grill et al. 2020, arXiv 2006.07733; spec 2.4).
+"""BYOL (Grill et al. 2020, arXiv 2006.07733; docs/algorithm.md §2.4).
 
 Online network = backbone + projector + predictor; target network = EMA copy of backbone + projector
 with tau cosine-scheduled from ``base_momentum`` (0.996) to ``final_momentum`` (1) over the run. The
 EMA update runs at the start of every step and tau is a function of the step number, so a resumed
 run is exact. Loss (paper eq. 2, symmetrised): 2 - 2 cos(q(z_1), sg(z'_2)) + 2 - 2 cos(q(z_2), sg(z'_1)).
-Mixed views (spec 2.4 [I], BSIM-style): soft-target cross-entropy between the normalised online
+Mixed views (docs/algorithm.md §2.4 [I], BSIM-style): soft-target cross-entropy between the normalised online
 prediction of x_mix and the batch's target projections, mass lam / 1 - lam on the two sources.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ class BYOLConfig(MethodConfig):
     pred_hidden_dim: int = 4096
     base_momentum: float = 0.996  # tau at step 0 (BYOL sec. 3.3)
     final_momentum: float = 1.0  # tau at the last step
-    mix_temperature: float = 0.2  # of the mixed-view soft-target cross-entropy (spec 2.4 [I])
+    mix_temperature: float = 0.2  # of the mixed-view soft-target cross-entropy (docs/algorithm.md §2.4 [I])
 
 
 def regression_loss(prediction: Tensor, target: Tensor) -> Tensor:
@@ -63,7 +63,7 @@ class BYOL(Method):
 
     @torch.no_grad()
     def on_step_start(self, step: int, total_steps: int) -> None:
-        # Spec 2.1 step 3.1: the EMA update comes first, so the targets use the updated network.
+        # docs/algorithm.md §2.1 step 3.1: the EMA update comes first, so the targets use the updated network.
         self.tau = self.momentum_at(step, total_steps)
         self.momentum_update(self.tau)
 
@@ -88,7 +88,8 @@ class BYOL(Method):
         )
 
     def mixed_loss(self, mixed: MixedBatch, out: MethodOutput) -> Tensor:
-        """-lam log p_a - (1 - lam) log p_b, p = softmax over the batch's target projections (spec 2.4)."""
+        """-lam log p_a - (1 - lam) log p_b, p = softmax over the batch's target projections
+        (docs/algorithm.md §2.4)."""
         p = l2n(self.predictor(self.projector(self.backbone(mixed.x, start=mixed.start))))
         return in_batch_mixed_loss(soft_target_cross_entropy, p, mixed, out, self.temperature)
 

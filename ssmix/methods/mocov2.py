@@ -1,4 +1,4 @@
-"""MoCo v2 (Chen et al. 2020, arXiv 2003.04297; spec sections 2.1 and 6.2).
+"""MoCo v2 (Chen et al. 2020, arXiv 2003.04297; docs/algorithm.md §2.1 and §6.2).
 
 Query from view 1 through the online encoder, keys of both views through the momentum encoder with
 shuffle-BN (real cross-rank shuffle under DDP; lightly's SplitBatchNorm emulation on one device),
@@ -52,7 +52,7 @@ class MoCoV2(Method):
 
     # -- step -----------------------------------------------------------------------------
     def on_step_start(self, step: int, total_steps: int) -> None:
-        # Spec 2.1 step 3.1: the EMA update comes first, so keys use the updated encoder.
+        # docs/algorithm.md §2.1 step 3.1: the EMA update comes first, so keys use the updated encoder.
         self.momentum_update(self.cfg.method.momentum)
 
     @torch.no_grad()
@@ -72,7 +72,7 @@ class MoCoV2(Method):
         n = x1.shape[0]
         self.queue.check_batch(n * (dist.get_world_size() if is_distributed() else 1))
         # Plain MoCo v2 needs view 2's keys only (shuffle-BN over N, as the original); the mix
-        # pipeline also needs view 1's (spec 2.1 step 3.3: both views in one shuffled pass).
+        # pipeline also needs view 1's (docs/algorithm.md §2.1 step 3.3: both views in one shuffled pass).
         symmetric = self.cfg.method.symmetric
         both = with_targets or map_at is not None or symmetric
         keys, maps = self._keys(torch.cat([x1, x2]) if both else x2, map_at)
@@ -81,7 +81,7 @@ class MoCoV2(Method):
         if symmetric:  # one online pass over both views; each view's query against the other's key
             q = l2n(self.projector(self.backbone(torch.cat([x1, x2]))))
             loss = info_nce(q, torch.cat([keys[1], keys[0]]), negatives, self.temperature).mean()
-        else:  # spec 2.1 step 4: one-directional, query from view 1, positive key from view 2
+        else:  # docs/algorithm.md §2.1 step 4: one-directional, query from view 1, positive key from view 2
             q = l2n(self.projector(self.backbone(x1)))
             loss = info_nce(q, keys[-1], negatives, self.temperature).mean()
         return MethodOutput(
@@ -93,7 +93,7 @@ class MoCoV2(Method):
         )
 
     def mixed_loss(self, mixed: MixedBatch, out: MethodOutput) -> Tensor:
-        """L_bb = lam l^NCE(z_m, k_a) + (1 - lam) l^NCE(z_m, k_b), queue negatives (spec 4.3)."""
+        """L_bb = lam l^NCE(z_m, k_a) + (1 - lam) l^NCE(z_m, k_b), queue negatives (docs/algorithm.md §4.3)."""
         z = l2n(self.projector(self.backbone(mixed.x, start=mixed.start)))
         key_a, key_b = mixed.gather(out.keys)
         return mixup_info_nce(z, key_a, key_b, mixed.lam, out.negatives, self.temperature).mean()
@@ -103,4 +103,4 @@ class MoCoV2(Method):
         return l2n(self.projector_m(self.backbone_m(x)))
 
     def on_step_end(self, out: MethodOutput) -> None:
-        self.queue.enqueue(out.keys[-1])  # spec 2.1 step 10: the view-2 keys, once per step
+        self.queue.enqueue(out.keys[-1])  # docs/algorithm.md §2.1 step 10: the view-2 keys, once per step

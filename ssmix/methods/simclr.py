@@ -1,8 +1,8 @@
-"""SimCLR (Chen et al. 2020, arXiv 2002.05709; spec 2.4).
+"""SimCLR (Chen et al. 2020, arXiv 2002.05709; docs/algorithm.md §2.4).
 
 Both views go through one encoder (one concatenated forward); NT-Xent over the 2N embeddings with
 in-batch negatives, gathered with gradient across ranks under DDP (lightly ``NTXentLoss``). Mixed views
-(spec 2.4): lam NT-Xent(z_m, z_i^(2)) + (1 - lam) NT-Xent(z_m, z_j^(1)) against the stop-gradient
+(docs/algorithm.md §2.4): lam NT-Xent(z_m, z_i^(2)) + (1 - lam) NT-Xent(z_m, z_j^(1)) against the stop-gradient
 embeddings of the batch, negatives the other 2N - 2.
 """
 from __future__ import annotations
@@ -54,7 +54,7 @@ class SimCLR(Method):
         )
 
     def mixed_loss(self, mixed: MixedBatch, out: MethodOutput) -> Tensor:
-        """lam NT-Xent(z_m, k_a) + (1 - lam) NT-Xent(z_m, k_b), in-batch negatives (spec 2.4)."""
+        """lam NT-Xent(z_m, k_a) + (1 - lam) NT-Xent(z_m, k_b), in-batch negatives (docs/algorithm.md §2.4)."""
         z = l2n(self.projector(self.backbone(mixed.x, start=mixed.start)))
         return in_batch_mixed_loss(mixup_info_nce_in_batch, z, mixed, out, self.temperature)
 

@@ -1,4 +1,4 @@
-"""SimSiam (Chen & He 2021, arXiv 2011.10566; spec 2.4).
+"""SimSiam (Chen & He 2021, arXiv 2011.10566; docs/algorithm.md §2.4).
 
 One encoder (backbone + projector) and a predictor; symmetric negative cosine with stop-gradient
 (paper eq. 4): L = D(p_1, sg(z_2)) / 2 + D(p_2, sg(z_1)) / 2, D = -cos. The projector has 3 layers
@@ -6,7 +6,7 @@ One encoder (backbone + projector) and a predictor; symmetric negative cosine wi
 predictor's learning rate is not decayed (paper sec. 4.4 / its ``--fix-pred-lr``): its own optimizer
 group with no warm-up and a final lr equal to the base lr.
 
-Mixed views (spec 2.4 [I], BSIM-style): soft-target cross-entropy between the normalised prediction of
+Mixed views (docs/algorithm.md §2.4 [I], BSIM-style): soft-target cross-entropy between the normalised prediction of
 x_mix and the batch's stop-gradient projections, mass lam / 1 - lam on the two sources.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ class SimSiamConfig(MethodConfig):
     proj_hidden_dim: int = 2048
     out_dim: int = 2048
     pred_hidden_dim: int = 512  # the predictor's bottleneck (paper sec. 4.3)
-    mix_temperature: float = 0.2  # of the mixed-view soft-target cross-entropy (spec 2.4 [I])
+    mix_temperature: float = 0.2  # of the mixed-view soft-target cross-entropy (docs/algorithm.md §2.4 [I])
 
 
 def build_projector(layers: int, in_dim: int, hidden_dim: int, out_dim: int) -> nn.Module:
@@ -78,7 +78,8 @@ class SimSiam(Method):
         )
 
     def mixed_loss(self, mixed: MixedBatch, out: MethodOutput) -> Tensor:
-        """-lam log p_a - (1 - lam) log p_b, p = softmax over the batch's stop-grad projections (spec 2.4)."""
+        """-lam log p_a - (1 - lam) log p_b, p = softmax over the batch's stop-grad projections
+        (docs/algorithm.md §2.4)."""
         p = l2n(self.predictor(self.projector(self.backbone(mixed.x, start=mixed.start))))
         return in_batch_mixed_loss(soft_target_cross_entropy, p, mixed, out, self.temperature)
 

@@ -1,4 +1,4 @@
-"""SwAV (Caron et al. 2020, arXiv 2006.09882; spec 2.4).
+"""SwAV (Caron et al. 2020, arXiv 2006.09882; docs/algorithm.md §2.4).
 
 Multi-crop: the two high-resolution views (``views[0:2]``) and any number of low-resolution views
 (``views[2:]``, ``data.aug.kind: swav``); the backbone runs once per resolution, the projector once on
@@ -9,7 +9,7 @@ high-resolution embeddings prepended to the batch (filled from ``queue_start_epo
 Swapped prediction (eq. 1-3): every view predicts the codes of each high-resolution view other than
 itself. The prototypes are frozen (no gradient) during the first ``freeze_prototypes_epochs`` epochs.
 
-Mixed views (spec 2.4 [I]): lam CE(c_a, softmax(p_m / t)) + (1 - lam) CE(c_b, softmax(p_m / t)), c the
+Mixed views (docs/algorithm.md §2.4 [I]): lam CE(c_a, softmax(p_m / t)) + (1 - lam) CE(c_b, softmax(p_m / t)), c the
 codes of the sources' other views (``out.targets``).
 """
 from __future__ import annotations
@@ -71,7 +71,7 @@ class SwAV(Method):
         self.temperature, self.embed_dim = mc.temperature, mc.out_dim
         self.backbone = build_backbone(cfg.model.arch, cfg.model.cifar_stem, cfg.model.zero_init_residual)
         self.projector = SwaVProjectionHead(self.backbone.out_dim, mc.proj_hidden_dim, mc.out_dim)
-        # Bias-free, as the SwAV reference (lightly's SwaVPrototypes has a bias: ecosystem notes 2.4.9).
+        # Bias-free, as the SwAV reference (lightly's SwaVPrototypes has a bias: docs/algorithm.md §12.4 item 9).
         self.prototypes = nn.Linear(mc.out_dim, mc.num_prototypes, bias=False)
         self.queues = None
         if mc.queue_size:  # buffers: saved in checkpoints, so resume is exact
@@ -147,7 +147,7 @@ class SwAV(Method):
         )
 
     def mixed_loss(self, mixed: MixedBatch, out: MethodOutput) -> Tensor:
-        """lam CE(c_a, softmax(p_m / t)) + (1 - lam) CE(c_b, softmax(p_m / t)) (spec 2.4 [I])."""
+        """lam CE(c_a, softmax(p_m / t)) + (1 - lam) CE(c_b, softmax(p_m / t)) (docs/algorithm.md §2.4 [I])."""
         z = l2n(self.projector(self.backbone(mixed.x, start=mixed.start)))
         log_p = F.log_softmax(z @ self._prototype_weight().float().t() / self.temperature, dim=-1)
         codes_a, codes_b = mixed.gather(out.targets)

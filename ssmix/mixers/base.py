@@ -32,7 +32,7 @@ class MixContext:
     feature_maps: Optional[Tensor] = None  # (2, N, C, h, w) target-branch maps (if requested)
     labels: Optional[Tensor] = None  # (N,) cluster / class labels of the batch, -1 = unknown
     num_classes: int = 0  # number of label values (clusters) when labels are given
-    class_weights: Optional[Tensor] = None  # (num_classes,) loss re-weights (ODC, spec 5.4)
+    class_weights: Optional[Tensor] = None  # (num_classes,) loss re-weights (ODC, docs/algorithm.md §5.4)
     index: Optional[Tensor] = None  # (N,) dataset indices
     step: int = 0
     total_steps: int = 1

@@ -1,9 +1,9 @@
-"""FMix (Harris et al. 2020, "FMix: Enhancing Mixed Sample Data Augmentation"), spec section 8.
+"""FMix (Harris et al. 2020, "FMix: Enhancing Mixed Sample Data Augmentation"), docs/algorithm.md §8.
 
 A binary mask is cut from low-frequency Fourier noise: Gaussian complex coefficients whose magnitude
 decays as ``1 / f^decay_power`` are inverse-transformed to a grey-level image, and its top
 ``ceil(lam HW)`` (or ``floor``, with probability 1/2) pixels become 1. One mask per batch, always at the
-input's own size (the reference's (32, 32) default is a trap the spec warns about).
+input's own size (the reference's (32, 32) default is a trap, docs/algorithm.md §8).
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
-"""Hand-crafted baseline mixups of the SSL comparison (spec section 8): Mixup, CutMix, ResizeMix,
+"""Hand-crafted baseline mixups of the SSL comparison (docs/algorithm.md §8): Mixup, CutMix, ResizeMix,
 ManifoldMix and Inter-Intra, plus the shared vectorised box-mask builder. FMix and SaliencyMix, which
 carry their own signal processing, live in :mod:`ssmix.mixers.fmix` and :mod:`ssmix.mixers.saliencymix`.
 
-General rules (spec 8): one lambda and one random geometry per batch, shared by all pairs (Inter-Intra
+General rules (docs/algorithm.md §8): one lambda and one random geometry per batch, shared by all pairs (Inter-Intra
 picks per pair between its two draws; SaliencyMix places one box per pair). Every random number comes
 from torch's global CPU generator (``sample_lambda``, ``torch.randint``, ``torch.rand``), so a run
 resumed with the saved RNG state replays the same mixes on any device. Every pixel-space mixer returns
@@ -84,14 +84,14 @@ def centred_boxes(h: int, w: int, box_h: int, box_w: int, cy: Tensor, cx: Tensor
 
 
 def random_boxes(h: int, w: int, box_h: int, box_w: int, rows: int = 1) -> Boxes:
-    """Boxes at centres uniform over the image pixels (spec 8, CutMix step 2), clipped."""
+    """Boxes at centres uniform over the image pixels (docs/algorithm.md §8, CutMix step 2), clipped."""
     cy = torch.randint(h, (rows,))
     cx = torch.randint(w, (rows,))
     return centred_boxes(h, w, box_h, box_w, cy, cx)
 
 
 def cutmix_box_size(h: int, w: int, lam: float) -> Tuple[int, int]:
-    """CutMix box side lengths ``floor(H sqrt(1 - lam)), floor(W sqrt(1 - lam))`` (spec 8)."""
+    """CutMix box side lengths ``floor(H sqrt(1 - lam)), floor(W sqrt(1 - lam))`` (docs/algorithm.md §8)."""
     ratio = (1.0 - lam) ** 0.5
     return int(h * ratio), int(w * ratio)
 
@@ -139,7 +139,7 @@ class Mixup(Mixer):
 @register_mix_config("cutmix")
 @dataclass
 class CutMixConfig(MixConfig):
-    """CutMix (Yun et al. 2019): paste a box of the partner, box area ~ (1 - lam) HW (spec 8)."""
+    """CutMix (Yun et al. 2019): paste a box of the partner, box area ~ (1 - lam) HW (docs/algorithm.md §8)."""
 
     type: str = "cutmix"
     alpha: float = 2.0
@@ -167,7 +167,7 @@ class CutMix(Mixer):
 @dataclass
 class ResizeMixConfig(MixConfig):
     """ResizeMix (Qin et al. 2020): the whole partner, shrunk by tau ~ U(scale_min, scale_max), is
-    pasted at a random place (spec 8). ``use_alpha`` draws tau ~ Beta(alpha, alpha) instead and falls
+    pasted at a random place (docs/algorithm.md §8). ``use_alpha`` draws tau ~ Beta(alpha, alpha) instead and falls
     back to a uniform draw in the range when it lands outside."""
 
     type: str = "resizemix"
@@ -217,7 +217,7 @@ class ResizeMix(Mixer):
 @dataclass
 class ManifoldMixConfig(MixConfig):
     """ManifoldMix (Verma et al. 2019): Mixup of the online trunk's maps at a position drawn uniformly
-    from ``layers`` (0 = input, k = after layer k; spec 8)."""
+    from ``layers`` (0 = input, k = after layer k; docs/algorithm.md §8)."""
 
     type: str = "manifoldmix"
     alpha: float = 2.0
@@ -256,7 +256,7 @@ class ManifoldMix(Mixer):
 @register_mix_config("interintra")
 @dataclass
 class InterIntraConfig(LabelledMixConfig):
-    """Inter-Intra* (SAMix paper, spec 8): pairs from different clusters get CutMix with
+    """Inter-Intra* (SAMix paper, docs/algorithm.md §8): pairs from different clusters get CutMix with
     ``inter_alpha``, pairs from the same cluster get Mixup with ``intra_alpha``."""
 
     type: str = "interintra"

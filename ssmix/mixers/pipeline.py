@@ -1,4 +1,4 @@
-"""The cross-view mixup pipeline shared by every method and every mixer (spec 2.1, 2.3, 2.4, 8).
+"""The cross-view mixup pipeline shared by every method and every mixer (docs/algorithm.md §2.1, §2.3, §2.4, §8).
 
 Per step: draw a partner permutation pi with no fixed points; the mixer builds x_mix(i) from a source
 of sample i and one of sample pi(i); the method trains its online branch on x_mix toward
@@ -9,7 +9,7 @@ lam x (target of i's other view) + (1 - lam) x (target of pi(i)'s other view).
 - ``cross_view: false`` (the paper's Fig. 8 reading): view 1 of both; targets view 2 of both.
 
 Mixers that need labels (Inter-Intra, SAMix-C) get them from the dataset or from an ODC memory that
-this pipeline owns and updates with the view-1 target embeddings after reading the labels (spec 4.2).
+this pipeline owns and updates with the view-1 target embeddings after reading the labels (docs/algorithm.md §4.2).
 """
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ class MixPipeline(nn.Module):
         return self.mixer.needs_feature_maps
 
     def on_train_start(self, extract: Callable[[], Tuple[Tensor, Tensor]]) -> None:
-        """Initial clustering on the randomly initialised network (spec 5.2), then the mixer's hook."""
+        """Initial clustering on the randomly initialised network (docs/algorithm.md §5.2), then the mixer's hook."""
         if self.odc is not None and not bool(self.odc.initialized):
             embeddings, _ = extract()
             self.odc.initialize(embeddings, seed=0)
@@ -81,7 +81,7 @@ class MixPipeline(nn.Module):
         )
 
     def mix(self, ctx: MixContext) -> Tuple[MixResult, MixedBatch]:
-        """Mixed inputs and their targets: target of source a is its other view (spec 2.3)."""
+        """Mixed inputs and their targets: target of source a is its other view (docs/algorithm.md §2.3)."""
         res = self.mixer(ctx.views[ctx.view_a], ctx.views[ctx.view_b][ctx.perm], ctx)
         rows = torch.arange(ctx.perm.shape[0], device=ctx.perm.device)
         mixed = MixedBatch(x=res.x, lam=res.lam, view_a=1 - ctx.view_a, index_a=rows, view_b=1 - ctx.view_b,
@@ -97,6 +97,6 @@ class MixPipeline(nn.Module):
         metrics: Dict[str, float] = {"mix_lam": float(mixed.lam.mean()), **ctx.metrics}
         if mixed.mask is not None:  # the encoder's (bb) masks; SAMix adds its own (mb) as mixer_mask_*
             metrics.update(mask_statistics(mixed.mask, "mask_"))
-        if self.odc is not None:  # labels were read above, before this update (spec 4.2 item 6)
+        if self.odc is not None:  # labels were read above, before this update (docs/algorithm.md §4.2 item 6)
             metrics.update(self.odc.update(index.to(self.odc.labels.device), out.keys[0], step))
         return losses, metrics

@@ -1,4 +1,4 @@
-"""SaliencyMix (Uddin et al. 2021), spec section 8: a CutMix-sized box of the partner, centred on the
+"""SaliencyMix (Uddin et al. 2021), docs/algorithm.md §8: a CutMix-sized box of the partner, centred on the
 partner's most salient pixel.
 
 Saliency is the spectral residual of Hou & Zhang (CVPR 2007), computed batched in torch: grey level

@@ -2,7 +2,7 @@
 
 Positions along the trunk: 0 = input image, k = output of ``layer{k}`` (k = 1..4; the stem runs
 inside stage 1). ``run(x, start, stop)`` executes the stages between two positions, which is what the
-SAMix Mixer (reads position 3, spec 3.1) and ManifoldMix (starts at position 0, 1 or 2) need.
+SAMix Mixer (reads position 3, docs/algorithm.md §3.1) and ManifoldMix (starts at position 0, 1 or 2) need.
 
 Parameter names are torchvision's (``conv1``, ``bn1``, ``layer1`` ... ``layer4``), so
 :func:`export_state_dict` loads with ``strict=True`` into ``torchvision.models.resnetXX()`` whose

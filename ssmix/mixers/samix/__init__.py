@@ -1,4 +1,4 @@
-"""SAMix: the learned Mixer (spec sections 2-4) as mixers ``samix_i``, ``samix_c`` and ``samix_p``.
+"""SAMix: the learned Mixer (docs/algorithm.md §2-§4) as mixers ``samix_i``, ``samix_c`` and ``samix_p``.
 
 Importing this package registers the three mixers and their config schemas.
 """

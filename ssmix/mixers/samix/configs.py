@@ -1,4 +1,4 @@
-"""Config schemas of the SAMix mixers (defaults: spec section 11 and 6.2).
+"""Config schemas of the SAMix mixers (defaults: docs/algorithm.md §11 and §6.2).
 
 ``samix_i`` (instance level), ``samix_c`` (cluster level, ODC pseudo-labels) and ``samix_p`` (a frozen,
 pre-trained Mixer). The shared encoder-mask options live in :class:`MaskPostConfig`.
@@ -13,9 +13,9 @@ from ssmix.config import ConfigError, LabelledMixConfig, MixConfig, register_mix
 
 @dataclass
 class MaskPostConfig:
-    """Lambda sampling and post-processing of the encoder (bb) mask (spec 3.6)."""
+    """Lambda sampling and post-processing of the encoder (bb) mask (docs/algorithm.md §3.6)."""
 
-    alpha: float = 2.0  # lambda ~ Beta(alpha, alpha), one per batch (spec 1)
+    alpha: float = 2.0  # lambda ~ Beta(alpha, alpha), one per batch (docs/algorithm.md §1)
     lam_margin: float = 0.1  # lam <= margin or 1 - lam <= margin -> vanilla mixup mask
     mask_smooth: float = 0.0  # 0 = off; else Gaussian sigma ~ U(0.5, mask_smooth) px
     mask_adjust: str = "auto"  # none | auto | auto_label (SAMix-C: same-cluster pairs get vanilla mixup)
@@ -25,25 +25,26 @@ class MaskPostConfig:
 @register_mix_config("samix_i")
 @dataclass
 class SAMixIConfig(MaskPostConfig, MixConfig):
-    """SAMix-I: the Mixer trained by BCE(two sources) + eta * mixup infoNCE + mask loss (spec 4.1)."""
+    """SAMix-I: the Mixer trained by BCE(two sources) + eta * mixup infoNCE + mask loss (docs/algorithm.md §4.1)."""
 
     type: str = "samix_i"
-    # Mixer architecture (spec 3.2-3.4)
+    # Mixer architecture (docs/algorithm.md §3.2-3.4)
     feature_channels: int = 0  # stage-3 width; 0 = the backbone's (256 for resnet18/34, 1024 for resnet50)
     reduction: int = 2  # query/key width = feature_channels / reduction
     rescale_k: float = 1.0  # lambda rescale rho_k; -1 disables
     dropout: float = 0.0  # after the value net (0.1 in the ImageNet dev configs)
-    # Mixer losses (spec 3.7, 4.1)
+    # Mixer losses (docs/algorithm.md §3.7, §4.1)
     mask_loss: str = "l2"  # l2 (SSL dev configs) | l1 (SL configs)
     mask_loss_margin: float = 0.1
-    mask_mean: str = "batch"  # batch (spec 3.7, the code) | sample: l_mu on each image's mask mean
+    mask_mean: str = "batch"  # batch (docs/algorithm.md §3.7, the code) | sample: l_mu on each image's mask mean
     mask_loss_weight: float = 0.1  # beta at step 0, decays to 0
     mask_loss_decay: str = "linear"  # linear (paper) | cosine (code)
     eta: float = 0.5  # weight of the global term
     eta_schedule: str = "constant"  # constant (paper) | cosine (code: 0.5 -> 0)
-    latent_pos_extend: str = "none"  # none | interpolation | extrapolation | both (spec 4.1 caveat 2)
-    leaky_pairing: bool = False  # true: mb mask from the features of pi_bb(pi_mb(i)) as the code (spec 9.1)
-    # Mixer optimizer group (spec 6.2, 11)
+    latent_pos_extend: str = "none"  # none | interpolation | extrapolation | both (docs/algorithm.md §4.1 caveat 2)
+    # true: mb mask from the features of pi_bb(pi_mb(i)) as the code (docs/algorithm.md §9.1)
+    leaky_pairing: bool = False
+    # Mixer optimizer group (docs/algorithm.md §6.2, §11)
     mixer_lr: float = 0.005
     mixer_momentum: float = 0.9
     mixer_weight_decay: float = 1e-4
@@ -54,7 +55,8 @@ class SAMixIConfig(MaskPostConfig, MixConfig):
 @register_mix_config("samix_c")
 @dataclass
 class SAMixCConfig(SAMixIConfig, LabelledMixConfig):
-    """SAMix-C: pBCE + eta * mixup CE over ODC clusters through a frozen cluster head (spec 4.2, 5.5)."""
+    """SAMix-C: pBCE + eta * mixup CE over ODC clusters through a frozen cluster head
+    (docs/algorithm.md §4.2, §5.5)."""
 
     type: str = "samix_c"
     embed_dim: int = 0  # width of the method's target embedding (cluster head input); 0 = the method's
@@ -68,7 +70,7 @@ class SAMixCConfig(SAMixIConfig, LabelledMixConfig):
 @register_mix_config("samix_p")
 @dataclass
 class SAMixPConfig(MaskPostConfig, MixConfig):
-    """SAMix-P: a frozen Mixer and its frozen stage 0-3 encoder loaded from ``checkpoint`` (spec 2.4)."""
+    """SAMix-P: a frozen Mixer and its frozen stage 0-3 encoder loaded from ``checkpoint`` (docs/algorithm.md §2.4)."""
 
     type: str = "samix_p"
     checkpoint: str = ""  # mixer.pt written by ssmix.mixers.samix.export_mixer

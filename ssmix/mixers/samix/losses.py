@@ -1,4 +1,4 @@
-"""Target selection and the cluster-level losses of the SAMix Mixer (spec 4.1, 4.2).
+"""Target selection and the cluster-level losses of the SAMix Mixer (docs/algorithm.md §4.1, §4.2).
 
 Instance-level terms reuse :mod:`ssmix.losses.contrastive` (``two_source_bce``, ``mixup_info_nce``,
 ``mixup_info_nce_in_batch``). Every function here returns a scalar (batch-reduced) loss.
@@ -14,7 +14,7 @@ from torch import Tensor
 
 def source_targets(keys: Tensor, view_a: int, view_b: int, perm: Tensor) -> Tuple[Tensor, Tensor]:
     """Targets of the two sources of x_mix(i) = s_a x_i^{(view_a)} + s_b x_{perm(i)}^{(view_b)}: the
-    *other* view of each (spec 2.3): ``keys[1 - view_a][i]`` and ``keys[1 - view_b][perm[i]]``."""
+    *other* view of each (docs/algorithm.md §2.3): ``keys[1 - view_a][i]`` and ``keys[1 - view_b][perm[i]]``."""
     rows = torch.arange(perm.shape[0], device=perm.device)
     return keys[1 - view_a][rows], keys[1 - view_b][perm]
 
@@ -26,7 +26,7 @@ def source_target_index(n: int, view_a: int, view_b: int, perm: Tensor) -> Tuple
 
 
 def extend_positives(keys: Tensor, view: int, index: Tensor, mode: str) -> Tensor:
-    """Latent-extended positives (spec 4.1 caveat 2) of the sources ``keys[view][index]``.
+    """Latent-extended positives (docs/algorithm.md §4.1 caveat 2) of the sources ``keys[view][index]``.
 
     With target t = keys[1 - view][index], the source's own view o = keys[view][index] and an
     element-wise b ~ Beta(2, 2): interpolation b t + (1 - b) o, extrapolation (1 + b) t - b o ("both":
@@ -71,13 +71,13 @@ def sample_weights(labels: Tensor, class_weights: Optional[Tensor]) -> Tensor:
 
 def weighted_mean(loss: Tensor, weight: Tensor) -> Tensor:
     """sum_n w_n l_n / sum_n w_n, i.e. the mean of l weighted by w normalised to batch mean 1
-    (spec 4.2 [I]); 0 when every weight is 0."""
+    (docs/algorithm.md §4.2 [I]); 0 when every weight is 0."""
     return (loss * weight).sum() / weight.sum().clamp_min(1e-12)
 
 
 def mixup_cross_entropy(logits: Tensor, labels_a: Tensor, labels_b: Tensor, lam: Tensor, weight_a: Tensor,
                         weight_b: Tensor) -> Tensor:
-    """Global term of SAMix-C (spec 4.2): lam CE(s, y_a) + (1 - lam) CE(s, y_b) over all clusters,
+    """Global term of SAMix-C (docs/algorithm.md §4.2): lam CE(s, y_a) + (1 - lam) CE(s, y_b) over all clusters,
     each CE class-weighted by :func:`weighted_mean`."""
     logp = F.log_softmax(logits.float(), dim=-1)
     ce_a = -logp.gather(1, labels_a.clamp_min(0)[:, None])[:, 0]
@@ -86,14 +86,14 @@ def mixup_cross_entropy(logits: Tensor, labels_a: Tensor, labels_b: Tensor, lam:
 
 
 def cross_entropy(logits: Tensor, labels: Tensor, weight: Tensor) -> Tensor:
-    """One-hot CE with per-row weights (the cluster head's CE on the raw view, spec 4.2 [C] 2)."""
+    """One-hot CE with per-row weights (the cluster head's CE on the raw view, docs/algorithm.md §4.2 [C] 2)."""
     logp = F.log_softmax(logits.float(), dim=-1)
     return weighted_mean(-logp.gather(1, labels.clamp_min(0)[:, None])[:, 0], weight)
 
 
 def pair_bce(logits: Tensor, labels_a: Tensor, labels_b: Tensor, lam: Tensor, weight_a: Tensor,
              weight_b: Tensor) -> Tensor:
-    """Local term of SAMix-C, the parametric BCE over the two source clusters (spec 4.2):
+    """Local term of SAMix-C, the parametric BCE over the two source clusters (docs/algorithm.md §4.2):
     p = e^{s_a} / (e^{s_a} + e^{s_b}); -lam log p - (1 - lam) log(1 - p), class-weighted.
 
     Same-cluster pairs (y_a = y_b) carry a constant term and are left out (weight 0)."""

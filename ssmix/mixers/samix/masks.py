@@ -1,5 +1,6 @@
-"""Mask utilities of the SAMix Mixer: lambda rescaling (spec 3.2), post-processing of the encoder
-("bb") mask (spec 3.6), the mask loss (spec 3.7) and the decaying loss weights (spec 3.7, 4.1).
+"""Mask utilities of the SAMix Mixer: lambda rescaling (docs/algorithm.md §3.2), post-processing of the
+encoder ("bb") mask (docs/algorithm.md §3.6), the mask loss (docs/algorithm.md §3.7) and the decaying loss
+weights (docs/algorithm.md §3.7, §4.1).
 
 Convention everywhere: a mask is ``s_a``, the per-pixel weight of source a, shape (N, 1, H, W); the
 partner's mask is ``s_b = 1 - s_a``. Lambdas are per-row tensors (N,) (one value per batch in practice).
@@ -13,12 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-#: clamp of the mask before its mean is adjusted (spec 3.6 step 3.1)
+#: clamp of the mask before its mean is adjusted (docs/algorithm.md §3.6 step 3.1)
 _MASK_EPS = 1e-10
 
 
 def rescale_lambda(lam: Tensor, k: float = 1.0) -> Tensor:
-    """rho_k(lam) = (4/3 lam^3 - 2 lam^2 + kappa lam) / (kappa - 2/3), kappa = k + 1 (spec 3.2).
+    """rho_k(lam) = (4/3 lam^3 - 2 lam^2 + kappa lam) / (kappa - 2/3), kappa = k + 1 (docs/algorithm.md §3.2).
 
     An odd-symmetric cubic about 0.5 with rho(0) = 0, rho(0.5) = 0.5, rho(1) = 1; ``k = -1`` disables it.
     """
@@ -38,13 +39,13 @@ def constant_mask(lam: Tensor, like: Tensor) -> Tensor:
 
 
 def lam_margin_fallback(mask: Tensor, lam: Tensor, margin: float) -> Tensor:
-    """Rows with lam <= margin or 1 - lam <= margin get the constant mask (spec 3.6 step 1)."""
+    """Rows with lam <= margin or 1 - lam <= margin get the constant mask (docs/algorithm.md §3.6 step 1)."""
     extreme = (lam <= margin) | (1 - lam <= margin)
     return torch.where(_rows(extreme), constant_mask(lam, mask), mask)
 
 
 def gaussian_kernel1d(sigma: float) -> Tensor:
-    """Normalised 1-D Gaussian of std ``sigma`` px on ``int(5 sigma) | 1`` taps (spec 3.6 step 2)."""
+    """Normalised 1-D Gaussian of std ``sigma`` px on ``int(5 sigma) | 1`` taps (docs/algorithm.md §3.6 step 2)."""
     size = int(5 * sigma) | 1
     x = torch.arange(size, dtype=torch.float32) - size // 2
     kernel = torch.exp(-(x**2) / (2 * sigma**2))
@@ -52,7 +53,7 @@ def gaussian_kernel1d(sigma: float) -> Tensor:
 
 
 def gaussian_smooth(mask: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian smoothing of an (N, 1, H, W) mask with zero padding (spec 3.6 step 2), fp32."""
+    """Separable Gaussian smoothing of an (N, 1, H, W) mask with zero padding (docs/algorithm.md §3.6 step 2), fp32."""
     mask = mask.float()
     kernel = gaussian_kernel1d(sigma).to(mask.device)
     size = kernel.numel()
@@ -62,7 +63,7 @@ def gaussian_smooth(mask: Tensor, sigma: float) -> Tensor:
 
 
 def adjust_mask_mean(mask: Tensor, lam: Tensor, margin: float) -> Tensor:
-    """"auto" lambda adjusting, per sample (spec 3.6 step 3).
+    """"auto" lambda adjusting, per sample (docs/algorithm.md §3.6 step 3).
 
     With mu = mean(s_a) of the clamped mask: mu > lam + margin scales s_a by lam / mu; mu < lam - margin
     scales s_b by (1 - lam) / (1 - mu). Either way the row's mean becomes exactly lam, values stay in
@@ -77,7 +78,7 @@ def adjust_mask_mean(mask: Tensor, lam: Tensor, margin: float) -> Tensor:
 
 
 def same_label_mixup(mask: Tensor, lam: Tensor, labels_a: Tensor, labels_b: Tensor) -> Tensor:
-    """"auto_label": pairs of the same (known) pseudo-label get the constant mask (spec 3.6 step 3)."""
+    """"auto_label": pairs of the same (known) pseudo-label get the constant mask (docs/algorithm.md §3.6 step 3)."""
     same = (labels_a == labels_b) & (labels_a >= 0)
     return torch.where(_rows(same), constant_mask(lam, mask), mask)
 
@@ -92,7 +93,7 @@ def postprocess_encoder_mask(
     labels_a: Optional[Tensor] = None,
     labels_b: Optional[Tensor] = None,
 ) -> Tensor:
-    """Post-processing of the detached bb mask, in the order of spec 3.6: optional smoothing with
+    """Post-processing of the detached bb mask, in the order of docs/algorithm.md §3.6: optional smoothing with
     sigma ~ U(0.5, mask_smooth) (0 = off), then ``mask_adjust`` (none | auto | auto_label), and the
     lambda-margin fallback, applied last so a fallback row is exactly the constant mask (smoothing a
     constant mask with zero padding would only darken its border)."""
@@ -109,7 +110,7 @@ def postprocess_encoder_mask(
 
 
 def mask_loss(mask: Tensor, lam: float, margin: float = 0.1, form: str = "l2", per_sample: bool = False) -> Tensor:
-    """l_mu + l_sigma of spec 3.7 (unweighted; multiply by beta).
+    """l_mu + l_sigma of docs/algorithm.md §3.7 (unweighted; multiply by beta).
 
     With m = mean of s_a over the batch and all pixels (= 1 - mean(s_b)):
     l_mu = max((m - lam)^2 - margin^2, 0) ("l2") or max(|m - lam| - margin, 0) ("l1");
@@ -135,7 +136,8 @@ def mask_loss(mask: Tensor, lam: float, margin: float = 0.1, form: str = "l2", p
 
 def decayed_weight(start: float, step: int, total_steps: int, schedule: str) -> float:
     """A loss weight decaying from ``start`` to 0 over training: constant | linear | cosine
-    (beta of spec 3.7: linear in the paper, cosine in the code; eta of spec 4.1 caveat 1)."""
+    (beta of docs/algorithm.md §3.7: linear in the paper, cosine in the code; eta of docs/algorithm.md §4.1
+    caveat 1)."""
     progress = min(max(step / max(total_steps, 1), 0.0), 1.0)
     if schedule == "constant":
         return start

@@ -1,4 +1,4 @@
-"""The SAMix Mixer M_phi (OpenMixup's ``PixelMixBlock`` in its SAMix setting), spec 3.2-3.5, 3.8.
+"""The SAMix Mixer M_phi (OpenMixup's ``PixelMixBlock`` in its SAMix setting), docs/algorithm.md §3.2-3.5, §3.8.
 
 Input: stage-3 maps z_a, z_b (N, C, h, w) of the two sources and lambda. Steps:
 
@@ -47,7 +47,7 @@ class MixerNet(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Conv/Linear weights N(0, 0.01^2), biases 0; BN weight 1, bias 0 (spec 3.5 item 4)."""
+        """Conv/Linear weights N(0, 0.01^2), biases 0; BN weight 1, bias 0 (docs/algorithm.md §3.5 item 4)."""
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 nn.init.normal_(module.weight, 0.0, 0.01)
@@ -86,7 +86,7 @@ class MixerNet(nn.Module):
             return (attention @ v.float()).transpose(1, 2).reshape(n, 1, h, w)
 
     def logits(self, z_a: Tensor, z_b: Tensor, lam: float | Tensor, size: Sequence[int]) -> Tensor:
-        """Content upsampled bilinearly to ``size`` (the image size, spec 9 item 10): s_b = sigmoid(it)."""
+        """Content upsampled bilinearly to ``size`` (the image size, docs/algorithm.md §9.10): s_b = sigmoid(it)."""
         content = self.content(z_a, z_b, lam)
         with torch.autocast(device_type=content.device.type, enabled=False):
             return F.interpolate(content, size=tuple(int(s) for s in size), mode="bilinear", align_corners=False)

@@ -1,4 +1,4 @@
-"""SAMix-P: a frozen, pre-trained Mixer plus the frozen encoder stages that feed it (spec 2.4).
+"""SAMix-P: a frozen, pre-trained Mixer plus the frozen encoder stages that feed it (docs/algorithm.md §2.4).
 
 ``export_mixer`` writes ``mixer.pt`` after a SAMix-I/C run::
 
@@ -27,7 +27,7 @@ from ssmix.models.backbones import ResNetTrunk, export_state_dict
 
 FORMAT = "ssmix.samix_mixer"
 VERSION = 1
-MAP_AT = 3  # the Mixer reads stage-3 maps (spec 3.1)
+MAP_AT = 3  # the Mixer reads stage-3 maps (docs/algorithm.md §3.1)
 
 
 def _checkpoint_file(path: str) -> str:

@@ -1,4 +1,5 @@
-"""SAMix-I and SAMix-C: the learned Mixer trained alongside the encoder (spec 2.1 steps 5-9, 4.1, 4.2).
+"""SAMix-I and SAMix-C: the learned Mixer trained alongside the encoder
+(docs/algorithm.md §2.1 steps 5-9, §4.1, §4.2).
 
 Per step the pipeline calls :meth:`forward` (the "bb" batch: a detached, post-processed mask; the
 encoder trains on the result) and :meth:`aux_losses` (the "mb" batch: a fresh lambda and a fresh
@@ -38,7 +39,7 @@ from ssmix.mixers.samix.mixer_net import MixerNet
 
 @dataclass
 class MixerBatch:
-    """The "mb" batch of one step (spec 2.1 step 6-7, 9)."""
+    """The "mb" batch of one step (docs/algorithm.md §2.1 step 6-7, 9)."""
 
     lam: Tensor  # (N,) one lambda_mb for every row
     perm: Tensor  # (N,) pi_mb: partner of row n (images and, unless leaky, features)
@@ -61,7 +62,7 @@ def _feature_maps(ctx: MixContext, who: str) -> Tensor:
 class _LearnedMixer(Mixer):
     """What SAMix-I and SAMix-C share: the Mixer, the bb path, the mb batch and the mask loss."""
 
-    needs_feature_maps = 3  # stage-3 maps of the target (momentum) branch, spec 3.1
+    needs_feature_maps = 3  # stage-3 maps of the target (momentum) branch, docs/algorithm.md §3.1
 
     def __init__(self, cfg: SAMixIConfig) -> None:
         super().__init__(cfg)
@@ -75,10 +76,11 @@ class _LearnedMixer(Mixer):
         return ctx.labels, ctx.labels[perm]
 
     def forward(self, xa: Tensor, xb: Tensor, ctx: MixContext) -> MixResult:
-        """x = s_a x_a + (1 - s_a) x_b with a detached, post-processed mask at lambda_bb (spec 2.1 step 5).
+        """x = s_a x_a + (1 - s_a) x_b with a detached, post-processed mask at lambda_bb
+        (docs/algorithm.md §2.1 step 5).
 
         ``lam`` of the result is lambda_bb for every row: the encoder loss weights its two targets by
-        the drawn lambda, not by the mask mean (spec 2.1 step 8)."""
+        the drawn lambda, not by the mask mean (docs/algorithm.md §2.1 step 8)."""
         maps = _feature_maps(ctx, type(self).__name__)
         cfg = self.cfg
         n = xa.shape[0]
@@ -93,8 +95,8 @@ class _LearnedMixer(Mixer):
     # -- mb: the Mixer's mixed batch -----------------------------------------------------------
     def mixer_batch(self, ctx: MixContext) -> MixerBatch:
         """Draw lambda_mb and pi_mb, build the mask with gradient and embed the mixed images with the
-        frozen target branch (spec 2.1 steps 6, 7, 9). The mask reads the features of the partner whose
-        image it mixes (spec 9 item 1), or of pi_bb(pi_mb(i)) with ``leaky_pairing`` (the code)."""
+        frozen target branch (docs/algorithm.md §2.1 steps 6, 7, 9). The mask reads the features of the partner whose
+        image it mixes (docs/algorithm.md §9.1), or of pi_bb(pi_mb(i)) with ``leaky_pairing`` (the code)."""
         maps = _feature_maps(ctx, type(self).__name__)
         xa, views_b = ctx.views[ctx.view_a], ctx.views[ctx.view_b]
         n = xa.shape[0]
@@ -106,7 +108,7 @@ class _LearnedMixer(Mixer):
         return MixerBatch(lam=lam, perm=perm, mask=mask, z=z)
 
     def mask_term(self, batch: MixerBatch, ctx: MixContext) -> Tensor:
-        """beta(t) (l_mu + l_sigma) on the mb mask at lambda_mb (spec 3.7)."""
+        """beta(t) (l_mu + l_sigma) on the mb mask at lambda_mb (docs/algorithm.md §3.7)."""
         cfg = self.cfg
         ctx.metrics.update(mask_statistics(batch.mask, "mixer_mask_"))
         beta = decayed_weight(cfg.mask_loss_weight, ctx.step, ctx.total_steps, cfg.mask_loss_decay)
@@ -117,7 +119,7 @@ class _LearnedMixer(Mixer):
         return decayed_weight(self.cfg.eta, ctx.step, ctx.total_steps, self.cfg.eta_schedule)
 
     def instance_positives(self, ctx: MixContext, perm: Tensor) -> Tuple[Tensor, Tensor]:
-        """The two sources' targets, latent-extended when ``latent_pos_extend`` is set (spec 4.1)."""
+        """The two sources' targets, latent-extended when ``latent_pos_extend`` is set (docs/algorithm.md §4.1)."""
         mode = self.cfg.latent_pos_extend
         if mode == "none":
             return source_targets(ctx.keys, ctx.view_a, ctx.view_b, perm)
@@ -125,13 +127,14 @@ class _LearnedMixer(Mixer):
         return extend_positives(ctx.keys, ctx.view_a, rows, mode), extend_positives(ctx.keys, ctx.view_b, perm, mode)
 
     def export(self, path: str, trunk, meta: Dict) -> str:
-        """Write ``mixer.pt`` for SAMix-P: this Mixer with the trunk that fed it (spec 2.4)."""
+        """Write ``mixer.pt`` for SAMix-P: this Mixer with the trunk that fed it (docs/algorithm.md §2.4)."""
         from ssmix.mixers.samix.pretrained import export_mixer
 
         return export_mixer(path, self.net, trunk, meta)
 
     def mixer_group(self) -> Dict:
-        """Plain SGD with the Mixer's own lr whatever the encoder's optimizer (``lars: False``, spec 6.2)."""
+        """Plain SGD with the Mixer's own lr whatever the encoder's optimizer (``lars: False``,
+        docs/algorithm.md §6.2)."""
         cfg = self.cfg
         return {"name": "mixer", "params": list(self.net.parameters()), "lars": False, "lr": cfg.mixer_lr,
                 "momentum": cfg.mixer_momentum, "weight_decay": cfg.mixer_weight_decay,
@@ -160,7 +163,7 @@ class CosineClusterHead(nn.Module):
 
 @register_mixer("samix_i")
 class SAMixI(_LearnedMixer):
-    """SAMix-I (spec 4.1): L_phi = l+ (two-source BCE) + eta l- (mixup infoNCE) + beta L_mask."""
+    """SAMix-I (docs/algorithm.md §4.1): L_phi = l+ (two-source BCE) + eta l- (mixup infoNCE) + beta L_mask."""
 
     def aux_losses(self, ctx: MixContext) -> Dict[str, Tensor]:
         return self.losses_for(self.mixer_batch(ctx), ctx)
@@ -187,14 +190,14 @@ class SAMixI(_LearnedMixer):
 
 @register_mixer("samix_c")
 class SAMixC(_LearnedMixer):
-    """SAMix-C (spec 4.2, 5.5): L_phi = pBCE + eta mixup CE over ODC clusters through psi_off, plus
+    """SAMix-C (docs/algorithm.md §4.2, §5.5): L_phi = pBCE + eta mixup CE over ODC clusters through psi_off, plus
     beta L_mask; the cluster head psi learns mixup CE + one-hot CE on the pseudo-labels.
 
     Deviations (documented): the head is a cosine head with a temperature on the L2-normalised target
     embedding (method-agnostic, :class:`CosineClusterHead`; the reference feeds the unnormalised MoCo
     projector output to a linear head), psi's mixup CE sees the mixed embedding
     detached (the Mixer is trained only through psi_off, as the paper; the code also lets psi's CE reach
-    the Mixer, spec 9 item 3), and class weights are normalised to batch mean 1 (spec 9 item 4).
+    the Mixer, docs/algorithm.md §9.3), and class weights are normalised to batch mean 1 (docs/algorithm.md §9.4).
     """
 
     needs_labels = True
@@ -212,7 +215,7 @@ class SAMixC(_LearnedMixer):
         self.head_off = copy.deepcopy(self.head).requires_grad_(False)
 
     def refresh_frozen_head(self) -> None:
-        """psi_off <- psi, a hard copy (spec 5.5)."""
+        """psi_off <- psi, a hard copy (docs/algorithm.md §5.5)."""
         with torch.no_grad():
             for frozen, live in zip(self.head_off.parameters(), self.head.parameters()):
                 frozen.copy_(live)
