@@ -33,8 +33,9 @@ class Pretrainer(nn.Module):
             self.pipeline.on_train_start(extract)
 
     def training_step(self, views: List[Tensor], labels: Tensor, index: Tensor, step: int, total_steps: int
-                      ) -> Tuple[Dict[str, Tensor], Dict[str, float]]:
-        """Named losses (to be summed) and float metrics of one step (docs/algorithm.md §2.1 order)."""
+                      ) -> Tuple[Dict[str, Tensor], Dict[str, Tensor | float]]:
+        """Named losses (to be summed) and metrics (0-dim tensors or constants) of one step
+        (docs/algorithm.md §2.1 order)."""
         self.method.on_step_start(step, total_steps)
         map_at = self.pipeline.needs_feature_maps if self.pipeline is not None else None
         out = self.method(views, map_at=map_at, with_targets=self.pipeline is not None)
@@ -47,6 +48,6 @@ class Pretrainer(nn.Module):
         return losses, metrics
 
     def forward(self, views: List[Tensor], labels: Tensor, index: Tensor, step: int, total_steps: int
-                ) -> Tuple[Dict[str, Tensor], Dict[str, float]]:
+                ) -> Tuple[Dict[str, Tensor], Dict[str, Tensor | float]]:
         """The training step: DistributedDataParallel wraps it whole, as one graph."""
         return self.training_step(views, labels, index, step, total_steps)

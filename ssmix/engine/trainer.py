@@ -64,6 +64,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def host_values(values: Dict[str, Any]) -> Dict[str, Any]:
+    """Tensors (losses, metrics) as Python floats: a device-to-host sync, so only at logging steps."""
+    return {k: float(v.detach()) if isinstance(v, Tensor) else v for k, v in values.items()}
+
+
 class MetricsLogger:
     """``metrics.jsonl`` rows and TensorBoard scalars (rank 0 only)."""
 
@@ -245,14 +250,14 @@ def _train(cfg: Config, stack: contextlib.ExitStack, stop: StopRequest) -> Dict[
             inst = batch * world / max(now - timer, 1e-9)
             rate = inst if rate is None else 0.9 * rate + 0.1 * inst
             timer = now
-            last = {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in losses.items()}}
             bar.update(1)
-            bar.set_postfix(loss=f"{last['loss']:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.4g}",
-                            img_s=f"{rate:.0f}", epoch=epoch)
-            if step % cfg.train.log_every == 0 or step == stop_step:
+            if step % cfg.train.log_every == 0 or step == stop_step:  # the only reads back to the host
                 guard.check(last_ckpt)
+                last = host_values({"loss": loss, **losses})
+                bar.set_postfix(loss=f"{last['loss']:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.4g}",
+                                img_s=f"{rate:.0f}", epoch=epoch)
                 lrs = {f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups}
-                row = {"epoch": epoch, **last, **metrics, **lrs, "img_per_s": rate}
+                row = {"epoch": epoch, **last, **host_values(metrics), **lrs, "img_per_s": rate}
                 if is_main:
                     for message in health.check(step, row):
                         tqdm.write(message, file=sys.stderr)

@@ -7,6 +7,8 @@ enqueued once per step (:meth:`enqueue`), gathers keys across ranks before enque
 """
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -26,7 +28,11 @@ def all_gather_nograd(x: Tensor) -> Tensor:
 
 
 class KeyQueue(nn.Module):
-    """FIFO of ``size`` L2-normalised ``dim``-d keys, initialised from a random normal."""
+    """FIFO of ``size`` L2-normalised ``dim``-d keys, initialised from a random normal.
+
+    ``ptr`` and ``filled`` are buffers (saved in checkpoints); the queue also keeps them as Python
+    ints, read from the buffers once after construction or loading, so a step never reads a device
+    tensor back to the host (no per-step sync on a GPU)."""
 
     def __init__(self, size: int, dim: int, zero_init: bool = False) -> None:
         super().__init__()
@@ -36,6 +42,16 @@ class KeyQueue(nn.Module):
         self.register_buffer("keys", init)
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("filled", torch.tensor(0 if zero_init else size, dtype=torch.long))
+        self._counters: Optional[Tuple[int, int]] = (0, 0 if zero_init else size)  # (ptr, filled)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._counters = None  # re-read from the loaded buffers on first use
+
+    def _host_counters(self) -> Tuple[int, int]:
+        if self._counters is None:
+            self._counters = (int(self.ptr), int(self.filled))
+        return self._counters
 
     @property
     def size(self) -> int:
@@ -43,7 +59,7 @@ class KeyQueue(nn.Module):
 
     @property
     def full(self) -> bool:
-        return int(self.filled) >= self.size
+        return self._host_counters()[1] >= self.size
 
     def check_batch(self, global_batch: int) -> None:
         if self.size % global_batch:
@@ -62,7 +78,8 @@ class KeyQueue(nn.Module):
         keys = all_gather_nograd(keys.detach().to(self.keys.dtype))
         n = keys.shape[0]
         self.check_batch(n)
-        ptr = int(self.ptr)
+        ptr, filled = self._host_counters()
         self.keys[ptr : ptr + n] = keys
-        self.ptr.fill_((ptr + n) % self.size)
-        self.filled.fill_(min(int(self.filled) + n, self.size))
+        self._counters = ((ptr + n) % self.size, min(filled + n, self.size))
+        self.ptr.fill_(self._counters[0])
+        self.filled.fill_(self._counters[1])

@@ -41,7 +41,7 @@ class MethodOutput:
     negatives: Optional[Tensor] = None  # (K, D) extra negatives (queue snapshot), no grad
     targets: Optional[Tensor] = None  # (2, N, ...) method-specific mixed-view targets (default: keys)
     feature_maps: Optional[Tensor] = None  # (2, N, C, h, w) target-branch maps at `map_at`, no grad
-    metrics: Dict[str, float] = field(default_factory=dict)
+    metrics: Dict[str, Tensor | float] = field(default_factory=dict)  # 0-dim tensors: read at log steps
 
 
 @dataclass
@@ -200,9 +200,10 @@ def lars_param_groups(method: nn.Module) -> List[Dict[str, Any]]:
     ]
 
 
-def collapse_std(z: Tensor) -> float:
+def collapse_std(z: Tensor) -> Tensor:
     """Std of L2-normalised embeddings averaged over dimensions; ~1/sqrt(D) when healthy, 0 when
-    collapsed (SimSiam paper, sec. 4.1; lightly's ``std_of_l2_normalized``)."""
+    collapsed (SimSiam paper, sec. 4.1; lightly's ``std_of_l2_normalized``). A 0-dim tensor on
+    ``z``'s device: the trainer reads metrics back to the host only at logging steps."""
     from lightly.utils.debug import std_of_l2_normalized
 
-    return float(std_of_l2_normalized(z.detach().float()))
+    return std_of_l2_normalized(z.detach().float())

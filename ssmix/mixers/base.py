@@ -36,7 +36,7 @@ class MixContext:
     index: Optional[Tensor] = None  # (N,) dataset indices
     step: int = 0
     total_steps: int = 1
-    metrics: Dict[str, float] = field(default_factory=dict)  # what a mixer reports about this step
+    metrics: Dict[str, Tensor | float] = field(default_factory=dict)  # what a mixer reports about this step
 
 
 @dataclass
@@ -110,7 +110,7 @@ def expand_lam(lam: float | Tensor, n: int, device: torch.device | str) -> Tenso
 
 
 @torch.no_grad()
-def mask_statistics(mask: Tensor, prefix: str = "mask_") -> Dict[str, float]:
+def mask_statistics(mask: Tensor, prefix: str = "mask_") -> Dict[str, Tensor]:
     """How structured a batch of masks ``(N, 1, H, W)`` is (docs/algorithm.md §3.7):
 
     - ``within_var``: mean over images of each mask's spatial variance (0 for a constant mask, as
@@ -120,13 +120,14 @@ def mask_statistics(mask: Tensor, prefix: str = "mask_") -> Dict[str, float]:
     - ``saturated``: fraction of pixels below 0.05 or above 0.95.
 
     ``within_var + between_var`` is the variance over every pixel of the batch (law of total variance).
+    0-dim tensors on the mask's device (no host sync; the trainer reads them at logging steps).
     """
     m = mask.detach().float().flatten(1)
     means = m.mean(dim=1)
     return {
-        f"{prefix}within_var": float(m.var(dim=1, unbiased=False).mean()),
-        f"{prefix}between_var": float(means.var(unbiased=False)),
-        f"{prefix}saturated": float(((m < 0.05) | (m > 0.95)).float().mean()),
+        f"{prefix}within_var": m.var(dim=1, unbiased=False).mean(),
+        f"{prefix}between_var": means.var(unbiased=False),
+        f"{prefix}saturated": ((m < 0.05) | (m > 0.95)).float().mean(),
     }
 
 

@@ -89,12 +89,12 @@ class MixPipeline(nn.Module):
         return res, mixed
 
     def forward(self, method: Method, views: List[Tensor], labels: Tensor, index: Tensor, out: MethodOutput,
-                step: int, total_steps: int) -> Tuple[Dict[str, Tensor], Dict[str, float]]:
+                step: int, total_steps: int) -> Tuple[Dict[str, Tensor], Dict[str, Tensor | float]]:
         ctx = self.context(method, views, labels, index, out, step, total_steps)
         _, mixed = self.mix(ctx)
         losses = {"mix": self.cfg.weight * method.mixed_loss(mixed, out)}
         losses.update(self.mixer.aux_losses(ctx))
-        metrics: Dict[str, float] = {"mix_lam": float(mixed.lam.mean()), **ctx.metrics}
+        metrics: Dict[str, Tensor | float] = {"mix_lam": mixed.lam.mean().detach(), **ctx.metrics}
         if mixed.mask is not None:  # the encoder's (bb) masks; SAMix adds its own (mb) as mixer_mask_*
             metrics.update(mask_statistics(mixed.mask, "mask_"))
         if self.odc is not None:  # labels were read above, before this update (docs/algorithm.md §4.2 item 6)

@@ -109,7 +109,8 @@ def postprocess_encoder_mask(
     return lam_margin_fallback(mask, lam, lam_margin)
 
 
-def mask_loss(mask: Tensor, lam: float, margin: float = 0.1, form: str = "l2", per_sample: bool = False) -> Tensor:
+def mask_loss(mask: Tensor, lam: float | Tensor, margin: float = 0.1, form: str = "l2",
+              per_sample: bool = False) -> Tensor:
     """l_mu + l_sigma of docs/algorithm.md §3.7 (unweighted; multiply by beta).
 
     With m = mean of s_a over the batch and all pixels (= 1 - mean(s_b)):

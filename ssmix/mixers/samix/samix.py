@@ -112,7 +112,7 @@ class _LearnedMixer(Mixer):
         cfg = self.cfg
         ctx.metrics.update(mask_statistics(batch.mask, "mixer_mask_"))
         beta = decayed_weight(cfg.mask_loss_weight, ctx.step, ctx.total_steps, cfg.mask_loss_decay)
-        return beta * mask_loss(batch.mask, float(batch.lam[0]), cfg.mask_loss_margin, cfg.mask_loss,
+        return beta * mask_loss(batch.mask, batch.lam[0], cfg.mask_loss_margin, cfg.mask_loss,
                                 per_sample=cfg.mask_mean == "sample")
 
     def eta(self, ctx: MixContext) -> float:
@@ -264,8 +264,8 @@ class SAMixC(_LearnedMixer):
         raw_logits = self.head(ctx.keys[ctx.view_a])
         head_raw = cross_entropy(raw_logits, y_a, w_a)
         with torch.no_grad():  # chance: accuracy 1/C, and each of the two CE terms ln C
-            ctx.metrics.update({"cluster_head_acc": float((raw_logits.argmax(1) == y_a).float().mean()),
-                                "cluster_head_ce": float(head_mix + head_raw),
+            ctx.metrics.update({"cluster_head_acc": (raw_logits.argmax(1) == y_a).float().mean(),
+                                "cluster_head_ce": (head_mix + head_raw).detach(),
                                 "cluster_head_ce_chance": 2 * math.log(raw_logits.shape[1])})
         return {"mixer_local": local, "mixer_global": self.eta(ctx) * global_,
                 "mixer_mask": self.mask_term(batch, ctx), "cluster_head": head_mix + head_raw}
