@@ -26,11 +26,12 @@ def _digits_config(kind, *overrides):
 
 @pytest.mark.parametrize("kind", ["i", "c"])
 def test_mixer_learns_on_a_fixed_digits_batch(kind):
-    """Encoder frozen: the Mixer's own losses move its masks from the near-constant 0.5 of the
-    N(0, 0.01) init to masks that vary and differ across pairs. Whether its loss falls is not asserted:
-    on a frozen random encoder the loss of a held-out draw (same lambda and partners) does not fall
-    reliably at any lr tried (0.01-0.5), and the masks it reaches choose whole images (saturated).
-    Learning structured masks is measured in training (mixer_mask_* metrics, bench/learning.py)."""
+    """Encoder frozen: the Mixer's own losses move its masks away from the near-constant 0.5 of the
+    N(0, 0.01) init. Nothing more is asserted: on a frozen random encoder the Mixer has no useful
+    signal - a held-out draw's loss does not fall reliably at any lr tried (0.01-0.5), and depending on
+    the seed the masks end varying across pairs or constant (all 0 or all 1). Whether masks become
+    spatially structured is measured in training (mixer_mask_* metrics, bench/learning.py)."""
+    torch.manual_seed(0)  # the draws (lambda, partners, views) must not depend on the tests run before
     extra = ["mix.labels=dataset", "mix.odc.num_clusters=10"] if kind == "c" else []
     cfg = _digits_config(kind, "data.image_size=32", "model.cifar_stem=false", *extra)  # the geometry it was tuned on
     info = DATASET_INFO["digits"]
@@ -52,11 +53,10 @@ def test_mixer_learns_on_a_fixed_digits_batch(kind):
         loss.backward()
         opt.step()
         m = batch.mask.detach()
-        history.append((float(loss), float(m.var()), float((m - m.roll(1, 0)).abs().mean())))
-    first, last = history[0], history[-5:]
+        history.append((float(loss), float((m - 0.5).abs().mean())))
     assert all(math.isfinite(h[0]) for h in history)
-    assert min(h[1] for h in last) > 100 * first[1]  # mask variance grew
-    assert min(h[2] for h in last) > 0.1 > first[2]  # masks differ across pairs
+    assert history[0][1] < 0.03  # the init: every pixel ~0.5
+    assert min(h[1] for h in history[-5:]) > 0.1  # the Mixer's losses moved the masks away from it
 
 
 @pytest.mark.parametrize("kind", ["i", "c"])
