@@ -3,7 +3,7 @@ recipe (``configs/digits/``), several seeds, beside random encoders; writes ``do
 
     python bench/learning.py                        # everything, seeds 0 1 2 (hours on 2 CPU cores)
     python bench/learning.py --only mocov2 mocov2_samix_c --seeds 0
-    python bench/learning.py --table                # rewrite docs/results.md from the finished runs
+    python bench/learning.py --table                # rewrite docs/results.md (and README's copy) from finished runs
 
 Each run pre-trains one config from scratch and is judged by frozen features on held-out digits
 (linear probe on cached features and 20-NN, ``configs/linear/digits.yaml``); ``random init`` is the
@@ -24,6 +24,8 @@ import recipe
 
 DIGITS = os.path.join(recipe.ROOT, "configs", "digits")
 RESULTS = os.path.join(recipe.ROOT, "docs", "results.md")
+README = os.path.join(recipe.ROOT, "README.md")
+BEGIN, END = "<!-- results:begin (bench/learning.py) -->", "<!-- results:end -->"
 FIGURE = os.path.join(recipe.ROOT, "docs", "samix_c_masks.png")
 #: row name -> config under configs/digits/
 RUNS: Dict[str, str] = {name: os.path.join(DIGITS, f"{name}.yaml") for name in (
@@ -38,6 +40,18 @@ def random_init(seeds: List[int]) -> List[Dict[str, float]]:
 
 def _cell(results: List[dict], key: str, fmt: str = "{:.1f}") -> str:
     return recipe.mean_std([r[key] for r in results if key in r], fmt)
+
+
+def update_readme(table_rows: str) -> None:
+    """Put the table between the README's results markers (the README shows docs/results.md)."""
+    with open(README, encoding="utf-8") as f:
+        text = f.read()
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"README.md lacks the markers {BEGIN} ... {END}")
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    with open(README, "w", encoding="utf-8") as f:
+        f.write(f"{head}{BEGIN}\n{table_rows}\n{END}{tail}")
 
 
 def table(seeds: List[int]) -> str:
@@ -107,6 +121,7 @@ def main() -> None:
     text = table(args.seeds)
     with open(RESULTS, "w", encoding="utf-8") as f:
         f.write(text)
+    update_readme("\n".join(line for line in text.splitlines() if line.startswith("|")))
     print(text)
 
 
