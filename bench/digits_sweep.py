@@ -64,9 +64,10 @@ def table() -> str:
         "",
         "MoCo v2, ResNet-18, held-out digits (359 images): linear probe on cached features and 20-NN "
         "(`configs/linear/digits.yaml`). Overrides are on top of `configs/digits/mocov2.yaml`. "
-        "Minutes are wall-clock on a shared 2-core CPU.",
+        "Minutes are wall-clock on a 2-core CPU that ran 2-4 jobs at once during the sweep: they are not "
+        "comparable across rows (alone, a recipe run takes a few minutes).",
         "",
-        f"Random init: 16 px CIFAR stem linear {randoms[16]['linear']:.1f} / kNN {randoms[16]['knn']:.1f}; "
+        f"Random init (seed 0; `docs/results.md` has seeds 0-2): 16 px CIFAR stem linear {randoms[16]['linear']:.1f} / kNN {randoms[16]['knn']:.1f}; "
         f"32 px ImageNet stem linear {randoms[32]['linear']:.1f} / kNN {randoms[32]['knn']:.1f}.",
         "",
         "| variant | overrides | seeds | linear | kNN | minutes | collapse_std |",
