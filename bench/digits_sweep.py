@@ -58,7 +58,8 @@ def table() -> str:
                     f"{recipe.mean_std([r['knn'] for r in results])} | "
                     f"{recipe.mean_std([r['minutes'] for r in results])} | "
                     f"{recipe.mean_std([r['collapse_std'] for r in results if 'collapse_std' in r], '{:.3f}')} |")
-    randoms = {size: recipe.heldout_accuracy("random", size, "resnet18", stem) for size, stem in ((16, True), (32, False))}
+    randoms = {size: recipe.heldout_accuracy("random", size, "resnet18", stem)
+               for size, stem in ((16, True), (32, False))}
     return "\n".join([
         "# Digits recipe sweep (`bench/digits_sweep.py`)",
         "",
@@ -67,7 +68,8 @@ def table() -> str:
         "Minutes are wall-clock on a 2-core CPU that ran 2-4 jobs at once during the sweep: they are not "
         "comparable across rows (alone, a recipe run takes a few minutes).",
         "",
-        f"Random init (seed 0; `docs/results.md` has seeds 0-2): 16 px CIFAR stem linear {randoms[16]['linear']:.1f} / kNN {randoms[16]['knn']:.1f}; "
+        f"Random init (seed 0; `docs/results.md` has seeds 0-2): 16 px CIFAR stem linear "
+        f"{randoms[16]['linear']:.1f} / kNN {randoms[16]['knn']:.1f}; "
         f"32 px ImageNet stem linear {randoms[32]['linear']:.1f} / kNN {randoms[32]['knn']:.1f}.",
         "",
         "| variant | overrides | seeds | linear | kNN | minutes | collapse_std |",

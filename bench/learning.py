@@ -58,7 +58,8 @@ def table(seeds: List[int]) -> str:
     randoms = random_init(seeds)
     header = ("| encoder | seeds | linear top-1 | kNN top-1 | minutes | collapse_std | Mixer mask within-var | "
               "Mixer mask saturated | cluster-head acc |\n|---|---|---|---|---|---|---|---|---|")
-    rows = [f"| random init | {len(randoms)} | {_cell(randoms, 'linear')} | {_cell(randoms, 'knn')} | - | - | - | - | - |"]
+    rows = [f"| random init | {len(randoms)} | {_cell(randoms, 'linear')} | {_cell(randoms, 'knn')} "
+            "| - | - | - | - | - |"]
     for name, config in RUNS.items():
         results = [r for r in (recipe.finished(config, [], seed) for seed in seeds) if r]
         if not results:

@@ -95,7 +95,8 @@ def test_symmetric_loss_averages_both_directions_and_proj_bn_spreads_a_random_en
     assert out.keys.shape == (2, 8, 128)
     q = l2n(model.projector(model.backbone(torch.cat(views))))  # one pass: BN over both views, as the step
     q1, q2 = q[:8], q[8:]
-    want = 0.5 * (info_nce(q1, out.keys[1], queue_before, 0.2).mean() + info_nce(q2, out.keys[0], queue_before, 0.2).mean())
+    want = 0.5 * (info_nce(q1, out.keys[1], queue_before, 0.2).mean()
+                  + info_nce(q2, out.keys[0], queue_before, 0.2).mean())
     assert torch.allclose(out.losses["moco"], want, atol=1e-5)
     model.on_step_end(out)
     assert torch.equal(model.queue.keys[:8], out.keys[1])  # still the view-2 keys, once per step
