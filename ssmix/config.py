@@ -49,6 +49,9 @@ class AugConfig:
     gray_prob: float = 0.2
     blur_prob: float = 0.5  # set 0 for 32 px (CIFAR), as MoCo-colab / SimSiam do
     hflip_prob: float = 0.5
+    # random rotation by an angle uniform in [-rotation_degrees, rotation_degrees], with this probability
+    rotation_prob: float = 0.0
+    rotation_degrees: float = 0.0
     multi_crop: MultiCropConfig = field(default_factory=MultiCropConfig)
 
 
@@ -399,7 +402,8 @@ def validate(cfg: Config) -> Config:
     check_ranges({"data.num_workers": d.num_workers, "train.momentum": t.momentum,
                   "train.weight_decay": t.weight_decay, "train.warmup_epochs": t.warmup_epochs,
                   "train.min_lr_ratio": t.min_lr_ratio, "train.knn_every": t.knn_every,
-                  "train.vis_every": t.vis_every}, ">=0")
+                  "train.vis_every": t.vis_every, "data.aug.rotation_prob": d.aug.rotation_prob,
+                  "data.aug.rotation_degrees": d.aug.rotation_degrees}, ">=0")
     check_ranges({"train.keep_ckpts": t.keep_ckpts}, ">=1")
     if not cfg.output_dir:
         raise ConfigError("output_dir: must not be empty")

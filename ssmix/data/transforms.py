@@ -23,8 +23,11 @@ def build_view_transform(aug: AugConfig, image_size: int, mean: Sequence[float],
                          ) -> Callable[..., List]:
     """PIL image -> list of normalised view tensors (2 views; SwAV: the multi-crop list)."""
     normalize = {"mean": list(mean), "std": list(std)}
+    # lightly reads rr_degrees=None as quarter turns: a rotation needs both a probability and an angle.
+    rotate = aug.rotation_prob > 0 and aug.rotation_degrees > 0
     common = dict(cj_prob=aug.cj_prob, cj_strength=aug.cj_strength, random_gray_scale=aug.gray_prob,
-                  hf_prob=aug.hflip_prob, normalize=normalize)
+                  hf_prob=aug.hflip_prob, rr_prob=aug.rotation_prob if rotate else 0.0,
+                  rr_degrees=aug.rotation_degrees if rotate else None, normalize=normalize)
     if aug.kind == "mocov2":
         return MoCoV2Transform(input_size=image_size, min_scale=aug.min_scale, gaussian_blur=aug.blur_prob, **common)
     if aug.kind == "simclr":
