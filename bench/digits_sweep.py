@@ -36,6 +36,8 @@ VARIANTS: Dict[str, Tuple[str, List[str]]] = {
     "crops 0.5": (MOCO, ["data.aug.min_scale=0.5"]),
     "rotation 15": (MOCO, ["data.aug.rotation_prob=0.5", "data.aug.rotation_degrees=15"]),
     "queue 256": (MOCO, ["method.queue_size=256"]),
+    "t 0.5": (MOCO, ["method.temperature=0.5"]),
+    "queue 128": (MOCO, ["method.queue_size=128"]),
     "30 epochs, rotation 15": (MOCO, ["train.epochs=30", "data.aug.rotation_prob=0.5",
                                       "data.aug.rotation_degrees=15"]),
     "32 px ImageNet stem": (MOCO, ["data.image_size=32", "model.cifar_stem=false"]),
