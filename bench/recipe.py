@@ -21,7 +21,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from ssmix.config import Config, load_config  # noqa: E402
+from ssmix.cli import load_pretrain_config  # noqa: E402
+from ssmix.config import Config  # noqa: E402
 from ssmix.quickstart import heldout_accuracy, last_metrics  # noqa: E402  (the demo's evaluation)
 
 RUNS = os.path.join(ROOT, "runs", "recipes")
@@ -29,7 +30,7 @@ RUNS = os.path.join(ROOT, "runs", "recipes")
 
 def resolve(config: str, overrides: Sequence[str], seed: int) -> Tuple[Config, str]:
     """The run's config and its directory: ``<config stem>[,<override>...]/seed<k>``."""
-    cfg = load_config(config, [*overrides, f"seed={seed}", "resume=auto", "train.progress=false"])
+    cfg = load_pretrain_config(config, [*overrides, f"seed={seed}", "resume=auto", "train.progress=false"])
     name = ",".join([os.path.splitext(os.path.basename(config))[0], *overrides]).replace(os.sep, "_")
     cfg.output_dir = os.path.join(RUNS, name, f"seed{seed}")
     return cfg, cfg.output_dir

@@ -6,15 +6,24 @@ from __future__ import annotations
 import re
 import sys
 import warnings
-from typing import Callable, Tuple, Type
+from typing import Callable, Optional, Sequence, Tuple, Type
 
-from ssmix.config import ConfigError
+from ssmix.config import Config, ConfigError, load_config
 
 # OSError covers missing datasets, unreadable images, permissions and a full disk; FloatingPointError a
 # diverged run (ssmix.engine.finite.NonFiniteError); ImportError an optional dependency.
 EXPECTED: Tuple[Type[BaseException], ...] = (ConfigError, OSError, FloatingPointError)
 _WRAPPED = re.compile(r"^[\w.]+(Error|Exception|Interrupt): ")
 _TORCH_ADVICE = re.compile(r"(\()?Weights only load failed.*", re.S)  # torch's text, which suggests unsafe loading
+
+
+def load_pretrain_config(path: Optional[str], overrides: Sequence[str] = ()) -> Config:
+    """:func:`ssmix.config.load_config` with every built-in method and mixer registered (their packages
+    fill the config registries when imported)."""
+    import ssmix.methods  # noqa: F401
+    import ssmix.mixers  # noqa: F401
+
+    return load_config(path, overrides)
 
 
 def one_line(exc: BaseException) -> str:

@@ -3,6 +3,11 @@ dataclass schema that rejects unknown keys and wrong types before any model is b
 
 The ``method`` and ``mix`` sections are polymorphic: their schema is the dataclass registered for
 ``method.name`` / ``mix.type`` (see :func:`register_method_config` and :func:`register_mix_config`).
+The packages that own them fill those registries when imported (``import ssmix.methods, ssmix.mixers``;
+every entry point does); this module imports neither.
+
+The generic pieces (:func:`from_dict`, :func:`merge`, :func:`read_yaml`, :func:`parse_overrides`, the
+range checks) also load the other schemas (linear evaluation, detection).
 """
 from __future__ import annotations
 
@@ -114,7 +119,7 @@ class MethodConfig:
 class MixConfig:
     """Base of every mixer's schema; ``type`` selects the registered subclass.
 
-    ``weight`` scales the mixed-view loss; ``cross_view`` selects the pipeline variant (docs/algorithm.md §2.3):
+    ``weight`` scales the mixed-view loss; ``cross_view`` selects the pairing (docs/algorithm.md §2.3):
     True mixes view 1 of i with view 2 of pi(i) (targets: the other views), False mixes view 1 of both
     (targets: view 2 of both, the paper's Fig. 8 reading).
     """
@@ -185,12 +190,6 @@ register_method_config = registrar(METHOD_SCHEMAS)  # the schema of ``method.nam
 register_mix_config = registrar(MIX_SCHEMAS)  # the schema of ``mix.type``
 
 
-def _ensure_registries() -> None:
-    # Importing the packages runs their registration decorators.
-    import ssmix.methods  # noqa: F401
-    import ssmix.mixers  # noqa: F401
-
-
 # --------------------------------------------------------------------------------------------
 # dict -> dataclass with type checking
 # --------------------------------------------------------------------------------------------
@@ -239,7 +238,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
         return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
     if dataclasses.is_dataclass(tp):
-        return _from_dict(tp, value, where)
+        return from_dict(tp, value, where)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -270,7 +269,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
 
 
-def _from_dict(cls: Type, data: Any, where: str) -> Any:
+def from_dict(cls: Type, data: Any, where: str = "") -> Any:
+    """A nested dict -> the dataclass ``cls``, types checked; ``where`` is the key path for messages."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -288,7 +288,9 @@ def _from_dict(cls: Type, data: Any, where: str) -> Any:
             default_tag = getattr(tp(), tag)
             name = value.get(tag, default_tag)
             if name not in registry:
-                raise ConfigError(f"{path}.{tag}: unknown value '{name}'{_closest(str(name), list(registry))}")
+                hint = _closest(str(name), list(registry)) if registry else (
+                    f" (nothing is registered: import ssmix.{'methods' if key == 'method' else 'mixers'} first)")
+                raise ConfigError(f"{path}.{tag}: unknown value '{name}'{hint}")
             tp = registry[name]
         kwargs[key] = _coerce(value, tp, path)
     return cls(**kwargs)
@@ -303,7 +305,9 @@ def config_to_dict(cfg: Any) -> Dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-def _merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
+def merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
+    """``over`` merged into ``base`` key by key (nested dicts recursively; a new method/mixer type drops the
+    old one's keys)."""
     out = dict(base)
     for key, value in over.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
@@ -313,7 +317,7 @@ def _merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
                 and _POLYMORPHIC[key][0] in value
                 and value[_POLYMORPHIC[key][0]] != out[key].get(_POLYMORPHIC[key][0])
             )
-            out[key] = _merge(out[key], value) if same_kind else dict(value)
+            out[key] = merge(out[key], value) if same_kind else dict(value)
         else:
             out[key] = value
     return out
@@ -338,8 +342,8 @@ def read_yaml(path: str, _seen: Tuple[str, ...] = ()) -> Dict[str, Any]:
     merged: Dict[str, Any] = {}
     for base in bases:
         base_path = os.path.join(os.path.dirname(path), base)
-        merged = _merge(merged, read_yaml(base_path, _seen + (path,)))
-    return _merge(merged, data)
+        merged = merge(merged, read_yaml(base_path, _seen + (path,)))
+    return merge(merged, data)
 
 
 def parse_overrides(items: Sequence[str]) -> Dict[str, Any]:
@@ -364,13 +368,13 @@ def parse_overrides(items: Sequence[str]) -> Dict[str, Any]:
 
 
 def build_config(data: Dict[str, Any]) -> Config:
-    """Nested dict -> validated :class:`Config` (types, then ranges)."""
-    _ensure_registries()
+    """Nested dict -> validated :class:`Config` (types, then ranges). The schemas of ``method.name`` and
+    ``mix.type`` must be registered (import ``ssmix.methods`` and ``ssmix.mixers``)."""
     data = dict(data)
     for key in _POLYMORPHIC:  # an absent method/mix section still gets its registered schema
         if data.get(key) is None:
             data[key] = {}
-    return validate(_from_dict(Config, data, ""))
+    return validate(from_dict(Config, data, ""))
 
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -422,7 +426,7 @@ def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> Config:
     if path:
         check_runnable(path)
     data = read_yaml(path) if path else {}
-    data = _merge(data, parse_overrides(overrides))
+    data = merge(data, parse_overrides(overrides))
     if path and not data.get("output_dir", True):
         data["output_dir"] = os.path.join("runs", os.path.splitext(os.path.basename(path))[0])
     return build_config(data)
@@ -430,3 +434,8 @@ def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> Config:
 
 def dump_config(cfg: Config) -> str:
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+# The former private names, still used by detection/ (moved by the packaging change).
+_from_dict = from_dict
+_merge = merge

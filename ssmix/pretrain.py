@@ -14,8 +14,8 @@ import argparse
 import sys
 from typing import List, Optional
 
-from ssmix.cli import run_main
-from ssmix.config import dump_config, load_config
+from ssmix.cli import load_pretrain_config, run_main
+from ssmix.config import dump_config
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -29,7 +29,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_pretrain_config(args.config, args.overrides)
     if args.print_config:
         print(dump_config(cfg), end="")
         return 0

@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Dict, List, Optional
 
-from ssmix.config import load_config
+from ssmix.cli import load_pretrain_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs", "digits")
@@ -77,7 +77,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         overrides = [f"output_dir={os.path.join(args.output_root, name)}", "resume=auto"]
         if args.epochs:
             overrides.append(f"train.epochs={args.epochs}")
-        cfg = load_config(os.path.join(CONFIGS, f"{name}.yaml"), overrides)
+        cfg = load_pretrain_config(os.path.join(CONFIGS, f"{name}.yaml"), overrides)
         print(f"\n== pre-training {title} ({cfg.train.epochs} epochs) -> {cfg.output_dir}", flush=True)
         start = time.perf_counter()
         train(cfg)

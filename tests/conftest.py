@@ -6,6 +6,9 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+import ssmix.methods  # noqa: E402,F401  (fills the method registries that configs are checked against)
+import ssmix.mixers  # noqa: E402,F401  (and the mixer registries)
 # Tests use tiny tensors: one thread avoids OpenMP overhead (and thrashing on a shared machine).
 torch.set_num_threads(1)
 

@@ -16,7 +16,9 @@ from ssmix.engine.pretrainer import Pretrainer
 from ssmix.engine.optim import build_optimizer, set_learning_rates
 from ssmix.engine.trainer import train
 from ssmix.methods import build_method
-from ssmix.methods.base import MixedBatch, l2n
+from ssmix.engine.optim import lars_param_groups, method_param_groups
+from ssmix.methods.base import l2n
+from ssmix.mixup import MixedBatch, MixedInputs, Pairing
 from ssmix.methods.swav import swapped_prediction_loss
 from tests.helpers import tiny_config
 
@@ -50,8 +52,8 @@ def make_views(method, n=N):
 
 def make_mixed(n=N):
     perm = torch.roll(torch.arange(n), 1)
-    return MixedBatch(x=torch.randn(n, 3, 16, 16), lam=torch.rand(n), view_a=1, index_a=torch.arange(n),
-                      view_b=0, index_b=perm)
+    # sources: view 1 of i, view 2 of perm(i); targets: view 2 of i, view 1 of perm(i)
+    return MixedBatch(MixedInputs(x=torch.randn(n, 3, 16, 16), lam=torch.rand(n)), Pairing(0, 1, perm))
 
 
 def online_projection(model, x):
@@ -93,7 +95,7 @@ def test_simclr_mixed_loss_is_lambda_weighted_nt_xent_with_in_batch_negatives():
     got = model.mixed_loss(mixed, out)
     z = l2n(online_projection(model, mixed.x))
     candidates, t = out.keys.flatten(0, 1), 0.5
-    index_a, index_b = mixed.flat_index(N)
+    index_a, index_b = mixed.target_index(N)
     rows = []
     for i in range(N):
         s = torch.exp(candidates @ z[i] / t)
@@ -106,12 +108,16 @@ def test_simclr_mixed_loss_is_lambda_weighted_nt_xent_with_in_batch_negatives():
 
 def test_lars_splits_biases_and_norms_into_a_group_without_weight_decay():
     model = make("simclr", "train.optimizer=lars")
-    decay, no_decay = model.param_groups()
+    decay, no_decay = method_param_groups(model, "lars")
     assert no_decay["weight_decay"] == 0.0 and "weight_decay" not in decay
     assert any(p is model.backbone.bn1.weight for p in no_decay["params"])
     assert any(p is model.backbone.conv1.weight for p in decay["params"])
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
-    assert len(make("simclr", "train.optimizer=sgd").param_groups()) == 1
+    assert len(method_param_groups(make("simclr", "train.optimizer=sgd"), "sgd")) == 1
+    # SwAV's LARS (LARC in its reference) adapts and decays every parameter: one group
+    assert len(method_param_groups(make("swav"), "lars")) == 1
+    assert [len(g["params"]) for g in method_param_groups(make("byol"), "lars")] == \
+        [len(g["params"]) for g in lars_param_groups(make("byol"))]
 
 
 # -- BYOL --------------------------------------------------------------------------------------
@@ -192,7 +198,7 @@ def test_swav_mixed_loss_is_lambda_weighted_cross_entropy_to_the_sources_codes()
     log_p = torch.log_softmax(z @ model.prototypes.weight.t() / 0.1, dim=-1)
     rows = []
     for i in range(N):
-        code_a, code_b = out.targets[1, i], out.targets[0, mixed.index_b[i]]
+        code_a, code_b = out.targets[1, i], out.targets[0, mixed.pairing.perm[i]]
         rows.append(-mixed.lam[i] * (code_a * log_p[i]).sum() - (1 - mixed.lam[i]) * (code_b * log_p[i]).sum())
     assert torch.allclose(got, torch.stack(rows).mean(), atol=1e-5)
 
@@ -285,7 +291,7 @@ def test_byol_and_simsiam_mixed_loss_is_soft_target_cross_entropy_of_the_predict
     mixed = make_mixed()
     got = model.mixed_loss(mixed, out)
     p = l2n(model.predictor(online_projection(model, mixed.x)))
-    want = soft_ce_reference(p, out.keys.flatten(0, 1), *mixed.flat_index(N), mixed.lam, 0.2)
+    want = soft_ce_reference(p, out.keys.flatten(0, 1), *mixed.target_index(N), mixed.lam, 0.2)
     assert torch.allclose(got, want, atol=1e-5)
 
 

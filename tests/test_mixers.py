@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from ssmix.config import MIX_SCHEMAS, ConfigError, build_config
 from ssmix.mixers import fmix, handcrafted, saliencymix  # noqa: F401  (registration)
-from ssmix.mixers.base import MIXERS, MixContext, blend, derangement, sample_lambda
+from ssmix.mixers.base import MIXERS, blend
+from ssmix.mixup import MixContext, Pairing, derangement, sample_beta
 from ssmix.mixers.fmix import fourier_noise
 from ssmix.mixers.saliencymix import saliency_peaks
 
@@ -37,11 +38,16 @@ def make_ctx(n: int, h: int, w: int, labels=None, perm=None, prefix: Prefix | No
     views = [torch.randn(n, 3, h, w), torch.randn(n, 3, h, w)]
     prefix = prefix or Prefix()
     return MixContext(
-        views=views, view_a=0, view_b=1, perm=derangement(n) if perm is None else perm,
+        views=views, pairing=Pairing(0, 1, derangement(n) if perm is None else perm),
         keys=F.normalize(torch.randn(2, n, 8), dim=-1), negatives=None, temperature=0.2,
         embed_target=lambda x: F.normalize(x.mean((2, 3)), dim=-1), online_prefix=prefix, labels=labels,
         num_classes=0 if labels is None else int(labels.max()) + 1,
     )
+
+
+def mix(mixer, xa, xb, ctx):
+    """What the training step does: draw the mixer's lambda, then mix at it."""
+    return mixer(xa, xb, mixer.sample_lambda(), ctx)
 
 
 def build(kind: str, **fields):
@@ -72,11 +78,11 @@ def test_contract_and_reproducible(kind, n, h, w):
     torch.manual_seed(123)
     ctx = make_ctx(n, h, w, labels=default_labels(n))
     mixer = build(kind)
-    xa, xb = ctx.views[0], ctx.views[1][ctx.perm]
+    xa, xb = ctx.views[0], ctx.views[1][ctx.pairing.perm]
     outs = []
     for _ in range(2):
         torch.manual_seed(7)
-        outs.append(mixer(xa, xb, ctx))
+        outs.append(mix(mixer, xa, xb, ctx))
     first, second = outs
     assert torch.equal(first.x, second.x) and torch.equal(first.lam, second.lam)
     assert first.start == second.start
@@ -90,7 +96,7 @@ def test_contract_and_reproducible(kind, n, h, w):
             assert torch.allclose(first.x, blend(xa, xb, first.mask), atol=1e-6)
     # a different seed gives a different mix
     torch.manual_seed(8)
-    third = mixer(xa, xb, ctx)
+    third = mix(mixer, xa, xb, ctx)
     assert not (third.start == first.start and torch.equal(third.x, first.x))
 
 
@@ -114,7 +120,7 @@ def test_bad_settings_fail_clearly():
     with pytest.raises(ConfigError, match="decay_power"):
         MIX_SCHEMAS["fmix"](decay_power=0)
     with pytest.raises(ValueError, match="same shape"):
-        build("cutmix")(torch.zeros(2, 3, 8, 8), torch.zeros(2, 3, 8, 9), make_ctx(2, 8, 8))
+        mix(build("cutmix"), torch.zeros(2, 3, 8, 8), torch.zeros(2, 3, 8, 9), make_ctx(2, 8, 8))
 
 
 def test_derangement_is_a_permutation_without_fixed_points():
@@ -151,11 +157,11 @@ def test_derangement_is_uniform_over_all_derangements():
 
 def test_mixup_is_the_convex_combination_with_a_beta_lambda():
     ctx = make_ctx(4, 24, 40)
-    xa, xb = ctx.views[0], ctx.views[1][ctx.perm]
+    xa, xb = ctx.views[0], ctx.views[1][ctx.pairing.perm]
     torch.manual_seed(3)
-    lam = sample_lambda(2.0)
+    lam = sample_beta(2.0)
     torch.manual_seed(3)
-    out = build("mixup")(xa, xb, ctx)
+    out = mix(build("mixup"), xa, xb, ctx)
     assert torch.allclose(out.lam, torch.full((4,), lam))
     assert torch.allclose(out.x, lam * xa + (1 - lam) * xb, atol=1e-6)
     assert torch.allclose(out.mask, torch.full((4, 1, 24, 40), lam))
@@ -176,7 +182,7 @@ def test_box_lambda_equals_unmasked_area(kind, h, w):
         ctx = make_ctx(n, h, w, labels=labels)
         xa = torch.ones(n, 3, h, w)
         xb = -torch.rand(n, 3, h, w) - 0.5  # never equal to 1
-        out = build(kind)(xa, xb, ctx)
+        out = mix(build(kind), xa, xb, ctx)
         from_a = (out.x == 1).all(1)  # (N, H, W) pixels still showing source a
         assert torch.equal(from_a, out.mask[:, 0] == 1)
         assert bool(((out.mask == 0) | (out.mask == 1)).all())
@@ -193,9 +199,9 @@ def test_cutmix_box_size_and_shared_geometry(kind):
     for seed in range(20):
         ctx = make_ctx(n, h, w, labels=torch.arange(n))
         torch.manual_seed(seed)
-        lam0 = sample_lambda(2.0)
+        lam0 = sample_beta(2.0)
         torch.manual_seed(seed)
-        out = build(kind)(torch.ones(n, 3, h, w), torch.zeros(n, 3, h, w), ctx)
+        out = mix(build(kind), torch.ones(n, 3, h, w), torch.zeros(n, 3, h, w), ctx)
         keep = out.mask[:, 0] == 1
         assert bool((keep == keep[:1]).all())  # one geometry shared by the batch
         y0, y1, x0, x1 = box_of(keep[0])
@@ -212,8 +218,8 @@ def test_resizemix_pastes_the_whole_resized_partner():
     for seed in range(10):
         torch.manual_seed(seed)
         ctx = make_ctx(n, h, w)
-        xa, xb = ctx.views[0], ctx.views[1][ctx.perm]
-        out = build("resizemix")(xa, xb, ctx)
+        xa, xb = ctx.views[0], ctx.views[1][ctx.pairing.perm]
+        out = mix(build("resizemix"), xa, xb, ctx)
         y0, y1, x0, x1 = box_of(out.mask[0, 0] == 1)
         assert y1 > y0 and x1 > x0
         resized = F.interpolate(xb, size=(y1 - y0, x1 - x0), mode="nearest")
@@ -229,7 +235,7 @@ def test_resizemix_use_alpha_keeps_scale_in_range():
     sides = []
     for seed in range(30):
         torch.manual_seed(seed)
-        out = mixer(torch.ones(n, 3, h, w), torch.zeros(n, 3, h, w), make_ctx(n, h, w))
+        out = mix(mixer, torch.ones(n, 3, h, w), torch.zeros(n, 3, h, w), make_ctx(n, h, w))
         y0, y1, x0, x1 = box_of(out.mask[0, 0] == 1)
         if 0 < y0 and y1 < h and 0 < x0 and x1 < w:
             sides.append((y1 - y0, x1 - x0))
@@ -249,9 +255,9 @@ def test_fmix_mask_is_binary_shared_lowpass_and_sized_by_lambda():
     for seed in range(30):
         ctx = make_ctx(n, h, w)
         torch.manual_seed(seed)
-        lam0 = sample_lambda(2.0)
+        lam0 = sample_beta(2.0)
         torch.manual_seed(seed)
-        out = build("fmix")(ctx.views[0], ctx.views[1], ctx)
+        out = mix(build("fmix"), ctx.views[0], ctx.views[1], ctx)
         mask = out.mask[:, 0]
         assert bool(((mask == 0) | (mask == 1)).all())
         assert bool((mask == mask[:1]).all())
@@ -297,9 +303,9 @@ def test_saliencymix_box_is_centred_on_the_partners_salient_blob():
     ctx = make_ctx(n, h, w)
     for seed in range(5):
         torch.manual_seed(seed)
-        lam0 = sample_lambda(2.0)
+        lam0 = sample_beta(2.0)
         torch.manual_seed(seed)
-        out = build("saliencymix")(xa, xb, ctx)
+        out = mix(build("saliencymix"), xa, xb, ctx)
         box_h, box_w = int(h * math.sqrt(1 - lam0)), int(w * math.sqrt(1 - lam0))
         for row in range(n):
             keep = out.mask[row, 0] == 1
@@ -322,11 +328,11 @@ def test_manifoldmix_mixes_prefix_maps_with_gradient(k):
     torch.manual_seed(0)
     prefix = Prefix()
     ctx = make_ctx(4, 24, 40, prefix=prefix)
-    xa, xb = ctx.views[0].requires_grad_(), ctx.views[1][ctx.perm].detach().requires_grad_()
+    xa, xb = ctx.views[0].requires_grad_(), ctx.views[1][ctx.pairing.perm].detach().requires_grad_()
     torch.manual_seed(5)
-    lam = sample_lambda(2.0)
+    lam = sample_beta(2.0)
     torch.manual_seed(5)
-    out = build("manifoldmix", layers=[k])(xa, xb, ctx)
+    out = mix(build("manifoldmix", layers=[k]), xa, xb, ctx)
     assert out.start == k and out.mask is None
     assert torch.allclose(out.lam, torch.full((4,), lam))
     expected = lam * prefix(xa, k) + (1 - lam) * prefix(xb, k)
@@ -345,7 +351,7 @@ def test_manifoldmix_draws_every_listed_position():
     starts = set()
     for seed in range(30):
         torch.manual_seed(seed)
-        out = mixer(ctx.views[0], ctx.views[1], ctx)
+        out = mix(mixer, ctx.views[0], ctx.views[1], ctx)
         starts.add(out.start)
         if out.start == 0:
             assert torch.allclose(out.x, blend(ctx.views[0], ctx.views[1], out.mask), atol=1e-6)
@@ -368,7 +374,7 @@ def test_interintra_mixup_within_clusters_cutmix_across():
     fractional = 0
     for seed in range(10):
         torch.manual_seed(seed)
-        out = mixer(xa, xb, make_ctx(n, h, w, labels=labels, perm=perm))
+        out = mix(mixer, xa, xb, make_ctx(n, h, w, labels=labels, perm=perm))
         lam_intra = out.lam[same]
         assert torch.equal(lam_intra, lam_intra[:1].expand(2))
         # same-cluster rows: the convex combination lam xa + (1 - lam) xb everywhere
@@ -384,7 +390,7 @@ def test_interintra_mixup_within_clusters_cutmix_across():
 def test_interintra_without_labels_fails_clearly():
     ctx = make_ctx(4, 16, 16)
     with pytest.raises(ValueError, match="ctx.labels is None"):
-        build("interintra")(ctx.views[0], ctx.views[1], ctx)
+        mix(build("interintra"), ctx.views[0], ctx.views[1], ctx)
 
 
 def test_mask_statistics_tell_structured_flat_and_degenerate_masks_apart():

@@ -9,7 +9,7 @@ from tests.helpers import moco_overrides, tiny_config
 
 def _model_and_views(n=8):
     cfg = tiny_config(*moco_overrides())
-    model = MoCoV2(cfg)
+    model = MoCoV2(cfg.method, cfg.model)
     views = [torch.randn(n, 3, 16, 16), torch.randn(n, 3, 16, 16)]
     return model, views
 
@@ -88,7 +88,7 @@ def test_feature_maps_are_momentum_stage3_maps_of_both_views():
 
 def test_symmetric_loss_averages_both_directions_and_proj_bn_spreads_a_random_encoder():
     cfg = tiny_config(*moco_overrides(), "method.symmetric=true", "method.proj_bn=true")
-    model = MoCoV2(cfg)
+    model = MoCoV2(cfg.method, cfg.model)
     views = [torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16)]
     queue_before = model.queue.snapshot()
     out = model(views, with_targets=False)  # symmetric needs both views' keys anyway

@@ -1,5 +1,5 @@
-"""The cross-view mixup pipeline: pairing and targets, queue discipline with mixing, gradient
-isolation, and every method x every mixer for a step."""
+"""The cross-view mixup of the training step (ssmix.engine.pretrainer): pairing and targets, queue
+discipline with mixing, gradient isolation, and every method x every mixer for a step."""
 import os
 
 import pytest
@@ -20,7 +20,7 @@ def _views(n=8, size=16):
 
 
 def _capture(model):
-    """Record the MixedBatch and MethodOutput the pipeline hands to ``mixed_loss``."""
+    """Record the MixedBatch and MethodOutput the step hands to ``mixed_loss``."""
     seen = {}
     original = model.method.mixed_loss
 
@@ -42,17 +42,19 @@ def test_mixup_pairs_and_targets(cross_view):
     torch.manual_seed(3)
     model.training_step(views, torch.zeros(8), torch.arange(8), 0, 10)
     mixed, out = seen["mixed"], seen["out"]
-    perm, lam = mixed.index_b, mixed.lam
+    perm, lam = mixed.pairing.perm, mixed.lam
     assert not bool((perm == torch.arange(8)).any())  # no fixed points
     assert sorted(perm.tolist()) == list(range(8))
     source_b = views[1 if cross_view else 0][perm]
     want_x = lam[:, None, None, None] * views[0] + (1 - lam[:, None, None, None]) * source_b
     assert torch.allclose(mixed.x, want_x, atol=1e-6)
-    # Targets: i's other view (view 2) and pi(i)'s other view (view 1 cross-view, view 2 same-view).
-    assert (mixed.view_a, mixed.view_b) == ((1, 0) if cross_view else (1, 1))
-    assert torch.equal(mixed.index_a, torch.arange(8))
-    z = l2n(model.method.projector(model.method.backbone(mixed.x)))
+    # Sources: view 1 of i and view 2 (cross-view) or 1 of pi(i); targets: i's other view (view 2) and
+    # pi(i)'s other view (view 1 cross-view, view 2 same-view).
+    assert (mixed.pairing.view_a, mixed.pairing.view_b) == ((0, 1) if cross_view else (0, 0))
     key_b = out.keys[0 if cross_view else 1][perm]
+    target_a, target_b = mixed.targets(out.keys)
+    assert torch.equal(target_a, out.keys[1]) and torch.equal(target_b, key_b)
+    z = l2n(model.method.projector(model.method.backbone(mixed.x)))
     want = mixup_info_nce(z, out.keys[1], key_b, lam, out.negatives, 0.2).mean()
     assert torch.allclose(seen["loss"], want, atol=1e-5)
 
@@ -87,9 +89,9 @@ def test_odc_labels_are_read_before_the_memory_update():
     seen_labels = {}
     mixer_forward = model.pipeline.mixer.forward
 
-    def spy(xa, xb, ctx):
+    def spy(xa, xb, lam, ctx):
         seen_labels["ctx"] = ctx.labels.clone()
-        return mixer_forward(xa, xb, ctx)
+        return mixer_forward(xa, xb, lam, ctx)
 
     model.pipeline.mixer.forward = spy
     seen = _capture(model)

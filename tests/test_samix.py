@@ -11,10 +11,9 @@ import torch.nn.functional as F
 from ssmix.config import ConfigError, LabelledMixConfig, build_config
 from ssmix.losses.contrastive import mixup_info_nce, two_source_bce
 from ssmix.methods.base import frozen_call, l2n
-from ssmix.mixers.base import MixContext, derangement
 from ssmix.mixers.samix import (
-    MixerBatch,
     MixerNet,
+    MixerTrainingBatch,
     SAMixC,
     SAMixCConfig,
     SAMixI,
@@ -24,7 +23,7 @@ from ssmix.mixers.samix import (
     export_mixer,
     load_mixer,
 )
-from ssmix.mixers.samix.losses import mixup_cross_entropy, pair_bce, source_target_index, source_targets
+from ssmix.mixers.samix.losses import mixup_cross_entropy, pair_bce
 from ssmix.mixers.samix.masks import (
     adjust_mask_mean,
     decayed_weight,
@@ -34,6 +33,7 @@ from ssmix.mixers.samix.masks import (
     postprocess_encoder_mask,
     rescale_lambda,
 )
+from ssmix.mixup import MixContext, Pairing, derangement
 from ssmix.models.backbones import ResNetTrunk
 
 N, D, C, IMG, FEAT = 4, 8, 16, 16, 4
@@ -53,7 +53,7 @@ def make_ctx(encoder: nn.Module, cross_view: bool = True, negatives: bool = True
              class_weights=None, step=0, total=10) -> MixContext:
     views = [torch.randn(N, 3, IMG, IMG), torch.randn(N, 3, IMG, IMG)]
     return MixContext(
-        views=views, view_a=0, view_b=1 if cross_view else 0, perm=derangement(N),
+        views=views, pairing=Pairing(0, 1 if cross_view else 0, derangement(N)),
         keys=l2n(torch.randn(2, N, D)), negatives=l2n(torch.randn(32, D)) if negatives else None,
         temperature=0.2, embed_target=lambda x: l2n(frozen_call(encoder, x)),
         online_prefix=lambda x, stop: x, feature_maps=torch.randn(2, N, C, FEAT, FEAT),
@@ -222,15 +222,19 @@ def test_decayed_weight_schedules():
 # -- losses ------------------------------------------------------------------------------------
 
 
-def test_source_targets_cross_and_same_view():
+def test_targets_are_the_other_view_cross_and_same_view():
     keys = torch.randn(2, N, D)
     perm = torch.tensor([2, 0, 3, 1])
-    a, b = source_targets(keys, 0, 1, perm)
+    a, b = Pairing(0, 1, perm).targets(keys)
     torch.testing.assert_close(a, keys[1])
     torch.testing.assert_close(b, keys[0][perm])
-    a, b = source_targets(keys, 0, 0, perm)
+    a, b = Pairing(0, 0, perm).targets(keys)
+    torch.testing.assert_close(a, keys[1])
     torch.testing.assert_close(b, keys[1][perm])
-    ia, ib = source_target_index(N, 0, 1, perm)
+    a, b = Pairing(0, 1, perm).sources(keys)
+    torch.testing.assert_close(a, keys[0])
+    torch.testing.assert_close(b, keys[1][perm])
+    ia, ib = Pairing(0, 1, perm).target_index(N)
     torch.testing.assert_close(keys.flatten(0, 1)[ia], keys[1])
     torch.testing.assert_close(keys.flatten(0, 1)[ib], keys[0][perm])
 
@@ -272,7 +276,7 @@ def test_samix_i_losses_match_formula():
     z = l2n(torch.randn(N, D))
     perm = derangement(N)
     lam = torch.full((N,), 0.6)
-    batch = MixerBatch(lam=lam, perm=perm, mask=torch.rand(N, 1, IMG, IMG), z=z)
+    batch = MixerTrainingBatch(lam=lam, pairing=ctx.pairing.with_partners(perm), mask=torch.rand(N, 1, IMG, IMG), z=z)
     out = mixer.losses_for(batch, ctx)
     ka, kb = ctx.keys[1], ctx.keys[0][perm]
     torch.testing.assert_close(out["mixer_local"], two_source_bce(z, ka, kb, lam, 0.2).mean())
@@ -292,7 +296,8 @@ def test_samix_c_eta_balanced_loss_matches_formula():
     perm = torch.tensor([1, 2, 3, 0])  # pairs (0,1) (1,1) (1,3) (3,0): row 1 is same-cluster
     lam = torch.full((N,), 0.4)
     z = l2n(torch.randn(N, D))
-    out = mixer.losses_for(MixerBatch(lam=lam, perm=perm, mask=torch.rand(N, 1, IMG, IMG), z=z), ctx)
+    batch = MixerTrainingBatch(lam=lam, pairing=ctx.pairing.with_partners(perm), mask=torch.rand(N, 1, IMG, IMG), z=z)
+    out = mixer.losses_for(batch, ctx)
     s = z @ l2n(mixer.head.weight).t() / 0.1  # cosine head, temperature 0.1 (z is already unit-length)
     ya, yb = labels, labels[perm]
     wa, wb = weights[ya], weights[yb]
@@ -314,8 +319,8 @@ def test_bb_forward_builds_no_graph_and_returns_drawn_lambda():
     torch.manual_seed(0)
     mixer = samix_i()
     ctx = make_ctx(TinyEncoder())
-    xa, xb = ctx.views[0], ctx.views[1][ctx.perm]
-    res = mixer(xa, xb, ctx)
+    xa, xb = ctx.views[0], ctx.views[1][ctx.pairing.perm]
+    res = mixer(xa, xb, mixer.sample_lambda(), ctx)
     assert res.x.shape == xa.shape and res.mask.shape == (N, 1, IMG, IMG)
     assert not res.x.requires_grad and not res.mask.requires_grad
     assert bool((res.lam == res.lam[0]).all())
@@ -331,7 +336,7 @@ def test_samix_i_gradient_reaches_only_the_mixer(cross_view, negatives, extend):
     encoder = TinyEncoder()
     mixer = samix_i(latent_pos_extend=extend)
     ctx = make_ctx(encoder, cross_view=cross_view, negatives=negatives)
-    losses = mixer.aux_losses(ctx)
+    losses = mixer.aux_losses(ctx, mixer.sample_lambda())
     assert set(losses) == {"mixer_local", "mixer_global", "mixer_mask"}
     assert all(bool(torch.isfinite(v)) and v.dim() == 0 for v in losses.values())
     sum(losses.values()).backward()
@@ -353,12 +358,12 @@ def test_leaky_pairing_reads_features_of_the_bb_partner(monkeypatch):
 
     monkeypatch.setattr(mixer.net, "forward", spy)
     torch.manual_seed(1)
-    batch = mixer.mixer_batch(ctx)
-    torch.testing.assert_close(seen["z_b"], ctx.feature_maps[1][ctx.perm[batch.perm]])
+    batch = mixer.mixer_batch(ctx, mixer.sample_lambda())
+    torch.testing.assert_close(seen["z_b"], ctx.feature_maps[1][ctx.pairing.perm[batch.pairing.perm]])
     mixer.cfg.leaky_pairing = False
     torch.manual_seed(1)
-    batch = mixer.mixer_batch(ctx)
-    torch.testing.assert_close(seen["z_b"], ctx.feature_maps[1][batch.perm])
+    batch = mixer.mixer_batch(ctx, mixer.sample_lambda())
+    torch.testing.assert_close(seen["z_b"], ctx.feature_maps[1][batch.pairing.perm])
 
 
 def test_samix_c_gradients_head_and_frozen_twin():
@@ -369,10 +374,10 @@ def test_samix_c_gradients_head_and_frozen_twin():
     ctx = make_ctx(encoder, labels=labels, classes=5, class_weights=torch.full((5,), 0.2))
     with torch.no_grad():
         mixer.head.weight.add_(1.0)
-    res = mixer(ctx.views[0], ctx.views[1][ctx.perm], ctx)  # refreshes psi_off
+    res = mixer(ctx.views[0], ctx.views[1][ctx.pairing.perm], mixer.sample_lambda(), ctx)  # refreshes psi_off
     assert not res.x.requires_grad
     torch.testing.assert_close(mixer.head_off.weight, mixer.head.weight)
-    losses = mixer.aux_losses(ctx)
+    losses = mixer.aux_losses(ctx, mixer.sample_lambda())
     assert set(losses) == {"mixer_local", "mixer_global", "mixer_mask", "cluster_head"}
     sum(losses.values()).backward()
     assert all(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in mixer.head.parameters())
@@ -390,8 +395,8 @@ def test_samix_c_mixer_gets_no_gradient_from_the_head_loss():
     torch.manual_seed(0)
     mixer = samix_c()
     ctx = make_ctx(TinyEncoder(), labels=torch.tensor([0, 1, 2, 3]), classes=5)
-    mixer(ctx.views[0], ctx.views[1][ctx.perm], ctx)
-    mixer.aux_losses(ctx)["cluster_head"].backward()
+    mixer(ctx.views[0], ctx.views[1][ctx.pairing.perm], mixer.sample_lambda(), ctx)
+    mixer.aux_losses(ctx, mixer.sample_lambda())["cluster_head"].backward()
     assert all(p.grad is None for p in mixer.net.parameters())
 
 
@@ -399,15 +404,15 @@ def test_samix_c_bce_local_and_clear_errors():
     torch.manual_seed(0)
     mixer = samix_c(local="bce")
     ctx = make_ctx(TinyEncoder(), labels=torch.tensor([0, 1, 2, 3]), classes=5)
-    assert bool(torch.isfinite(mixer.aux_losses(ctx)["mixer_local"]))
+    assert bool(torch.isfinite(mixer.aux_losses(ctx, mixer.sample_lambda())["mixer_local"]))
     with pytest.raises(ValueError, match="mix.embed_dim: 8"):
         bad = SAMixCConfig(feature_channels=C, embed_dim=16)
         bad.odc.num_clusters = 5
-        SAMixC(bad).aux_losses(ctx)
+        SAMixC(bad).aux_losses(ctx, 0.5)
     with pytest.raises(ValueError, match="num_clusters: 7"):
-        mixer.aux_losses(make_ctx(TinyEncoder(), labels=torch.tensor([0, 1, 2, 3]), classes=7))
+        mixer.aux_losses(make_ctx(TinyEncoder(), labels=torch.tensor([0, 1, 2, 3]), classes=7), 0.5)
     with pytest.raises(ValueError, match="ctx.labels is None"):
-        mixer.aux_losses(make_ctx(TinyEncoder()))
+        mixer.aux_losses(make_ctx(TinyEncoder()), 0.5)
 
 
 def test_configs_parse_and_validate():
@@ -433,7 +438,7 @@ def test_feature_maps_required():
     ctx = make_ctx(TinyEncoder())
     ctx.feature_maps = None
     with pytest.raises(ValueError, match="map_at"):
-        mixer(ctx.views[0], ctx.views[1], ctx)
+        mixer(ctx.views[0], ctx.views[1], mixer.sample_lambda(), ctx)
 
 
 # -- SAMix-P ----------------------------------------------------------------------------------
@@ -454,7 +459,7 @@ def test_samix_p_round_trip_and_frozen(tmp_path):
     xa = torch.randn(2, 3, 16, 16, requires_grad=True)
     xb = torch.randn(2, 3, 16, 16)
     torch.manual_seed(3)
-    res = mixer(xa, xb, None)
+    res = mixer(xa, xb, mixer.sample_lambda(), None)
     torch.manual_seed(3)
     lam = float(torch.distributions.Beta(torch.tensor(2.0), torch.tensor(2.0)).sample())
     with torch.no_grad():
@@ -489,14 +494,14 @@ def test_samix_c_head_logs_accuracy_and_ce_against_chance():
     ctx = make_ctx(TinyEncoder(), labels=labels, classes=5)
     with torch.no_grad():  # prototypes = the view-a keys of each row: the head predicts every label
         mixer.head.weight.zero_()
-        mixer.head.weight[labels] = ctx.keys[ctx.view_a]
-    losses = mixer.aux_losses(ctx)
+        mixer.head.weight[labels] = ctx.keys[ctx.pairing.view_a]
+    losses = mixer.aux_losses(ctx, mixer.sample_lambda())
     assert ctx.metrics["cluster_head_acc"] == 1.0
     assert ctx.metrics["cluster_head_ce_chance"] == pytest.approx(2 * math.log(5))
     torch.testing.assert_close(torch.tensor(ctx.metrics["cluster_head_ce"]), losses["cluster_head"].detach())
     # A cosine head over a temperature of 0.1 has logits in [-10, 10]: far from the ~0.01 of a linear
     # head on unit-length inputs, so its CE can move well below chance.
-    logits = mixer.head(ctx.keys[ctx.view_a])
+    logits = mixer.head(ctx.keys[ctx.pairing.view_a])
     assert float(logits.abs().max()) <= 10 + 1e-4 and float(logits.max()) > 9
     raw_ce = F.cross_entropy(logits, labels)
     assert float(raw_ce) < 0.5 * math.log(5)
@@ -506,5 +511,5 @@ def test_samix_logs_the_mixer_masks_statistics():
     torch.manual_seed(0)
     mixer = samix_i()
     ctx = make_ctx(TinyEncoder())
-    mixer.aux_losses(ctx)
+    mixer.aux_losses(ctx, mixer.sample_lambda())
     assert {"mixer_mask_within_var", "mixer_mask_between_var", "mixer_mask_saturated"} <= set(ctx.metrics)

@@ -13,6 +13,7 @@ from ssmix.data.transforms import build_view_transform
 from ssmix.engine import checkpoint as ckpt
 from ssmix.engine.pretrainer import Pretrainer
 from ssmix.engine.trainer import train
+from ssmix.mixup import Pairing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = ["device=cpu", "model.channels_last=false", "data.num_workers=0", "train.progress=false",
@@ -41,12 +42,13 @@ def test_mixer_learns_on_a_fixed_digits_batch(kind):
     model = Pretrainer(cfg, len(base), 10)
     pipe, method = model.pipeline, model.method
     with torch.no_grad():
-        out = method(views, map_at=pipe.needs_feature_maps)
+        out = method(views, map_at=pipe.mixer.needs_feature_maps)
     opt = torch.optim.SGD(pipe.mixer.net.parameters(), lr=0.5, momentum=0.9)
     history = []
     for step in range(30):
-        ctx = pipe.context(method, views, labels, index, out, step, 10**6)
-        batch = pipe.mixer.mixer_batch(ctx)
+        pairing = Pairing.draw(views[0].shape[0], pipe.cfg.cross_view)
+        ctx = pipe.context(method, views, pairing, out, labels, index, step, 10**6)
+        batch = pipe.mixer.mixer_batch(ctx, pipe.mixer.sample_lambda())
         losses = pipe.mixer.losses_for(batch, ctx)
         loss = sum(v for k, v in losses.items() if k.startswith("mixer"))
         opt.zero_grad()

@@ -1,4 +1,4 @@
-"""Mixed-sample grids (ssmix.visualize_mix): the CLI's PNGs, the lambda sweep's pairing and values,
+"""Mixed-sample grids (ssmix.visualize, CLI ssmix.visualize_mix): the CLI's PNGs, the lambda sweep's pairing and values,
 checkpoint loading and the trainer's TensorBoard grid."""
 import os
 
@@ -8,20 +8,10 @@ from PIL import Image
 
 from ssmix.data.datasets import DATASET_INFO, data_info
 from ssmix.engine.pretrainer import Pretrainer
-from ssmix.mixers import base as mixer_base
-from ssmix.mixers.handcrafted import Mixup
-from ssmix.visualize_mix import (
-    build_model,
-    choose_pairs,
-    forced_lambda,
-    grid_cells,
-    lambda_sweep,
-    load_pairs,
-    main,
-    mask_cells,
-    sweep_lambdas,
-    training_grid,
-)
+from ssmix.visualize import training_grid
+from ssmix.visualize.figure import grid_cells, mask_cells
+from ssmix.visualize.sweep import choose_pairs, lambda_sweep, load_pairs, sweep_lambdas
+from ssmix.visualize_mix import build_model, main
 from tests.helpers import TINY, moco_overrides, tiny_config
 
 CONFIG = "configs/synthetic/mocov2.yaml"
@@ -136,13 +126,17 @@ def test_samix_p_sweep_uses_its_own_trunk_and_matches_the_exporting_samix_i(tmp_
     assert torch.allclose(sweep_p.mixed, sweep_i.mixed, atol=1e-5)
 
 
-def test_forced_lambda_patches_and_restores_the_draw():
-    mixer = Mixup(tiny_config("mix.type=mixup").mix)
-    import ssmix.mixers.handcrafted as handcrafted
-
-    with forced_lambda(mixer, 0.3):
-        assert handcrafted.sample_lambda(2.0) == 0.3
-    assert handcrafted.sample_lambda is mixer_base.sample_lambda
+def test_the_sweep_passes_each_lambda_to_the_mixer_as_the_step_does(monkeypatch):
+    cfg, model = _model("mix.type=resizemix")
+    mixer, seen = model.pipeline.mixer, []
+    forward = mixer.forward
+    monkeypatch.setattr(mixer, "forward", lambda xa, xb, lam, ctx: seen.append(lam) or forward(xa, xb, lam, ctx))
+    sweep = lambda_sweep(model, load_pairs(cfg, "train", 2), [0.2, 0.5, 0.9])
+    assert seen == [0.2, 0.5, 0.9]
+    # ResizeMix pastes the partner shrunk to tau = sqrt(1 - lambda): the pasted area falls as lambda rises
+    pasted = [int((sweep.masks[k, 0] == 0).sum()) for k in range(3)]
+    assert pasted[0] > pasted[1] > pasted[2] > 0
+    assert pasted[0] <= int(0.8 ** 0.5 * 16) ** 2
 
 
 def test_choose_pairs_is_seeded_and_never_pairs_an_image_with_itself():

@@ -21,21 +21,7 @@ from torch import Tensor
 
 from ssmix.clustering.kmeans import kmeans, member_means
 from ssmix.config import ODCConfig
-from ssmix.losses.queue import all_gather_nograd
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _broadcast_from_rank0(t: Tensor) -> Tensor:
-    """Rank 0's ``t`` on every rank (identity when not distributed); NCCL gets a CUDA copy."""
-    if not _distributed():
-        return t
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else t.device
-    buf = t.to(device).contiguous()
-    dist.broadcast(buf, src=0)
-    return buf.to(t.device)
+from ssmix.distributed import all_gather_nograd, broadcast_from_rank0, is_distributed
 
 
 def _check_config(num_samples: int, dim: int, cfg: ODCConfig) -> None:
@@ -153,12 +139,12 @@ class ODCMemory(nn.Module):
             raise ValueError(f"ODCMemory.initialize expects features of shape {expected} "
                              f"(num_samples, dim), got {tuple(features.shape)}")
         feats = F.normalize(features.detach().to("cpu", torch.float32), dim=1)
-        if not _distributed() or dist.get_rank() == 0:
+        if not is_distributed() or dist.get_rank() == 0:
             _, labels = kmeans(feats, self.num_clusters, iters=self.cfg.kmeans_iters, seed=seed)
         else:
             labels = torch.zeros(expected[0], dtype=torch.long)
-        self.features.copy_(_broadcast_from_rank0(feats))
-        self.labels.copy_(_broadcast_from_rank0(labels))
+        self.features.copy_(broadcast_from_rank0(feats))
+        self.labels.copy_(broadcast_from_rank0(labels))
         self._recompute_centroids()
         self.initialized.fill_(True)
         return self._size_metrics()

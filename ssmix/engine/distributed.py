@@ -1,8 +1,9 @@
 """torch.distributed for ``torchrun``: process-group set-up, the DistributedDataParallel wrap of the
-whole training step, and SyncBatchNorm (also on CPU / gloo).
+whole training step, and SyncBatchNorm (also on CPU / gloo). The collectives that methods, losses and
+clustering use (gather, broadcast, rank) are in the leaf module :mod:`ssmix.distributed`.
 
 Under DDP the module whose ``forward`` is the training step (:class:`~ssmix.engine.pretrainer.Pretrainer`:
-method + mix pipeline) is wrapped once, so the several encoder passes of a step (views, mixed
+method + mixer) is wrapped once, so the several encoder passes of a step (views, mixed
 views, the SAMix Mixer's) are one graph whose gradients DDP averages in buckets, overlapped with the
 backward pass. Buffers are not broadcast per step (only once, at the wrap): BatchNorm running
 statistics stay per rank (global with ``model.sync_bn``), and the state that must agree across ranks
@@ -23,6 +24,8 @@ import torch.nn as nn
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ssmix.distributed import is_distributed
+
 # Seconds a collective may wait for a peer before the job fails (a rank that died or hangs).
 TIMEOUT_ENV = "SSMIX_DIST_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 600.0
@@ -41,15 +44,6 @@ def init_distributed(device: str) -> Tuple[int, int, int]:
         timeout = datetime.timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)))
         dist.init_process_group(backend=backend, timeout=timeout)
     return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
-
-
-def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def barrier() -> None:
-    if is_distributed():
-        dist.barrier()
 
 
 # -------------------------------------------------------------------------------------------- SyncBN

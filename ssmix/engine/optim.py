@@ -1,7 +1,9 @@
 """The pre-training optimizer: SGD or LARS over the model's parameter groups, per-iteration schedules.
 
-Groups come from ``Pretrainer.param_groups()``; a group's own ``lr`` / ``momentum`` /
-``weight_decay`` / ``warmup_epochs`` / ``min_lr`` override ``cfg.train``. A group with
+Every choice that depends on ``train.optimizer`` is made here. Groups come from
+``Pretrainer.param_groups()`` (the method's through :func:`method_param_groups`, then the mixer's); a
+group's own ``lr`` / ``momentum`` / ``weight_decay`` / ``warmup_epochs`` / ``min_lr`` override
+``cfg.train``. A group with
 ``"lars": False`` (the SAMix Mixer and cluster head, docs/algorithm.md §6.2) is stepped by plain SGD
 even when the encoder uses LARS: LARS's trust ratio would shrink their updates ~20x below the SGD
 the paper specifies.
@@ -11,9 +13,32 @@ from __future__ import annotations
 from typing import Any, Dict, List
 
 import torch
+import torch.nn as nn
+from lightly.utils.lars import LARS
+from lightly.models.utils import get_weight_decay_parameters
 
 from ssmix.config import Config, ConfigError
 from ssmix.engine.schedule import warmup_cosine
+
+
+def lars_param_groups(module: nn.Module) -> List[Dict[str, Any]]:
+    """Trainable parameters in two groups: biases and normalisation parameters get neither weight decay
+    nor LARS adaptation (as the SimCLR reference code and BYOL sec. 3.3; lightly's LARS skips the
+    adaptation of a group whose ``weight_decay`` is 0)."""
+    decay, no_decay = get_weight_decay_parameters([module])
+    return [
+        {"name": "encoder", "params": [p for p in decay if p.requires_grad]},
+        {"name": "encoder_no_decay", "params": [p for p in no_decay if p.requires_grad], "weight_decay": 0.0},
+    ]
+
+
+def method_param_groups(method: nn.Module, optimizer: str) -> List[Dict[str, Any]]:
+    """The method's optimizer groups for ``train.optimizer``: under LARS, a method with
+    ``lars_exclude_bias_and_norm`` (BYOL, SimCLR) gets :func:`lars_param_groups`; otherwise its own
+    ``param_groups()``."""
+    if optimizer == "lars" and getattr(method, "lars_exclude_bias_and_norm", False):
+        return lars_param_groups(method)
+    return method.param_groups()
 
 
 class LarsWithSgdGroups:
@@ -66,8 +91,6 @@ def build_optimizer(groups: List[Dict[str, Any]], cfg: Config, steps_per_ep: int
     if tc.optimizer == "sgd":
         return torch.optim.SGD(param_groups, lr=tc.lr)
     if tc.optimizer == "lars":
-        from lightly.utils.lars import LARS
-
         sgd_groups = [g for g in param_groups if not g["lars"]]
         lars = LARS([g for g in param_groups if g["lars"]], lr=tc.lr)
         return LarsWithSgdGroups(lars, torch.optim.SGD(sgd_groups, lr=tc.lr)) if sgd_groups else lars

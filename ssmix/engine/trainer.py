@@ -20,8 +20,9 @@ from ssmix.config import Config, ConfigError, config_to_dict, dump_config
 from ssmix.data.datasets import build_dataset, data_info
 from ssmix.data.loader import MultiViewDataset, epoch_loader, steps_per_epoch
 from ssmix.data.transforms import build_eval_transform, build_view_transform
+from ssmix.distributed import barrier
 from ssmix.engine import checkpoint as ckpt
-from ssmix.engine.distributed import barrier, init_distributed, wrap_for_training
+from ssmix.engine.distributed import init_distributed, wrap_for_training
 from ssmix.engine.finite import FiniteGuard, check_state
 from ssmix.engine.health import HealthMonitor
 from ssmix.engine.optim import build_optimizer, set_learning_rates
@@ -321,7 +322,7 @@ def _end_of_epoch(cfg: Config, model: Pretrainer, epoch: int, step: int, logger:
         logger.log(step, {"knn_top1": knn_monitor(cfg, model.method.export_trunk(), device, k=tc.knn_k)})
         model.train()
     if tc.vis_every and epoch % tc.vis_every == 0 and logger.enabled and model.pipeline is not None:
-        from ssmix.visualize_mix import training_grid
+        from ssmix.visualize import training_grid
 
         logger.image("mix/grid", training_grid(cfg, model, device), step)
         model.train()

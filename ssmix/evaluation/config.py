@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
-from ssmix.config import (ConfigError, _from_dict, _merge, check_device, check_ranges, check_runnable, parse_overrides,
+from ssmix.config import (ConfigError, check_device, check_ranges, check_runnable, from_dict, merge, parse_overrides,
                           read_yaml)
 
 MODES = ("cached", "protocol")
@@ -85,7 +85,7 @@ def validate(cfg: LinearEvalConfig) -> LinearEvalConfig:
 
 def build_eval_config(data: Dict[str, Any]) -> LinearEvalConfig:
     """Nested dict -> validated :class:`LinearEvalConfig`."""
-    return validate(_from_dict(LinearEvalConfig, data, ""))
+    return validate(from_dict(LinearEvalConfig, data, ""))
 
 
 def load_eval_config(path: Optional[str], overrides: Sequence[str] = ()) -> LinearEvalConfig:
@@ -93,4 +93,4 @@ def load_eval_config(path: Optional[str], overrides: Sequence[str] = ()) -> Line
     if path:
         check_runnable(path)
     data = read_yaml(path) if path else {}
-    return build_eval_config(_merge(data, parse_overrides(overrides)))
+    return build_eval_config(merge(data, parse_overrides(overrides)))

@@ -18,7 +18,7 @@ import yaml
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ssmix.config import ConfigError, _from_dict
+from ssmix.config import ConfigError, from_dict
 from ssmix.evaluation.config import EvalDataConfig, LinearEvalConfig, validate
 from ssmix.evaluation.features import (FeatureCache, TransformedDataset, dataset_identity, extract_copies,
                                        test_transform, train_transform)
@@ -221,5 +221,5 @@ def evaluate(weights: str, data: Union[EvalDataConfig, Mapping[str, Any], None] 
     ``output_dir`` - results are written only when it is given - ...). Unknown keys raise ConfigError.
     """
     data_dict = dataclasses.asdict(data) if isinstance(data, EvalDataConfig) else dict(data or {})
-    cfg = _from_dict(LinearEvalConfig, {"weights": weights, "mode": mode, "data": data_dict, **options}, "")
+    cfg = from_dict(LinearEvalConfig, {"weights": weights, "mode": mode, "data": data_dict, **options}, "")
     return run_linear_eval(cfg, log)

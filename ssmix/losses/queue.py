@@ -10,21 +10,12 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
 from ssmix.config import ConfigError
-
-
-def all_gather_nograd(x: Tensor) -> Tensor:
-    """Concatenate ``x`` from every rank (no gradient); identity when not distributed."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x
-    out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(out, x.contiguous())
-    return torch.cat(out)
+from ssmix.distributed import all_gather_nograd
 
 
 class KeyQueue(nn.Module):

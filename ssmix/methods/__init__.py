@@ -1,11 +1,16 @@
-"""SSL methods behind one interface (:class:`ssmix.methods.base.Method`)."""
+"""SSL methods behind one interface (:class:`ssmix.methods.base.Method`).
+
+Importing this package registers every method and its ``method.*`` config schema (``METHODS``,
+``ssmix.config.METHOD_SCHEMAS``).
+"""
 from ssmix.config import Config
-from ssmix.methods.base import METHODS, Method, MethodOutput, MixedBatch
-from ssmix.methods import byol, mocov2, simclr, simsiam, swav  # noqa: F401  (each module registers itself)
+from ssmix.methods.base import METHODS, Method
+from ssmix.methods import byol, mocov2, simclr, simsiam, swav  # noqa: F401,E402  (each module registers itself)
 
 
 def build_method(cfg: Config) -> Method:
-    return METHODS[cfg.method.name](cfg)
+    """The method ``cfg.method.name`` built from its own section (and what it needs of the rest)."""
+    return METHODS[cfg.method.name].from_config(cfg)
 
 
-__all__ = ["METHODS", "Method", "MethodOutput", "MixedBatch", "build_method"]
+__all__ = ["METHODS", "Method", "build_method"]

@@ -3,72 +3,34 @@
 A training step, as the engine drives it (docs/algorithm.md §2.1):
 
 1. ``method.on_step_start(step, total_steps)``: EMA/momentum updates happen *first*.
-2. ``out = method(views, map_at)``: the method's own losses on the un-mixed views, plus what the mixup
-   pipeline needs: stop-gradient target embeddings of views 1 and 2 (``out.keys``), optional extra
-   negatives (``out.negatives``, e.g. the MoCo queue read once), method-specific soft targets
-   (``out.targets``, e.g. SwAV codes) and, when asked, target-branch feature maps at trunk position
-   ``map_at`` (``out.feature_maps``, read by the SAMix Mixer).
-3. The mixup pipeline builds a :class:`MixedBatch` and calls ``method.mixed_loss(mixed, out)``; the
-   SAMix Mixer also calls ``method.embed_target(x_mix)``.
+2. ``out = method(views, map_at)``: a :class:`~ssmix.mixup.MethodOutput`, the method's own losses on
+   the un-mixed views plus what mixing needs: stop-gradient target embeddings of views 1 and 2
+   (``out.keys``), optional extra negatives (``out.negatives``, e.g. the MoCo queue read once),
+   method-specific soft targets (``out.targets``, e.g. SwAV codes) and, when asked, target-branch
+   feature maps at trunk position ``map_at`` (``out.feature_maps``, read by the SAMix Mixer).
+3. The step mixes (:mod:`ssmix.mixup`: the contract with the mixers) and calls
+   ``method.mixed_loss(mixed, out)`` on a :class:`~ssmix.mixup.MixedBatch`; the SAMix Mixer also calls
+   ``method.embed_target(x_mix)``.
 4. ``method.on_step_end(out)``: enqueue keys (once per step, after every loss term is formed).
 
-A method knows nothing about data loading, logging or which mixer it gets.
+A method knows nothing about data loading, logging, the optimizer or which mixer it gets: it is built
+from its own ``method.*`` config, the backbone's (``model.*``) and, where it needs one, an explicit value
+(SimSiam's base lr, SwAV's epoch count) by :meth:`Method.from_config`.
 """
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from lightly.models.utils import deactivate_requires_grad, get_weight_decay_parameters, update_momentum
+from lightly.models.utils import deactivate_requires_grad, update_momentum
 from torch import Tensor
 
-from ssmix.config import Config, registrar
+from ssmix.config import Config, MethodConfig, registrar
+from ssmix.mixup import MethodOutput, MixedBatch
 from ssmix.models.backbones import ResNetTrunk
-
-
-@dataclass
-class MethodOutput:
-    """What one forward pass of a method on the un-mixed views produces."""
-
-    losses: Dict[str, Tensor]
-    # (2, N, D): L2-normalised target-branch embeddings of views 1 and 2, no grad. Called with
-    # ``with_targets=False`` (no mix pipeline) a method may return view 2's alone, (1, N, D).
-    keys: Tensor
-    negatives: Optional[Tensor] = None  # (K, D) extra negatives (queue snapshot), no grad
-    targets: Optional[Tensor] = None  # (2, N, ...) method-specific mixed-view targets (default: keys)
-    feature_maps: Optional[Tensor] = None  # (2, N, C, h, w) target-branch maps at `map_at`, no grad
-    metrics: Dict[str, Tensor | float] = field(default_factory=dict)  # 0-dim tensors: read at log steps
-
-
-@dataclass
-class MixedBatch:
-    """Mixed inputs and their two sources' targets (docs/algorithm.md §2.1 step 8).
-
-    ``x`` enters the online trunk at position ``start`` (0 = images; ManifoldMix uses 1 or 2).
-    Row n is trained toward ``lam[n]`` x target(view_a, index_a[n]) + (1 - lam[n]) x
-    target(view_b, index_b[n]).
-    """
-
-    x: Tensor
-    lam: Tensor  # (N,)
-    view_a: int
-    index_a: Tensor  # (N,)
-    view_b: int
-    index_b: Tensor  # (N,)
-    start: int = 0
-    mask: Optional[Tensor] = None  # (N, 1, H, W) weight of source a per pixel, for logging
-
-    def gather(self, per_view: Tensor) -> Tuple[Tensor, Tensor]:
-        """Rows of ``per_view`` (2, N, ...) for the two sources: (target_a, target_b)."""
-        return per_view[self.view_a][self.index_a], per_view[self.view_b][self.index_b]
-
-    def flat_index(self, batch_size: int) -> Tuple[Tensor, Tensor]:
-        """Indices of the two targets into ``per_view.flatten(0, 1)``."""
-        return self.view_a * batch_size + self.index_a, self.view_b * batch_size + self.index_b
 
 
 METHODS: Dict[str, type] = {}
@@ -87,11 +49,19 @@ class Method(nn.Module):
     embed_dim: int  # width of ``keys`` and of ``embed_target``
     #: (online, target) module pairs EMA-updated by :meth:`on_step_start`
     momentum_pairs: List[Tuple[nn.Module, nn.Module]]
+    #: under LARS, biases and normalisation parameters get neither weight decay nor LARS adaptation
+    #: (SimCLR's reference code, BYOL sec. 3.3; ``ssmix.engine.optim`` applies it)
+    lars_exclude_bias_and_norm: bool = False
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: MethodConfig) -> None:
         super().__init__()
-        self.cfg = cfg
+        self.cfg = cfg  # this method's own ``method.*`` section
         self.momentum_pairs = []
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "Method":
+        """Build from a run's config: the method's own section and the backbone's."""
+        return cls(cfg.method, cfg.model)
 
     # -- the step ---------------------------------------------------------------------------
     def on_step_start(self, step: int, total_steps: int) -> None:
@@ -123,10 +93,14 @@ class Method(nn.Module):
         """Pooled online features of the two-view batch ``x`` (2N, ...) and, when ``map_at`` is set, the
         detached maps at that position as (2, N, C, h, w): a method without a target network hands the
         SAMix Mixer its online pass's maps (no extra forward)."""
-        if map_at is None:
-            return self.backbone(x), None
-        feats, maps = self.backbone.forward_with_map(x, map_at)
-        return feats, maps.detach().unflatten(0, (2, x.shape[0] // 2))
+        feats, maps = features_and_maps(self.backbone, x, map_at)
+        return feats, None if maps is None else maps.detach().unflatten(0, (2, x.shape[0] // 2))
+
+    @torch.no_grad()
+    def momentum_features(self, x: Tensor, map_at: Optional[int]) -> Tuple[Tensor, Optional[Tensor]]:
+        """Pooled features of the momentum trunk ``backbone_m`` and, when ``map_at`` is set, its maps at
+        that position (no gradient): one pass feeds the keys and the SAMix Mixer."""
+        return features_and_maps(self.backbone_m, x, map_at)
 
     def frozen_online_embedding(self, x: Tensor) -> Tensor:
         """:meth:`embed_target` of a method without a target network: the online backbone and projector
@@ -163,6 +137,13 @@ class Method(nn.Module):
         return self.backbone
 
 
+def features_and_maps(trunk: ResNetTrunk, x: Tensor, map_at: Optional[int]) -> Tuple[Tensor, Optional[Tensor]]:
+    """``trunk``'s pooled features of ``x`` and, when ``map_at`` is set, its maps at that position."""
+    if map_at is None:
+        return trunk(x), None
+    return trunk.forward_with_map(x, map_at)
+
+
 def l2n(x: Tensor) -> Tensor:
     return F.normalize(x.float(), dim=-1)
 
@@ -185,19 +166,8 @@ def in_batch_mixed_loss(criterion: Callable[..., Tensor], z: Tensor, mixed: Mixe
                         temperature: float) -> Tensor:
     """Mean of ``criterion(z, candidates, index_a, index_b, lam, temperature)`` where the candidates are
     the batch's 2N keys ``out.keys`` and the two sources of each mixed row index into them (docs/algorithm.md §2.4)."""
-    index_a, index_b = mixed.flat_index(out.keys.shape[1])
+    index_a, index_b = mixed.target_index(out.keys.shape[1])
     return criterion(z, out.keys.flatten(0, 1), index_a, index_b, mixed.lam, temperature).mean()
-
-
-def lars_param_groups(method: nn.Module) -> List[Dict[str, Any]]:
-    """Trainable parameters in two groups: biases and normalisation parameters get neither weight decay
-    nor LARS adaptation (as the SimCLR reference code and BYOL sec. 3.3; lightly's LARS skips the
-    adaptation of a group whose ``weight_decay`` is 0)."""
-    decay, no_decay = get_weight_decay_parameters([method])
-    return [
-        {"name": "encoder", "params": [p for p in decay if p.requires_grad]},
-        {"name": "encoder_no_decay", "params": [p for p in no_decay if p.requires_grad], "weight_decay": 0.0},
-    ]
 
 
 def collapse_std(z: Tensor) -> Tensor:

@@ -10,17 +10,17 @@ prediction of x_mix and the batch's target projections, mass lam / 1 - lam on th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import List, Optional
 
 import torch
 from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
 from lightly.utils.scheduler import cosine_schedule
 from torch import Tensor
 
-from ssmix.config import Config, ConfigError, MethodConfig, register_method_config
+from ssmix.config import ConfigError, MethodConfig, ModelConfig, register_method_config
 from ssmix.losses.contrastive import soft_target_cross_entropy
-from ssmix.methods.base import (Method, MethodOutput, MixedBatch, cat_views, collapse_std, in_batch_mixed_loss, l2n,
-                                lars_param_groups, register_method)
+from ssmix.methods.base import Method, cat_views, collapse_std, in_batch_mixed_loss, l2n, register_method
+from ssmix.mixup import MethodOutput, MixedBatch
 from ssmix.models.backbones import build_backbone
 
 
@@ -43,22 +43,24 @@ def regression_loss(prediction: Tensor, target: Tensor) -> Tensor:
 
 @register_method("byol")
 class BYOL(Method):
-    def __init__(self, cfg: Config) -> None:
+    cfg: BYOLConfig
+    lars_exclude_bias_and_norm = True
+
+    def __init__(self, cfg: BYOLConfig, model: ModelConfig) -> None:
         super().__init__(cfg)
-        mc: BYOLConfig = cfg.method
-        if not 0.0 <= mc.base_momentum <= mc.final_momentum <= 1.0:
+        if not 0.0 <= cfg.base_momentum <= cfg.final_momentum <= 1.0:
             raise ConfigError("method.base_momentum and method.final_momentum: need 0 <= base <= final <= 1, "
-                              f"got {mc.base_momentum} and {mc.final_momentum}")
-        self.temperature, self.embed_dim = mc.mix_temperature, mc.out_dim
-        self.backbone = build_backbone(cfg.model.arch, cfg.model.cifar_stem, cfg.model.zero_init_residual)
-        self.projector = BYOLProjectionHead(self.backbone.out_dim, mc.proj_hidden_dim, mc.out_dim)
-        self.predictor = BYOLPredictionHead(mc.out_dim, mc.pred_hidden_dim, mc.out_dim)
+                              f"got {cfg.base_momentum} and {cfg.final_momentum}")
+        self.temperature, self.embed_dim = cfg.mix_temperature, cfg.out_dim
+        self.backbone = build_backbone(model.arch, model.cifar_stem, model.zero_init_residual)
+        self.projector = BYOLProjectionHead(self.backbone.out_dim, cfg.proj_hidden_dim, cfg.out_dim)
+        self.predictor = BYOLPredictionHead(cfg.out_dim, cfg.pred_hidden_dim, cfg.out_dim)
         self.build_momentum_branch()
-        self.tau = mc.base_momentum
+        self.tau = cfg.base_momentum
 
     def momentum_at(self, step: int, total_steps: int) -> float:
         """tau(step): cosine from base_momentum at step 0 to final_momentum at the last step."""
-        mc: BYOLConfig = self.cfg.method
+        mc = self.cfg
         return cosine_schedule(step, total_steps, mc.base_momentum, mc.final_momentum)
 
     @torch.no_grad()
@@ -72,18 +74,14 @@ class BYOL(Method):
         x = cat_views(views)
         z = self.projector(self.backbone(x))
         p = self.predictor(z).float().unflatten(0, (2, n))
+        feats_m, maps = self.momentum_features(x, map_at)
         with torch.no_grad():
-            if map_at is None:
-                feats_m, maps = self.backbone_m(x), None
-            else:
-                feats_m, maps = self.backbone_m.forward_with_map(x, map_at)
-                maps = maps.unflatten(0, (2, n))
             keys = l2n(self.projector_m(feats_m)).unflatten(0, (2, n))
         loss = (regression_loss(p[0], keys[1]) + regression_loss(p[1], keys[0])).mean()
         return MethodOutput(
             losses={"byol": loss},
             keys=keys,
-            feature_maps=maps,
+            feature_maps=None if maps is None else maps.unflatten(0, (2, n)),
             metrics={"collapse_std": collapse_std(z), "tau": self.tau},
         )
 
@@ -96,8 +94,3 @@ class BYOL(Method):
     def embed_target(self, x: Tensor) -> Tensor:
         # The target network has requires_grad=False: gradient reaches the input only.
         return l2n(self.projector_m(self.backbone_m(x)))
-
-    def param_groups(self) -> List[Dict[str, Any]]:
-        if self.cfg.train.optimizer == "lars":
-            return lars_param_groups(self)
-        return super().param_groups()

@@ -10,16 +10,16 @@ from dataclasses import dataclass
 from typing import List, Optional
 
 import torch
-import torch.distributed as dist
 from lightly.models.modules import MoCoProjectionHead
 from lightly.models.utils import batch_shuffle, batch_unshuffle
 from torch import Tensor
 
-from ssmix.config import Config, MethodConfig, register_method_config
-from ssmix.engine.distributed import is_distributed
+from ssmix.config import MethodConfig, ModelConfig, register_method_config
+from ssmix.distributed import is_distributed, world_size
 from ssmix.losses.contrastive import info_nce, mixup_info_nce
 from ssmix.losses.queue import KeyQueue
-from ssmix.methods.base import Method, MethodOutput, MixedBatch, collapse_std, l2n, register_method
+from ssmix.methods.base import Method, collapse_std, l2n, register_method
+from ssmix.mixup import MethodOutput, MixedBatch
 from ssmix.models.backbones import build_backbone
 
 
@@ -39,30 +39,29 @@ class MoCoV2Config(MethodConfig):
 
 @register_method("mocov2")
 class MoCoV2(Method):
-    def __init__(self, cfg: Config) -> None:
+    cfg: MoCoV2Config
+
+    def __init__(self, cfg: MoCoV2Config, model: ModelConfig) -> None:
         super().__init__(cfg)
-        mc: MoCoV2Config = cfg.method
-        splits = 1 if is_distributed() else mc.bn_splits
-        self.temperature, self.embed_dim = mc.temperature, mc.out_dim
-        self.backbone = build_backbone(cfg.model.arch, cfg.model.cifar_stem, cfg.model.zero_init_residual, splits)
+        splits = 1 if is_distributed() else cfg.bn_splits
+        self.temperature, self.embed_dim = cfg.temperature, cfg.out_dim
+        self.backbone = build_backbone(model.arch, model.cifar_stem, model.zero_init_residual, splits)
         width = self.backbone.out_dim
-        self.projector = MoCoProjectionHead(width, mc.proj_hidden_dim or width, mc.out_dim, batch_norm=mc.proj_bn)
+        self.projector = MoCoProjectionHead(width, cfg.proj_hidden_dim or width, cfg.out_dim, batch_norm=cfg.proj_bn)
         self.build_momentum_branch()
-        self.queue = KeyQueue(mc.queue_size, mc.out_dim)
+        self.queue = KeyQueue(cfg.queue_size, cfg.out_dim)
 
     # -- step -----------------------------------------------------------------------------
     def on_step_start(self, step: int, total_steps: int) -> None:
         # docs/algorithm.md §2.1 step 3.1: the EMA update comes first, so keys use the updated encoder.
-        self.momentum_update(self.cfg.method.momentum)
+        self.momentum_update(self.cfg.momentum)
 
     @torch.no_grad()
     def _keys(self, x: Tensor, map_at: Optional[int]):
         """Momentum keys (and optional maps) of ``x`` with shuffle-BN."""
         x, shuffle = batch_shuffle(x, distributed=is_distributed())
-        if map_at is None:
-            feats, maps = self.backbone_m(x), None
-        else:
-            feats, maps = self.backbone_m.forward_with_map(x, map_at)
+        feats, maps = self.momentum_features(x, map_at)
+        if maps is not None:
             maps = batch_unshuffle(maps, shuffle, distributed=is_distributed())
         keys = l2n(self.projector_m(feats))
         return batch_unshuffle(keys, shuffle, distributed=is_distributed()), maps
@@ -70,10 +69,10 @@ class MoCoV2(Method):
     def forward(self, views: List[Tensor], map_at: Optional[int] = None, with_targets: bool = True) -> MethodOutput:
         x1, x2 = views[0], views[1]
         n = x1.shape[0]
-        self.queue.check_batch(n * (dist.get_world_size() if is_distributed() else 1))
+        self.queue.check_batch(n * world_size())
         # Plain MoCo v2 needs view 2's keys only (shuffle-BN over N, as the original); the mix
-        # pipeline also needs view 1's (docs/algorithm.md §2.1 step 3.3: both views in one shuffled pass).
-        symmetric = self.cfg.method.symmetric
+        # step also needs view 1's (docs/algorithm.md §2.1 step 3.3: both views in one shuffled pass).
+        symmetric = self.cfg.symmetric
         both = with_targets or map_at is not None or symmetric
         keys, maps = self._keys(torch.cat([x1, x2]) if both else x2, map_at)
         keys = keys.view(-1, n, keys.shape[-1])
@@ -95,7 +94,7 @@ class MoCoV2(Method):
     def mixed_loss(self, mixed: MixedBatch, out: MethodOutput) -> Tensor:
         """L_bb = lam l^NCE(z_m, k_a) + (1 - lam) l^NCE(z_m, k_b), queue negatives (docs/algorithm.md §4.3)."""
         z = l2n(self.projector(self.backbone(mixed.x, start=mixed.start)))
-        key_a, key_b = mixed.gather(out.keys)
+        key_a, key_b = mixed.targets(out.keys)
         return mixup_info_nce(z, key_a, key_b, mixed.lam, out.negatives, self.temperature).mean()
 
     def embed_target(self, x: Tensor) -> Tensor:

@@ -8,16 +8,16 @@ embeddings of the batch, negatives the other 2N - 2.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import List, Optional
 
 from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 from torch import Tensor
 
-from ssmix.config import Config, MethodConfig, register_method_config
+from ssmix.config import MethodConfig, ModelConfig, register_method_config
 from ssmix.losses.contrastive import mixup_info_nce_in_batch
-from ssmix.methods.base import (Method, MethodOutput, MixedBatch, cat_views, collapse_std, in_batch_mixed_loss, l2n,
-                                lars_param_groups, register_method)
+from ssmix.methods.base import Method, cat_views, collapse_std, in_batch_mixed_loss, l2n, register_method
+from ssmix.mixup import MethodOutput, MixedBatch
 from ssmix.models.backbones import build_backbone
 
 
@@ -32,14 +32,16 @@ class SimCLRConfig(MethodConfig):
 
 @register_method("simclr")
 class SimCLR(Method):
-    def __init__(self, cfg: Config) -> None:
+    cfg: SimCLRConfig
+    lars_exclude_bias_and_norm = True
+
+    def __init__(self, cfg: SimCLRConfig, model: ModelConfig) -> None:
         super().__init__(cfg)
-        mc: SimCLRConfig = cfg.method
-        self.temperature, self.embed_dim = mc.temperature, mc.out_dim
-        self.backbone = build_backbone(cfg.model.arch, cfg.model.cifar_stem, cfg.model.zero_init_residual)
+        self.temperature, self.embed_dim = cfg.temperature, cfg.out_dim
+        self.backbone = build_backbone(model.arch, model.cifar_stem, model.zero_init_residual)
         width = self.backbone.out_dim
-        self.projector = SimCLRProjectionHead(width, mc.proj_hidden_dim or width, mc.out_dim)
-        self.criterion = NTXentLoss(temperature=mc.temperature, gather_distributed=True)
+        self.projector = SimCLRProjectionHead(width, cfg.proj_hidden_dim or width, cfg.out_dim)
+        self.criterion = NTXentLoss(temperature=cfg.temperature, gather_distributed=True)
 
     def forward(self, views: List[Tensor], map_at: Optional[int] = None, with_targets: bool = True) -> MethodOutput:
         n = views[0].shape[0]
@@ -59,9 +61,4 @@ class SimCLR(Method):
         return in_batch_mixed_loss(mixup_info_nce_in_batch, z, mixed, out, self.temperature)
 
     embed_target = Method.frozen_online_embedding  # no target network
-
-    def param_groups(self) -> List[Dict[str, Any]]:
-        if self.cfg.train.optimizer == "lars":
-            return lars_param_groups(self)
-        return super().param_groups()
 

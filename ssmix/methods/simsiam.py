@@ -18,10 +18,10 @@ import torch.nn as nn
 from lightly.models.modules.heads import ProjectionHead, SimSiamPredictionHead, SimSiamProjectionHead
 from torch import Tensor
 
-from ssmix.config import Config, ConfigError, MethodConfig, register_method_config
+from ssmix.config import Config, ConfigError, MethodConfig, ModelConfig, register_method_config
 from ssmix.losses.contrastive import soft_target_cross_entropy
-from ssmix.methods.base import (Method, MethodOutput, MixedBatch, cat_views, collapse_std, in_batch_mixed_loss, l2n,
-                                register_method)
+from ssmix.methods.base import Method, cat_views, collapse_std, in_batch_mixed_loss, l2n, register_method
+from ssmix.mixup import MethodOutput, MixedBatch
 from ssmix.models.backbones import build_backbone
 
 
@@ -55,13 +55,20 @@ def negative_cosine(prediction: Tensor, target: Tensor) -> Tensor:
 
 @register_method("simsiam")
 class SimSiam(Method):
-    def __init__(self, cfg: Config) -> None:
+    cfg: SimSiamConfig
+
+    def __init__(self, cfg: SimSiamConfig, model: ModelConfig, base_lr: float) -> None:
+        """``base_lr``: the run's base learning rate, the predictor's constant lr."""
         super().__init__(cfg)
-        mc: SimSiamConfig = cfg.method
-        self.temperature, self.embed_dim = mc.mix_temperature, mc.out_dim
-        self.backbone = build_backbone(cfg.model.arch, cfg.model.cifar_stem, cfg.model.zero_init_residual)
-        self.projector = build_projector(mc.proj_layers, self.backbone.out_dim, mc.proj_hidden_dim, mc.out_dim)
-        self.predictor = SimSiamPredictionHead(mc.out_dim, mc.pred_hidden_dim, mc.out_dim)
+        self.base_lr = base_lr
+        self.temperature, self.embed_dim = cfg.mix_temperature, cfg.out_dim
+        self.backbone = build_backbone(model.arch, model.cifar_stem, model.zero_init_residual)
+        self.projector = build_projector(cfg.proj_layers, self.backbone.out_dim, cfg.proj_hidden_dim, cfg.out_dim)
+        self.predictor = SimSiamPredictionHead(cfg.out_dim, cfg.pred_hidden_dim, cfg.out_dim)
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "SimSiam":
+        return cls(cfg.method, cfg.model, base_lr=cfg.train.lr)
 
     def forward(self, views: List[Tensor], map_at: Optional[int] = None, with_targets: bool = True) -> MethodOutput:
         n = views[0].shape[0]
@@ -87,7 +94,7 @@ class SimSiam(Method):
 
     def param_groups(self) -> List[Dict[str, Any]]:
         """Encoder with the run's schedule; predictor at a constant lr (no warm-up, no decay)."""
-        lr = self.cfg.train.lr
+        lr = self.base_lr
         predictor = {id(p) for p in self.predictor.parameters()}
         encoder = [p for p in self.parameters() if p.requires_grad and id(p) not in predictor]
         return [

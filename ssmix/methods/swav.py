@@ -18,17 +18,17 @@ from dataclasses import dataclass
 from typing import List, Optional
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from lightly.loss.swav_loss import sinkhorn
 from lightly.models.modules import SwaVProjectionHead
 from torch import Tensor
 
-from ssmix.config import Config, ConfigError, MethodConfig, register_method_config
-from ssmix.engine.distributed import is_distributed
+from ssmix.config import Config, ConfigError, MethodConfig, ModelConfig, register_method_config
+from ssmix.distributed import is_distributed, rank, world_size
 from ssmix.losses.queue import KeyQueue
-from ssmix.methods.base import Method, MethodOutput, MixedBatch, cat_views, collapse_std, l2n, register_method
+from ssmix.methods.base import Method, cat_views, collapse_std, l2n, register_method
+from ssmix.mixup import MethodOutput, MixedBatch
 from ssmix.models.backbones import build_backbone
 
 
@@ -62,36 +62,44 @@ def swapped_prediction_loss(scores: Tensor, codes: Tensor, temperature: float) -
 
 @register_method("swav")
 class SwAV(Method):
-    def __init__(self, cfg: Config) -> None:
+    cfg: SwAVConfig
+
+    def __init__(self, cfg: SwAVConfig, model: ModelConfig, epochs: int) -> None:
+        """``epochs``: the run's epoch count (the step number gives the epoch of the frozen-prototype and
+        queue schedules)."""
         super().__init__(cfg)
-        mc: SwAVConfig = cfg.method
-        if mc.queue_size < 0 or mc.num_prototypes < 1:
+        self.epochs = epochs
+        if cfg.queue_size < 0 or cfg.num_prototypes < 1:
             raise ConfigError(f"method.queue_size must be >= 0 and method.num_prototypes >= 1, got "
-                              f"{mc.queue_size} and {mc.num_prototypes}")
-        self.temperature, self.embed_dim = mc.temperature, mc.out_dim
-        self.backbone = build_backbone(cfg.model.arch, cfg.model.cifar_stem, cfg.model.zero_init_residual)
-        self.projector = SwaVProjectionHead(self.backbone.out_dim, mc.proj_hidden_dim, mc.out_dim)
+                              f"{cfg.queue_size} and {cfg.num_prototypes}")
+        self.temperature, self.embed_dim = cfg.temperature, cfg.out_dim
+        self.backbone = build_backbone(model.arch, model.cifar_stem, model.zero_init_residual)
+        self.projector = SwaVProjectionHead(self.backbone.out_dim, cfg.proj_hidden_dim, cfg.out_dim)
         # Bias-free, as the SwAV reference (lightly's SwaVPrototypes has a bias: docs/algorithm.md §12.4 item 9).
-        self.prototypes = nn.Linear(mc.out_dim, mc.num_prototypes, bias=False)
+        self.prototypes = nn.Linear(cfg.out_dim, cfg.num_prototypes, bias=False)
         self.queues = None
-        if mc.queue_size:  # buffers: saved in checkpoints, so resume is exact
-            self.queues = nn.ModuleList([KeyQueue(mc.queue_size, mc.out_dim, zero_init=True) for _ in range(2)])
+        if cfg.queue_size:  # buffers: saved in checkpoints, so resume is exact
+            self.queues = nn.ModuleList([KeyQueue(cfg.queue_size, cfg.out_dim, zero_init=True) for _ in range(2)])
         self.epoch = 0  # set from the step number by on_step_start
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "SwAV":
+        return cls(cfg.method, cfg.model, epochs=cfg.train.epochs)
 
     # -- step -----------------------------------------------------------------------------
     @property
     def prototypes_frozen(self) -> bool:
-        return self.epoch < self.cfg.method.freeze_prototypes_epochs
+        return self.epoch < self.cfg.freeze_prototypes_epochs
 
     @property
     def queue_active(self) -> bool:
         """The queue joins the Sinkhorn input once full; it is filled from ``queue_start_epoch`` on."""
-        return (self.queues is not None and self.epoch >= self.cfg.method.queue_start_epoch
+        return (self.queues is not None and self.epoch >= self.cfg.queue_start_epoch
                 and all(q.full for q in self.queues))
 
     @torch.no_grad()
     def on_step_start(self, step: int, total_steps: int) -> None:
-        steps_per_epoch = max(total_steps // max(self.cfg.train.epochs, 1), 1)
+        steps_per_epoch = max(total_steps // max(self.epochs, 1), 1)
         self.epoch = step // steps_per_epoch
         w = self.prototypes.weight
         w.copy_(F.normalize(w, dim=1))
@@ -116,14 +124,14 @@ class SwAV(Method):
     @torch.no_grad()
     def _codes(self, high_scores: Tensor) -> Tensor:
         """Sinkhorn codes (2, N, K) of the high-res views, over [queue; batch] when the queue is active."""
-        mc: SwAVConfig = self.cfg.method
+        mc = self.cfg
         n, codes = high_scores.shape[1], []
         for v in range(2):
             scores = high_scores[v].float()
             if self.queue_active:
                 queued = self.queues[v].snapshot()
                 if is_distributed():  # every rank holds the gathered queue: use a disjoint share of it
-                    queued = queued[dist.get_rank() :: dist.get_world_size()]
+                    queued = queued[rank() :: world_size()]
                 scores = torch.cat([queued @ self.prototypes.weight.detach().float().t(), scores])
             q = sinkhorn(scores, iterations=mc.sinkhorn_iterations, epsilon=mc.sinkhorn_epsilon,
                          gather_distributed=True)
@@ -133,7 +141,7 @@ class SwAV(Method):
     def forward(self, views: List[Tensor], map_at: Optional[int] = None, with_targets: bool = True) -> MethodOutput:
         n = views[0].shape[0]
         if self.queues is not None:
-            self.queues[0].check_batch(n * (dist.get_world_size() if is_distributed() else 1))
+            self.queues[0].check_batch(n * world_size())
         z, maps = self._embed(views, map_at)
         scores = (z @ self._prototype_weight().float().t()).unflatten(0, (len(views), n))  # (V, N, K)
         codes = self._codes(scores[:2].detach())
@@ -150,7 +158,7 @@ class SwAV(Method):
         """lam CE(c_a, softmax(p_m / t)) + (1 - lam) CE(c_b, softmax(p_m / t)) (docs/algorithm.md §2.4 [I])."""
         z = l2n(self.projector(self.backbone(mixed.x, start=mixed.start)))
         log_p = F.log_softmax(z @ self._prototype_weight().float().t() / self.temperature, dim=-1)
-        codes_a, codes_b = mixed.gather(out.targets)
+        codes_a, codes_b = mixed.targets(out.targets)
         return -(mixed.lam * (codes_a * log_p).sum(-1) + (1 - mixed.lam) * (codes_b * log_p).sum(-1)).mean()
 
     embed_target = Method.frozen_online_embedding  # no target network
@@ -158,6 +166,6 @@ class SwAV(Method):
     def on_step_end(self, out: MethodOutput) -> None:
         # The normalised high-res embeddings, once per step, from queue_start_epoch on: the queue
         # starts empty at that epoch (as the reference creates it then) and joins Sinkhorn once full.
-        if self.queues is not None and self.epoch >= self.cfg.method.queue_start_epoch:
+        if self.queues is not None and self.epoch >= self.cfg.queue_start_epoch:
             for v, queue in enumerate(self.queues):
                 queue.enqueue(out.keys[v])

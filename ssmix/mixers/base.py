@@ -1,12 +1,12 @@
-"""The contract every mixer implements, and sampling helpers shared by all of them.
+"""The base class of every mixer, and helpers shared by several of them.
 
-A mixer receives aligned source pairs (row n of ``xa`` is mixed with row n of ``xb``, which the
-pipeline has already permuted) and returns the mixed inputs and the effective per-row lambda. It
-never sees the method: what it may need of the step comes through :class:`MixContext`.
+A mixer receives aligned source pairs (row n of ``xa`` is mixed with row n of ``xb``: the step has
+already applied the partner permutation), the lambda the step drew from :meth:`Mixer.sample_lambda`,
+and a :class:`~ssmix.mixup.MixContext`; it returns :class:`~ssmix.mixup.MixedInputs` with the
+effective per-row lambda. It never sees the method (the contract is :mod:`ssmix.mixup`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
 import torch
@@ -14,37 +14,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ssmix.config import MixConfig, registrar
-
-
-@dataclass
-class MixContext:
-    """What the pipeline knows about the current step, offered to mixers."""
-
-    views: List[Tensor]  # the two (normalised) views, (N, 3, H, W) each
-    view_a: int  # which view the `a` sources come from
-    view_b: int
-    perm: Tensor  # (N,) partner of row n is perm[n]
-    keys: Tensor  # (2, N, D) target-branch embeddings (no grad)
-    negatives: Optional[Tensor]  # (K, D) extra negatives or None (in-batch)
-    temperature: float
-    embed_target: Callable[[Tensor], Tensor]  # images -> normalised target embedding (grad to input)
-    online_prefix: Callable[[Tensor, int], Tensor]  # images -> online trunk maps at a position
-    feature_maps: Optional[Tensor] = None  # (2, N, C, h, w) target-branch maps (if requested)
-    labels: Optional[Tensor] = None  # (N,) cluster / class labels of the batch, -1 = unknown
-    num_classes: int = 0  # number of label values (clusters) when labels are given
-    class_weights: Optional[Tensor] = None  # (num_classes,) loss re-weights (ODC, docs/algorithm.md §5.4)
-    index: Optional[Tensor] = None  # (N,) dataset indices
-    step: int = 0
-    total_steps: int = 1
-    metrics: Dict[str, Tensor | float] = field(default_factory=dict)  # what a mixer reports about this step
-
-
-@dataclass
-class MixResult:
-    x: Tensor  # mixed inputs, entering the online trunk at position `start`
-    lam: Tensor  # (N,) effective weight of source a
-    start: int = 0
-    mask: Optional[Tensor] = None  # (N, 1, H, W) per-pixel weight of source a, for visualisation
+from ssmix.mixup import MixContext, MixedInputs, sample_beta
 
 
 MIXERS: Dict[str, type] = {}
@@ -56,20 +26,29 @@ register_mixer = registrar(MIXERS)  # ``@register_mixer("name")``: buildable fro
 class Mixer(nn.Module):
     """Base class of all mixers."""
 
-    #: the pipeline asks the method for target-branch maps at this trunk position (SAMix: 3)
+    #: the step asks the method for target-branch maps at this trunk position (SAMix: 3)
     needs_feature_maps: Optional[int] = None
-    #: the pipeline must provide ``ctx.labels`` (Inter-Intra, SAMix-C)
+    #: the step must provide ``ctx.labels`` (Inter-Intra, SAMix-C)
     needs_labels: bool = False
+
+    #: the mixer trains itself: the step calls :meth:`aux_losses` with a lambda of its own (SAMix-I/C)
+    learned: bool = False
 
     def __init__(self, cfg: MixConfig) -> None:
         super().__init__()
         self.cfg = cfg
 
-    def forward(self, xa: Tensor, xb: Tensor, ctx: MixContext) -> MixResult:
+    def sample_lambda(self) -> float:
+        """The lambda of one batch (weight of source a), drawn by the step and passed to :meth:`forward`:
+        Beta(alpha, alpha) unless a mixer has its own rule (docs/algorithm.md §8)."""
+        return sample_beta(self.cfg.alpha)
+
+    def forward(self, xa: Tensor, xb: Tensor, lam: float, ctx: MixContext) -> MixedInputs:
+        """Mix ``xa`` (source a) with ``xb`` (source b) at the requested weight ``lam`` of a."""
         raise NotImplementedError
 
-    def aux_losses(self, ctx: MixContext) -> Dict[str, Tensor]:
-        """Extra losses a learned mixer trains itself with (SAMix); none by default."""
+    def aux_losses(self, ctx: MixContext, lam: float) -> Dict[str, Tensor]:
+        """Losses a learned mixer trains itself with on a batch of its own mixed at ``lam`` (SAMix)."""
         return {}
 
     def param_groups(self) -> List[dict]:
@@ -80,27 +59,6 @@ class Mixer(nn.Module):
         """Called once before the first step of a fresh run. ``extract()`` returns
         ``(embeddings (N_data, D), dataset_labels (N_data,))`` of the whole training set through the
         target branch (ODC's initial clustering)."""
-
-
-def sample_lambda(alpha: float, device: torch.device | str = "cpu") -> float:
-    """One lambda ~ Beta(alpha, alpha) per batch, drawn from torch's global RNG (resumable)."""
-    if alpha <= 0:
-        return 1.0
-    dist = torch.distributions.Beta(torch.tensor(float(alpha)), torch.tensor(float(alpha)))
-    return float(dist.sample())
-
-
-def derangement(n: int, device: torch.device | str = "cpu") -> Tensor:
-    """A uniformly random permutation of ``range(n)`` with no fixed points (n >= 2), by rejection:
-    draw permutations until one has no fixed point (1/e of them do, so ~2.7 draws on average). Every
-    derangement is equally likely, so partners are swapped both ways (i <-> j) as often as chance."""
-    if n < 2:
-        raise ValueError("mixing needs a batch of at least 2 samples")
-    rows = torch.arange(n)
-    perm = torch.randperm(n)
-    while bool((perm == rows).any()):
-        perm = torch.randperm(n)
-    return perm.to(device)
 
 
 def expand_lam(lam: float | Tensor, n: int, device: torch.device | str) -> Tensor:

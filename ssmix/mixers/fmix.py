@@ -14,8 +14,9 @@ import torch
 from torch import Tensor
 
 from ssmix.config import ConfigError, MixConfig, register_mix_config
-from ssmix.mixers.base import MixContext, Mixer, MixResult, register_mixer, sample_lambda
+from ssmix.mixers.base import Mixer, register_mixer
 from ssmix.mixers.handcrafted import blend_exact, check_alpha, check_pair
+from ssmix.mixup import MixContext, MixedInputs
 
 
 def fourier_noise(h: int, w: int, decay_power: float, device: torch.device | str = "cpu") -> Tensor:
@@ -64,10 +65,9 @@ class FMixConfig(MixConfig):
 
 @register_mixer("fmix")
 class FMix(Mixer):
-    def forward(self, xa: Tensor, xb: Tensor, ctx: MixContext) -> MixResult:
+    def forward(self, xa: Tensor, xb: Tensor, lam: float, ctx: MixContext) -> MixedInputs:
         check_pair(xa, xb, "fmix")
         n, _, h, w = xa.shape
-        lam = sample_lambda(self.cfg.alpha)
         keep = binarise_top(fourier_noise(h, w, self.cfg.decay_power, xa.device), lam)
         mask = keep.expand(n, 1, h, w)
-        return MixResult(blend_exact(xa, xb, mask), keep.mean().expand(n).clone(), 0, mask)
+        return MixedInputs(blend_exact(xa, xb, mask), keep.mean().expand(n).clone(), 0, mask)

@@ -3,9 +3,10 @@ ManifoldMix and Inter-Intra, plus the shared vectorised box-mask builder. FMix a
 carry their own signal processing, live in :mod:`ssmix.mixers.fmix` and :mod:`ssmix.mixers.saliencymix`.
 
 General rules (docs/algorithm.md §8): one lambda and one random geometry per batch, shared by all pairs (Inter-Intra
-picks per pair between its two draws; SaliencyMix places one box per pair). Every random number comes
-from torch's global CPU generator (``sample_lambda``, ``torch.randint``, ``torch.rand``), so a run
-resumed with the saved RNG state replays the same mixes on any device. Every pixel-space mixer returns
+picks per pair between its two draws; SaliencyMix places one box per pair). The step draws lambda from
+:meth:`Mixer.sample_lambda` and passes it in; every random number (that lambda, ``torch.randint``,
+``torch.rand``) comes from torch's global CPU generator, so a run resumed with the saved RNG state
+replays the same mixes on any device. Every pixel-space mixer returns
 ``mask`` = per-pixel weight of source ``a`` and ``lam`` = its per-row mean (the effective weight).
 """
 from __future__ import annotations
@@ -18,7 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ssmix.config import ConfigError, LabelledMixConfig, MixConfig, register_mix_config
-from ssmix.mixers.base import MixContext, Mixer, MixResult, blend, expand_lam, register_mixer, sample_lambda
+from ssmix.mixers.base import Mixer, blend, expand_lam, register_mixer
+from ssmix.mixup import MixContext, MixedInputs, sample_beta
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,11 +126,10 @@ class MixupConfig(MixConfig):
 
 @register_mixer("mixup")
 class Mixup(Mixer):
-    def forward(self, xa: Tensor, xb: Tensor, ctx: MixContext) -> MixResult:
+    def forward(self, xa: Tensor, xb: Tensor, lam: float, ctx: MixContext) -> MixedInputs:
         check_pair(xa, xb, "mixup")
-        lam = sample_lambda(self.cfg.alpha)
         mask = constant_mask(lam, xa)
-        return MixResult(blend(xa, xb, mask), expand_lam(lam, xa.shape[0], xa.device), 0, mask)
+        return MixedInputs(blend(xa, xb, mask), expand_lam(lam, xa.shape[0], xa.device), 0, mask)
 
 
 # --------------------------------------------------------------------------------------------
@@ -150,12 +151,12 @@ class CutMixConfig(MixConfig):
 
 @register_mixer("cutmix")
 class CutMix(Mixer):
-    def forward(self, xa: Tensor, xb: Tensor, ctx: MixContext) -> MixResult:
+    def forward(self, xa: Tensor, xb: Tensor, lam: float, ctx: MixContext) -> MixedInputs:
         check_pair(xa, xb, "cutmix")
         _, _, h, w = xa.shape
-        box_h, box_w = cutmix_box_size(h, w, sample_lambda(self.cfg.alpha))
+        box_h, box_w = cutmix_box_size(h, w, lam)
         mask, lam = paste_mask(random_boxes(h, w, box_h, box_w), xa)
-        return MixResult(blend_exact(xa, xb, mask), lam, 0, mask)
+        return MixedInputs(blend_exact(xa, xb, mask), lam, 0, mask)
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,25 +188,31 @@ class ResizeMixConfig(MixConfig):
 
 @register_mixer("resizemix")
 class ResizeMix(Mixer):
+    """Its lambda is ``1 - tau^2`` (the weight of a before the box is clipped), so a lambda passed in
+    (a figure's sweep) sets the scale ``tau = sqrt(1 - lam)``."""
+
     def sample_scale(self) -> float:
         lo, hi = self.cfg.scale_min, self.cfg.scale_max
         uniform = lo + (hi - lo) * float(torch.rand(()))
         if not self.cfg.use_alpha:
             return uniform
-        tau = sample_lambda(self.cfg.alpha)
+        tau = sample_beta(self.cfg.alpha)
         return tau if lo <= tau <= hi else uniform
 
-    def forward(self, xa: Tensor, xb: Tensor, ctx: MixContext) -> MixResult:
+    def sample_lambda(self) -> float:
+        return 1.0 - self.sample_scale() ** 2
+
+    def forward(self, xa: Tensor, xb: Tensor, lam: float, ctx: MixContext) -> MixedInputs:
         check_pair(xa, xb, "resizemix")
         _, _, h, w = xa.shape
-        tau = self.sample_scale()
+        tau = max(1.0 - float(lam), 0.0) ** 0.5
         boxes = random_boxes(h, w, max(1, int(tau * h)), max(1, int(tau * w)))
         y0, y1, x0, x1 = (int(t) for t in (boxes.y0, boxes.y1, boxes.x0, boxes.x1))
         # The whole partner is resized into the (clipped) box, not cropped by it.
         x = xa.clone()
         x[:, :, y0:y1, x0:x1] = F.interpolate(xb, size=(y1 - y0, x1 - x0), mode="nearest")
         mask, lam = paste_mask(boxes, xa)
-        return MixResult(x, lam, 0, mask)
+        return MixedInputs(x, lam, 0, mask)
 
 
 # --------------------------------------------------------------------------------------------
@@ -234,18 +241,17 @@ class ManifoldMixConfig(MixConfig):
 
 @register_mixer("manifoldmix")
 class ManifoldMix(Mixer):
-    def forward(self, xa: Tensor, xb: Tensor, ctx: MixContext) -> MixResult:
+    def forward(self, xa: Tensor, xb: Tensor, lam: float, ctx: MixContext) -> MixedInputs:
         check_pair(xa, xb, "manifoldmix")
-        lam = sample_lambda(self.cfg.alpha)
         layers = self.cfg.layers
         k = layers[int(torch.randint(len(layers), ()))]
         lam_rows = expand_lam(lam, xa.shape[0], xa.device)
         if k == 0:
             mask = constant_mask(lam, xa)
-            return MixResult(blend(xa, xb, mask), lam_rows, 0, mask)
+            return MixedInputs(blend(xa, xb, mask), lam_rows, 0, mask)
         # Gradient flows through both prefixes (the online trunk up to position k).
         ha, hb = ctx.online_prefix(xa, k), ctx.online_prefix(xb, k)
-        return MixResult(lam * ha + (1.0 - lam) * hb, lam_rows, k, None)
+        return MixedInputs(lam * ha + (1.0 - lam) * hb, lam_rows, k, None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,24 +281,29 @@ class InterIntraMix(Mixer):
 
     needs_labels = True
 
-    def forward(self, xa: Tensor, xb: Tensor, ctx: MixContext) -> MixResult:
+    def sample_lambda(self) -> Tuple[float, float]:
+        """(CutMix lambda ~ Beta(inter_alpha), Mixup lambda ~ Beta(intra_alpha)); one float passed to
+        :meth:`forward` serves as both."""
+        return sample_beta(self.cfg.inter_alpha), sample_beta(self.cfg.intra_alpha)
+
+    def forward(self, xa: Tensor, xb: Tensor, lam: float | Tuple[float, float], ctx: MixContext) -> MixedInputs:
         check_pair(xa, xb, "interintra")
+        lam_inter, lam_intra = lam if isinstance(lam, tuple) else (lam, lam)
         n, _, h, w = xa.shape
         if ctx.labels is None:
             raise ValueError(
                 "interintra: ctx.labels is None; this mixer needs a label per sample (mix.labels: odc or "
-                "dataset) and the pipeline must fill MixContext.labels (Mixer.needs_labels is True)"
+                "dataset) and the step must fill MixContext.labels (Mixer.needs_labels is True)"
             )
-        labels = ctx.labels.to(xa.device)
-        if labels.shape != (n,) or ctx.perm.shape != (n,):
+        labels, perm = ctx.labels.to(xa.device), ctx.pairing.perm
+        if labels.shape != (n,) or perm.shape != (n,):
             raise ValueError(
-                f"interintra: ctx.labels and ctx.perm must have shape ({n},), got {tuple(labels.shape)} "
-                f"and {tuple(ctx.perm.shape)}"
+                f"interintra: ctx.labels and ctx.pairing.perm must have shape ({n},), got {tuple(labels.shape)} "
+                f"and {tuple(perm.shape)}"
             )
-        box_h, box_w = cutmix_box_size(h, w, sample_lambda(self.cfg.inter_alpha))
+        box_h, box_w = cutmix_box_size(h, w, lam_inter)
         box_mask, box_lam = paste_mask(random_boxes(h, w, box_h, box_w), xa)
-        lam_intra = sample_lambda(self.cfg.intra_alpha)
-        same = (labels == labels[ctx.perm.to(xa.device)]) & (labels >= 0)
+        same = (labels == labels[perm.to(xa.device)]) & (labels >= 0)
         mask = torch.where(same[:, None, None, None], torch.full_like(box_mask, lam_intra), box_mask)
         lam = torch.where(same, torch.full_like(box_lam, lam_intra), box_lam)
-        return MixResult(blend_exact(xa, xb, mask), lam, 0, mask)
+        return MixedInputs(blend_exact(xa, xb, mask), lam, 0, mask)

@@ -23,7 +23,7 @@ import torchvision.transforms.functional as TF
 from torch import Tensor
 
 from ssmix.config import MixConfig, register_mix_config
-from ssmix.mixers.base import MixContext, Mixer, MixResult, register_mixer, sample_lambda
+from ssmix.mixers.base import Mixer, register_mixer
 from ssmix.mixers.handcrafted import (
     blend_exact,
     centred_boxes,
@@ -32,6 +32,7 @@ from ssmix.mixers.handcrafted import (
     cutmix_box_size,
     paste_mask,
 )
+from ssmix.mixup import MixContext, MixedInputs
 
 SALIENCY_SIZE = 64  # largest working side of the spectral residual (Hou & Zhang 2007)
 BLUR_KERNEL = 11
@@ -82,10 +83,10 @@ class SaliencyMixConfig(MixConfig):
 
 @register_mixer("saliencymix")
 class SaliencyMix(Mixer):
-    def forward(self, xa: Tensor, xb: Tensor, ctx: MixContext) -> MixResult:
+    def forward(self, xa: Tensor, xb: Tensor, lam: float, ctx: MixContext) -> MixedInputs:
         check_pair(xa, xb, "saliencymix")
         _, _, h, w = xa.shape
-        box_h, box_w = cutmix_box_size(h, w, sample_lambda(self.cfg.alpha))
+        box_h, box_w = cutmix_box_size(h, w, lam)
         cy, cx = saliency_peaks(xb)
         mask, lam = paste_mask(centred_boxes(h, w, box_h, box_w, cy, cx), xa)
-        return MixResult(blend_exact(xa, xb, mask), lam, 0, mask)
+        return MixedInputs(blend_exact(xa, xb, mask), lam, 0, mask)

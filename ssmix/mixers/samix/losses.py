@@ -1,38 +1,25 @@
-"""Target selection and the cluster-level losses of the SAMix Mixer (docs/algorithm.md §4.1, §4.2).
+"""Latent-extended targets and the cluster-level losses of the SAMix Mixer (docs/algorithm.md §4.1, §4.2).
 
 Instance-level terms reuse :mod:`ssmix.losses.contrastive` (``two_source_bce``, ``mixup_info_nce``,
 ``mixup_info_nce_in_batch``). Every function here returns a scalar (batch-reduced) loss.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 
-def source_targets(keys: Tensor, view_a: int, view_b: int, perm: Tensor) -> Tuple[Tensor, Tensor]:
-    """Targets of the two sources of x_mix(i) = s_a x_i^{(view_a)} + s_b x_{perm(i)}^{(view_b)}: the
-    *other* view of each (docs/algorithm.md §2.3): ``keys[1 - view_a][i]`` and ``keys[1 - view_b][perm[i]]``."""
-    rows = torch.arange(perm.shape[0], device=perm.device)
-    return keys[1 - view_a][rows], keys[1 - view_b][perm]
+def extend_positives(target: Tensor, own: Tensor, mode: str) -> Tensor:
+    """Latent-extended positives (docs/algorithm.md §4.1 caveat 2) of sources whose targets (other view)
+    are ``target`` and whose own-view embeddings are ``own`` (``Pairing.targets`` / ``Pairing.sources``).
 
-
-def source_target_index(n: int, view_a: int, view_b: int, perm: Tensor) -> Tuple[Tensor, Tensor]:
-    """The same two targets as indices into ``keys.flatten(0, 1)`` (in-batch negatives)."""
-    rows = torch.arange(n, device=perm.device)
-    return (1 - view_a) * n + rows, (1 - view_b) * n + perm
-
-
-def extend_positives(keys: Tensor, view: int, index: Tensor, mode: str) -> Tensor:
-    """Latent-extended positives (docs/algorithm.md §4.1 caveat 2) of the sources ``keys[view][index]``.
-
-    With target t = keys[1 - view][index], the source's own view o = keys[view][index] and an
-    element-wise b ~ Beta(2, 2): interpolation b t + (1 - b) o, extrapolation (1 + b) t - b o ("both":
-    one of the two with probability 1/2 per call), re-normalised.
+    With t = target, o = own and an element-wise b ~ Beta(2, 2): interpolation b t + (1 - b) o,
+    extrapolation (1 + b) t - b o ("both": one of the two with probability 1/2 per call), re-normalised.
     """
-    target, own = keys[1 - view][index].float(), keys[view][index].float()
+    target, own = target.float(), own.float()
     b = torch.distributions.Beta(2.0, 2.0).sample(target.shape).to(target.device)
     if mode == "both":
         mode = "interpolation" if float(torch.rand(())) < 0.5 else "extrapolation"

@@ -19,10 +19,11 @@ import torch.nn as nn
 from torch import Tensor
 
 from ssmix.config import ConfigError
-from ssmix.mixers.base import MixContext, Mixer, MixResult, blend, register_mixer, sample_lambda
+from ssmix.mixers.base import Mixer, blend, register_mixer
 from ssmix.mixers.samix.configs import SAMixPConfig, validate_mask_post
 from ssmix.mixers.samix.masks import postprocess_encoder_mask
 from ssmix.mixers.samix.mixer_net import MixerNet
+from ssmix.mixup import MixContext, MixedInputs
 from ssmix.models.backbones import ResNetTrunk, export_state_dict
 
 FORMAT = "ssmix.samix_mixer"
@@ -105,13 +106,13 @@ class SAMixP(Mixer):
         self.trunk.eval()
         return self
 
-    def forward(self, xa: Tensor, xb: Tensor, ctx: MixContext) -> MixResult:
+    def forward(self, xa: Tensor, xb: Tensor, lam: float, ctx: MixContext) -> MixedInputs:
         cfg = self.cfg
         n = xa.shape[0]
-        lam = torch.full((n,), sample_lambda(cfg.alpha), device=xa.device)
+        lam = torch.full((n,), float(lam), device=xa.device)
         with torch.no_grad():
             maps = self.trunk.run(torch.cat([xa, xb]), 0, MAP_AT)
             mask = self.net(maps[:n], maps[n:], lam, xa.shape[-2:])
             mask = postprocess_encoder_mask(mask, lam, cfg.lam_margin, cfg.mask_smooth, cfg.mask_adjust,
                                             cfg.mean_margin)
-        return MixResult(x=blend(xa, xb, mask), lam=lam, start=0, mask=mask)
+        return MixedInputs(x=blend(xa, xb, mask), lam=lam, start=0, mask=mask)

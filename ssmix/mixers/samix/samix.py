@@ -1,9 +1,9 @@
 """SAMix-I and SAMix-C: the learned Mixer trained alongside the encoder
 (docs/algorithm.md §2.1 steps 5-9, §4.1, §4.2).
 
-Per step the pipeline calls :meth:`forward` (the "bb" batch: a detached, post-processed mask; the
-encoder trains on the result) and :meth:`aux_losses` (the "mb" batch: a fresh lambda and a fresh
-partner permutation, a mask *with* gradient, the mixed images embedded by the frozen target branch
+Per step the training step calls :meth:`forward` (the "bb" batch: a detached, post-processed mask; the
+encoder trains on the result) and :meth:`aux_losses` (the "mb" batch: a fresh lambda, drawn by the step,
+and a fresh partner permutation, a mask *with* gradient, the mixed images embedded by the frozen target branch
 ``ctx.embed_target``, so the Mixer's losses reach only the Mixer, through the mask).
 """
 from __future__ import annotations
@@ -20,8 +20,7 @@ from torch import Tensor
 
 from ssmix.config import ConfigError
 from ssmix.losses.contrastive import mixup_info_nce, mixup_info_nce_in_batch, two_source_bce
-from ssmix.mixers.base import (MixContext, Mixer, MixResult, blend, derangement, mask_statistics, register_mixer,
-                               sample_lambda)
+from ssmix.mixers.base import Mixer, blend, mask_statistics, register_mixer
 from ssmix.mixers.samix.configs import SAMixCConfig, SAMixIConfig, validate_samix
 from ssmix.mixers.samix.losses import (
     cross_entropy,
@@ -30,19 +29,18 @@ from ssmix.mixers.samix.losses import (
     mixup_info_nce_masked,
     pair_bce,
     sample_weights,
-    source_target_index,
-    source_targets,
 )
 from ssmix.mixers.samix.masks import decayed_weight, mask_loss, postprocess_encoder_mask
 from ssmix.mixers.samix.mixer_net import MixerNet
+from ssmix.mixup import MixContext, MixedInputs, Pairing, derangement
 
 
 @dataclass
-class MixerBatch:
-    """The "mb" batch of one step (docs/algorithm.md §2.1 step 6-7, 9)."""
+class MixerTrainingBatch:
+    """The batch the Mixer trains itself on in one step, "mb" (docs/algorithm.md §2.1 steps 6-7, 9)."""
 
     lam: Tensor  # (N,) one lambda_mb for every row
-    perm: Tensor  # (N,) pi_mb: partner of row n (images and, unless leaky, features)
+    pairing: Pairing  # the step's views with partners pi_mb (images and, unless leaky, features)
     mask: Tensor  # (N, 1, H, W) s_a, with gradient to the Mixer
     z: Tensor  # (N, D) target-branch embedding of the mixed images (gradient to the mask only)
 
@@ -51,7 +49,7 @@ def _feature_maps(ctx: MixContext, who: str) -> Tensor:
     maps, n = ctx.feature_maps, ctx.views[0].shape[0]
     if maps is None:
         raise ValueError(
-            f"{who}: ctx.feature_maps is None; the pipeline must ask the method for target-branch maps at "
+            f"{who}: ctx.feature_maps is None; the step must ask the method for target-branch maps at "
             f"trunk position {_LearnedMixer.needs_feature_maps} (method(views, map_at=mixer.needs_feature_maps))"
         )
     if maps.dim() != 5 or maps.shape[:2] != (2, n):
@@ -63,6 +61,7 @@ class _LearnedMixer(Mixer):
     """What SAMix-I and SAMix-C share: the Mixer, the bb path, the mb batch and the mask loss."""
 
     needs_feature_maps = 3  # stage-3 maps of the target (momentum) branch, docs/algorithm.md §3.1
+    learned = True
 
     def __init__(self, cfg: SAMixIConfig) -> None:
         super().__init__(cfg)
@@ -75,8 +74,8 @@ class _LearnedMixer(Mixer):
             return None, None
         return ctx.labels, ctx.labels[perm]
 
-    def forward(self, xa: Tensor, xb: Tensor, ctx: MixContext) -> MixResult:
-        """x = s_a x_a + (1 - s_a) x_b with a detached, post-processed mask at lambda_bb
+    def forward(self, xa: Tensor, xb: Tensor, lam: float, ctx: MixContext) -> MixedInputs:
+        """x = s_a x_a + (1 - s_a) x_b with a detached, post-processed mask at lambda_bb = ``lam``
         (docs/algorithm.md §2.1 step 5).
 
         ``lam`` of the result is lambda_bb for every row: the encoder loss weights its two targets by
@@ -84,30 +83,33 @@ class _LearnedMixer(Mixer):
         maps = _feature_maps(ctx, type(self).__name__)
         cfg = self.cfg
         n = xa.shape[0]
-        lam = torch.full((n,), sample_lambda(cfg.alpha), device=xa.device)
+        lam = torch.full((n,), float(lam), device=xa.device)
         with torch.no_grad():
-            mask = self.net(maps[ctx.view_a], maps[ctx.view_b][ctx.perm], lam, xa.shape[-2:])
-            labels_a, labels_b = self._pair_labels(ctx, ctx.perm) if cfg.mask_adjust == "auto_label" else (None, None)
+            mask = self.net(*ctx.pairing.sources(maps), lam, xa.shape[-2:])
+            auto_label = cfg.mask_adjust == "auto_label"
+            labels_a, labels_b = self._pair_labels(ctx, ctx.pairing.perm) if auto_label else (None, None)
             mask = postprocess_encoder_mask(mask, lam, cfg.lam_margin, cfg.mask_smooth, cfg.mask_adjust,
                                             cfg.mean_margin, labels_a, labels_b)
-        return MixResult(x=blend(xa, xb, mask), lam=lam, start=0, mask=mask)
+        return MixedInputs(x=blend(xa, xb, mask), lam=lam, start=0, mask=mask)
 
     # -- mb: the Mixer's mixed batch -----------------------------------------------------------
-    def mixer_batch(self, ctx: MixContext) -> MixerBatch:
-        """Draw lambda_mb and pi_mb, build the mask with gradient and embed the mixed images with the
-        frozen target branch (docs/algorithm.md §2.1 steps 6, 7, 9). The mask reads the features of the partner whose
-        image it mixes (docs/algorithm.md §9.1), or of pi_bb(pi_mb(i)) with ``leaky_pairing`` (the code)."""
+    def mixer_batch(self, ctx: MixContext, lam: float) -> MixerTrainingBatch:
+        """Draw pi_mb, build the mask at lambda_mb = ``lam`` with gradient and embed the mixed images with
+        the frozen target branch (docs/algorithm.md §2.1 steps 6, 7, 9). The mask reads the features of the
+        partner whose image it mixes (docs/algorithm.md §9.1), or of pi_bb(pi_mb(i)) with
+        ``leaky_pairing`` (the code)."""
         maps = _feature_maps(ctx, type(self).__name__)
-        xa, views_b = ctx.views[ctx.view_a], ctx.views[ctx.view_b]
-        n = xa.shape[0]
-        lam = torch.full((n,), sample_lambda(self.cfg.alpha), device=xa.device)
-        perm = derangement(n, xa.device)
-        feature_perm = ctx.perm[perm] if self.cfg.leaky_pairing else perm
-        mask = self.net(maps[ctx.view_a], maps[ctx.view_b][feature_perm], lam, xa.shape[-2:])
-        z = ctx.embed_target(blend(xa, views_b[perm], mask))
-        return MixerBatch(lam=lam, perm=perm, mask=mask, z=z)
+        n = ctx.views[0].shape[0]
+        device = ctx.views[0].device
+        lam_rows = torch.full((n,), float(lam), device=device)
+        pairing = ctx.pairing.with_partners(derangement(n, device))
+        feature_pairing = ctx.pairing.with_partners(ctx.pairing.perm[pairing.perm]) if self.cfg.leaky_pairing \
+            else pairing
+        mask = self.net(*feature_pairing.sources(maps), lam_rows, ctx.views[0].shape[-2:])
+        z = ctx.embed_target(blend(*pairing.sources(ctx.views), mask))
+        return MixerTrainingBatch(lam=lam_rows, pairing=pairing, mask=mask, z=z)
 
-    def mask_term(self, batch: MixerBatch, ctx: MixContext) -> Tensor:
+    def mask_term(self, batch: MixerTrainingBatch, ctx: MixContext) -> Tensor:
         """beta(t) (l_mu + l_sigma) on the mb mask at lambda_mb (docs/algorithm.md §3.7)."""
         cfg = self.cfg
         ctx.metrics.update(mask_statistics(batch.mask, "mixer_mask_"))
@@ -118,13 +120,14 @@ class _LearnedMixer(Mixer):
     def eta(self, ctx: MixContext) -> float:
         return decayed_weight(self.cfg.eta, ctx.step, ctx.total_steps, self.cfg.eta_schedule)
 
-    def instance_positives(self, ctx: MixContext, perm: Tensor) -> Tuple[Tensor, Tensor]:
+    def instance_positives(self, ctx: MixContext, pairing: Pairing) -> Tuple[Tensor, Tensor]:
         """The two sources' targets, latent-extended when ``latent_pos_extend`` is set (docs/algorithm.md §4.1)."""
         mode = self.cfg.latent_pos_extend
+        targets = pairing.targets(ctx.keys)
         if mode == "none":
-            return source_targets(ctx.keys, ctx.view_a, ctx.view_b, perm)
-        rows = torch.arange(perm.shape[0], device=perm.device)
-        return extend_positives(ctx.keys, ctx.view_a, rows, mode), extend_positives(ctx.keys, ctx.view_b, perm, mode)
+            return targets
+        own = pairing.sources(ctx.keys)
+        return extend_positives(targets[0], own[0], mode), extend_positives(targets[1], own[1], mode)
 
     def export(self, path: str, trunk, meta: Dict) -> str:
         """Write ``mixer.pt`` for SAMix-P: this Mixer with the trunk that fed it (docs/algorithm.md §2.4)."""
@@ -165,20 +168,19 @@ class CosineClusterHead(nn.Module):
 class SAMixI(_LearnedMixer):
     """SAMix-I (docs/algorithm.md §4.1): L_phi = l+ (two-source BCE) + eta l- (mixup infoNCE) + beta L_mask."""
 
-    def aux_losses(self, ctx: MixContext) -> Dict[str, Tensor]:
-        return self.losses_for(self.mixer_batch(ctx), ctx)
+    def aux_losses(self, ctx: MixContext, lam: float) -> Dict[str, Tensor]:
+        return self.losses_for(self.mixer_batch(ctx, lam), ctx)
 
-    def losses_for(self, batch: MixerBatch, ctx: MixContext) -> Dict[str, Tensor]:
+    def losses_for(self, batch: MixerTrainingBatch, ctx: MixContext) -> Dict[str, Tensor]:
         """The weighted Mixer losses of one mb batch; their sum is the Mixer's objective."""
         t = ctx.temperature
-        k_a, k_b = source_targets(ctx.keys, ctx.view_a, ctx.view_b, batch.perm)
+        k_a, k_b = batch.pairing.targets(ctx.keys)
         local = two_source_bce(batch.z, k_a, k_b, batch.lam, t).mean()
-        p_a, p_b = self.instance_positives(ctx, batch.perm)
+        p_a, p_b = self.instance_positives(ctx, batch.pairing)
         if ctx.negatives is not None:
             global_ = mixup_info_nce(batch.z, p_a, p_b, batch.lam, ctx.negatives, t)
         else:
-            n = batch.perm.shape[0]
-            idx_a, idx_b = source_target_index(n, ctx.view_a, ctx.view_b, batch.perm)
+            idx_a, idx_b = batch.pairing.target_index(batch.z.shape[0])
             candidates = ctx.keys.flatten(0, 1)
             if self.cfg.latent_pos_extend == "none":
                 global_ = mixup_info_nce_in_batch(batch.z, candidates, idx_a, idx_b, batch.lam, t)
@@ -220,15 +222,15 @@ class SAMixC(_LearnedMixer):
             for frozen, live in zip(self.head_off.parameters(), self.head.parameters()):
                 frozen.copy_(live)
 
-    def forward(self, xa: Tensor, xb: Tensor, ctx: MixContext) -> MixResult:
+    def forward(self, xa: Tensor, xb: Tensor, lam: float, ctx: MixContext) -> MixedInputs:
         self.refresh_frozen_head()  # the bb call opens every step, before any Mixer loss
         self._check_labels(ctx)
-        return super().forward(xa, xb, ctx)
+        return super().forward(xa, xb, lam, ctx)
 
     def _check_labels(self, ctx: MixContext) -> Tensor:
         clusters = self.head.weight.shape[0]
         if ctx.labels is None:
-            raise ValueError("SAMix-C: ctx.labels is None; the pipeline must provide pseudo-labels "
+            raise ValueError("SAMix-C: ctx.labels is None; the step must provide pseudo-labels "
                              "(mix.labels: odc | dataset)")
         if ctx.num_classes and ctx.num_classes != clusters:
             raise ValueError(f"SAMix-C: the labels have {ctx.num_classes} classes but the cluster head has "
@@ -243,25 +245,24 @@ class SAMixC(_LearnedMixer):
             raise ValueError(f"SAMix-C: the method's target embeddings have D={dim} but the cluster head expects "
                              f"mix.embed_dim={self.head.weight.shape[1]}: set mix.embed_dim: {dim}")
 
-    def aux_losses(self, ctx: MixContext) -> Dict[str, Tensor]:
+    def aux_losses(self, ctx: MixContext, lam: float) -> Dict[str, Tensor]:
         self._check_labels(ctx)
         self._check_embedding(ctx)
-        return self.losses_for(self.mixer_batch(ctx), ctx)
+        return self.losses_for(self.mixer_batch(ctx, lam), ctx)
 
-    def losses_for(self, batch: MixerBatch, ctx: MixContext) -> Dict[str, Tensor]:
+    def losses_for(self, batch: MixerTrainingBatch, ctx: MixContext) -> Dict[str, Tensor]:
         """Weighted Mixer losses (through psi_off) and the cluster head's loss for one mb batch."""
-        labels = ctx.labels
-        y_a, y_b = labels, labels[batch.perm]
+        y_a, y_b = ctx.labels, ctx.labels[batch.pairing.perm]
         w_a, w_b = sample_weights(y_a, ctx.class_weights), sample_weights(y_b, ctx.class_weights)
         logits = self.head_off(batch.z)  # psi_off is frozen: gradient reaches z (the mask) only
         if self.cfg.local == "pbce":
             local = pair_bce(logits, y_a, y_b, batch.lam, w_a, w_b)
         else:
-            p_a, p_b = self.instance_positives(ctx, batch.perm)
+            p_a, p_b = self.instance_positives(ctx, batch.pairing)
             local = two_source_bce(batch.z, p_a, p_b, batch.lam, ctx.temperature).mean()
         global_ = mixup_cross_entropy(logits, y_a, y_b, batch.lam, w_a, w_b)
         head_mix = mixup_cross_entropy(self.head(batch.z.detach()), y_a, y_b, batch.lam, w_a, w_b)
-        raw_logits = self.head(ctx.keys[ctx.view_a])
+        raw_logits = self.head(ctx.keys[ctx.pairing.view_a])
         head_raw = cross_entropy(raw_logits, y_a, w_a)
         with torch.no_grad():  # chance: accuracy 1/C, and each of the two CE terms ln C
             ctx.metrics.update({"cluster_head_acc": (raw_logits.argmax(1) == y_a).float().mean(),

@@ -1,0 +1,158 @@
+"""Drawing the mixed-sample figures: cells in [0, 1], a grid with a title and column labels (PIL).
+
+Rows are image pairs, columns are a, b, then the mixed image at each requested lambda (the weight of
+source a); the learned-Mixer figure adds, per pair, the mask of a actually used and the raw Mixer
+output s_a.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from torch import Tensor
+
+from ssmix.config import Config
+from ssmix.visualize.sweep import Sweep
+
+MIN_CELL = 64  # cells are upscaled (nearest) to at least this many pixels per side
+PAD = 2  # pixels between cells
+LINE_H = 14  # height of one line of text (PIL's default font)
+TITLE_LINES = 3  # fixed title block, so the figure size depends only on the grid
+BACKGROUND = torch.tensor([0.80, 0.84, 0.93])  # padding and blank cells (no grey mask has this colour)
+
+
+def denormalise(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """Undo the eval transform's normalisation; clamped to [0, 1]."""
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(3, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(3, 1, 1)
+    return (x * s + m).clamp(0.0, 1.0)
+
+
+def grid_cells(sweep: Sweep, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """(P, 2 + S, 3, H, W) cells in [0, 1]: column 0 = a, 1 = b, 2 + k = mixed at ``sweep.lams[k]``."""
+    mixed = sweep.mixed.transpose(0, 1)  # (P, S, 3, H, W)
+    cells = torch.cat([sweep.xa[:, None], sweep.xb[:, None], mixed], dim=1)
+    return denormalise(cells, mean, std).cpu()
+
+
+def mask_cells(sweep: Sweep, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """(3P, 2 + S, 3, H, W): per pair a row of :func:`grid_cells`, a row of used masks and a row of raw
+    Mixer masks (grey = weight of a); the a/b columns of the mask rows are blank (ones; the figure
+    paints them in the background colour)."""
+    if sweep.masks is None or sweep.raw_masks is None:
+        raise ValueError("mask_cells: this sweep has no learned-Mixer masks (SAMix only)")
+    images = grid_cells(sweep, mean, std)
+    p, cols = images.shape[:2]
+    blank = torch.ones(p, 2, *images.shape[2:])
+
+    def row(masks: Tensor) -> Tensor:
+        grey = masks.transpose(0, 1).clamp(0, 1).expand(-1, -1, 3, -1, -1).cpu()
+        return torch.cat([blank, grey], dim=1)
+
+    return torch.stack([images, row(sweep.masks), row(sweep.raw_masks)], dim=1).reshape(3 * p, cols, *images.shape[2:])
+
+
+def _font() -> ImageFont.ImageFont:
+    return ImageFont.load_default()
+
+
+def _wrap(draw: ImageDraw.ImageDraw, text: str, width: int, max_lines: int) -> List[str]:
+    """Greedy word wrap to ``width`` pixels, at most ``max_lines`` lines (the last one cut with '...')."""
+    font, lines, line = _font(), [], ""
+    for word in text.split():
+        trial = f"{line} {word}".strip()
+        if draw.textlength(trial, font=font) <= width or not line:
+            line = trial
+        else:
+            lines.append(line)
+            line = word
+    if line:
+        lines.append(line)
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        last = lines[-1]
+        while last and draw.textlength(last + "...", font=font) > width:
+            last = last[:-1]
+        lines[-1] = last + "..."
+    return lines
+
+
+def figure_size(rows: int, cols: int, image_size: int) -> Tuple[int, int]:
+    """(width, height) in pixels of a figure of ``rows x cols`` cells of an ``image_size`` image."""
+    cell = image_size * max(1, math.ceil(MIN_CELL / image_size))
+    return cols * (cell + PAD) + PAD, rows * (cell + PAD) + PAD + (TITLE_LINES + 1) * LINE_H
+
+
+def render(cells: Tensor, col_labels: Sequence[str], title: str,
+           cell_text: Optional[Dict[Tuple[int, int], str]] = None) -> Image.Image:
+    """A PIL figure: ``title`` (wrapped, at most TITLE_LINES lines), one label per column, then the
+    (R, C, 3, H, W) ``cells`` in [0, 1] upscaled to >= MIN_CELL px. Cells named in ``cell_text`` are
+    blank (background colour) and hold that text. Padding and blanks use BACKGROUND, a colour no grey
+    mask takes, so a white (all-a) mask stays visible."""
+    from torchvision.utils import make_grid
+
+    rows, cols, _, h, w = cells.shape
+    zoom = max(1, math.ceil(MIN_CELL / h))
+    cell_text = cell_text or {}
+    cells = cells.clone()
+    for r, c in cell_text:
+        cells[r, c] = BACKGROUND.view(3, 1, 1)
+    flat = cells.reshape(rows * cols, *cells.shape[2:])
+    if zoom > 1:
+        flat = torch.nn.functional.interpolate(flat, scale_factor=zoom, mode="nearest")
+    grid = make_grid(flat + 1.0, nrow=cols, padding=PAD, pad_value=0.0)  # cells in [1, 2], padding 0
+    padding = (grid == 0).all(0)
+    grid = grid - 1.0
+    grid[:, padding] = BACKGROUND[:, None]
+    grid_img = Image.fromarray(grid.mul(255).round().clamp(0, 255).byte().permute(1, 2, 0).numpy())
+    top = (TITLE_LINES + 1) * LINE_H
+    figure = Image.new("RGB", (grid_img.width, grid_img.height + top), "white")
+    figure.paste(grid_img, (0, top))
+    draw, font = ImageDraw.Draw(figure), _font()
+    for i, line in enumerate(_wrap(draw, title, figure.width - 2 * PAD, TITLE_LINES)):
+        draw.text((PAD, i * LINE_H + 1), line, fill="black", font=font)
+    cell_w, cell_h = w * zoom + PAD, h * zoom + PAD
+    for c, label in enumerate(col_labels):
+        x = PAD + c * cell_w + (w * zoom - draw.textlength(label, font=font)) / 2
+        draw.text((x, TITLE_LINES * LINE_H + 1), label, fill="black", font=font)
+    for (r, c), text in cell_text.items():
+        draw.text((PAD + c * cell_w + 3, top + PAD + r * cell_h + 3), text, fill="black", font=font)
+    return figure
+
+
+def column_labels(lams: Sequence[float]) -> List[str]:
+    return ["a", "b"] + [f"{lam:.2f}" for lam in lams]
+
+
+def _title(cfg: Config, sweep: Sweep, what: str) -> str:
+    parts = [f"{cfg.method.name} + {cfg.mix.type}: {what}", "columns: requested lambda (weight of a)"]
+    if cfg.mix.type not in ("mixup", "manifoldmix"):
+        parts.append("box/mask mixers clip and adjust, so the effective lambda may differ")
+    if sweep.note:
+        parts.append(sweep.note)
+    return "; ".join(parts)
+
+
+def mix_figure(cfg: Config, sweep: Sweep) -> Image.Image:
+    """The main grid: rows = pairs, columns = a, b, mixed at each lambda."""
+    from ssmix.data.datasets import data_info
+
+    info = data_info(cfg.data)
+    return render(grid_cells(sweep, info.mean, info.std), column_labels(sweep.lams),
+                  _title(cfg, sweep, "rows = pairs (a, b)"))
+
+
+def mask_figure(cfg: Config, sweep: Sweep) -> Image.Image:
+    """The learned Mixer's masks: per pair, mixed images / used mask of a / raw Mixer mask s_a."""
+    from ssmix.data.datasets import data_info
+
+    info = data_info(cfg.data)
+    cells = mask_cells(sweep, info.mean, info.std)
+    text = {}
+    for r in range(0, cells.shape[0], 3):
+        text.update({(r + 1, 0): "used", (r + 1, 1): "mask", (r + 2, 0): "Mixer", (r + 2, 1): "raw s_a"})
+    return render(cells, column_labels(sweep.lams),
+                  _title(cfg, sweep, "per pair: mixed; mask of a used (grey = weight of a, post-processed); "
+                                     "raw Mixer output s_a"), text)
