@@ -414,8 +414,11 @@ def check_runnable(path: str) -> None:
 
 
 def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> Config:
-    """Load ``path`` (may be None for pure defaults), apply overrides and validate."""
+    """Load ``path`` (a file, a shipped config's name, or None for pure defaults), apply overrides, validate."""
     if path:
+        from ssmix.shipped import PRETRAIN  # a shipped config's name (digits/mocov2) -> its file
+
+        path = PRETRAIN.resolve(path)
         check_runnable(path)
     data = read_yaml(path) if path else {}
     data = _merge(data, parse_overrides(overrides))

@@ -1,7 +1,8 @@
 """Linear / kNN evaluation of a frozen encoder (docs/algorithm.md §6.3).
 
-    python linear_eval/run.py configs/linear/stl10.yaml weights=runs/stl10_samix mode=protocol
-    python linear_eval/run.py configs/linear/digits.yaml weights=random seeds=3
+    ssmix-linear-eval stl10 weights=runs/stl10_samix mode=protocol      # a shipped name: configs/linear/stl10.yaml
+    ssmix-linear-eval configs/linear/digits.yaml weights=random seeds=3   # or a path
+    python linear_eval/run.py configs/linear/digits.yaml weights=random    # from a source checkout
 
 Keys: see ``ssmix.evaluation.config.LinearEvalConfig``. A bad key or value exits with code 2 and a
 one-line message.
@@ -9,20 +10,16 @@ one-line message.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import List, Optional
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from ssmix.cli import run_main  # noqa: E402
-from ssmix.evaluation.config import load_eval_config  # noqa: E402 - no torch: bad keys fail fast
+from ssmix.cli import run_main
+from ssmix.evaluation.config import load_eval_config  # no torch: bad keys fail fast
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description="Linear probe and kNN of a frozen encoder (docs/algorithm.md §6.3).")
-    parser.add_argument("config", help="YAML under configs/linear/ (or any file with the same keys)")
+    parser.add_argument("config", help="a YAML file, or the name of one under configs/linear/ (e.g. digits)")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. weights=runs/x mode=protocol")
     args = parser.parse_args(argv)
     return run_main(lambda: _run(args))

@@ -79,9 +79,9 @@ def write_detectron2_pkl(state_dict: Mapping[str, Tensor], output: str) -> Dict[
 
 
 def convert(source: str, output: str, trust_pickle: bool = False) -> Tuple[str, int]:
-    """Convert any encoder file :func:`detection.weights.load_encoder_state` accepts; returns (arch, #tensors).
+    """Convert any encoder file :func:`ssmix.detection.weights.load_encoder_state` accepts; returns (arch, #tensors).
     ``trust_pickle`` also reads files that pickle objects (runs their code: only for files you made)."""
-    from detection.weights import load_encoder_state
+    from ssmix.detection.weights import load_encoder_state
 
     state, arch, cifar_stem = load_encoder_state(source, trust_pickle, "--trust-pickle")
     if cifar_stem:

@@ -29,8 +29,9 @@ import sys
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ssmix.config import ConfigError
+from ssmix.shipped import DETECTRON2
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+CONFIG_DIR = str(DETECTRON2.directory())  # detection/configs, or its copy inside an installed ssmix
 WEIGHTS_PLACEHOLDER = "SET-MODEL.WEIGHTS-TO-THE-CONVERTED.pkl"
 EXTRA_NORM_HEAD = "Res5ROIHeadsExtraNorm"
 INSTALL_HINT = (
@@ -38,7 +39,7 @@ INSTALL_HINT = (
     "    git clone https://github.com/facebookresearch/detectron2.git\n"
     "    pip install --no-build-isolation ./detectron2\n"
     "(a few minutes; needs a C++ compiler, and the CUDA toolkit for GPU ops). Without it, use the embedded "
-    "backend: python -m detection.train detection/presets/voc_r50_c4_24k.yaml model.weights=...")
+    "backend: ssmix-detect voc_r50_c4_24k model.weights=... (python -m detection.train in a checkout)")
 
 
 def import_detectron2():
@@ -73,10 +74,10 @@ def register_extra_norm_head():
 
 
 def voc_dataset_dicts(dirname: str, split: str, classes: Sequence[str], bbox_mode: int = 0) -> List[Dict]:
-    """A VOC-format split as detectron2 dataset dicts, read by :func:`detection.datasets.read_voc`
+    """A VOC-format split as detectron2 dataset dicts, read by :func:`ssmix.detection.datasets.read_voc`
     (image from ``<filename>``, boxes 0-based ``XYXY_ABS`` = mode 0, ``image_id`` the file id that
     PascalVOCDetectionEvaluator matches against ``ImageSets/Main/<split>.txt``)."""
-    from detection.datasets import read_voc
+    from ssmix.detection.datasets import read_voc
 
     records = read_voc(dirname, split, classes)
     with open(os.path.join(dirname, "ImageSets", "Main", f"{split}.txt"), encoding="utf-8") as f:
@@ -94,7 +95,7 @@ def register_voc_sets(names: Sequence[str], root: str, classes: Sequence[str]) -
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.structures import BoxMode
 
-    from detection.datasets import resolve
+    from ssmix.detection.datasets import resolve
 
     done = []
     for name in dict.fromkeys(names):
@@ -182,8 +183,8 @@ def prepare_weights(opts: List[str]) -> List[str]:
     weights = _opt(opts, "MODEL.WEIGHTS")
     if not weights or weights.endswith(".pkl") or not os.path.exists(weights):
         return opts
-    from detection.convert import convert
-    from detection.weights import WeightsError
+    from ssmix.detection.convert import convert
+    from ssmix.detection.weights import WeightsError
 
     output_dir = _opt(opts, "OUTPUT_DIR") or "./output"
     name = os.path.basename(os.path.normpath(weights)).split(".")[0] or "encoder"
@@ -202,7 +203,7 @@ def build_config(args):
     """The detectron2 config of ``args`` with the VOC-format sets registered (see module docstring)."""
     from detectron2.config import get_cfg
 
-    from detection.synthetic import VOC_CLASSES
+    from ssmix.detection.synthetic import VOC_CLASSES
 
     cfg = get_cfg()
     cfg.merge_from_file(resolve_config_file(args.config_file))

@@ -1,8 +1,10 @@
-"""Embedded detection transfer: ``python -m detection.train CONFIG [key=value ...]``.
+"""Embedded detection transfer: ``ssmix-detect CONFIG [key=value ...]`` (``python -m detection.train`` in a checkout).
+
+CONFIG is a YAML file or the name of a preset shipped in ``detection/presets/`` (e.g. ``tiny_voc_c4``).
 
 Runs ``trials`` independent trainings (seeds ``seed .. seed+trials-1``; MoCo reports VOC as the mean
 of 5) and writes ``output_dir/metrics.json`` with the mean, the sample std and every trial's metrics,
-plus ``output_dir/log.txt``. Multi-GPU: ``torchrun --nproc_per_node=8 -m detection.train CONFIG``.
+plus ``output_dir/log.txt``. Multi-GPU: ``torchrun --nproc_per_node=8 -m ssmix.detection.train CONFIG``.
 """
 from __future__ import annotations
 
@@ -17,10 +19,11 @@ from typing import Dict, List, Optional, Sequence
 
 import yaml
 
-from detection.engine import LAST_CHECKPOINT, log, run_trial, setup_distributed
-from detection.schema import DetectionConfig, load_detection_config
+from ssmix.detection.engine import LAST_CHECKPOINT, log, run_trial, setup_distributed
+from ssmix.detection.schema import DetectionConfig, load_detection_config
 from ssmix.cli import EXPECTED, run_main
 from ssmix.engine.rundir import RunDir
+from ssmix.shipped import DETECTION
 
 
 def summarize(per_trial: List[Dict[str, float]]) -> Dict[str, object]:
@@ -99,8 +102,8 @@ def _run(cfg: DetectionConfig, env) -> Dict[str, object]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help") or "=" in args[0]:
-        print(__doc__.strip() + "\n\nPresets: detection/presets/*.yaml; e.g. python -m detection.train "
-              "detection/presets/voc_r50_c4_24k.yaml model.weights=runs/mocov2/backbone.pth")
+        print(__doc__.strip() + f"\n\nPresets: {', '.join(DETECTION.names())}; e.g. ssmix-detect voc_r50_c4_24k "
+              "model.weights=runs/mocov2/backbone.pth")
         return 0 if args and args[0] in ("-h", "--help") else 2
     def body() -> int:
         run(load_detection_config(args[0], args[1:]))

@@ -25,7 +25,7 @@ RPN_TOPK = {
 
 @dataclass
 class ModelSpec:
-    """The detector. ``weights`` is the encoder (see :func:`detection.weights.load_encoder_state`)."""
+    """The detector. ``weights`` is the encoder (see :func:`ssmix.detection.weights.load_encoder_state`)."""
 
     weights: Optional[str] = None  # backbone.pth | run dir | ssmix/torchvision/MoCo checkpoint | null = random
     trust_pickle: bool = False  # also read weights that pickle objects: runs code from the file, own files only
@@ -144,6 +144,9 @@ def check_head_arch(head: str, arch: Optional[str]) -> None:
 def load_detection_config(path: Optional[str], overrides: Sequence[str] = ()) -> DetectionConfig:
     """Read a preset (``_base_`` inheritance as in ssmix configs), apply overrides, validate."""
     if path:
+        from ssmix.shipped import DETECTION  # a shipped preset's name (tiny_voc_c4) -> its file
+
+        path = DETECTION.resolve(path)
         check_runnable(path)
     data: Dict[str, Any] = read_yaml(path) if path else {}
     data = _merge(data, parse_overrides(overrides))
