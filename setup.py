@@ -1,34 +1,21 @@
-"""ssmix: self-supervised contrastive learning with learned mixup (SAMix)."""
+"""ssmix's packages and shipped configs; the metadata, dependencies and commands are in pyproject.toml.
+
+The config trees stay where users know them (``configs/``, ``detection/presets/``, ``detection/configs/``)
+and are mapped into the package, so an installed ssmix finds them as ``ssmix/configs`` etc. without a
+second copy in git (``ssmix.shipped`` looks there, then in the source checkout). The top-level
+``detection/`` and ``linear_eval/`` folders are launchers for a checkout and are not installed.
+"""
 from setuptools import find_packages, setup
 
+#: package -> repository folder: YAML only, nothing importable
+CONFIG_TREES = {
+    "ssmix.configs": "configs",
+    "ssmix.detection.presets": "detection/presets",
+    "ssmix.detection.configs": "detection/configs",
+}
+
 setup(
-    name="ssmix",
-    version="0.1.0",
-    description="Self-supervised contrastive pre-training with cross-view and learned (SAMix) mixup",
-    long_description=open("README.md", encoding="utf-8").read(),
-    long_description_content_type="text/markdown",
-    python_requires=">=3.9",
-    packages=find_packages(include=["ssmix", "ssmix.*", "linear_eval", "detection"]),
-    package_data={"detection": ["configs/*.yaml", "presets/*.yaml", "README.md"]},
-    install_requires=[
-        "torch>=2.1",
-        "torchvision>=0.16",
-        "lightly>=1.6,<1.7",
-        "pyyaml>=6",
-        "numpy",
-        "pillow",
-        "tqdm",
-        "tensorboard",
-        "scikit-learn",
-    ],
-    # faiss is an extra, never a requirement: faiss-cpu and faiss-gpu-* all install the same `faiss`
-    # module and must not be installed together. Pick one: '.[cpu]' or '.[gpu]' (CUDA 12 wheels; for
-    # CUDA 11 use `pip install faiss-gpu-cu11`). Without faiss, k-means runs on torch (slower).
-    extras_require={
-        "cpu": ["faiss-cpu>=1.7"],
-        "gpu": ["faiss-gpu-cu12>=1.8"],
-        "test": ["pytest>=7", "pycocotools>=2.0"],
-        # Detectron2 is not on PyPI: build it from its source (see detection/README.md).
-        "detection": ["pycocotools>=2.0"],
-    },
+    packages=find_packages(include=["ssmix", "ssmix.*"]) + list(CONFIG_TREES),
+    package_dir=CONFIG_TREES,
+    package_data={name: ["**/*.yaml", "**/*.sbatch"] for name in CONFIG_TREES},
 )

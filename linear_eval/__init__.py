@@ -1,1 +1,1 @@
-"""Linear evaluation entry point: ``python linear_eval/run.py CONFIG [key=value ...]``."""
+"""Launcher of :mod:`ssmix.linear_eval` for a source checkout; installed, it is ``ssmix-linear-eval``."""

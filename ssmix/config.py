@@ -23,9 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Type
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A problem in a config file or override; the message names the key and the fix."""
+from ssmix.errors import ConfigError
 
 
 # --------------------------------------------------------------------------------------------
@@ -422,8 +420,11 @@ def check_runnable(path: str) -> None:
 
 
 def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> Config:
-    """Load ``path`` (may be None for pure defaults), apply overrides and validate."""
+    """Load ``path`` (a file, a shipped config's name, or None for pure defaults), apply overrides, validate."""
     if path:
+        from ssmix.shipped import PRETRAIN  # a shipped config's name (digits/mocov2) -> its file
+
+        path = PRETRAIN.resolve(path)
         check_runnable(path)
     data = read_yaml(path) if path else {}
     data = merge(data, parse_overrides(overrides))
@@ -434,8 +435,3 @@ def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> Config:
 
 def dump_config(cfg: Config) -> str:
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
-
-
-# The former private names, still used by detection/ (moved by the packaging change).
-_from_dict = from_dict
-_merge = merge

@@ -21,7 +21,7 @@ from ssmix.config import dump_config
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ssmix.pretrain", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", help="YAML config file (see configs/)")
+    parser.add_argument("config", help="YAML config file, or a shipped config's name: mocov2_samix_c, digits/mocov2")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. train.epochs=10")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     args = parser.parse_args(argv)

@@ -18,10 +18,10 @@ import time
 from typing import Dict, List, Optional
 
 from ssmix.cli import load_pretrain_config
+from ssmix.shipped import LINEAR, PRETRAIN
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = os.path.join(ROOT, "configs", "digits")
-EVAL_CONFIG = os.path.join(ROOT, "configs", "linear", "digits.yaml")
+CONFIGS = os.path.join(str(PRETRAIN.directory()), "digits")  # the checkout's configs/ or an install's copy
+EVAL_CONFIG = os.path.join(str(LINEAR.directory()), "digits.yaml")
 RUNS = (("MoCo v2", "mocov2"), ("MoCo v2 + SAMix-C", "mocov2_samix_c"))
 #: the last logged value of these metrics describes a run's health
 HEALTH_KEYS = ("loss", "collapse_std", "knn_top1", "mixer_mask_within_var", "mixer_mask_between_var",

@@ -21,6 +21,7 @@ def _seed():
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped without one; `make bench-gpu` runs them)")
+    config.addinivalue_line("markers", "install: installs the repository (non-editable) into a fresh virtualenv")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from detection import convert as det_convert
-from detection import train as det_train
-from linear_eval import run as linear_run
+from ssmix.detection import convert as det_convert
+from ssmix.detection import train as det_train
+from ssmix.linear_eval import run as linear_run
 from ssmix import pretrain, visualize_mix
 from ssmix.config import load_config
 from tests.detection_helpers import PRESETS, encoder_state

@@ -17,17 +17,17 @@ import torch.nn as nn
 import torchvision
 from PIL import Image
 
-from detection import convert as conv
-from detection.datasets import (DetectionDataset, GroupedInfiniteSampler, ImageRecord, load_datasets, read_coco,
+from ssmix.detection import convert as conv
+from ssmix.detection.datasets import (DetectionDataset, GroupedInfiniteSampler, ImageRecord, load_datasets, read_coco,
                                 read_voc, resolve)
-from detection.model import (AlignedRoIAlign, FixedStrideAnchorGenerator, Detectron2RPN, build_detector,
+from ssmix.detection.model import (AlignedRoIAlign, FixedStrideAnchorGenerator, Detectron2RPN, build_detector,
                              build_resnet, fast_rcnn_losses, fpn_levels, mask_targets)
-from detection.precise_bn import update_bn_stats
-from detection.schema import ModelSpec, load_detection_config, rpn_topk
-from detection.solver import build_optimizer, lr_factor
-from detection.synthetic import SYNTHETIC_COCO_CATEGORIES, SYNTHETIC_VOC_CLASSES, write_coco, write_voc
-from detection.voc_eval import evaluate_voc, voc_ap, voc_iou
-from detection.weights import WeightsError, load_encoder_state
+from ssmix.detection.precise_bn import update_bn_stats
+from ssmix.detection.schema import ModelSpec, load_detection_config, rpn_topk
+from ssmix.detection.solver import build_optimizer, lr_factor
+from ssmix.detection.synthetic import SYNTHETIC_COCO_CATEGORIES, SYNTHETIC_VOC_CLASSES, write_coco, write_voc
+from ssmix.detection.voc_eval import evaluate_voc, voc_ap, voc_iou
+from ssmix.detection.weights import WeightsError, load_encoder_state
 from ssmix.config import ConfigError
 from ssmix.models.backbones import build_backbone, export_state_dict
 from tests.detection_helpers import PRESETS, encoder_state
@@ -153,7 +153,7 @@ def test_dataset_item_and_flip(data_root):
     for box, mask in zip(target["boxes"].long().tolist(), target["masks"]):
         x0, y0, x1, y1 = box
         assert mask.sum() == (x1 - x0) * (y1 - y0) and mask[y0:y1, x0:x1].all()
-    from detection.datasets import hflip
+    from ssmix.detection.datasets import hflip
     flipped_image, flipped = hflip(image, target)
     width = record.width
     expected = torch.stack([width - target["boxes"][:, 2], target["boxes"][:, 1], width - target["boxes"][:, 0],
@@ -263,8 +263,8 @@ def test_voc_class_without_ground_truth_counts_as_zero():
 
 def test_coco_ground_truth_as_predictions_scores_one(data_root):
     pytest.importorskip("pycocotools")
-    from detection.coco_eval import COCOEvaluator, coco_stats
-    from detection.datasets import rasterize
+    from ssmix.detection.coco_eval import COCOEvaluator, coco_stats
+    from ssmix.detection.datasets import rasterize
 
     path = os.path.join(data_root, "coco", "annotations", "instances_val2017.json")
     records, _, ids = read_coco(path, os.path.join(data_root, "coco", "val2017"))
@@ -595,7 +595,7 @@ def test_train_net_without_detectron2_explains_how_to_install(capsys):
         pytest.skip("detectron2 is installed")
     except ImportError:
         pass
-    from detection import train_net
+    from ssmix.detection import train_net
 
     with pytest.raises(ImportError, match="pip install --no-build-isolation"):
         train_net.register_extra_norm_head()
@@ -609,7 +609,7 @@ def test_detectron2_reads_every_config_and_the_converted_weights(tmp_path, r50_s
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
-    from detection.train_net import CONFIG_DIR, register_extra_norm_head
+    from ssmix.detection.train_net import CONFIG_DIR, register_extra_norm_head
     register_extra_norm_head()
     for name in sorted(os.listdir(CONFIG_DIR)):
         if not name.startswith("Base"):

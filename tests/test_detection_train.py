@@ -9,11 +9,11 @@ import os
 import pytest
 import torch
 
-from detection import train
-from detection.datasets import DetectionDataset, load_datasets
-from detection.model import build_detector, build_resnet
-from detection.schema import ModelSpec
-from detection.synthetic import write_coco, write_voc
+from ssmix.detection import train
+from ssmix.detection.datasets import DetectionDataset, load_datasets
+from ssmix.detection.model import build_detector, build_resnet
+from ssmix.detection.schema import ModelSpec
+from ssmix.detection.synthetic import write_coco, write_voc
 from tests.detection_helpers import PRESETS, encoder_state
 
 
@@ -129,7 +129,7 @@ def test_voc_image_comes_from_the_xml_filename_and_is_checked_before_training(ow
 
     from PIL import Image
 
-    from detection.datasets import read_voc
+    from ssmix.detection.datasets import read_voc
 
     data = tmp_path / "data"
     shutil.copytree(own_voc, data)
@@ -157,7 +157,7 @@ def test_voc_image_comes_from_the_xml_filename_and_is_checked_before_training(ow
 
 
 def test_unknown_class_names_the_key_to_set(own_voc):
-    from detection.datasets import read_voc
+    from ssmix.detection.datasets import read_voc
     from ssmix.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"class 'Tree' is not in data.classes \(.*\); list your class names, "
@@ -166,7 +166,7 @@ def test_unknown_class_names_the_key_to_set(own_voc):
 
 
 def test_detectron2_dataset_dicts_and_encoder_tensor_count(own_voc):
-    from detection.train_net import matched_tensors, voc_dataset_dicts
+    from ssmix.detection.train_net import matched_tensors, voc_dataset_dicts
 
     dicts = voc_dataset_dicts(str(own_voc / "VOCtrees"), "test", OWN_CLASSES)
     ids = (own_voc / "VOCtrees" / "ImageSets" / "Main" / "test.txt").read_text().split()
@@ -185,8 +185,8 @@ def test_detectron2_dataset_dicts_and_encoder_tensor_count(own_voc):
 
 def test_detectron2_launcher_trains_own_voc_classes(own_voc, workdir, tmp_path, monkeypatch):
     pytest.importorskip("detectron2")
-    from detection.convert import convert
-    from detection.train_net import cli
+    from ssmix.detection.convert import convert
+    from ssmix.detection.train_net import cli
 
     pkl = tmp_path / "r18.pkl"
     convert(str(workdir / "r18.pth"), str(pkl))
@@ -210,7 +210,7 @@ def test_detectron2_launcher_registers_own_voc_sets_with_the_class_names(own_voc
     import sys
     import types
 
-    from detection.train_net import register_voc_sets
+    from ssmix.detection.train_net import register_voc_sets
     from ssmix.config import ConfigError
 
     datasets, metadata = {"voc_trees_trainval": lambda: "builtin"}, {}

@@ -17,7 +17,7 @@ TEXT_SUFFIXES = (".py", ".yaml", ".yml", ".md")
 #: citations of documents that are not in the repository (the old private spec and notes)
 FORBIDDEN = re.compile(r"\b[Ss]pec(?:\s+sections?)?[\s-]+\d|ecosystem\s+notes|detection[_]notes"
                        r"|shared[/]docs|samix[_]spec")
-#: the shorthand of the old detection notes, only meaningful under detection/
+#: the shorthand of the old detection notes, only meaningful in the detection code
 DETECTION_SHORTHAND = re.compile(r"\bnotes(?:\s+section)?\s+\d")
 DOC_NAME = re.compile(r"docs/([\w-]+\.md)")
 SECTION = re.compile(r"§(\d+(?:\.\d+)?)(?:-§?(\d+(?:\.\d+)?))?")
@@ -39,7 +39,7 @@ def cited_files(root: Path = ROOT) -> Iterator[Path]:
 def forbidden_citations(text: str, rel: str) -> List[Tuple[int, str]]:
     """(line, matched text) of each citation of a document outside the repository."""
     hits = [(m.start(), m.group(0)) for m in FORBIDDEN.finditer(text)]
-    if rel.startswith("detection/"):
+    if rel.startswith(("detection/", "ssmix/detection/")):
         hits += [(m.start(), m.group(0)) for m in DETECTION_SHORTHAND.finditer(text)]
     return sorted((text.count("\n", 0, pos) + 1, hit.replace("\n", " ")) for pos, hit in hits)
 

@@ -15,9 +15,9 @@ import yaml
 
 import ssmix.engine.checkpoint as ckpt
 import ssmix.engine.trainer as trainer
-from detection import convert as det_convert
-from detection import train as det_train
-from linear_eval import run as linear_run
+from ssmix.detection import convert as det_convert
+from ssmix.detection import train as det_train
+from ssmix.linear_eval import run as linear_run
 from ssmix import pretrain, visualize_mix
 from ssmix.engine.pretrainer import Pretrainer
 from tests.detection_helpers import PRESETS, encoder_state

@@ -91,6 +91,9 @@ def build_eval_config(data: Dict[str, Any]) -> LinearEvalConfig:
 def load_eval_config(path: Optional[str], overrides: Sequence[str] = ()) -> LinearEvalConfig:
     """Read ``path`` (may be None), apply ``dotted.key=value`` overrides and validate."""
     if path:
+        from ssmix.shipped import LINEAR  # a shipped config's name (digits) -> its file
+
+        path = LINEAR.resolve(path)
         check_runnable(path)
     data = read_yaml(path) if path else {}
     return build_eval_config(merge(data, parse_overrides(overrides)))

@@ -17,15 +17,15 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from detection.coco_eval import COCOEvaluator
-from detection.datasets import (DetectionDataset, GroupedInfiniteSampler, LoadedDataset, collate,
+from ssmix.detection.coco_eval import COCOEvaluator
+from ssmix.detection.datasets import (DetectionDataset, GroupedInfiniteSampler, LoadedDataset, collate,
                                 load_datasets, read_coco)
-from detection.model import build_detector, build_resnet
-from detection.precise_bn import update_bn_stats
-from detection.schema import DetectionConfig, dataset_root
-from detection.solver import build_optimizer, build_scheduler
-from detection.voc_eval import VOCEvaluator
-from detection.weights import load_encoder_state
+from ssmix.detection.model import build_detector, build_resnet
+from ssmix.detection.precise_bn import update_bn_stats
+from ssmix.detection.schema import DetectionConfig, dataset_root
+from ssmix.detection.solver import build_optimizer, build_scheduler
+from ssmix.detection.voc_eval import VOCEvaluator
+from ssmix.detection.weights import load_encoder_state
 from ssmix.config import ConfigError
 from ssmix.engine.checkpoint import load_checkpoint, save_atomic
 

@@ -20,7 +20,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
-from detection.synthetic import VOC_CLASSES
+from ssmix.detection.synthetic import VOC_CLASSES
 from ssmix.config import ConfigError
 from ssmix.data.datasets import CorruptImageError
 

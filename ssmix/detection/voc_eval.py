@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from detection.datasets import ImageRecord
+from ssmix.detection.datasets import ImageRecord
 
 IOU_THRESHOLDS = np.arange(50, 100, 5) / 100.0  # as detectron2 computes them
 

@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from detection.datasets import ImageRecord
+from ssmix.detection.datasets import ImageRecord
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 

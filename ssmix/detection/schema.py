@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
-from ssmix.config import (ConfigError, _from_dict, _merge, check_device, check_ranges, check_runnable, parse_overrides,
+from ssmix.config import (ConfigError, check_device, check_ranges, check_runnable, from_dict, merge, parse_overrides,
                           read_yaml)
 
 HEADS = ("c4", "fpn")
@@ -25,7 +25,7 @@ RPN_TOPK = {
 
 @dataclass
 class ModelSpec:
-    """The detector. ``weights`` is the encoder (see :func:`detection.weights.load_encoder_state`)."""
+    """The detector. ``weights`` is the encoder (see :func:`ssmix.detection.weights.load_encoder_state`)."""
 
     weights: Optional[str] = None  # backbone.pth | run dir | ssmix/torchvision/MoCo checkpoint | null = random
     trust_pickle: bool = False  # also read weights that pickle objects: runs code from the file, own files only
@@ -144,8 +144,11 @@ def check_head_arch(head: str, arch: Optional[str]) -> None:
 def load_detection_config(path: Optional[str], overrides: Sequence[str] = ()) -> DetectionConfig:
     """Read a preset (``_base_`` inheritance as in ssmix configs), apply overrides, validate."""
     if path:
+        from ssmix.shipped import DETECTION  # a shipped preset's name (tiny_voc_c4) -> its file
+
+        path = DETECTION.resolve(path)
         check_runnable(path)
     data: Dict[str, Any] = read_yaml(path) if path else {}
-    data = _merge(data, parse_overrides(overrides))
-    return validate(_from_dict(DetectionConfig, data, ""))
+    data = merge(data, parse_overrides(overrides))
+    return validate(from_dict(DetectionConfig, data, ""))
 

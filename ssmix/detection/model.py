@@ -29,7 +29,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 from torchvision.ops.boxes import box_area
 
-from detection.schema import ModelSpec, check_head_arch, rpn_topk
+from ssmix.detection.schema import ModelSpec, check_head_arch, rpn_topk
 from ssmix.config import ConfigError
 from ssmix.models.backbones import STAGE_CHANNELS
 
