@@ -1,6 +1,6 @@
 """Step time of the DDP-wrapped training step against the former hand-written gradient sync, 2 ranks.
 
-- ``ddp``: the engine's path (``ssmix.engine.distributed.wrap_for_training``): the whole step (method +
+- ``ddp``: the engine's path (``ssmix.engine.ddp.wrap_for_training``): the whole step (method +
   mix pipeline) inside one DistributedDataParallel module, bucketed all-reduce overlapped with the
   backward pass, ``find_unused_parameters=True``.
 - ``ddp_static``: the same with ``find_unused_parameters=False`` (what the traversal of the graph costs).
@@ -56,7 +56,7 @@ def flat_all_reduce_mean(params) -> None:
 
 def make_step(kind: str, args, device: str, total_steps: int) -> StepFn:
     from ssmix.config import load_config
-    from ssmix.engine.distributed import wrap_for_training
+    from ssmix.engine.ddp import wrap_for_training
     from ssmix.engine.pretrainer import Pretrainer
     from ssmix.engine.trainer import build_optimizer
 
@@ -105,7 +105,7 @@ def timed(step: StepFn, batches, first: int, steps: int, device: str) -> float:
 
 
 def rank_main(args) -> None:
-    from ssmix.engine.distributed import init_distributed
+    from ssmix.engine.ddp import init_distributed
 
     torch.set_num_threads(args.threads)
     device = "cuda" if args.backend == "nccl" else "cpu"

@@ -1,7 +1,7 @@
 """Low-level collectives shared by methods, losses and clustering (identities on a single process).
 
 Process-group set-up, the DistributedDataParallel wrap and SyncBatchNorm are the engine's business
-(:mod:`ssmix.engine.distributed`); this leaf module only answers "am I distributed, which rank" and
+(:mod:`ssmix.engine.ddp`); this leaf module only answers "am I distributed, which rank" and
 gathers or broadcasts tensors, so that any layer may import it.
 """
 from __future__ import annotations

@@ -95,7 +95,7 @@ def test_faiss_gpu_kmeans_recovers_blobs():
 def test_one_rank_nccl_process_group_and_ddp_step(monkeypatch):
     import torch.distributed as dist
 
-    from ssmix.engine.distributed import DEFAULT_TIMEOUT_S, TIMEOUT_ENV
+    from ssmix.engine.ddp import DEFAULT_TIMEOUT_S, TIMEOUT_ENV
 
     if not dist.is_nccl_available():
         pytest.skip("torch built without NCCL")

@@ -1,5 +1,5 @@
 """Real two-process DDP on CPU (gloo), launched like ``torchrun`` (MASTER_ADDR/PORT, RANK, WORLD_SIZE,
-LOCAL_RANK in the environment), through ``ssmix.engine.distributed.init_distributed``.
+LOCAL_RANK in the environment), through ``ssmix.engine.ddp.init_distributed``.
 
 Importing torch + ssmix dominates the cost, so both ranks are started once (module fixture) and each
 runs every scenario in one process group, saving what it observed under ``tmp/rank<r>/``; the tests
@@ -50,7 +50,7 @@ def _ddp_step_config(*extra: str):
 
 def _scenario_ddp_step(rank: int, out: str) -> None:
     """One DDP step (SyncBN, float64) on this rank's half of 8 images vs one plain step on all 8."""
-    from ssmix.engine.distributed import wrap_for_training
+    from ssmix.engine.ddp import wrap_for_training
     from ssmix.engine.pretrainer import Pretrainer
 
     cfg = _ddp_step_config("model.sync_bn=true")
@@ -125,7 +125,7 @@ def _capturing_pretrainer(captured: dict):
 
 
 def _recording_wrap(captured: dict):
-    from ssmix.engine.distributed import wrap_for_training
+    from ssmix.engine.ddp import wrap_for_training
 
     def wrap(*args, **kwargs):
         step = wrap_for_training(*args, **kwargs)
@@ -196,7 +196,7 @@ def _scenario_swav_samix_c(rank: int, out: str, shared: str) -> None:
 def _worker(shared: str) -> None:
     """Entry point of one rank (environment as torchrun sets it)."""
     torch.set_num_threads(1)
-    from ssmix.engine.distributed import init_distributed
+    from ssmix.engine.ddp import init_distributed
 
     rank, world, _ = init_distributed("cpu")
     assert world == WORLD, world
@@ -415,7 +415,7 @@ def test_a_failing_rank_ends_the_whole_job_non_zero(tmp_path):
 
 def test_sync_bn_is_refused_for_moco_and_a_no_op_on_one_process():
     from ssmix.config import ConfigError
-    from ssmix.engine.distributed import wrap_for_training
+    from ssmix.engine.ddp import wrap_for_training
 
     model = torch.nn.Sequential(torch.nn.BatchNorm2d(3))
     with pytest.raises(ConfigError, match="^model.sync_bn: MoCo v2 normalises its keys with shuffle-BN"):

@@ -22,7 +22,7 @@ from ssmix.data.loader import MultiViewDataset, epoch_loader, steps_per_epoch
 from ssmix.data.transforms import build_eval_transform, build_view_transform
 from ssmix.distributed import barrier
 from ssmix.engine import checkpoint as ckpt
-from ssmix.engine.distributed import init_distributed, wrap_for_training
+from ssmix.engine.ddp import init_distributed, wrap_for_training
 from ssmix.engine.finite import FiniteGuard, check_state
 from ssmix.engine.health import HealthMonitor
 from ssmix.engine.optim import build_optimizer, set_learning_rates
