@@ -44,6 +44,19 @@ VARIANTS: Dict[str, Tuple[str, List[str]]] = {
 }
 
 
+#: what the table says (written by hand after the runs; the numbers above are the record)
+FINDINGS = (
+    "Reading. BatchNorm in the projector is what lets MoCo v2 leave collapse on this budget (no proj BN: "
+    "collapse_std 0.001, below random init); the symmetric loss adds a little and became the recipe. "
+    "Every other change tried is within the recipe's seed-to-seed spread (its 3 seeds span 96.7-97.2 "
+    "linear and 95.3-97.5 kNN) or below it: a queue of 256 keys instead of 1024 (3 seeds, same mean as the "
+    "recipe), rotation of +-15 degrees, crops from 50 %, 30 epochs, temperature 0.1, lr 0.12. No variant "
+    "reaches the issue's target of random init + 3 points on both probes (~97.8 / ~97.8 over 3 seeds): "
+    "on digits a random ResNet-18 is already a 94.8 / 94.8 encoder, and MoCo v2 on 1438 images gains about "
+    "2 points linear and 1.5 kNN."
+)
+
+
 def run_variants(names: List[str], seeds: List[int]) -> None:
     for name in names:
         config, overrides = VARIANTS[name]
@@ -82,6 +95,8 @@ def table() -> str:
         "| variant | overrides | seeds | linear | kNN | minutes | collapse_std |",
         "|---|---|---|---|---|---|---|",
         *rows,
+        "",
+        FINDINGS,
         "",
     ])
 

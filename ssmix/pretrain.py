@@ -1,4 +1,4 @@
-"""``python -m ssmix.pretrain CONFIG [dotted.key=value ...] [--print-config]``
+"""``ssmix-pretrain CONFIG [dotted.key=value ...] [--print-config]`` (or ``python -m ssmix.pretrain``)
 
 Pre-trains an encoder with the method and mixer the config names. Outputs go to ``output_dir``:
 ``config.yaml`` (resolved), ``metrics.jsonl``, ``tb/`` (TensorBoard), ``checkpoints/step_*.pt`` and,
@@ -19,7 +19,7 @@ from ssmix.config import dump_config
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ssmix.pretrain", description=__doc__,
+    parser = argparse.ArgumentParser(prog="ssmix-pretrain", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="YAML config file, or a shipped config's name: mocov2_samix_c, digits/mocov2")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. train.epochs=10")
