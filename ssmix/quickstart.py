@@ -4,7 +4,7 @@ Pre-trains MoCo v2 and MoCo v2 + SAMix-C on scikit-learn's digits with the CPU r
 ``configs/digits/`` (real 8x8 images at 16 px, bundled with scikit-learn, so nothing is downloaded),
 then reports the frozen-feature accuracy on the held-out digits (linear probe on cached features,
 and 20-NN; ``configs/linear/digits.yaml``) of each encoder beside a randomly initialised one, with the
-health of each run (embedding spread, the SAMix Mixer's masks, the cluster head). A few minutes on 2
+health of each run (embedding spread, the SAMix Mixer's masks, the cluster head). 15-30 minutes on 2
 CPU cores; re-running resumes the finished runs. ``bench/learning.py`` runs the same recipe over
 every method and several seeds (``docs/results.md``).
 """
