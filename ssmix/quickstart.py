@@ -100,7 +100,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"{title}: {health}")
     beats = [title for title, result, _, _ in rows[1:] if result["linear"] > random["linear"]]
     print(f"\n{len(beats)} of {len(rows) - 1} pre-trained encoders beat random init on the linear probe. One seed "
-          "here; docs/results.md has every method over 3 seeds\n(python bench/learning.py). Masks: python -m "
+          "here; docs/results.md has every method (and seeds)\n(python bench/learning.py). Masks: python -m "
           f"ssmix.visualize_mix configs/digits/mocov2_samix_c.yaml checkpoint={args.output_root}/mocov2_samix_c")
     return 0
 
