@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Type
 import yaml
 
 from ssmix.errors import ConfigError
+from ssmix.shipped import PRETRAIN
 
 
 # --------------------------------------------------------------------------------------------
@@ -422,8 +423,6 @@ def check_runnable(path: str) -> None:
 def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> Config:
     """Load ``path`` (a file, a shipped config's name, or None for pure defaults), apply overrides, validate."""
     if path:
-        from ssmix.shipped import PRETRAIN  # a shipped config's name (digits/mocov2) -> its file
-
         path = PRETRAIN.resolve(path)
         check_runnable(path)
     data = read_yaml(path) if path else {}

@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from ssmix.config import (ConfigError, check_device, check_ranges, check_runnable, from_dict, merge, parse_overrides,
                           read_yaml)
+from ssmix.shipped import DETECTION
 
 HEADS = ("c4", "fpn")
 ARCHS = ("resnet18", "resnet34", "resnet50")
@@ -144,8 +145,6 @@ def check_head_arch(head: str, arch: Optional[str]) -> None:
 def load_detection_config(path: Optional[str], overrides: Sequence[str] = ()) -> DetectionConfig:
     """Read a preset (``_base_`` inheritance as in ssmix configs), apply overrides, validate."""
     if path:
-        from ssmix.shipped import DETECTION  # a shipped preset's name (tiny_voc_c4) -> its file
-
         path = DETECTION.resolve(path)
         check_runnable(path)
     data: Dict[str, Any] = read_yaml(path) if path else {}

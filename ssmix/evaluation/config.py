@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from ssmix.config import (ConfigError, check_device, check_ranges, check_runnable, from_dict, merge, parse_overrides,
                           read_yaml)
+from ssmix.shipped import LINEAR
 
 MODES = ("cached", "protocol")
 
@@ -91,8 +92,6 @@ def build_eval_config(data: Dict[str, Any]) -> LinearEvalConfig:
 def load_eval_config(path: Optional[str], overrides: Sequence[str] = ()) -> LinearEvalConfig:
     """Read ``path`` (may be None), apply ``dotted.key=value`` overrides and validate."""
     if path:
-        from ssmix.shipped import LINEAR  # a shipped config's name (digits) -> its file
-
         path = LINEAR.resolve(path)
         check_runnable(path)
     data = read_yaml(path) if path else {}
