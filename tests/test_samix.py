@@ -115,6 +115,50 @@ def test_mixer_net_matches_hand_written_forward():
     torch.testing.assert_close(net(z_a, z_b, lam, (12, 20)), 1 - s_b, atol=1e-5, rtol=1e-4)
 
 
+def test_mixer_net_lam_offset_adds_logit_of_lambda():
+    # docs/algorithm.md §3.2: s_a = sigmoid(logit(lam) - content), the value net on the ungained z_b.
+    # In train mode with one lambda per batch BN removes the gain, so the content equals the reference's.
+    torch.manual_seed(0)
+    ref = MixerNet(C, dropout=0.0).train()
+    for p in ref.parameters():
+        nn.init.normal_(p, 0, 0.3)
+    net = MixerNet(C, dropout=0.0, lam_offset=True).train()
+    net.load_state_dict(ref.state_dict())
+    z_a, z_b = torch.randn(2, 8, C, 3, 5)
+    lam = 0.3
+    content = -torch.logit(ref(z_a, z_b, lam, (12, 20)).double())  # reference: s_a = sigmoid(-content)
+    expected = torch.sigmoid(math.log(lam / (1 - lam)) - content).float()
+    torch.testing.assert_close(net(z_a, z_b, lam, (12, 20)), expected, atol=1e-5, rtol=1e-4)
+    assert net.hparams()["lam_offset"] is True
+    with torch.no_grad():  # uniform attention: the content is the mean of v over positions
+        for conv in (net.query, net.key):
+            conv.weight.zero_()
+            conv.bias.zero_()
+    net.eval()  # eval mode (SAMix-P, figures): lambda moves the mask by its logit only
+    pair = (z_a[:1].expand(3, -1, -1, -1), z_b[:1].expand(3, -1, -1, -1))
+    lams = torch.tensor([0.2, 0.5, 0.9])
+    content = torch.logit(lams.double()).view(-1, 1, 1, 1) - torch.logit(net(*pair, lams, (12, 20)).double())
+    torch.testing.assert_close(content, content[:1].expand(3, -1, -1, -1), atol=1e-4, rtol=1e-4)
+    with torch.no_grad():  # a flat content map gives the flat mask lam (Mixup)
+        net.value[3].weight.zero_()
+    torch.testing.assert_close(net(*pair, lams, (12, 20)), lams.view(-1, 1, 1, 1).expand(3, 1, 12, 20))
+
+
+def test_mixer_net_train_mode_batchnorm_hides_a_batch_lambda_unless_offset():
+    # One lambda per batch and BN in train mode: the value net's (2 - lam~) gain is normalised away, so
+    # the mask's mean barely moves with lambda; the offset makes it follow lambda.
+    torch.manual_seed(0)
+    z_a, z_b = torch.randn(2, 16, 256, 4, 4)
+    for offset in (False, True):
+        net = MixerNet(256, lam_offset=offset).train()
+        with torch.no_grad():
+            means = [float(net(z_a, z_b, lam, (16, 16)).mean()) for lam in (0.1, 0.5, 0.9)]
+        if offset:
+            assert means == pytest.approx([0.1, 0.5, 0.9], abs=0.02)
+        else:
+            assert max(means) - min(means) < 0.01
+
+
 def test_mixer_net_init_and_masks_differ_across_pairs():
     net = MixerNet(256)
     conv_weights = torch.cat([m.weight.detach().flatten() for m in net.modules() if isinstance(m, nn.Conv2d)])
@@ -421,6 +465,7 @@ def test_configs_parse_and_validate():
     assert cfg.mix.odc.num_clusters == 10 and cfg.mix.eta == 0.5 and cfg.mix.mixer_lr == 0.005
     cfg = build_config({"mix": {"type": "samix_i"}})
     assert isinstance(cfg.mix, SAMixIConfig) and cfg.mix.alpha == 2.0 and cfg.mix.rescale_k == 1.0
+    assert not samix_i().net.lam_offset and samix_i(lam_offset=True).net.lam_offset  # the reference by default
     with pytest.raises(ConfigError, match="mix.mask_adjust"):
         samix_i(mask_adjust="auto_label")
     with pytest.raises(ConfigError, match="mix.mask_loss"):
@@ -447,13 +492,13 @@ def test_feature_maps_required():
 def test_samix_p_round_trip_and_frozen(tmp_path):
     torch.manual_seed(0)
     trunk = ResNetTrunk("resnet18", cifar_stem=True).eval()
-    net = MixerNet(256).eval()
+    net = MixerNet(256, lam_offset=True).eval()
     for p in net.parameters():
         nn.init.normal_(p, 0, 0.05)
     file = export_mixer(str(tmp_path), net, trunk, {"image_size": 16})
     assert file.endswith("mixer.pt")
     mixer = SAMixP(SAMixPConfig(checkpoint=file, mask_adjust="none", lam_margin=0.0)).train()
-    assert not mixer.net.training and not mixer.trunk.training
+    assert not mixer.net.training and not mixer.trunk.training and mixer.net.lam_offset  # hparams travel
     assert mixer.meta["image_size"] == 16 and mixer.meta["arch"] == "resnet18"
     assert mixer.param_groups() == [] and mixer.needs_feature_maps is None
     xa = torch.randn(2, 3, 16, 16, requires_grad=True)

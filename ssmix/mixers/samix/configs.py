@@ -33,6 +33,7 @@ class SAMixIConfig(MaskPostConfig, MixConfig):
     reduction: int = 2  # query/key width = feature_channels / reduction
     rescale_k: float = 1.0  # lambda rescale rho_k; -1 disables
     dropout: float = 0.0  # after the value net (0.1 in the ImageNet dev configs)
+    lam_offset: bool = False  # ours: s_a = sigmoid(logit(lam) - content) (docs/algorithm.md §3.2); off = reference
     # Mixer losses (docs/algorithm.md §3.7, §4.1)
     mask_loss: str = "l2"  # l2 (SSL dev configs) | l1 (SL configs)
     mask_loss_margin: float = 0.1

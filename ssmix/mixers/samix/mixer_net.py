@@ -7,6 +7,12 @@ Input: stage-3 maps z_a, z_b (N, C, h, w) of the two sources and lambda. Steps:
    P = softmax(q k / sqrt(d)) over key positions, in fp32 (3.3);
 3. value (content) net on z_b only: conv1x1 C -> C/2, BN, ELU, conv1x1 C/2 -> 1, dropout (3.4);
 4. content = P v, bilinear upsampling to the image size, s_b = sigmoid(content), s_a = 1 - s_b (3.5).
+
+``lam_offset`` (ours, off in the reference; docs/algorithm.md §3.2): add logit(1 - lam) to the upsampled
+content, so s_a = sigmoid(logit(lam) - content): a flat content map gives the flat mask lam (Mixup) and
+the content only moves pixels away from it; the value net then reads z_b without the gain. With one
+lambda per batch, the value net's BatchNorm (train mode) removes the (2 - lam~) gain exactly, so without
+the offset lambda reaches the mask only through the attention weights.
 """
 from __future__ import annotations
 
@@ -22,10 +28,15 @@ from ssmix.mixers.base import expand_lam
 from ssmix.mixers.samix.masks import rescale_lambda
 
 
+#: lambda is clipped to [LAM_EPS, 1 - LAM_EPS] before its logit (``lam_offset``)
+LAM_EPS = 1e-3
+
+
 class MixerNet(nn.Module):
     """Pixel-wise mask generator; ``forward`` returns s_a, the mask of source a, (N, 1, H, W) fp32."""
 
-    def __init__(self, in_channels: int, reduction: int = 2, rescale_k: float = 1.0, dropout: float = 0.0) -> None:
+    def __init__(self, in_channels: int, reduction: int = 2, rescale_k: float = 1.0, dropout: float = 0.0,
+                 lam_offset: bool = False) -> None:
         super().__init__()
         if in_channels < 2 or in_channels % reduction or in_channels % 2:
             raise ValueError(
@@ -33,6 +44,7 @@ class MixerNet(nn.Module):
             )
         self.in_channels, self.reduction = in_channels, reduction
         self.rescale_k, self.dropout = float(rescale_k), float(dropout)
+        self.lam_offset = bool(lam_offset)
         self.qk_dim = in_channels // reduction
         self.query = nn.Conv2d(2 * in_channels, self.qk_dim, kernel_size=1, bias=True)
         self.key = nn.Conv2d(2 * in_channels, self.qk_dim, kernel_size=1, bias=True)
@@ -60,7 +72,7 @@ class MixerNet(nn.Module):
     def hparams(self) -> Dict[str, float]:
         """Constructor arguments (stored with an exported Mixer, see ``pretrained.py``)."""
         return {"in_channels": self.in_channels, "reduction": self.reduction, "rescale_k": self.rescale_k,
-                "dropout": self.dropout}
+                "dropout": self.dropout, "lam_offset": self.lam_offset}
 
     def _check(self, z_a: Tensor, z_b: Tensor) -> None:
         if z_a.dim() != 4 or z_a.shape != z_b.shape or z_a.shape[1] != self.in_channels:
@@ -75,12 +87,15 @@ class MixerNet(nn.Module):
         self._check(z_a, z_b)
         n, _, h, w = z_a.shape
         lam_t = rescale_lambda(expand_lam(lam, n, z_a.device), self.rescale_k).view(n, 1, 1, 1)
+        raw_b = z_b
         z_a = z_a * (1 + lam_t).to(z_a.dtype)
         z_b = z_b * (2 - lam_t).to(z_b.dtype)
         joint = torch.cat([z_a, z_b], dim=1)
         q = self.query(joint).flatten(2).transpose(1, 2)  # (N, hw, d)
         k = self.key(joint).flatten(2)  # (N, d, hw)
-        v = self.value(z_b).flatten(2).transpose(1, 2)  # (N, hw, 1)
+        # with lam_offset the value net reads the ungained z_b: the same content in train mode (where BN
+        # removes a batch-wide gain), and no untrained lambda shift in eval mode (SAMix-P, figures)
+        v = self.value(raw_b if self.lam_offset else z_b).flatten(2).transpose(1, 2)  # (N, hw, 1)
         with torch.autocast(device_type=z_a.device.type, enabled=False):
             attention = torch.softmax(q.float() @ k.float() / math.sqrt(self.qk_dim), dim=-1)
             return (attention @ v.float()).transpose(1, 2).reshape(n, 1, h, w)
@@ -89,7 +104,11 @@ class MixerNet(nn.Module):
         """Content upsampled bilinearly to ``size`` (the image size, docs/algorithm.md §9.10): s_b = sigmoid(it)."""
         content = self.content(z_a, z_b, lam)
         with torch.autocast(device_type=content.device.type, enabled=False):
-            return F.interpolate(content, size=tuple(int(s) for s in size), mode="bilinear", align_corners=False)
+            logits = F.interpolate(content, size=tuple(int(s) for s in size), mode="bilinear", align_corners=False)
+            if self.lam_offset:
+                lam_t = expand_lam(lam, content.shape[0], content.device).float().clamp(LAM_EPS, 1 - LAM_EPS)
+                logits = logits + torch.log((1 - lam_t) / lam_t).view(-1, 1, 1, 1)
+            return logits
 
     def mask_pair(self, z_a: Tensor, z_b: Tensor, lam: float | Tensor, size: Sequence[int]) -> Tuple[Tensor, Tensor]:
         """(s_a, s_b), each (N, 1, H, W), s_a + s_b = 1."""

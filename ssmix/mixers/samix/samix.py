@@ -66,7 +66,7 @@ class _LearnedMixer(Mixer):
     def __init__(self, cfg: SAMixIConfig) -> None:
         super().__init__(cfg)
         validate_samix(cfg, labels=self.needs_labels)
-        self.net = MixerNet(cfg.feature_channels, cfg.reduction, cfg.rescale_k, cfg.dropout)
+        self.net = MixerNet(cfg.feature_channels, cfg.reduction, cfg.rescale_k, cfg.dropout, cfg.lam_offset)
 
     # -- bb: the encoder's mixed batch ---------------------------------------------------------
     def _pair_labels(self, ctx: MixContext, perm: Tensor) -> Tuple[Optional[Tensor], Optional[Tensor]]:
