@@ -256,6 +256,19 @@ def test_mask_loss_matches_formula(form):
     assert float(mask_loss(torch.full((2, 1, 2, 2), 0.35), lam, 0.1, form)) == pytest.approx(0.0, abs=1e-7)
 
 
+def test_mask_loss_per_sample_uses_each_images_mean_and_variance():
+    mask = torch.tensor([[0.9, 0.8], [0.7, 1.0], [0.1, 0.6], [0.2, 0.3]]).view(2, 1, 2, 2)
+    lam = 0.3
+    means = [0.85, 0.3]
+    within = [float(((mask[i] - means[i]) ** 2).mean()) for i in range(2)]
+    l_mu = (max((0.85 - lam) ** 2 - 0.01, 0) + 0.0) / 2
+    assert float(mask_loss(mask, lam, 0.1, "l2", per_sample=True)) == pytest.approx(l_mu - 2 * sum(within) / 2, abs=1e-6)
+    # a whole-image choice (half all-0, half all-1) earns the batch variance 0.25 but no within-image one
+    choice = torch.tensor([0.0, 1.0]).view(2, 1, 1, 1).expand(2, 1, 4, 4)
+    assert float(mask_loss(choice, 0.5, 0.1, "l2")) == pytest.approx(-0.5)
+    assert float(mask_loss(choice, 0.5, 0.1, "l2", per_sample=True)) == pytest.approx(0.25 - 0.01)
+
+
 def test_decayed_weight_schedules():
     assert [decayed_weight(0.1, s, 100, "linear") for s in (0, 25, 50, 100)] == pytest.approx([0.1, 0.075, 0.05, 0.0])
     expected = [0.1, 0.05 * (1 + math.cos(math.pi / 4)), 0.05, 0.0]
