@@ -57,6 +57,11 @@ def _cell(results: List[dict], key: str, fmt: str = "{:.1f}") -> str:
     return recipe.mean_std([r[key] for r in results if key in r], fmt)
 
 
+def _lambda_cell(results: List[dict]) -> str:
+    low, high = _cell(results, "heldout_mask_mean_25", "{:.2f}"), _cell(results, "heldout_mask_mean_75", "{:.2f}")
+    return "-" if low == "-" else f"{low} / {high}"
+
+
 def update_readme(table_rows: str) -> None:
     """Put the table between the README's results markers (the README shows docs/results.md)."""
     with open(README, encoding="utf-8") as f:
@@ -72,18 +77,20 @@ def update_readme(table_rows: str) -> None:
 def table(seeds: List[int]) -> str:
     randoms = random_init(seeds)
     header = ("| encoder | seeds | linear top-1 | kNN top-1 | minutes | collapse_std | Mixer mask within-var | "
-              "Mixer mask saturated | cluster-head acc |\n|---|---|---|---|---|---|---|---|---|")
+              "Mixer mask saturated | held-out mask mean at lambda 0.25 / 0.75 | held-out within-var | "
+              "cluster-head acc |\n|---|---|---|---|---|---|---|---|---|---|---|")
     rows = [f"| random init | {len(randoms)} | {_cell(randoms, 'linear')} | {_cell(randoms, 'knn')} "
-            "| - | - | - | - | - |"]
+            "| - | - | - | - | - | - | - |"]
     for name, config in RUNS.items():
         results = [r for r in (recipe.finished(config, [], seed) for seed in seeds) if r]
         if not results:
-            rows.append(f"| {name} | 0 | not run | | | | | | |")
+            rows.append(f"| {name} | 0 | not run | | | | | | | | |")
             continue
         rows.append(f"| {name} | {len(results)} | {_cell(results, 'linear')} | {_cell(results, 'knn')} | "
                     f"{_cell(results, 'minutes')} | {_cell(results, 'collapse_std', '{:.3f}')} | "
                     f"{_cell(results, 'mixer_mask_within_var', '{:.3f}')} | "
-                    f"{_cell(results, 'mixer_mask_saturated', '{:.2f}')} | "
+                    f"{_cell(results, 'mixer_mask_saturated', '{:.2f}')} | {_lambda_cell(results)} | "
+                    f"{_cell(results, 'heldout_mask_within_var', '{:.3f}')} | "
                     f"{_cell(results, 'cluster_head_acc', '{:.2f}')} |")
     cfg, _ = recipe.resolve(RUNS["mocov2"], [], 0)
     return "\n".join([
@@ -96,8 +103,11 @@ def table(seeds: List[int]) -> str:
         "Mean ± std over seeds; random init is the same trunk with the same seeds, untrained. "
         "Minutes are the wall clock of these runs on a 2-core CPU: the MoCo v2 seeds and CutMix seed 0 shared it "
         "with 1-3 other jobs (~3x slower); alone, a MoCo v2 run takes ~5-6 min and a SAMix run ~9. "
-        "Mixer columns: the Mixer's own masks at the end of training (within-image variance, share of pixels "
-        "below 0.05 or above 0.95); cluster-head accuracy is against the ODC labels (chance 1/20). "
+        "Mixer columns: the Mixer's own masks in the last logged training batch (within-image variance, share "
+        "of pixels below 0.05 or above 0.95), and its raw masks on 64 held-out pairs (`bench/recipe.py` "
+        "`heldout_masks`, as `visualize_mix` draws them): their mean when asked for lambda 0.25 and 0.75 (a Mixer "
+        "that follows lambda gives 0.25 / 0.75) and their within-image variance; cluster-head accuracy is against "
+        "the ODC labels (chance 1/20). "
         "'not run': not finished yet; `make learning` runs what is missing and reuses what is finished.",
         "",
         header,

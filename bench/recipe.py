@@ -42,7 +42,12 @@ def finished(config: str, overrides: Sequence[str], seed: int) -> Optional[Dict[
     if not os.path.exists(done):
         return None
     with open(done, encoding="utf-8") as f:
-        return json.load(f)
+        result = json.load(f)
+    if "mixer_mask_within_var" in result and "heldout_mask_mean_25" not in result:  # a learned Mixer
+        result.update(heldout_masks(config, overrides, seed))
+        with open(done, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=1)
+    return result
 
 
 def run(config: str, overrides: Sequence[str], seed: int) -> Dict[str, Any]:
@@ -62,6 +67,28 @@ def run(config: str, overrides: Sequence[str], seed: int) -> Dict[str, Any]:
     with open(os.path.join(run_dir, "result.json"), "w", encoding="utf-8") as f:
         json.dump(result, f, indent=1)
     return result
+
+
+#: lambdas at which a learned Mixer's held-out masks are summarised
+HELDOUT_LAMS = (0.25, 0.75)
+
+
+def heldout_masks(config: str, overrides: Sequence[str], seed: int, pairs: int = 64) -> Dict[str, float]:
+    """A finished SAMix run's raw Mixer masks on ``pairs`` held-out digit pairs, as ``visualize_mix`` draws
+    them (eval mode, docs/algorithm.md §3.2): mean mask at each of :data:`HELDOUT_LAMS` (a Mixer that
+    follows lambda gives 0.25 / 0.75), within-image variance and saturated share over both."""
+    from ssmix.mixers.base import mask_statistics
+    from ssmix.visualize.sweep import lambda_sweep, load_pairs
+    from ssmix.visualize_mix import build_model
+
+    cfg, run_dir = resolve(config, overrides, seed)
+    model = build_model(cfg, run_dir, "cpu")
+    sweep = lambda_sweep(model, load_pairs(cfg, "test", pairs), HELDOUT_LAMS, seed, from_training_split=False)
+    found = {f"heldout_mask_mean_{int(lam * 100)}": float(masks.mean())
+             for lam, masks in zip(HELDOUT_LAMS, sweep.raw_masks)}
+    stats = mask_statistics(sweep.raw_masks.flatten(0, 1), "heldout_mask_")
+    found.update({key: float(stats[key]) for key in ("heldout_mask_within_var", "heldout_mask_saturated")})
+    return found
 
 
 def mean_std(values: List[float], fmt: str = "{:.1f}") -> str:
