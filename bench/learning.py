@@ -78,19 +78,20 @@ def table(seeds: List[int]) -> str:
     randoms = random_init(seeds)
     header = ("| encoder | seeds | linear top-1 | kNN top-1 | minutes | collapse_std | Mixer mask within-var | "
               "Mixer mask saturated | held-out mask mean at lambda 0.25 / 0.75 | held-out within-var | "
-              "cluster-head acc |\n|---|---|---|---|---|---|---|---|---|---|---|")
+              "held-out digit corr | cluster-head acc |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = [f"| random init | {len(randoms)} | {_cell(randoms, 'linear')} | {_cell(randoms, 'knn')} "
-            "| - | - | - | - | - | - | - |"]
+            "| - | - | - | - | - | - | - | - |"]
     for name, config in RUNS.items():
         results = [r for r in (recipe.finished(config, [], seed) for seed in seeds) if r]
         if not results:
-            rows.append(f"| {name} | 0 | not run | | | | | | | | |")
+            rows.append(f"| {name} | 0 | not run | | | | | | | | | |")
             continue
         rows.append(f"| {name} | {len(results)} | {_cell(results, 'linear')} | {_cell(results, 'knn')} | "
                     f"{_cell(results, 'minutes')} | {_cell(results, 'collapse_std', '{:.3f}')} | "
                     f"{_cell(results, 'mixer_mask_within_var', '{:.3f}')} | "
                     f"{_cell(results, 'mixer_mask_saturated', '{:.2f}')} | {_lambda_cell(results)} | "
                     f"{_cell(results, 'heldout_mask_within_var', '{:.3f}')} | "
+                    f"{_cell(results, 'heldout_mask_digit_corr', '{:.2f}')} | "
                     f"{_cell(results, 'cluster_head_acc', '{:.2f}')} |")
     cfg, _ = recipe.resolve(RUNS["mocov2"], [], 0)
     return "\n".join([
@@ -106,8 +107,10 @@ def table(seeds: List[int]) -> str:
         "Mixer columns: the Mixer's own masks in the last logged training batch (within-image variance, share "
         "of pixels below 0.05 or above 0.95), and its raw masks on 64 held-out pairs (`bench/recipe.py` "
         "`heldout_masks`, as `visualize_mix` draws them): their mean when asked for lambda 0.25 and 0.75 (a Mixer "
-        "that follows lambda gives 0.25 / 0.75) and their within-image variance; cluster-head accuracy is against "
-        "the ODC labels (chance 1/20). "
+        "that follows lambda gives 0.25 / 0.75), their within-image variance, and whether they follow the digits "
+        "(digit corr: the Pearson correlation between how a pair's mask of b departs from the average mask and "
+        "how image b departs from the average image, mean over pairs; 0 = one layout for every pair); "
+        "cluster-head accuracy is against the ODC labels (chance 1/20). "
         "'not run': not finished yet; `make learning` runs what is missing and reuses what is finished.",
         "",
         header,

@@ -21,6 +21,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from torch import Tensor  # noqa: E402
+
 from ssmix.cli import load_pretrain_config  # noqa: E402
 from ssmix.config import Config  # noqa: E402
 from ssmix.quickstart import heldout_accuracy, last_metrics  # noqa: E402  (the demo's evaluation)
@@ -43,7 +45,7 @@ def finished(config: str, overrides: Sequence[str], seed: int) -> Optional[Dict[
         return None
     with open(done, encoding="utf-8") as f:
         result = json.load(f)
-    if "mixer_mask_within_var" in result and "heldout_mask_mean_25" not in result:  # a learned Mixer
+    if "mixer_mask_within_var" in result and "heldout_mask_digit_corr" not in result:  # a learned Mixer
         result.update(heldout_masks(config, overrides, seed))
         with open(done, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=1)
@@ -76,7 +78,10 @@ HELDOUT_LAMS = (0.25, 0.75)
 def heldout_masks(config: str, overrides: Sequence[str], seed: int, pairs: int = 64) -> Dict[str, float]:
     """A finished SAMix run's raw Mixer masks on ``pairs`` held-out digit pairs, as ``visualize_mix`` draws
     them (eval mode, docs/algorithm.md §3.2): mean mask at each of :data:`HELDOUT_LAMS` (a Mixer that
-    follows lambda gives 0.25 / 0.75), within-image variance and saturated share over both."""
+    follows lambda gives 0.25 / 0.75), within-image variance and saturated share over both, and whether
+    the masks follow the digits: the mean over pairs of the Pearson correlation between how a pair's s_b
+    departs from the average s_b and how its image b departs from the average image (0: a layout shared
+    by every pair; the value net reads b, docs/algorithm.md §3.4)."""
     from ssmix.mixers.base import mask_statistics
     from ssmix.visualize.sweep import lambda_sweep, load_pairs
     from ssmix.visualize_mix import build_model
@@ -88,7 +93,20 @@ def heldout_masks(config: str, overrides: Sequence[str], seed: int, pairs: int =
              for lam, masks in zip(HELDOUT_LAMS, sweep.raw_masks)}
     stats = mask_statistics(sweep.raw_masks.flatten(0, 1), "heldout_mask_")
     found.update({key: float(stats[key]) for key in ("heldout_mask_within_var", "heldout_mask_saturated")})
+    image_b = _departure(sweep.xb.mean(dim=1).flatten(1))
+    found["heldout_mask_digit_corr"] = statistics.fmean(
+        float(_pearson(_departure(1 - masks.flatten(1)), image_b).mean()) for masks in sweep.raw_masks)
     return found
+
+
+def _departure(rows: Tensor) -> Tensor:
+    return rows - rows.mean(dim=0, keepdim=True)
+
+
+def _pearson(a: Tensor, b: Tensor) -> Tensor:
+    """Row-wise Pearson correlation of two (P, D) tensors."""
+    a, b = a - a.mean(dim=1, keepdim=True), b - b.mean(dim=1, keepdim=True)
+    return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-12)
 
 
 def mean_std(values: List[float], fmt: str = "{:.1f}") -> str:
