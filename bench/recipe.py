@@ -39,7 +39,8 @@ def resolve(config: str, overrides: Sequence[str], seed: int) -> Tuple[Config, s
 
 
 def finished(config: str, overrides: Sequence[str], seed: int) -> Optional[Dict[str, Any]]:
-    """The result of a finished run, or None."""
+    """The result of a finished run, or None. A SAMix run's result gets its held-out mask statistics
+    (:func:`heldout_masks`) the first time it is read without them, and keeps them in ``result.json``."""
     done = os.path.join(resolve(config, overrides, seed)[1], "result.json")
     if not os.path.exists(done):
         return None
