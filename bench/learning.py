@@ -80,12 +80,16 @@ def table(seeds: List[int]) -> str:
     header = ("| encoder | seeds | linear top-1 | kNN top-1 | minutes | collapse_std | Mixer mask within-var | "
               "Mixer mask saturated | held-out mask mean at lambda 0.25 / 0.75 | held-out within-var | "
               "held-out digit corr | cluster-head acc |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
-    rows = [f"| random init | {len(randoms)} | {_cell(randoms, 'linear')} | {_cell(randoms, 'knn')} "
+    cfg, _ = recipe.resolve(RUNS["mocov2"], [], 0)
+    pixels = recipe.pixel_accuracy(cfg.data.image_size)
+    rows = [f"| raw pixels | - | {pixels['linear']:.1f} | {pixels['knn']:.1f} | - | - | - | - | - | - | - | - |",
+            f"| random init | {len(randoms)} | {_cell(randoms, 'linear')} | {_cell(randoms, 'knn')} "
             "| - | - | - | - | - | - | - | - |"]
     for name, config in RUNS.items():
         results = [r for r in (recipe.finished(config, [], seed) for seed in seeds) if r]
-        if not results:
-            rows.append(f"| {name} | 0 | not run | | | | | | | | | |")
+        earlier = recipe.earlier_row(RESULTS, name, 1, results)
+        if earlier or not results:
+            rows.append(earlier or f"| {name} | 0 | not run | | | | | | | | | |")
             continue
         rows.append(f"| {name} | {len(results)} | {_cell(results, 'linear')} | {_cell(results, 'knn')} | "
                     f"{_cell(results, 'minutes')} | {_cell(results, 'collapse_std', '{:.3f}')} | "
@@ -94,7 +98,6 @@ def table(seeds: List[int]) -> str:
                     f"{_cell(results, 'heldout_mask_within_var', '{:.3f}')} | "
                     f"{_cell(results, 'heldout_mask_digit_corr', '{:.2f}')} | "
                     f"{_cell(results, 'cluster_head_acc', '{:.2f}')} |")
-    cfg, _ = recipe.resolve(RUNS["mocov2"], [], 0)
     return "\n".join([
         "# Results: does pre-training learn? (`bench/learning.py`)",
         "",
@@ -102,7 +105,8 @@ def table(seeds: List[int]) -> str:
         f"{'CIFAR' if cfg.model.cifar_stem else 'ImageNet'} stem), {cfg.train.epochs} epochs of the 1438 "
         f"training images at batch {cfg.train.batch_size} (`configs/digits/`). Frozen features of the 359 "
         "held-out images: linear probe on cached features (100 epochs) and 20-NN (`configs/linear/digits.yaml`). "
-        "Mean ± std over seeds; random init is the same trunk with the same seeds, untrained. "
+        "Mean ± std over seeds; random init is the same trunk with the same seeds, untrained; raw pixels are "
+        f"the {cfg.data.image_size} px images themselves, flattened, through the same probe and kNN. "
         "Minutes are the wall clock of these runs on a 2-core CPU, many of which shared it with other jobs (the MoCo "
         "v2 seeds, CutMix seed 0 and SAMix-I seed 0 with 1-3, ~2-3x slower); alone, a MoCo v2 run takes ~5-6 min "
         "and a SAMix run ~9-10. "

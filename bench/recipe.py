@@ -6,8 +6,10 @@ exported trunk on held-out digits exactly as ``make demo`` does (linear probe on
 kNN, ``configs/linear/digits.yaml``), and reads the last logged health metrics from ``metrics.jsonl``.
 Runs live in ``runs/recipes/<config stem>[,<override>...]/seed<k>``: a finished run is not trained
 again (its ``result.json`` is read back) and an interrupted one resumes, so a long sweep can be
-stopped and restarted, and the sweep and the learning benchmark share runs. After changing a config
-file, delete its runs.
+stopped and restarted, and the sweep and the learning benchmark share runs. ``runs/`` is not kept in
+git, so every finished run's result is also appended to ``bench/results.jsonl`` (committed): a fresh
+checkout rebuilds the tables from that ledger without training again. After changing a config file,
+delete its runs and its ledger lines.
 """
 from __future__ import annotations
 
@@ -28,6 +30,8 @@ from ssmix.config import Config  # noqa: E402
 from ssmix.quickstart import heldout_accuracy, last_metrics  # noqa: E402  (the demo's evaluation)
 
 RUNS = os.path.join(ROOT, "runs", "recipes")
+#: one JSON line per finished run (``result.json`` as :func:`run` wrote it), kept in git
+LEDGER = os.path.join(ROOT, "bench", "results.jsonl")
 
 
 def resolve(config: str, overrides: Sequence[str], seed: int) -> Tuple[Config, str]:
@@ -38,18 +42,41 @@ def resolve(config: str, overrides: Sequence[str], seed: int) -> Tuple[Config, s
     return cfg, cfg.output_dir
 
 
+def _key(config: str, overrides: Sequence[str], seed: int) -> Tuple[str, Tuple[str, ...], int]:
+    return os.path.relpath(os.path.abspath(config), ROOT), tuple(overrides), seed
+
+
+def ledger() -> Dict[Tuple[str, Tuple[str, ...], int], Dict[str, Any]]:
+    """The recorded results (:data:`LEDGER`) by (config relative to the repository, overrides, seed)."""
+    if not os.path.exists(LEDGER):
+        return {}
+    with open(LEDGER, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return {_key(os.path.join(ROOT, r["config"]), r["overrides"], r["seed"]): r for r in rows}
+
+
+def record(result: Dict[str, Any]) -> None:
+    """Append a finished run's result to :data:`LEDGER` (a later line for the same run replaces it)."""
+    with open(LEDGER, "a", encoding="utf-8") as f:
+        f.write(json.dumps(result, sort_keys=True) + "\n")
+
+
 def finished(config: str, overrides: Sequence[str], seed: int) -> Optional[Dict[str, Any]]:
-    """The result of a finished run, or None. A SAMix run's result gets its held-out mask statistics
-    (:func:`heldout_masks`) the first time it is read without them, and keeps them in ``result.json``."""
+    """The result of a finished run (its ``result.json``, else its ledger line), or None. A SAMix run's
+    result gets its held-out mask statistics (:func:`heldout_masks`) the first time it is read without
+    them while its checkpoint is still here, and keeps them in ``result.json`` and the ledger."""
     done = os.path.join(resolve(config, overrides, seed)[1], "result.json")
     if not os.path.exists(done):
-        return None
+        return ledger().get(_key(config, overrides, seed))
     with open(done, encoding="utf-8") as f:
         result = json.load(f)
+    recorded = ledger().get(_key(config, overrides, seed))
     if "mixer_mask_within_var" in result and "heldout_mask_digit_corr" not in result:  # a learned Mixer
         result.update(heldout_masks(config, overrides, seed))
         with open(done, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=1)
+    if recorded != result:
+        record(result)
     return result
 
 
@@ -69,7 +96,33 @@ def run(config: str, overrides: Sequence[str], seed: int) -> Dict[str, Any]:
               **heldout_accuracy(run_dir, cfg.data.image_size), **last_metrics(run_dir)}
     with open(os.path.join(run_dir, "result.json"), "w", encoding="utf-8") as f:
         json.dump(result, f, indent=1)
+    record(result)
     return result
+
+
+def pixel_accuracy(image_size: int) -> Dict[str, float]:
+    """Linear top-1 and kNN top-1 (percent) of the images themselves as features (the digits at
+    ``image_size``, normalised as the encoders see them, flattened): the same probe and kNN as
+    :func:`heldout_accuracy`, a reference for what the pixels alone give."""
+    import torch
+
+    from ssmix.evaluation.config import load_eval_config
+    from ssmix.evaluation.features import TransformedDataset
+    from ssmix.evaluation.knn import knn_metrics
+    from ssmix.evaluation.linear import ProbeSchedule, train_probe_cached
+    from ssmix.evaluation.runner import build_eval_data
+    from ssmix.quickstart import EVAL_CONFIG
+
+    cfg = load_eval_config(EVAL_CONFIG, ["weights=random", f"data.image_size={image_size}"])  # weights unused
+    data = build_eval_data(cfg.data)
+    (train, train_labels), (test, test_labels) = [
+        (torch.stack([x.flatten() for x, _ in items]), torch.tensor([y for _, y in items]))
+        for items in (TransformedDataset(split, data.test_tf) for split in (data.train_set, data.test_set))]
+    knn = knn_metrics(train, train_labels, test, test_labels, data.num_classes, cfg.knn_k, cfg.knn_t)
+    schedule = ProbeSchedule(cfg.epochs, cfg.batch_size, cfg.lr, cfg.momentum, cfg.weight_decay,
+                             tuple(cfg.milestones), cfg.gamma)
+    probe = train_probe_cached(train, train_labels, test, test_labels, data.num_classes, schedule, seed=0)
+    return {"linear": probe.summary(10)["top1"], "knn": knn["knn_top1"]}
 
 
 #: lambdas at which a learned Mixer's held-out masks are summarised
@@ -108,6 +161,20 @@ def _pearson(a: Tensor, b: Tensor) -> Tensor:
     """Row-wise Pearson correlation of two (P, D) tensors."""
     a, b = a - a.mean(dim=1, keepdim=True), b - b.mean(dim=1, keepdim=True)
     return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-12)
+
+
+def earlier_row(path: str, name: str, seeds_column: int, results: List[Dict[str, Any]]) -> Optional[str]:
+    """The row ``name`` of the table in ``path`` as last written, when it holds more seeds (its
+    ``seeds_column``-th cell) than ``results``: a table keeps the rows of runs that finished before
+    :data:`LEDGER` existed (their ``runs/`` are gone) until as many seeds have run again."""
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            cells = [cell.strip() for cell in line.split("|")[1:-1]]
+            if line.startswith("| ") and cells[0] == name and cells[seeds_column].isdigit():
+                return line.rstrip("\n") if int(cells[seeds_column]) > len(results) else None
+    return None
 
 
 def mean_std(values: List[float], fmt: str = "{:.1f}") -> str:
