@@ -1,4 +1,4 @@
-"""Health monitors: warnings when collapse_std, the Mixer's masks or ODC's clusters go wrong."""
+"""Health monitors: warnings when collapse_std, the Mixer's masks, ODC's clusters or SwAV's codes go wrong."""
 from __future__ import annotations
 
 import math
@@ -40,3 +40,11 @@ def test_mixer_and_odc_conditions():
     assert any("saturated (90% of pixels" in m for m in bad)
     assert any("2 empty cluster(s)" in m for m in bad) and any("7.5x the mean size" in m for m in bad)
     assert monitor.active == 4
+
+
+def test_uniform_swav_codes_warn_and_a_random_encoders_start_does_not():
+    monitor = HealthMonitor(embed_dim=128, total_steps=100, patience=2)
+    assert feed(monitor, [{"swav_code_entropy": 0.93}] * 3, start=20) == [[], [], []]
+    got = feed(monitor, [{"swav_code_entropy": 0.998}] * 2, start=30)
+    assert got[0] == [] and len(got[1]) == 1
+    assert "SwAV's codes are uniform (entropy 0.998 of ln K)" in got[1][0] and "method.temperature" in got[1][0]

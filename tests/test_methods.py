@@ -19,7 +19,7 @@ from ssmix.methods import build_method
 from ssmix.engine.optim import lars_param_groups, method_param_groups
 from ssmix.methods.base import l2n
 from ssmix.mixup import MixedBatch, MixedInputs, Pairing
-from ssmix.methods.swav import swapped_prediction_loss
+from ssmix.methods.swav import code_entropy, swapped_prediction_loss
 from tests.helpers import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,6 +187,14 @@ def test_swav_codes_are_sinkhorn_of_high_res_scores_and_loss_is_swapped_predicti
     assert torch.allclose(out.targets.sum(-1), torch.ones(2, N), atol=1e-4)
     assert torch.allclose(out.keys.flatten(0, 1), z[: 2 * N], atol=1e-5)
     assert torch.allclose(out.losses["swav"], swapped_prediction_loss(scores, codes, 0.1), atol=1e-5)
+    entropy = -sum(float(c * math.log(c)) for c in codes.flatten() if c > 0) / (2 * N) / math.log(16)
+    assert math.isclose(float(out.metrics["swav_code_entropy"]), entropy, rel_tol=1e-4)
+
+
+def test_swav_code_entropy_is_one_for_uniform_codes_and_zero_for_one_hot():
+    k = 7
+    assert math.isclose(float(code_entropy(torch.full((2, 3, k), 1 / k))), 1.0, rel_tol=1e-6)
+    assert float(code_entropy(torch.eye(k).expand(2, k, k))) == 0.0
 
 
 def test_swav_mixed_loss_is_lambda_weighted_cross_entropy_to_the_sources_codes():

@@ -18,6 +18,8 @@ FLAT_MASK_VAR = 0.005
 SATURATED_SHARE = 0.5
 #: an ODC cluster more than this many times the mean cluster size has swallowed others
 GIANT_CLUSTER = 5.0
+#: SwAV codes with more entropy than this share of ln K are uniform (a random encoder's start at ~0.93)
+UNIFORM_CODES = 0.99
 
 
 @dataclass
@@ -45,6 +47,10 @@ def conditions(embed_dim: int) -> List[Condition]:
         Condition("odc_largest_vs_mean", lambda v: v > GIANT_CLUSTER,
                   lambda v: f"ODC's largest cluster is {v:.1f}x the mean size (> {GIANT_CLUSTER:g}x): the "
                             "pseudo-labels are degenerate; check collapse_std and mix.odc.min_cluster"),
+        Condition("swav_code_entropy", lambda v: v > UNIFORM_CODES,
+                  lambda v: f"SwAV's codes are uniform (entropy {v:.3f} of ln K): the swapped prediction has no "
+                            "signal and the loss sits at ln K; raise method.temperature (0.5 on small data, "
+                            "configs/digits/swav.yaml) or lower method.sinkhorn_epsilon"),
     ]
 
 

@@ -14,6 +14,7 @@ codes of the sources' other views (``out.targets``).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import List, Optional
 
@@ -45,6 +46,14 @@ class SwAVConfig(MethodConfig):
     freeze_prototypes_epochs: int = 1  # prototypes get no gradient for this many epochs
     queue_size: int = 0  # high-res embeddings kept per high-res view; 0 = no queue
     queue_start_epoch: int = 15
+
+
+def code_entropy(codes: Tensor) -> Tensor:
+    """Mean entropy of the code rows ``(..., K)`` over ln K: 1 = uniform codes, which give the swapped
+    prediction no signal (the loss then sits at ln K; a health monitor warns, ``ssmix.engine.health``)."""
+    codes = codes.float()
+    entropy = -(codes * codes.clamp_min(1e-12).log()).sum(-1).mean()
+    return entropy / math.log(codes.shape[-1])
 
 
 def swapped_prediction_loss(scores: Tensor, codes: Tensor, temperature: float) -> Tensor:
@@ -151,7 +160,7 @@ class SwAV(Method):
             keys=z[: 2 * n].detach().unflatten(0, (2, n)),
             targets=codes,
             feature_maps=maps,
-            metrics={"collapse_std": collapse_std(z[: 2 * n])},
+            metrics={"collapse_std": collapse_std(z[: 2 * n]), "swav_code_entropy": code_entropy(codes)},
         )
 
     def mixed_loss(self, mixed: MixedBatch, out: MethodOutput) -> Tensor:
