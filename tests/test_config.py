@@ -89,3 +89,18 @@ def test_cli_print_config_and_exit_codes():
     bad = _cli(path, "train.lrr=1")
     assert bad.returncode == 2
     assert bad.stderr.strip() == "error: unknown key 'train.lrr' (did you mean 'train.lr'?)"
+
+
+DIGITS_CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "digits", "*.yaml")))
+
+
+@pytest.mark.parametrize("path", DIGITS_CONFIGS, ids=os.path.basename)
+def test_every_digits_config_trains_on_the_recipes_views(path):
+    """The digits data base sets the recipe's views, and a method base listed after it sets its own
+    (BYOL's and SimCLR's crops from 8 %): every digits config must end with the recipe's."""
+    cfg = load_config(path)
+    aug = cfg.data.aug
+    assert (cfg.data.image_size, cfg.model.cifar_stem) == (16, True)
+    assert (aug.min_scale, aug.hflip_prob, aug.blur_prob) == (0.7, 0.0, 0.0), path
+    if aug.kind == "swav":  # multi-crop: the high-resolution crops are the recipe's
+        assert (aug.multi_crop.sizes[0], aug.multi_crop.min_scales[0]) == (16, 0.7)
