@@ -91,13 +91,28 @@ def test_cli_print_config_and_exit_codes():
     assert bad.stderr.strip() == "error: unknown key 'train.lrr' (did you mean 'train.lr'?)"
 
 
+def test_dataset_bases_are_listed_after_method_bases():
+    """A dataset's choices (crops, blur at low resolution) override a method's defaults, so a config lists
+    its data base after its method base (later files win)."""
+    checked = 0
+    for path in glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True):
+        with open(path, encoding="utf-8") as f:
+            bases = (yaml.safe_load(f) or {}).get("_base_") or []
+        bases = [bases] if isinstance(bases, str) else bases
+        kinds = ["data" if "/data/" in b else "method" if "/methods/" in b else "other" for b in bases]
+        if "data" in kinds and "method" in kinds:
+            assert kinds.index("data") > kinds.index("method"), (path, bases)
+            checked += 1
+    assert checked >= 30
+
+
 DIGITS_CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "digits", "*.yaml")))
 
 
 @pytest.mark.parametrize("path", DIGITS_CONFIGS, ids=os.path.basename)
 def test_every_digits_config_trains_on_the_recipes_views(path):
-    """The digits data base sets the recipe's views, and a method base listed after it sets its own
-    (BYOL's and SimCLR's crops from 8 %): every digits config must end with the recipe's."""
+    """The digits data base sets the recipe's views over the method bases' (BYOL's and SimCLR's crops
+    from 8 %): every digits config must end with the recipe's."""
     cfg = load_config(path)
     aug = cfg.data.aug
     assert (cfg.data.image_size, cfg.model.cifar_stem) == (16, True)
