@@ -119,8 +119,7 @@ def pixel_accuracy(image_size: int) -> Dict[str, float]:
         (torch.stack([x.flatten() for x, _ in items]), torch.tensor([y for _, y in items]))
         for items in (TransformedDataset(split, data.test_tf) for split in (data.train_set, data.test_set))]
     knn = knn_metrics(train, train_labels, test, test_labels, data.num_classes, cfg.knn_k, cfg.knn_t)
-    schedule = ProbeSchedule(cfg.epochs, cfg.batch_size, cfg.lr, cfg.momentum, cfg.weight_decay,
-                             tuple(cfg.milestones), cfg.gamma)
+    schedule = ProbeSchedule.from_config(cfg)
     probe = train_probe_cached(train, train_labels, test, test_labels, data.num_classes, schedule, seed=0)
     return {"linear": probe.summary(10)["top1"], "knn": knn["knn_top1"]}
 

@@ -402,6 +402,15 @@ def test_every_linear_config_loads():
     assert (tiny.data.image_size, tiny.data.test_split, tiny.lr, tiny.milestones) == (96, "val", 0.1, [60, 80])
 
 
+def test_probe_schedule_from_an_eval_config_takes_every_field():
+    from ssmix.evaluation.config import load_eval_config
+
+    cfg = load_eval_config(os.path.join(REPO, "configs", "linear", "digits.yaml"),
+                           ["weights=x", "epochs=7", "batch_size=9", "lr=0.3", "momentum=0.5", "weight_decay=0.01",
+                            "milestones=[2,5]", "gamma=0.2"])
+    assert ProbeSchedule.from_config(cfg) == ProbeSchedule(7, 9, 0.3, 0.5, 0.01, (2, 5), 0.2)
+
+
 def test_random_encoder_takes_a_seed():
     from ssmix.evaluation.weights import WeightsError, load_encoder
 

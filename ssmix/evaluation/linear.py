@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import statistics
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -35,6 +35,12 @@ class ProbeSchedule:
     weight_decay: float = 0.0
     milestones: Sequence[int] = (60, 80)
     gamma: float = 0.1
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "ProbeSchedule":
+        """The schedule an evaluation config (``ssmix.evaluation.config.LinearEvalConfig``) asks for."""
+        return cls(cfg.epochs, cfg.batch_size, cfg.lr, cfg.momentum, cfg.weight_decay, tuple(cfg.milestones),
+                   cfg.gamma)
 
 
 def median_last(values: Sequence[float], n: int = 10) -> float:

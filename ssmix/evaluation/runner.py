@@ -168,8 +168,7 @@ def run_linear_eval(cfg: LinearEvalConfig, log: Logger = None) -> Dict[str, Any]
     knn_s = time.perf_counter() - t0
     say(f"kNN (k={cfg.knn_k}, t={cfg.knn_t}): top1 {knn['knn_top1']:.2f} top5 {knn['knn_top5']:.2f}")
 
-    schedule = ProbeSchedule(cfg.epochs, cfg.batch_size, cfg.lr, cfg.momentum, cfg.weight_decay,
-                             tuple(cfg.milestones), cfg.gamma)
+    schedule = ProbeSchedule.from_config(cfg)
     t0 = time.perf_counter()
     histories: List[ProbeHistory] = []
     for seed in range(cfg.seeds):
