@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Type
 import yaml
 
 from ssmix.errors import ConfigError
-from ssmix.shipped import PRETRAIN
+from ssmix.shipped import PRETRAIN, Shelf
 
 
 # --------------------------------------------------------------------------------------------
@@ -420,13 +420,19 @@ def check_runnable(path: str) -> None:
                           "pass a config that includes it, e.g. configs/synthetic/mocov2.yaml")
 
 
-def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> Config:
-    """Load ``path`` (a file, a shipped config's name, or None for pure defaults), apply overrides, validate."""
+def read_config(path: Optional[str], overrides: Sequence[str], shelf: Shelf) -> Tuple[Optional[str], Dict[str, Any]]:
+    """``path`` (a file, a config shipped on ``shelf`` by name, or None for pure defaults) resolved and
+    checked runnable, and its ``_base_``-merged contents with the ``dotted.key=value`` overrides applied."""
     if path:
-        path = PRETRAIN.resolve(path)
+        path = shelf.resolve(path)
         check_runnable(path)
     data = read_yaml(path) if path else {}
-    data = merge(data, parse_overrides(overrides))
+    return path, merge(data, parse_overrides(overrides))
+
+
+def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> Config:
+    """Load ``path`` (a file, a shipped config's name, or None for pure defaults), apply overrides, validate."""
+    path, data = read_config(path, overrides, PRETRAIN)
     if path and not data.get("output_dir", True):
         data["output_dir"] = os.path.join("runs", os.path.splitext(os.path.basename(path))[0])
     return build_config(data)

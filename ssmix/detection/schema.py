@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
-from ssmix.config import (ConfigError, check_device, check_ranges, check_runnable, from_dict, merge, parse_overrides,
-                          read_yaml)
+from ssmix.config import ConfigError, check_device, check_ranges, from_dict, read_config
 from ssmix.shipped import DETECTION
 
 HEADS = ("c4", "fpn")
@@ -144,10 +143,5 @@ def check_head_arch(head: str, arch: Optional[str]) -> None:
 
 def load_detection_config(path: Optional[str], overrides: Sequence[str] = ()) -> DetectionConfig:
     """Read a preset (``_base_`` inheritance as in ssmix configs), apply overrides, validate."""
-    if path:
-        path = DETECTION.resolve(path)
-        check_runnable(path)
-    data: Dict[str, Any] = read_yaml(path) if path else {}
-    data = merge(data, parse_overrides(overrides))
-    return validate(from_dict(DetectionConfig, data, ""))
+    return validate(from_dict(DetectionConfig, read_config(path, overrides, DETECTION)[1], ""))
 

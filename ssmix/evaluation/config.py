@@ -8,8 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
-from ssmix.config import (ConfigError, check_device, check_ranges, check_runnable, from_dict, merge, parse_overrides,
-                          read_yaml)
+from ssmix.config import ConfigError, check_device, check_ranges, from_dict, read_config
 from ssmix.shipped import LINEAR
 
 MODES = ("cached", "protocol")
@@ -91,8 +90,4 @@ def build_eval_config(data: Dict[str, Any]) -> LinearEvalConfig:
 
 def load_eval_config(path: Optional[str], overrides: Sequence[str] = ()) -> LinearEvalConfig:
     """Read ``path`` (may be None), apply ``dotted.key=value`` overrides and validate."""
-    if path:
-        path = LINEAR.resolve(path)
-        check_runnable(path)
-    data = read_yaml(path) if path else {}
-    return build_eval_config(merge(data, parse_overrides(overrides)))
+    return build_eval_config(read_config(path, overrides, LINEAR)[1])
