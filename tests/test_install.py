@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -33,19 +34,30 @@ def _run(cmd, cwd, env, ok=True):
     return proc
 
 
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory):
-    """(bin folder, site-packages of the new venv, env, a working directory outside the repository)."""
-    tmp = tmp_path_factory.mktemp("install")
+def _build_inputs(tmp: Path) -> Path:
+    """A copy of what a build of the repository reads, in ``tmp/src``."""
     src = tmp / "src"
     src.mkdir()
     for name in BUILD_INPUTS:
         copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy2
         copy(ROOT / name, src / name, **({"ignore": shutil.ignore_patterns("__pycache__")}
                                          if (ROOT / name).is_dir() else {}))
-    venv = tmp / "venv"
+    return src
+
+
+def _clean_env():
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PIP_", "VIRTUAL_ENV"))}
     env.update(PYTHONNOUSERSITE="1", PIP_DISABLE_PIP_VERSION_CHECK="1", OMP_NUM_THREADS="1")
+    return env
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """(bin folder, site-packages of the new venv, env, a working directory outside the repository)."""
+    tmp = tmp_path_factory.mktemp("install")
+    src = _build_inputs(tmp)
+    venv = tmp / "venv"
+    env = _clean_env()
     work = tmp / "work"
     work.mkdir()
     _run([sys.executable, "-m", "venv", "--without-pip", venv], work, env)
@@ -105,3 +117,18 @@ def test_an_unknown_config_name_is_one_line_with_close_matches(installed):
 def test_the_other_console_commands_answer_help(installed, command, expected):
     bin_dir, site, env, work = installed
     assert expected in _run([bin_dir / command, "--help"], work, env).stdout
+
+
+def test_the_sdist_carries_every_shipped_config_and_module(tmp_path):
+    """A source distribution (what PyPI users without a wheel build from) has the config trees that
+    setup.py maps into the package and every ssmix module."""
+    src = _build_inputs(tmp_path)
+    _run([sys.executable, "setup.py", "-q", "sdist", "--dist-dir", tmp_path / "dist"], src, _clean_env())
+    (archive,) = (tmp_path / "dist").glob("ssmix-*.tar.gz")
+    with tarfile.open(archive) as tar:
+        carried = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
+    wanted = {path.relative_to(src).as_posix() for path in src.rglob("*")
+              if path.suffix in (".yaml", ".sbatch") and path.parts[len(src.parts)] in ("configs", "detection")
+              or path.suffix == ".py" and path.parts[len(src.parts)] == "ssmix"}
+    assert len(wanted) > 150 and "configs/digits/mocov2.yaml" in wanted
+    assert sorted(wanted - carried) == []
