@@ -96,12 +96,6 @@ def objective(method, xa: Tensor, xb: Tensor, lam: float, negatives: Tensor, hea
     return losses
 
 
-def digit_corr(masks: Tensor, xb: Tensor) -> float:
-    """``heldout_mask_digit_corr`` of ``bench/recipe.py`` for masks of source a."""
-    image_b = recipe._departure(xb.mean(dim=1).flatten(1))
-    return float(recipe._pearson(recipe._departure(1 - masks.flatten(1)), image_b).mean())
-
-
 def run_rows(run_dir: str, pairs: int, train_mode: bool, seed: int = 0) -> List[str]:
     """Table rows for one finished run: every mask family at every lambda of :data:`LAMS`. In train mode
     (as in training) BatchNorm normalises each mixed batch by its own statistics."""
@@ -123,15 +117,18 @@ def run_rows(run_dir: str, pairs: int, train_mode: bool, seed: int = 0) -> List[
     learned = learned if getattr(learned, "learned", False) else None
     name = os.path.relpath(run_dir, recipe.ROOT)
     eta = getattr(cfg.mix, "eta", SAMixIConfig().eta)  # weight of the global term (constant in the digits configs)
+    # the Mixer's own masks first, in eval mode as visualize_mix draws them: train-mode passes below move
+    # BatchNorm's running statistics
+    own_masks = None if learned is None else \
+        lambda_sweep(model, held_out, LAMS, seed, from_training_split=False).raw_masks[:, different]
     rows = []
     with torch.no_grad():
         negatives = method.queue.snapshot()
         generator = torch.Generator().manual_seed(seed)
-        for lam in LAMS:
+        for index, lam in enumerate(LAMS):
             families = mask_families(xa, xb, lam, generator)
-            if learned is not None:
-                sweep = lambda_sweep(model, held_out, [lam], seed, from_training_split=False)
-                families[f"the run's Mixer ({cfg.mix.type})"] = sweep.raw_masks[0][different]
+            if own_masks is not None:
+                families[f"the run's Mixer ({cfg.mix.type})"] = own_masks[index]
             losses = objective(method, xa, xb, lam, negatives, getattr(learned, "head_off", None))
             for family, masks in families.items():
                 within = float(masks.flatten(1).var(dim=1).mean())
@@ -140,7 +137,7 @@ def run_rows(run_dir: str, pairs: int, train_mode: bool, seed: int = 0) -> List[
                           None if local_c is None else local_c + eta * global_c]
                 cells = " | ".join("-" if v is None else f"{v:.3f}" for v in values)
                 rows.append(f"| `{name}` | {lam:.1f} | {family} | {float(masks.mean()):.2f} | {within:.3f} | "
-                            f"{digit_corr(masks, xb):+.2f} | {cells} |")
+                            f"{recipe.digit_corr(masks, xb):+.2f} | {cells} |")
     return rows
 
 

@@ -132,9 +132,7 @@ def heldout_masks(config: str, overrides: Sequence[str], seed: int, pairs: int =
     """A finished SAMix run's raw Mixer masks on ``pairs`` held-out digit pairs, as ``visualize_mix`` draws
     them (eval mode, docs/algorithm.md §3.2): mean mask at each of :data:`HELDOUT_LAMS` (a Mixer that
     follows lambda gives 0.25 / 0.75), within-image variance and saturated share over both, and whether
-    the masks follow the digits: the mean over pairs of the Pearson correlation between how a pair's s_b
-    departs from the average s_b and how its image b departs from the average image (0: a layout shared
-    by every pair; the value net reads b, docs/algorithm.md §3.4)."""
+    the masks follow the digits (:func:`digit_corr`; the value net reads b, docs/algorithm.md §3.4)."""
     from ssmix.mixers.base import mask_statistics
     from ssmix.visualize.sweep import lambda_sweep, load_pairs
     from ssmix.visualize_mix import build_model
@@ -146,10 +144,16 @@ def heldout_masks(config: str, overrides: Sequence[str], seed: int, pairs: int =
              for lam, masks in zip(HELDOUT_LAMS, sweep.raw_masks)}
     stats = mask_statistics(sweep.raw_masks.flatten(0, 1), "heldout_mask_")
     found.update({key: float(stats[key]) for key in ("heldout_mask_within_var", "heldout_mask_saturated")})
-    image_b = _departure(sweep.xb.mean(dim=1).flatten(1))
-    found["heldout_mask_digit_corr"] = statistics.fmean(
-        float(_pearson(_departure(1 - masks.flatten(1)), image_b).mean()) for masks in sweep.raw_masks)
+    found["heldout_mask_digit_corr"] = statistics.fmean(digit_corr(masks, sweep.xb) for masks in sweep.raw_masks)
     return found
+
+
+def digit_corr(masks: Tensor, xb: Tensor) -> float:
+    """Whether masks of source a, (P, 1, H, W), follow images b, (P, C, H, W): the mean over pairs of the
+    Pearson correlation between how a pair's s_b departs from the average s_b and how its image b departs
+    from the average image (0: a layout shared by every pair)."""
+    image_b = _departure(xb.mean(dim=1).flatten(1))
+    return float(_pearson(_departure(1 - masks.flatten(1)), image_b).mean())
 
 
 def _departure(rows: Tensor) -> Tensor:
