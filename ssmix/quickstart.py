@@ -3,10 +3,10 @@
 Pre-trains MoCo v2 and MoCo v2 + SAMix-C on scikit-learn's digits with the CPU recipe of
 ``configs/digits/`` (real 8x8 images at 16 px, bundled with scikit-learn, so nothing is downloaded),
 shortened to :data:`DEMO_EPOCHS` of its 15 epochs (with :data:`DEMO_OVERRIDES`) so that the whole demo,
-set-up included, takes about 10 minutes on 2 CPU cores, then reports the frozen-feature accuracy on the held-out digits (linear probe
-on cached features, and 20-NN; ``configs/linear/digits.yaml``) of each encoder beside a randomly
-initialised one, with the health of each run (embedding spread, the SAMix Mixer's masks, the cluster
-head). Re-running resumes the finished runs; ``--epochs 15`` runs the full recipe, and
+set-up included, takes about 10 minutes on 2 CPU cores, then reports the frozen-feature accuracy on the
+held-out digits (linear probe on cached features, and 20-NN; ``configs/linear/digits.yaml``) of each
+encoder beside a randomly initialised one, with the health of each run (embedding spread, the SAMix
+Mixer's masks, the cluster head). Re-running resumes the finished runs; ``--epochs 15`` runs the full recipe, and
 ``bench/learning.py`` runs it over every method and several seeds (``docs/results.md``).
 """
 from __future__ import annotations
@@ -84,7 +84,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     rows = []
     for title, name in RUNS:
         # the online kNN monitor off: the table below evaluates every encoder once, at the end
-        schedule = [f"train.epochs={args.epochs}"] if args.epochs else [f"train.epochs={DEMO_EPOCHS}", *DEMO_OVERRIDES]
+        schedule = ([f"train.epochs={DEMO_EPOCHS}", *DEMO_OVERRIDES] if args.epochs is None
+                    else [f"train.epochs={args.epochs}"])
         overrides = [f"output_dir={os.path.join(args.output_root, name)}", "resume=auto", "train.knn_every=0",
                      *schedule]
         cfg = load_pretrain_config(os.path.join(CONFIGS, f"{name}.yaml"), overrides)
