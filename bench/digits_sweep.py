@@ -59,6 +59,13 @@ VARIANTS: Dict[str, Tuple[str, List[str]]] = {
     "momentum 0.9": (MOCO, ["method.momentum=0.9"]),
     "6 epochs, momentum 0.9": (MOCO, ["train.epochs=6", "method.momentum=0.9"]),
     "SAMix-C, 6 epochs, momentum 0.9": (SAMIX_C, ["train.epochs=6", "method.momentum=0.9"]),
+    # bf16 autocast on a CPU with native bf16 (AVX512-BF16): 1.4x (MoCo v2) and 1.6x (SAMix-C) faster steps
+    "6 epochs, momentum 0.9, bf16": (MOCO, ["train.epochs=6", "method.momentum=0.9", "train.amp=bf16"]),
+    "8 epochs, momentum 0.9, bf16": (MOCO, ["train.epochs=8", "method.momentum=0.9", "train.amp=bf16"]),
+    "SAMix-C, 6 epochs, momentum 0.9, bf16": (SAMIX_C, ["train.epochs=6", "method.momentum=0.9",
+                                                        "train.amp=bf16"]),
+    "SAMix-C, 8 epochs, momentum 0.9, bf16": (SAMIX_C, ["train.epochs=8", "method.momentum=0.9",
+                                                        "train.amp=bf16"]),
 }
 
 
