@@ -1,5 +1,5 @@
 # Two commands on a fresh machine (only Python 3.9+ needed):
-#   make demo   set up .venv, pre-train on scikit-learn's digits (CPU, ~9 minutes), report accuracies
+#   make demo   set up .venv, pre-train on scikit-learn's digits (CPU, ~8 minutes), report accuracies
 #   make test   set up .venv, run the test suite (what CI runs)
 PYTHON ?= python3
 VENV ?= .venv
