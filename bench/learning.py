@@ -127,6 +127,9 @@ def table(seeds: List[int]) -> str:
         "(digit corr: the Pearson correlation between how a pair's mask of b departs from the average mask and "
         "how image b departs from the average image, mean over pairs; 0 = one layout for every pair); "
         "cluster-head accuracy is against the ODC labels (chance 1/20). "
+        "These runs had the online kNN monitor (epochs 5 and 10) draw from the training RNG, which it no longer "
+        "does (2026-12-02): a mixing run re-run now draws other, equally likely partners and lambdas from there "
+        "on, so its numbers differ within the seed spread rather than bit for bit. "
         "'not run': not finished yet; `make learning` runs what is missing and reuses what is finished.",
         "",
         header,

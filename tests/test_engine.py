@@ -38,6 +38,25 @@ def test_resume_is_exact_across_an_epoch_boundary(tmp_path):
         assert torch.equal(st["momentum_buffer"], sb["optimizer"]["state"][k]["momentum_buffer"])
 
 
+def test_epoch_monitors_leave_the_training_trajectory_unchanged(tmp_path):
+    """The kNN monitor and the mixed-sample grids run between epochs without drawing from the training
+    loop's random streams (a DataLoader iterator takes its seed from torch's global RNG; a grid draws
+    partners and lambdas): the weights equal a run without them."""
+    _run(tmp_path / "off", "train.max_steps=6", "mix.type=mixup")
+    _run(tmp_path / "on", "train.max_steps=6", "mix.type=mixup", "train.knn_every=1", "train.vis_every=1",
+         "train.knn_k=5")
+    rows = [json.loads(line) for line in open(tmp_path / "on" / "metrics.jsonl")]
+    assert any("knn_top1" in r for r in rows)  # the monitor did run
+    off, on = _final_state(tmp_path / "off")["model"], _final_state(tmp_path / "on")["model"]
+    for key, value in off.items():
+        if key.endswith(("running_mean", "running_var")):  # below: the monitor's eval() averages split BN's
+            continue                                       # per-split statistics, which export folds anyway
+        assert torch.equal(value, on[key]), key
+    exported = [torch.load(tmp_path / run / "backbone.pth", weights_only=True) for run in ("off", "on")]
+    for key, value in exported[0].items():
+        torch.testing.assert_close(value, exported[1][key], rtol=1e-5, atol=1e-6, msg=key)
+
+
 def test_outputs_metrics_and_backbone_export(tmp_path):
     _run(tmp_path, "train.max_steps=2")
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]

@@ -314,7 +314,17 @@ def _save(cfg: Config, model, optimizer, scaler, step: int, world: int, is_main:
 
 def _end_of_epoch(cfg: Config, model: Pretrainer, epoch: int, step: int, logger: MetricsLogger, info,
                   device: str) -> None:
-    """Online monitors: kNN accuracy of the online trunk, mixed-sample grids."""
+    """Online monitors: kNN accuracy of the online trunk, mixed-sample grids. They leave every random
+    stream as they found it, so a run computes the same weights with or without them."""
+    rng = ckpt.get_rng_state()
+    try:
+        _run_monitors(cfg, model, epoch, step, logger, device)
+    finally:
+        ckpt.set_rng_state(rng)
+
+
+def _run_monitors(cfg: Config, model: Pretrainer, epoch: int, step: int, logger: MetricsLogger, device: str
+                  ) -> None:
     tc = cfg.train
     if tc.knn_every and epoch % tc.knn_every == 0 and logger.enabled:
         from ssmix.evaluation.monitor import knn_monitor
