@@ -39,9 +39,9 @@ def test_resume_is_exact_across_an_epoch_boundary(tmp_path):
 
 
 def test_epoch_monitors_leave_the_training_trajectory_unchanged(tmp_path):
-    """The kNN monitor and the mixed-sample grids run between epochs without drawing from the training
-    loop's random streams (a DataLoader iterator takes its seed from torch's global RNG; a grid draws
-    partners and lambdas): the weights equal a run without them."""
+    """The kNN monitor and the mixed-sample grids run between epochs without moving the training loop's
+    random streams (the monitor's DataLoader iterators take their seed from torch's global RNG): the
+    weights equal a run without them."""
     _run(tmp_path / "off", "train.max_steps=6", "mix.type=mixup")
     _run(tmp_path / "on", "train.max_steps=6", "mix.type=mixup", "train.knn_every=1", "train.vis_every=1",
          "train.knn_k=5")
