@@ -35,11 +35,18 @@ LEDGER = os.path.join(ROOT, "bench", "results.jsonl")
 
 
 def resolve(config: str, overrides: Sequence[str], seed: int) -> Tuple[Config, str]:
-    """The run's config and its directory: ``<config stem>[,<override>...]/seed<k>``."""
+    """The run's config and its directory: ``[<dataset folder>/]<config stem>[,<override>...]/seed<k>``
+    (digits runs have no dataset folder, as before other data sets had recipes)."""
     cfg = load_pretrain_config(config, [*overrides, f"seed={seed}", "resume=auto", "train.progress=false"])
     name = ",".join([os.path.splitext(os.path.basename(config))[0], *overrides]).replace(os.sep, "_")
-    cfg.output_dir = os.path.join(RUNS, name, f"seed{seed}")
+    folder = os.path.basename(os.path.dirname(os.path.abspath(config)))
+    cfg.output_dir = os.path.join(RUNS, *([] if folder == "digits" else [folder]), name, f"seed{seed}")
     return cfg, cfg.output_dir
+
+
+def eval_config(cfg: Config) -> str:
+    """The linear-eval config that judges a run: ``configs/linear/<data.name>.yaml``."""
+    return os.path.join(ROOT, "configs", "linear", f"{cfg.data.name}.yaml")
 
 
 def _key(config: str, overrides: Sequence[str], seed: int) -> Tuple[str, Tuple[str, ...], int]:
@@ -93,7 +100,7 @@ def run(config: str, overrides: Sequence[str], seed: int) -> Dict[str, Any]:
     minutes = (time.perf_counter() - start) / 60
     result = {"config": os.path.relpath(config, ROOT), "overrides": list(overrides), "seed": seed,
               "run_dir": os.path.relpath(run_dir, ROOT), "minutes": minutes,
-              **heldout_accuracy(run_dir, cfg.data.image_size), **last_metrics(run_dir)}
+              **heldout_accuracy(run_dir, cfg.data.image_size, eval_config=eval_config(cfg)), **last_metrics(run_dir)}
     with open(os.path.join(run_dir, "result.json"), "w", encoding="utf-8") as f:
         json.dump(result, f, indent=1)
     record(result)

@@ -61,11 +61,13 @@ class AugConfig:
 
 @dataclass
 class DataConfig:
-    name: str = "synthetic"  # synthetic | digits | cifar10 | cifar100 | stl10 | tiny_imagenet | imagefolder | folder
+    name: str = "synthetic"  # synthetic | digits | fashion_mnist | mnist | cifar10 | cifar100 | stl10 | tiny_imagenet
+    # | imagefolder | folder
     root: str = "data"  # folder: the directory of your images (any sub-folder layout)
     split: str = "train"  # pre-training split (stl10: unlabeled | train | test | train+unlabeled)
     image_size: int = 32
     num_samples: int = 512  # synthetic only
+    subset: int = 0  # > 0: pre-train on a fixed class-balanced subset of this many images of the split
     # null = the dataset's own value (ssmix.data.datasets.DATASET_INFO); mean / std: R, G, B on 0..1
     num_classes: Optional[int] = None
     mean: Optional[List[float]] = None
@@ -402,7 +404,7 @@ def validate(cfg: Config) -> Config:
                   "data.num_classes": d.num_classes, "train.epochs": t.epochs, "train.max_steps": t.max_steps,
                   "train.batch_size": t.batch_size, "train.lr": t.lr, "train.log_every": t.log_every,
                   "train.ckpt_every": t.ckpt_every, "train.grad_clip": t.grad_clip}, ">0")
-    check_ranges({"data.num_workers": d.num_workers, "train.momentum": t.momentum,
+    check_ranges({"data.num_workers": d.num_workers, "data.subset": d.subset, "train.momentum": t.momentum,
                   "train.weight_decay": t.weight_decay, "train.warmup_epochs": t.warmup_epochs,
                   "train.min_lr_ratio": t.min_lr_ratio, "train.knn_every": t.knn_every,
                   "train.vis_every": t.vis_every, "data.aug.rotation_prob": d.aug.rotation_prob,

@@ -17,7 +17,7 @@ import json
 import os
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
@@ -56,15 +56,17 @@ def demo_overrides() -> List[str]:
 
 
 def heldout_accuracy(weights: str, image_size: int, arch: Optional[str] = None,
-                     cifar_stem: Optional[bool] = None) -> Dict[str, float]:
-    """Linear top-1 and kNN top-1 (percent) on held-out digits of a run directory or ``random[:seed]``."""
+                     cifar_stem: Optional[bool] = None, eval_config: str = EVAL_CONFIG,
+                     overrides: Sequence[str] = ()) -> Dict[str, float]:
+    """Linear top-1 and kNN top-1 (percent) of a run directory or ``random[:seed]`` on the held-out split
+    of ``eval_config`` (default: digits) with its ``overrides``."""
     from ssmix.evaluation.config import load_eval_config
     from ssmix.evaluation.runner import run_linear_eval
 
-    overrides = [f"weights={weights}", f"data.image_size={image_size}", "cache_dir=", "output_dir=null"]
+    overrides = [f"weights={weights}", f"data.image_size={image_size}", "cache_dir=", "output_dir=null", *overrides]
     if arch is not None:
         overrides += [f"arch={arch}", f"cifar_stem={str(bool(cifar_stem)).lower()}"]
-    result = run_linear_eval(load_eval_config(EVAL_CONFIG, overrides))
+    result = run_linear_eval(load_eval_config(eval_config, overrides))
     return {"linear": result["top1"], "knn": result["knn_top1"]}
 
 

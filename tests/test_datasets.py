@@ -382,9 +382,133 @@ def test_synthetic_classes_are_learnable_from_train_to_test():
 # ------------------------------------------------------------------------------------------ choices
 def test_unknown_name_or_split_lists_choices():
     with pytest.raises(ValueError, match="cifar10.*tiny_imagenet"):
-        build_dataset("mnist", "", "train")
+        build_dataset("svhn", "", "train")
     with pytest.raises(ValueError, match="unlabeled, train, test, train\\+unlabeled"):
         build_dataset("stl10", "", "val")
     assert set(DATASET_INFO) == {"synthetic", "digits", "cifar10", "cifar100", "stl10", "tiny_imagenet", "imagefolder",
-                                 "folder"}
+                                 "folder", "fashion_mnist", "mnist"}
     assert DATASET_INFO["stl10"].image_size == 96 and DATASET_INFO["tiny_imagenet"].image_size == 96
+
+
+# ------------------------------------------------------------------------------- Fashion-MNIST / MNIST
+def _idx_bytes(array: np.ndarray) -> bytes:
+    """The IDX format by hand: 00 00, type 0x08 (uint8), ndim, each dimension big-endian uint32, values."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def _write_idx_set(folder, rng, train_per_class=502, test_count=30, gz=True):
+    """Tiny IDX files in the exact on-disk layout (gzipped or raw): 10 classes, 28x28 images."""
+    import gzip
+
+    os.makedirs(folder, exist_ok=True)
+    sets = {}
+    for prefix, labels in (("train", np.repeat(np.arange(10), train_per_class)), ("t10k", np.arange(test_count) % 10)):
+        labels = rng.permutation(labels).astype(np.uint8)
+        images = rng.integers(0, 256, (len(labels), 28, 28), dtype=np.uint8)
+        images[:, 0, 0] = labels  # each image carries its label in its first pixel
+        for kind, array in (("images-idx3", images), ("labels-idx1", labels)):
+            name = os.path.join(folder, f"{prefix}-{kind}-ubyte")
+            data = _idx_bytes(array)
+            with (gzip.open(name + ".gz", "wb") if gz else open(name, "wb")) as f:
+                f.write(data)
+        sets[prefix] = (images, labels)
+    return sets
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_fashion_mnist_idx_pixels_labels_and_splits(tmp_path, gz):
+    sets = _write_idx_set(str(tmp_path), np.random.default_rng(0), gz=gz)
+    images, labels = sets["train"]
+    trainval = build_dataset("fashion_mnist", str(tmp_path), "trainval")
+    assert len(trainval) == 5020 and trainval.images.shape == (5020, 28, 28)
+    pixels, label = _rgb(trainval[17])
+    assert label == labels[17] and pixels.shape == (28, 28, 3)
+    assert np.array_equal(pixels, np.repeat(images[17][:, :, None], 3, axis=2))  # grey in all three channels
+    val, train = build_dataset("fashion_mnist", str(tmp_path), "val"), build_dataset("fashion_mnist", str(tmp_path), "train")
+    assert len(val) == 5000 and len(train) == 20 and Counter(val.targets.tolist()) == {c: 500 for c in range(10)}
+    # val and train partition the training file: every image exactly once (the first pixel names it)
+    firsts = sorted(map(bytes, np.concatenate([val.images, train.images]).reshape(5020, -1)))
+    assert firsts == sorted(map(bytes, images.reshape(5020, -1)))
+    test = build_dataset("fashion_mnist", str(tmp_path), "test")
+    assert len(test) == 30 and [test[i][1] for i in range(30)] == sets["t10k"][1].tolist()
+    assert all(test[i][0].getpixel((0, 0))[0] == test[i][1] for i in range(30))
+    _roundtrip(test)
+
+
+def test_idx_search_order_root_subfolder_and_torchvision_layout(tmp_path):
+    _write_idx_set(str(tmp_path / "MNIST" / "raw"), np.random.default_rng(1), train_per_class=500, gz=False)
+    assert len(build_dataset("mnist", str(tmp_path), "test")) == 30  # torchvision's <root>/MNIST/raw
+    _write_idx_set(str(tmp_path / "mnist"), np.random.default_rng(1), test_count=40)
+    assert len(build_dataset("mnist", str(tmp_path), "test")) == 40  # <root>/mnist comes before MNIST/raw
+    _write_idx_set(str(tmp_path), np.random.default_rng(1), test_count=50)
+    assert len(build_dataset("mnist", str(tmp_path), "test")) == 50  # and the root itself before both
+
+
+def test_idx_missing_says_how_to_get_the_files(tmp_path):
+    with pytest.raises(DatasetNotFoundError) as error:
+        build_dataset("mnist", str(tmp_path), "train")  # Debian ships no dataset-mnist here
+    message = str(error.value)
+    assert "\n" not in message and "apt-get" not in message and "data.download=true" in message
+    assert str(tmp_path) in message
+
+
+def test_fashion_mnist_missing_names_the_debian_package(tmp_path, monkeypatch):
+    from ssmix.data import datasets
+
+    subfolders, _, package, source = datasets._IDX_SETS["fashion_mnist"]
+    monkeypatch.setitem(datasets._IDX_SETS, "fashion_mnist", (subfolders, str(tmp_path / "debian"), package, source))
+    with pytest.raises(DatasetNotFoundError, match="apt-get install dataset-fashion-mnist', or data.download=true"):
+        build_dataset("fashion_mnist", str(tmp_path), "test")
+
+
+def test_idx_truncated_or_foreign_file_is_one_line(tmp_path):
+    import gzip
+
+    from ssmix.data.datasets import DatasetFileError, read_idx
+
+    _write_idx_set(str(tmp_path), np.random.default_rng(2), train_per_class=500)
+    path = tmp_path / "t10k-images-idx3-ubyte.gz"
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    with gzip.open(path, "wb") as f:
+        f.write(data[:-5])
+    with pytest.raises(DatasetFileError, match="truncated"):
+        build_dataset("fashion_mnist", str(tmp_path), "test")
+    (tmp_path / "foreign").write_bytes(b"\x89PNG\r\n")
+    with pytest.raises(DatasetFileError, match="not an IDX file"):
+        read_idx(str(tmp_path / "foreign"))
+
+
+def test_subset_is_fixed_class_balanced_and_nested():
+    from ssmix.data.datasets import subset_indices
+
+    targets = np.array([0] * 50 + [1] * 30 + [2] * 4)
+    small, large = subset_indices(targets, 9), subset_indices(targets, 30)
+    assert Counter(targets[small].tolist()) == {0: 3, 1: 3, 2: 3}
+    assert Counter(targets[large].tolist()) == {0: 13, 1: 13, 2: 4}  # class 2 runs out; the rest share the rest
+    assert set(small) <= set(large) and np.array_equal(small, subset_indices(targets, 9))
+    assert len(set(large)) == 30 and np.all(np.diff(large) > 0)
+
+
+def test_subset_through_build_dataset_and_its_error():
+    from ssmix.config import ConfigError
+
+    full = build_dataset("digits", "", "train", image_size=8)
+    part = build_dataset("digits", "", "train", image_size=8, subset=100)
+    assert len(part) == 100 and Counter(part.targets.tolist()) == {c: 10 for c in range(10)}
+    index = part.indices[3]
+    assert np.array_equal(np.asarray(part[3][0]), np.asarray(full[index][0])) and part[3][1] == full[index][1]
+    with pytest.raises(ConfigError, match="data.subset=5000 is larger"):
+        build_dataset("digits", "", "train", subset=5000)
+
+
+@pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"),
+                    reason="needs Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)")
+def test_real_fashion_mnist_from_the_debian_package():
+    counts = {split: len(build_dataset("fashion_mnist", "no-such-root", split))
+              for split in ("train", "val", "trainval", "test")}
+    assert counts == {"train": 55000, "val": 5000, "trainval": 60000, "test": 10000}
+    test = build_dataset("fashion_mnist", "no-such-root", "test")
+    assert Counter(test.targets.tolist()) == {c: 1000 for c in range(10)}
+    assert abs(test.images.mean() / 255 - DATASET_INFO["fashion_mnist"].mean[0]) < 0.01

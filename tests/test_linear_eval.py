@@ -60,6 +60,74 @@ def test_probe_reaches_99_percent_on_separable_features():
     assert train_probe_cached(copies, train_y, test_x, test_y, 3, schedule, seed=1).top1[-1] >= 99.0
 
 
+def test_feature_bn_probe_learns_features_of_any_scale_where_the_raw_probe_diverges():
+    """A 4-step encoder's features on digits were large in scale: the raw probe's loss went to ~1e6."""
+    generator = torch.Generator().manual_seed(3)
+
+    def overlapping(n_per_class):  # three overlapping blobs: the probe cannot reach zero loss
+        labels = torch.arange(3).repeat_interleave(n_per_class)
+        return torch.eye(3, 16)[labels] + torch.randn(len(labels), 16, generator=generator), labels
+
+    (train_x, train_y), (test_x, test_y) = overlapping(40), overlapping(30)
+    schedule = ProbeSchedule(epochs=10, batch_size=16, lr=0.1, milestones=(6, 8))
+    raw = train_probe_cached(train_x * 1e4, train_y, test_x * 1e4, test_y, 3,
+                             ProbeSchedule(**{**schedule.__dict__, "feature_bn": False}), seed=0)
+    assert raw.loss[-1] > 1e5 and "above a uniform guess's ln(3)" in raw.divergence(3)
+    standardised = [train_probe_cached(train_x * scale, train_y, test_x * scale, test_y, 3, schedule, seed=0)
+                    for scale in (1.0, 1e2, 1e4)]
+    for history in standardised:  # one trajectory whatever the scale: the BatchNorm removes it
+        assert history.divergence(3) is None and history.loss[-1] < 0.9 * math.log(3)
+        assert history.loss == pytest.approx(standardised[0].loss, rel=1e-3)
+        assert history.top1 == pytest.approx(standardised[0].top1, abs=2.5)  # a test image may flip in rounding
+
+
+def test_feature_bn_standardises_with_batch_statistics_and_tests_with_running_ones():
+    from ssmix.evaluation.linear import make_probe
+
+    probe = make_probe(4, 2, seed=0)
+    assert isinstance(probe[0], nn.BatchNorm1d) and not probe[0].affine
+    assert [name for name, _ in probe.named_parameters()] == ["1.weight", "1.bias"]  # only the linear layer learns
+    x = torch.randn(64, 4) * 50 + 7
+    probe.train()
+    probe(x)
+    assert torch.allclose(probe[0].running_mean, 0.1 * x.mean(0), atol=1e-4)  # momentum 0.1 from 0
+    probe.eval()
+    expected = probe[1]((x - probe[0].running_mean) / torch.sqrt(probe[0].running_var + probe[0].eps))
+    assert torch.allclose(probe(x), expected, atol=1e-4)
+    assert isinstance(make_probe(4, 2, 0, feature_bn=False), nn.Linear)
+
+
+def test_divergence_names_a_rising_or_non_finite_loss():
+    assert ProbeHistory(loss=[2.0, 1.0, 0.5]).divergence(10) is None
+    assert "rose from 0.5 (epoch 1) to 0.9" in ProbeHistory(loss=[0.5, 0.3, 0.9]).divergence(10)
+    assert "above a uniform guess's ln(10) = 2.3" in ProbeHistory(loss=[9.0, 5.0, 2.5]).divergence(10)
+    assert "nan at epoch 2" in ProbeHistory(loss=[1.0, math.nan, math.nan]).divergence(10)
+
+
+def test_lr_grid_picks_on_a_training_carve_out_never_the_test_set():
+    from ssmix.evaluation.linear import select_lr
+
+    generator = torch.Generator().manual_seed(4)
+    train_x, train_y = separable(40, generator)
+    schedule = ProbeSchedule(epochs=4, batch_size=16, lr=0.1, milestones=(3,))
+    best, scores = select_lr(train_x, train_y, 3, schedule, [1e-7, 0.1])
+    assert best == 0.1 and list(scores) == [1e-7, 0.1] and scores[0.1] == 100.0 > scores[1e-7]
+    assert select_lr(train_x, train_y, 3, schedule, [0.1, 0.2])[0] == 0.1  # a tie goes to the first rate
+
+
+def test_evaluate_warns_of_a_diverged_probe_a_clipped_knn_and_reports_the_lr_pick(capsys):
+    from ssmix.evaluation import evaluate
+
+    common = dict(data={"name": "synthetic", "num_samples": 40, "num_classes": 2, "image_size": 16, "num_workers": 0},
+                  epochs=3, batch_size=8, milestones=[2], knn_k=500, cache_dir=None, device="cpu")
+    picked = evaluate("random", lr_grid=[1e-7, 0.1], **common)
+    assert picked["lr"] == 0.1 and set(picked["lr_grid"]) == {"1e-07", "0.1"}
+    assert any("knn_k=500 is more than the 40 training images" in w for w in picked["warnings"])
+    raw = evaluate("random", lr=1e5, feature_bn=False, **common)
+    assert any("diverged" in w and "feature_bn=true" in w for w in raw["warnings"])
+    assert "warning: linear probe (seed 0) diverged" in capsys.readouterr().err
+
+
 def test_median_of_last_10_epochs():
     values = [float(v) for v in [90, 1, 2, 3, 4, 50, 60, 70, 80, 5, 6, 7]]  # last 10: 2, 3, ... 7
     assert median_last(values, 10) == (6.0 + 7.0) / 2  # sorted: 2 3 4 5 6 7 50 60 70 80
@@ -397,7 +465,8 @@ def test_every_linear_config_loads():
     for name in names:
         cfg = load_eval_config(os.path.join(REPO, "configs", "linear", name), ["weights=random"])
         assert cfg.mode == "cached" and cfg.weight_decay == 0.0 and cfg.momentum == 0.9
-    assert load_eval_config(os.path.join(REPO, "configs", "linear", "imagenet.yaml"), ["weights=x"]).lr == 30.0
+    imagenet = load_eval_config(os.path.join(REPO, "configs", "linear", "imagenet.yaml"), ["weights=x"])
+    assert (imagenet.lr, imagenet.feature_bn) == (30.0, False)  # MoCo's probe on raw features
     tiny = load_eval_config(os.path.join(REPO, "configs", "linear", "tiny_imagenet.yaml"), ["weights=x"])
     assert (tiny.data.image_size, tiny.data.test_split, tiny.lr, tiny.milestones) == (96, "val", 0.1, [60, 80])
 
@@ -408,7 +477,9 @@ def test_probe_schedule_from_an_eval_config_takes_every_field():
     cfg = load_eval_config(os.path.join(REPO, "configs", "linear", "digits.yaml"),
                            ["weights=x", "epochs=7", "batch_size=9", "lr=0.3", "momentum=0.5", "weight_decay=0.01",
                             "milestones=[2,5]", "gamma=0.2"])
-    assert ProbeSchedule.from_config(cfg) == ProbeSchedule(7, 9, 0.3, 0.5, 0.01, (2, 5), 0.2)
+    assert ProbeSchedule.from_config(cfg) == ProbeSchedule(7, 9, 0.3, 0.5, 0.01, (2, 5), 0.2, True)
+    raw = load_eval_config(os.path.join(REPO, "configs", "linear", "digits.yaml"), ["weights=x", "feature_bn=false"])
+    assert ProbeSchedule.from_config(raw).feature_bn is False
 
 
 def test_random_encoder_takes_a_seed():

@@ -48,6 +48,19 @@ On-disk layouts (``root`` is ``data.root``):
   Every image under ``root``, sorted by path, label ``-1`` (sub-folder names are not labels). A file
   that does not decode raises :class:`CorruptImageError` naming it.
 
+``fashion_mnist`` / ``mnist`` (28x28 grey; splits ``train`` | ``val`` | ``trainval`` | ``test``)::
+
+    <root>/train-images-idx3-ubyte[.gz]  train-labels-idx1-ubyte[.gz]
+    <root>/t10k-images-idx3-ubyte[.gz]   t10k-labels-idx1-ubyte[.gz]
+
+  The original IDX files, gzipped or not, in ``root`` itself, ``<root>/fashion-mnist`` (``<root>/mnist``)
+  or torchvision's ``<root>/FashionMNIST/raw`` (``<root>/MNIST/raw``); where none holds them, Debian's
+  ``/usr/share/datasets/fashion-mnist`` (``apt-get install dataset-fashion-mnist``; Debian ships no MNIST).
+  IDX: a big-endian header (two zero bytes, type 0x08 = uint8, the number of dimensions, then each
+  dimension as uint32) and the values. ``trainval`` is the 60k training file, ``val`` a fixed carve-out of it (500 per class, drawn
+  by ``_IDX_VAL_SEED``, independent of ``seed``) for tuning, ``train`` the 55k rest, ``test`` the 10k test
+  file. ``data.download=true`` fetches the files with torchvision's downloader.
+
 ``digits`` (offline, no files): scikit-learn's bundled ``load_digits()`` (1797 real 8x8 images,
 values 0..16, 10 classes), scaled to uint8 0..255 and bilinearly resized to ``image_size``, RGB.
 Splits ``train`` | ``test`` | ``all``: per class, the indices are shuffled with a fixed generator
@@ -123,6 +136,9 @@ DATASET_INFO: Dict[str, DatasetInfo] = {
     "tiny_imagenet": DatasetInfo(_IMAGENET_MEAN, _IMAGENET_STD, 96, 200, ("train", "val")),
     "imagefolder": DatasetInfo(_IMAGENET_MEAN, _IMAGENET_STD, 224, 1000, ("train", "val", "test")),
     "folder": DatasetInfo(_IMAGENET_MEAN, _IMAGENET_STD, 224, 0, ("train",)),  # unlabeled: no classes
+    # the published statistics of the 60k training images on the 0..1 scale (grey, equal channels)
+    "fashion_mnist": DatasetInfo((0.2860,) * 3, (0.3530,) * 3, 28, 10, ("train", "val", "trainval", "test")),
+    "mnist": DatasetInfo((0.1307,) * 3, (0.3081,) * 3, 28, 10, ("train", "val", "trainval", "test")),
 }
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -408,6 +424,110 @@ def _build_folder(root: str) -> Dataset:
     return ImageFiles(paths, [-1] * len(paths))
 
 
+# ------------------------------------------------------------------------------- Fashion-MNIST / MNIST
+_IDX_FILES = {"trainval": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+#: name -> (sub-folders searched under root, Debian's folder, Debian's package or None, torchvision class)
+_IDX_SETS = {"fashion_mnist": (("", "fashion-mnist", os.path.join("FashionMNIST", "raw")),
+                               "/usr/share/datasets/fashion-mnist", "dataset-fashion-mnist", "FashionMNIST"),
+             "mnist": (("", "mnist", os.path.join("MNIST", "raw")), "/usr/share/datasets/mnist", None, "MNIST")}
+_IDX_VAL_SEED = 0  # fixed: the validation carve-out never depends on a run's seed
+_IDX_VAL_PER_CLASS = 500
+
+
+def read_idx(path: str) -> np.ndarray:
+    """An IDX file (gzipped when its name ends in ``.gz``) as a uint8 array of its stored shape."""
+    import gzip
+
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as error:
+        raise DatasetFileError(f"{path}: unreadable ({error}); re-download the file") from None
+    if len(data) < 4 or data[:2] != b"\0\0" or data[2] != 0x08:
+        raise DatasetFileError(f"{path}: not an IDX file of uint8 values (expected the header bytes 00 00 08 "
+                               f"<ndim>, got {data[:4].hex(' ') or 'an empty file'})")
+    ndim = data[3]
+    shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4)) if \
+        len(data) >= 4 + 4 * ndim else ()
+    values = data[4 + 4 * ndim:]
+    if len(shape) != ndim or len(values) != int(np.prod(shape)):
+        raise DatasetFileError(f"{path}: the header promises shape {shape} ({int(np.prod(shape))} values), the file "
+                               f"holds {len(values)}; the file is truncated - re-download it")
+    return np.frombuffer(values, dtype=np.uint8).reshape(shape)
+
+
+def _find_idx(folder: str, stem: str) -> Optional[str]:
+    for path in (os.path.join(folder, stem), os.path.join(folder, stem + ".gz")):
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _idx_folder(name: str, root: str) -> Optional[str]:
+    """The first folder, in the search order of the module docstring, that holds all four files."""
+    subfolders, debian, _, _ = _IDX_SETS[name]
+    stems = [stem for pair in _IDX_FILES.values() for stem in pair]
+    for folder in [os.path.join(root, sub) for sub in subfolders] + [debian]:
+        if all(_find_idx(folder, stem) for stem in stems):
+            return folder
+    return None
+
+
+def idx_val_indices(targets: np.ndarray) -> np.ndarray:
+    """The validation carve-out of the training file: per class, ``_IDX_VAL_PER_CLASS`` indices drawn by a
+    fixed generator (sorted)."""
+    rng = np.random.default_rng(_IDX_VAL_SEED)
+    chosen = [rng.permutation(np.flatnonzero(targets == label))[:_IDX_VAL_PER_CLASS] for label in np.unique(targets)]
+    return np.sort(np.concatenate(chosen))
+
+
+class GreyArrayImages(Dataset):
+    """In-memory uint8 grey images (N, H, W) with int labels, served as RGB PIL images."""
+
+    def __init__(self, images: np.ndarray, targets: np.ndarray):
+        self.images, self.targets = images, targets
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> Item:
+        index = _check_index(index, len(self))
+        return Image.fromarray(self.images[index]).convert("RGB"), int(self.targets[index])
+
+
+def _build_idx(name: str, root: str, split: str, download: bool) -> Dataset:
+    subfolders, debian, package, torchvision_class = _IDX_SETS[name]
+    folder = _idx_folder(name, root)
+    if folder is None and download:
+        import torchvision
+
+        fetch = getattr(torchvision.datasets, torchvision_class)
+        _download(name, root, [os.path.join(subfolders[2], s) for s in _IDX_FILES["trainval"]],
+                  lambda: fetch(root, train=True, download=True))
+        folder = _idx_folder(name, root)
+    if folder is None:
+        searched = [os.path.join(root, sub) or "." for sub in subfolders] + [debian]
+        raise DatasetNotFoundError(
+            f"dataset {name!r}: no folder holds its four IDX files ({', '.join(s for p in _IDX_FILES.values() for s in p)}, "
+            f"each optionally .gz); searched {', '.join(searched)}. Get them with "
+            + (f"'apt-get install {package}', or " if package else "") +
+            f"data.download=true (needs internet), or put them in {root or 'the current directory'}")
+    images_stem, labels_stem = _IDX_FILES["test" if split == "test" else "trainval"]
+    images_path, labels_path = _find_idx(folder, images_stem), _find_idx(folder, labels_stem)
+    images, labels = read_idx(images_path), read_idx(labels_path).astype(np.int64)
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise DatasetFileError(f"{images_path}, {labels_path}: expected images (N, H, W) and N labels, got "
+                               f"{images.shape} and {labels.shape}")
+    if split in ("train", "val"):
+        is_val = np.zeros(len(labels), dtype=bool)
+        is_val[idx_val_indices(labels)] = True
+        keep = np.flatnonzero(is_val if split == "val" else ~is_val)
+        images, labels = images[keep], labels[keep]
+    return GreyArrayImages(images, labels)
+
+
 # --------------------------------------------------------------------------------------------- digits
 _DIGITS_SPLIT_SEED = 0  # fixed: the train/test split never depends on a run's seed
 _DIGITS_TEST_FRACTION = 0.2
@@ -490,14 +610,61 @@ class SyntheticImages(Dataset):
         return Image.fromarray(pixels), label
 
 
+# ------------------------------------------------------------------------------------------- subsets
+_SUBSET_SEED = 0  # fixed: a subset of N images is the same for every run and seed
+
+
+def subset_indices(targets: np.ndarray, size: int) -> np.ndarray:
+    """``size`` indices of a fixed class-balanced subset (sorted): the items are shuffled by a fixed
+    generator and taken in rounds of one per class (the first of each class, then the second, ...), so
+    classes differ in count by at most one where each has enough items; a larger subset contains every
+    smaller one."""
+    targets = np.asarray(targets)
+    order = np.random.default_rng(_SUBSET_SEED).permutation(len(targets))
+    shuffled = targets[order]
+    by_class = np.argsort(shuffled, kind="stable")  # positions in `order`, grouped by class, shuffled within
+    starts = np.searchsorted(shuffled[by_class], shuffled[by_class], side="left")
+    rank = np.empty(len(targets), dtype=np.int64)
+    rank[by_class] = np.arange(len(targets)) - starts  # each item's position within its class
+    rounds = np.lexsort((shuffled, rank))  # round 0 of every class (by label), then round 1, ...
+    return np.sort(order[rounds[:size]])
+
+
+class SubsetImages(Dataset):
+    """The items ``indices`` of a dataset, with their ``targets``."""
+
+    def __init__(self, dataset: Dataset, indices: np.ndarray):
+        self.dataset, self.indices = dataset, indices
+        self.targets = np.asarray(dataset.targets)[indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> Item:
+        return self.dataset[int(self.indices[_check_index(index, len(self))])]
+
+
 # ------------------------------------------------------------------------------------------- builder
 def build_dataset(name: str, root: str, split: str, *, download: bool = False, image_size: int = 32,
-                  num_samples: int = 512, num_classes: Optional[int] = None, seed: int = 0) -> Dataset:
+                  num_samples: int = 512, num_classes: Optional[int] = None, seed: int = 0,
+                  subset: int = 0) -> Dataset:
     """Build a raw dataset yielding ``(RGB PIL image, int label)``; layouts in the module docstring.
 
     ``image_size`` applies to ``digits`` and ``synthetic`` only (files are read at their native size);
-    ``num_samples``, ``num_classes`` (None: 10) and ``seed`` apply to ``synthetic`` only.
+    ``num_samples``, ``num_classes`` (None: 10) and ``seed`` apply to ``synthetic`` only. ``subset`` > 0
+    keeps that many images of the split, a fixed class-balanced choice (:func:`subset_indices`).
     """
+    dataset = _build_split(name, root, split, download, image_size, num_samples, num_classes, seed)
+    if subset <= 0:
+        return dataset
+    if subset > len(dataset):
+        raise ConfigError(f"data.subset={subset} is larger than {name!r} split {split!r} ({len(dataset)} images): "
+                          f"set data.subset to at most {len(dataset)}, or 0 for all of them")
+    return SubsetImages(dataset, subset_indices(dataset.targets, subset))
+
+
+def _build_split(name: str, root: str, split: str, download: bool, image_size: int, num_samples: int,
+                 num_classes: Optional[int], seed: int) -> Dataset:
     if name not in DATASET_INFO:
         raise ConfigError(f"unknown dataset {name!r}; valid choices (data.name): {', '.join(DATASET_INFO)}")
     splits = DATASET_INFO[name].splits
@@ -523,4 +690,6 @@ def build_dataset(name: str, root: str, split: str, *, download: bool = False, i
         return _build_tiny_imagenet(root, split)
     if name == "folder":
         return _build_folder(root)
+    if name in _IDX_SETS:
+        return _build_idx(name, root, split, download)
     return _build_imagefolder(root, split)

@@ -174,7 +174,7 @@ def _train(cfg: Config, stack: contextlib.ExitStack, stop: StopRequest) -> Dict[
         raise ConfigError("train.knn_every: data.name=folder has no labels for the kNN monitor; set data.eval_root "
                           "to a labelled folder (<eval_root>/{train,val}/<class>/*) or train.knn_every=0")
     base = build_dataset(dc.name, dc.root, dc.split, download=dc.download, image_size=dc.image_size,
-                         num_samples=dc.num_samples, num_classes=info.num_classes, seed=cfg.seed)
+                         num_samples=dc.num_samples, num_classes=info.num_classes, seed=cfg.seed, subset=dc.subset)
     dataset = MultiViewDataset(base, build_view_transform(dc.aug, dc.image_size, info.mean, info.std), cfg.seed)
     batch = cfg.train.batch_size
     spe = steps_per_epoch(len(dataset), batch, world)

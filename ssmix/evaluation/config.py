@@ -19,13 +19,14 @@ class EvalDataConfig:
     """Labelled train / test splits of the evaluation dataset (``ssmix.data.datasets``)."""
 
     # imagefolder: your own labelled images, <root>/<train_split>/<class>/* and <root>/<test_split>/<class>/*
-    name: str = "synthetic"  # synthetic | digits | cifar10 | cifar100 | stl10 | tiny_imagenet | imagefolder
+    name: str = "synthetic"  # synthetic | digits | fashion_mnist | mnist | cifar10 | cifar100 | stl10 | tiny_imagenet | imagefolder
     root: str = "data"
     train_split: str = "train"
     test_split: Optional[str] = None  # None: "val" if the dataset has it, else "test"
     image_size: Optional[int] = None  # None: the dataset's native size (Tiny: set 96, docs/algorithm.md §6.3)
     test_resize: Optional[int] = None  # shorter side before the centre crop; None: image_size (ImageNet: 256)
     num_samples: int = 512  # synthetic only
+    train_subset: int = 0  # > 0: the probe and the kNN bank use a fixed class-balanced subset of the train split
     # null = the dataset's own value (imagefolder: its class sub-folders); mean / std: R, G, B on 0..1
     num_classes: Optional[int] = None
     mean: Optional[List[float]] = None
@@ -45,7 +46,10 @@ class LinearEvalConfig:
     cifar_stem: Optional[bool] = None  # None: as arch (random: False)
     epochs: int = 100
     batch_size: int = 256
-    lr: float = 0.1  # 0.1 for STL-10 / Tiny, 30 for ImageNet (docs/algorithm.md §6.3)
+    lr: float = 0.1  # 0.1 for STL-10 / Tiny (with feature_bn: for any encoder), 30 for ImageNet without feature_bn
+    # cached mode: try each learning rate on a 10 % carve-out of the probe's training images, keep the best
+    lr_grid: List[float] = field(default_factory=list)
+    feature_bn: bool = True  # standardise features (BatchNorm, no affine) in front of the linear layer
     momentum: float = 0.9
     weight_decay: float = 0.0
     milestones: List[int] = field(default_factory=lambda: [60, 80])
@@ -69,6 +73,11 @@ def validate(cfg: LinearEvalConfig) -> LinearEvalConfig:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key}: expected a positive integer, got {value}")
+    if cfg.lr_grid and cfg.mode != "cached":
+        raise ConfigError(f"lr_grid: picking the learning rate needs mode=cached (got mode={cfg.mode}); run "
+                          "mode=cached lr_grid=[...] first, then mode=protocol lr=<the pick>")
+    if any(not lr > 0 for lr in cfg.lr_grid):
+        raise ConfigError(f"lr_grid: expected positive learning rates, got {cfg.lr_grid}")
     if cfg.aug_copies < 0:
         raise ConfigError(f"aug_copies: expected an integer >= 0, got {cfg.aug_copies}")
     if cfg.knn_t <= 0:
@@ -79,7 +88,7 @@ def validate(cfg: LinearEvalConfig) -> LinearEvalConfig:
     check_ranges({"lr": cfg.lr, "gamma": cfg.gamma, "data.test_resize": cfg.data.test_resize,
                   "data.num_samples": cfg.data.num_samples, "data.num_classes": cfg.data.num_classes}, ">0")
     check_ranges({"momentum": cfg.momentum, "weight_decay": cfg.weight_decay,
-                  "data.num_workers": cfg.data.num_workers}, ">=0")
+                  "data.num_workers": cfg.data.num_workers, "data.train_subset": cfg.data.train_subset}, ">=0")
     return cfg
 
 

@@ -6,11 +6,14 @@
 
 Both draw the probe's initial weights and every epoch's sample order from the same seeded
 generators, so with the same inputs they follow the same trajectory. Accuracy is reported per
-epoch and summarised as the median of the last 10 epochs.
+epoch and summarised as the median of the last 10 epochs. The probe standardises its input with a
+BatchNorm without affine parameters (``feature_bn``, as the MoCo v3 and MAE probes do), so one learning
+rate fits encoders whose features differ in scale by orders of magnitude (docs/algorithm.md §6.3).
 """
 from __future__ import annotations
 
 import contextlib
+import math
 import statistics
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -35,12 +38,13 @@ class ProbeSchedule:
     weight_decay: float = 0.0
     milestones: Sequence[int] = (60, 80)
     gamma: float = 0.1
+    feature_bn: bool = True  # BatchNorm1d(affine=False) in front of the linear layer
 
     @classmethod
     def from_config(cls, cfg: Any) -> "ProbeSchedule":
         """The schedule an evaluation config (``ssmix.evaluation.config.LinearEvalConfig``) asks for."""
         return cls(cfg.epochs, cfg.batch_size, cfg.lr, cfg.momentum, cfg.weight_decay, tuple(cfg.milestones),
-                   cfg.gamma)
+                   cfg.gamma, cfg.feature_bn)
 
 
 def median_last(values: Sequence[float], n: int = 10) -> float:
@@ -62,6 +66,20 @@ class ProbeHistory:
         return {"top1": median_last(self.top1, last), "top5": median_last(self.top5, last),
                 "final_top1": self.top1[-1], "final_top5": self.top5[-1]}
 
+    def divergence(self, num_classes: int) -> Optional[str]:
+        """Why this training run diverged, or None: a non-finite loss, a final loss above a chance
+        predictor's ln(num_classes), or a final loss above the first epoch's."""
+        if not all(math.isfinite(v) for v in self.loss):
+            epoch = next(i for i, v in enumerate(self.loss) if not math.isfinite(v))
+            return f"its training loss became {self.loss[epoch]} at epoch {epoch + 1}"
+        chance = math.log(max(num_classes, 2))
+        if self.loss and self.loss[-1] > chance:
+            return (f"its final training loss {self.loss[-1]:.4g} is above a uniform guess's ln({num_classes}) = "
+                    f"{chance:.3g}")
+        if len(self.loss) > 1 and self.loss[-1] > self.loss[0]:
+            return f"its training loss rose from {self.loss[0]:.4g} (epoch 1) to {self.loss[-1]:.4g} (last epoch)"
+        return None
+
 
 class BackboneChangedError(AssertionError):
     """The frozen trunk's weights or buffers changed during linear evaluation."""
@@ -80,14 +98,18 @@ def assert_unchanged(module: nn.Module, before: Dict[str, Tensor]) -> None:
                                    f"{', '.join(changed[:8])}{' ...' if len(changed) > 8 else ''}")
 
 
-def make_probe(feature_dim: int, num_classes: int, seed: int) -> nn.Linear:
-    """One linear layer with bias; weights ~ N(0, 0.01), bias 0 (MoCo's linear classifier init)."""
-    probe = nn.Linear(feature_dim, num_classes)
+def make_probe(feature_dim: int, num_classes: int, seed: int, feature_bn: bool = True) -> nn.Module:
+    """One linear layer with bias; weights ~ N(0, 0.01), bias 0 (MoCo's linear classifier init); with
+    ``feature_bn``, behind a BatchNorm without affine parameters that standardises each feature (batch
+    statistics while training, running statistics at test time)."""
+    linear = nn.Linear(feature_dim, num_classes)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        probe.weight.copy_(torch.randn(probe.weight.shape, generator=generator) * 0.01)
-        probe.bias.zero_()
-    return probe
+        linear.weight.copy_(torch.randn(linear.weight.shape, generator=generator) * 0.01)
+        linear.bias.zero_()
+    if not feature_bn:
+        return linear
+    return nn.Sequential(nn.BatchNorm1d(feature_dim, affine=False), linear)
 
 
 def make_optimizer(probe: nn.Module, schedule: ProbeSchedule) -> Tuple[torch.optim.SGD, torch.optim.lr_scheduler.MultiStepLR]:
@@ -166,7 +188,7 @@ def _train_probe_cached(train_features: Tensor, train_labels: Tensor, test_featu
     copies, train_labels = copies.to(device), train_labels.to(device)
     test_features, test_labels = test_features.to(device), test_labels.to(device)
     num_copies, num_train, feature_dim = copies.shape
-    probe = make_probe(feature_dim, num_classes, seed).to(device)
+    probe = make_probe(feature_dim, num_classes, seed, schedule.feature_bn).to(device)
     optimizer, scheduler = make_optimizer(probe, schedule)
     copy_generator = torch.Generator().manual_seed(seed + 7919)
     rows = torch.arange(num_train, device=device)
@@ -178,6 +200,7 @@ def _train_probe_cached(train_features: Tensor, train_labels: Tensor, test_featu
             chosen = torch.randint(num_copies, (num_train,), generator=copy_generator).to(device)
             epoch_features = copies[chosen, rows]
         total_loss = torch.zeros((), device=device)  # summed on the device: no sync per step
+        probe.train()
         for batch in epoch_order(num_train, seed, epoch).to(device).split(schedule.batch_size):
             loss = F.cross_entropy(probe(epoch_features[batch]), train_labels[batch])
             optimizer.zero_grad(set_to_none=True)
@@ -185,6 +208,7 @@ def _train_probe_cached(train_features: Tensor, train_labels: Tensor, test_featu
             optimizer.step()
             total_loss += loss.detach() * batch.numel()
         scheduler.step()
+        probe.eval()
         with torch.no_grad():
             top1, top5 = _count_correct(probe(test_features), test_labels)
         history.loss.append(total_loss.item() / num_train)
@@ -192,6 +216,35 @@ def _train_probe_cached(train_features: Tensor, train_labels: Tensor, test_featu
         history.top5.append(100.0 * top5 / len(test_labels))
         _log_epoch(log, epoch, schedule, history, every=10)
     return history
+
+
+#: share of the probe's training images held out to pick the learning rate (:func:`select_lr`)
+LR_SELECTION_FRACTION = 0.1
+
+
+def select_lr(train_features: Tensor, train_labels: Tensor, num_classes: int, schedule: ProbeSchedule,
+              grid: Sequence[float], seed: int = 0, device: torch.device | str = "cpu") -> Tuple[float, Dict[float, float]]:
+    """The learning rate of ``grid`` whose probe scores best on a validation carve-out of the training
+    features (a fixed class-balanced :data:`LR_SELECTION_FRACTION` of them; the probe trains on the
+    rest), with every rate's validation top-1 (median of the last 10 epochs). The test set is never
+    looked at; ties go to the first rate of the grid."""
+    from dataclasses import replace
+
+    from ssmix.data.datasets import subset_indices
+
+    copies = train_features.unsqueeze(0) if train_features.dim() == 2 else train_features
+    size = max(1, round(LR_SELECTION_FRACTION * copies.shape[1]))
+    held = torch.zeros(copies.shape[1], dtype=torch.bool)
+    held[torch.from_numpy(subset_indices(train_labels.cpu().numpy(), size))] = True
+    fit = copies[:, ~held.to(copies.device)]
+    val_features, val_labels = copies[0, held.to(copies.device)], train_labels[held.to(train_labels.device)]
+    scores = {}
+    for lr in grid:
+        history = train_probe_cached(fit, train_labels[~held.to(train_labels.device)], val_features, val_labels,
+                                     num_classes, replace(schedule, lr=float(lr)), seed, device)
+        scores[float(lr)] = history.summary(10)["top1"]
+    best = max(scores, key=lambda lr: (scores[lr], -list(scores).index(lr)))
+    return best, scores
 
 
 def _feature_dim(backbone: nn.Module, dataset: Dataset, device: torch.device) -> int:
@@ -213,7 +266,7 @@ def train_probe_in_loop(backbone: nn.Module, train_set: Dataset, test_set: Datas
     device = torch.device(device)
     backbone.eval().requires_grad_(False)
     before = snapshot(backbone)
-    probe = make_probe(_feature_dim(backbone, test_set, device), num_classes, seed).to(device)
+    probe = make_probe(_feature_dim(backbone, test_set, device), num_classes, seed, schedule.feature_bn).to(device)
     optimizer, scheduler = make_optimizer(probe, schedule)
     sampler = EpochBatchSampler(len(train_set), schedule.batch_size, seed)
     pin = device.type == "cuda"
@@ -227,6 +280,7 @@ def train_probe_in_loop(backbone: nn.Module, train_set: Dataset, test_set: Datas
         for epoch in range(schedule.epochs):
             sampler.set_epoch(epoch)
             backbone.eval()
+            probe.train()
             total_loss, seen = 0.0, 0
             for images, labels in train_loader:
                 images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
@@ -238,6 +292,7 @@ def train_probe_in_loop(backbone: nn.Module, train_set: Dataset, test_set: Datas
                 optimizer.step()
                 total_loss, seen = total_loss + loss.item() * labels.numel(), seen + labels.numel()
             scheduler.step()
+            probe.eval()
             top1 = top5 = total = 0
             with torch.no_grad():
                 for images, labels in test_loader:

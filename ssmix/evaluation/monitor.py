@@ -1,7 +1,7 @@
 """Online kNN monitor called by the pre-training engine every ``train.knn_every`` epochs.
 
-Bank: the labelled ``train`` split of ``cfg.data`` (pre-training on ``folder``: of the labelled
-``imagefolder`` at ``data.eval_root``); queries: its ``val`` split (``test`` where there
+Bank: the labelled ``train`` split of ``cfg.data`` (its ``data.subset`` where set; pre-training on
+``folder``: of the labelled ``imagefolder`` at ``data.eval_root``); queries: its ``val`` split (``test`` where there
 is none); test-time transform; k=200, t=0.1 (MoCo colab). Datasets are built once per process.
 """
 from __future__ import annotations
@@ -22,14 +22,15 @@ MONITOR_BATCH = 256
 
 @lru_cache(maxsize=4)
 def _monitor_sets(name: str, root: str, image_size: int, num_samples: int, num_classes: int,
-                  mean: Tuple[float, ...], std: Tuple[float, ...]) -> Tuple[Dataset, Dataset]:
+                  mean: Tuple[float, ...], std: Tuple[float, ...], subset: int) -> Tuple[Dataset, Dataset]:
     from ssmix.data.datasets import DATASET_INFO, build_dataset
 
     info = DATASET_INFO[name]
     transform = test_transform(image_size, mean, std)
     query_split = "val" if "val" in info.splits else "test"
     return tuple(TransformedDataset(build_dataset(name, root, split, image_size=image_size, num_samples=num_samples,
-                                                  num_classes=num_classes), transform)
+                                                  num_classes=num_classes, subset=subset if split == "train" else 0),
+                                    transform)
                  for split in ("train", query_split))
 
 
@@ -41,8 +42,9 @@ def knn_monitor(cfg: Config, trunk: nn.Module, device: torch.device | str, k: in
 
     info = data_info(data)
     name, root = ("imagefolder", data.eval_root) if data.name == "folder" else (data.name, data.root)
+    subset = data.subset if data.name != "folder" else 0  # the bank: the images pre-trained on
     bank_set, query_set = _monitor_sets(name, root, data.image_size, data.num_samples, info.num_classes,
-                                        info.mean, info.std)
+                                        info.mean, info.std, subset)
     device = torch.device(device)
     loaders = [make_loader(s, MONITOR_BATCH, data.num_workers, device) for s in (bank_set, query_set)]
     return knn_accuracy(trunk, loaders[0], loaders[1], device, k, t)

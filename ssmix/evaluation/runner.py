@@ -9,6 +9,7 @@ import dataclasses
 import json
 import os
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
@@ -23,7 +24,7 @@ from ssmix.evaluation.config import EvalDataConfig, LinearEvalConfig, validate
 from ssmix.evaluation.features import (FeatureCache, TransformedDataset, dataset_identity, extract_copies,
                                        test_transform, train_transform)
 from ssmix.evaluation.knn import knn_metrics
-from ssmix.evaluation.linear import ProbeHistory, ProbeSchedule, train_probe_cached, train_probe_in_loop
+from ssmix.evaluation.linear import ProbeHistory, ProbeSchedule, select_lr, train_probe_cached, train_probe_in_loop
 from ssmix.evaluation.weights import LoadedEncoder, load_encoder
 
 Logger = Optional[Callable[[str], None]]
@@ -73,12 +74,14 @@ def build_eval_data(data: EvalDataConfig) -> EvalData:
         if info.splits and split not in info.splits:
             raise ConfigError(f"{key}: '{data.name}' has no split '{split}', expected one of {', '.join(info.splits)}")
         try:
+            subset = data.train_subset if key == "data.train_split" else 0
             sets.append(build_dataset(data.name, data.root, split, download=data.download, image_size=image_size,
-                                      num_samples=data.num_samples, num_classes=info.num_classes, seed=0))
+                                      num_samples=data.num_samples, num_classes=info.num_classes, seed=0,
+                                      subset=subset))
         except (OSError, RuntimeError, ValueError) as exc:
             raise ConfigError(f"data: cannot load '{data.name}' split '{split}' from root '{data.root}': {exc}") from None
         ids.append(dataset_identity(data.name, data.root, split, image_size=image_size, size=len(sets[-1]),
-                                    **synthetic))
+                                    **synthetic, **({"subset": subset} if subset else {})))
     num_classes = info.num_classes
     if data.name == "imagefolder" and data.num_classes is None:  # the class sub-folders, not ImageNet's 1000
         num_classes = len(sets[0].classes)
@@ -136,10 +139,17 @@ def write_results(result: Mapping[str, Any], cfg: LinearEvalConfig, output_dir: 
         yaml.safe_dump(dataclasses.asdict(cfg), f, sort_keys=False)
 
 
+def _warn(message: str, warnings: List[str]) -> None:
+    """A warning the user always sees (stderr), also kept in the results (``warnings``)."""
+    warnings.append(message)
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
 def run_linear_eval(cfg: LinearEvalConfig, log: Logger = None) -> Dict[str, Any]:
     """Run kNN plus ``cfg.seeds`` linear probes; write results when ``cfg.output_dir`` is set."""
     validate(cfg)
     say = log or (lambda _msg: None)
+    warnings: List[str] = []
     started = time.perf_counter()
     device = resolve_device(cfg.device)
     data = build_eval_data(cfg.data)
@@ -162,6 +172,9 @@ def run_linear_eval(cfg: LinearEvalConfig, log: Logger = None) -> Dict[str, Any]
     say(f"features: train {tuple(train_probe_features.shape)} test {tuple(test_features.shape[1:])} "
         f"({cache.hits} cached, {cache.misses} extracted, {features_s:.1f} s)")
 
+    if cfg.knn_k > train_labels.numel():
+        _warn(f"kNN: knn_k={cfg.knn_k} is more than the {train_labels.numel()} training images in the bank; "
+              f"it votes with all {train_labels.numel()} (set knn_k to at most {train_labels.numel()})", warnings)
     t0 = time.perf_counter()
     knn = knn_metrics(train_clean[0], train_labels, test_features[0], test_labels, num_classes, cfg.knn_k, cfg.knn_t,
                       device)
@@ -170,9 +183,15 @@ def run_linear_eval(cfg: LinearEvalConfig, log: Logger = None) -> Dict[str, Any]
 
     schedule = ProbeSchedule.from_config(cfg)
     t0 = time.perf_counter()
+    lr_scores: Dict[float, float] = {}
+    if cfg.lr_grid:
+        best, lr_scores = select_lr(train_probe_features, train_labels, num_classes, schedule, cfg.lr_grid, 0, device)
+        schedule = dataclasses.replace(schedule, lr=best)
+        say("lr pick (top-1 on a 10 % carve-out of the training images): "
+            + ", ".join(f"{lr:g}: {score:.2f}" for lr, score in lr_scores.items()) + f" -> lr {best:g}")
     histories: List[ProbeHistory] = []
     for seed in range(cfg.seeds):
-        say(f"probe seed {seed} ({cfg.mode}, {cfg.epochs} epochs, lr {cfg.lr}, milestones {list(cfg.milestones)})")
+        say(f"probe seed {seed} ({cfg.mode}, {cfg.epochs} epochs, lr {schedule.lr}, milestones {list(cfg.milestones)})")
         if cfg.mode == "cached":
             history = train_probe_cached(train_probe_features, train_labels, test_features[0], test_labels,
                                          num_classes, schedule, seed, device, log)
@@ -181,6 +200,10 @@ def run_linear_eval(cfg: LinearEvalConfig, log: Logger = None) -> Dict[str, Any]
                                           TransformedDataset(data.test_set, data.test_tf), num_classes, schedule,
                                           seed, device, cfg.data.num_workers, log)
         histories.append(history)
+        reason = history.divergence(num_classes)
+        if reason:
+            _warn(f"linear probe (seed {seed}) diverged: {reason}; its accuracy is not to be trusted - lower lr "
+                  f"(now {schedule.lr:g}){'' if cfg.feature_bn else ' or set feature_bn=true'}", warnings)
     probe_s = time.perf_counter() - t0
 
     summaries = [h.summary(10) for h in histories]
@@ -190,7 +213,8 @@ def run_linear_eval(cfg: LinearEvalConfig, log: Logger = None) -> Dict[str, Any]
         "weights": cfg.weights, "source": encoder.source, "weights_hash": encoder.weights_hash,
         "arch": encoder.arch, "cifar_stem": encoder.cifar_stem, "dataset": data.name,
         "train_split": data.train_id["split"], "test_split": data.test_id["split"], "image_size": data.image_size,
-        "mode": cfg.mode, "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size,
+        "mode": cfg.mode, "epochs": cfg.epochs, "lr": schedule.lr, "batch_size": cfg.batch_size,
+        "feature_bn": cfg.feature_bn, "lr_grid": {f"{lr:g}": score for lr, score in lr_scores.items()},
         "milestones": list(cfg.milestones), "gamma": cfg.gamma, "aug_copies": cfg.aug_copies, "seeds": cfg.seeds,
         "top1": top1, "top1_std": top1_std, "top5": top5, "top5_std": top5_std,
         "final_top1": statistics.fmean(s["final_top1"] for s in summaries),
@@ -202,6 +226,7 @@ def run_linear_eval(cfg: LinearEvalConfig, log: Logger = None) -> Dict[str, Any]
         "feature_cache": {"dir": cfg.cache_dir or None, "hits": cache.hits, "misses": cache.misses},
         "timing_s": {"features": features_s, "knn": knn_s, "probe": probe_s,
                      "total": time.perf_counter() - started},
+        "warnings": warnings,
     }
     result["summary"] = summary_line(result)
     result["markdown_row"] = markdown_row(result)
