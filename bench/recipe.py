@@ -78,8 +78,14 @@ def finished(config: str, overrides: Sequence[str], seed: int) -> Optional[Dict[
     with open(done, encoding="utf-8") as f:
         result = json.load(f)
     recorded = ledger().get(_key(config, overrides, seed))
+    cfg = resolve(config, overrides, seed)[0]
+    missing = {}
     if "mixer_mask_within_var" in result and "heldout_mask_digit_corr" not in result:  # a learned Mixer
-        result.update(heldout_masks(config, overrides, seed))
+        missing.update(heldout_masks(config, overrides, seed))
+    if cfg.data.name != "digits" and cfg.mix.type != "none" and "heldout_object_corr" not in result:
+        missing["heldout_object_corr"] = heldout_object_corr(config, overrides, seed)
+    if missing:
+        result.update(missing)
         with open(done, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=1)
     if recorded != result:
@@ -107,10 +113,11 @@ def run(config: str, overrides: Sequence[str], seed: int) -> Dict[str, Any]:
     return result
 
 
-def pixel_accuracy(image_size: int) -> Dict[str, float]:
-    """Linear top-1 and kNN top-1 (percent) of the images themselves as features (the digits at
-    ``image_size``, normalised as the encoders see them, flattened): the same probe and kNN as
-    :func:`heldout_accuracy`, a reference for what the pixels alone give."""
+def pixel_accuracy(image_size: int, eval_config_path: Optional[str] = None) -> Dict[str, float]:
+    """Linear top-1 and kNN top-1 (percent) of the images themselves as features (the held-out split of
+    ``eval_config_path``, default digits, at ``image_size``, normalised as the encoders see them,
+    flattened): the same probe and kNN as :func:`heldout_accuracy`, a reference for what the pixels
+    alone give."""
     import torch
 
     from ssmix.evaluation.config import load_eval_config
@@ -120,7 +127,7 @@ def pixel_accuracy(image_size: int) -> Dict[str, float]:
     from ssmix.evaluation.runner import build_eval_data
     from ssmix.quickstart import EVAL_CONFIG
 
-    cfg = load_eval_config(EVAL_CONFIG, ["weights=random", f"data.image_size={image_size}"])  # weights unused
+    cfg = load_eval_config(eval_config_path or EVAL_CONFIG, ["weights=random", f"data.image_size={image_size}"])
     data = build_eval_data(cfg.data)
     (train, train_labels), (test, test_labels) = [
         (torch.stack([x.flatten() for x, _ in items]), torch.tensor([y for _, y in items]))
@@ -153,6 +160,22 @@ def heldout_masks(config: str, overrides: Sequence[str], seed: int, pairs: int =
     found.update({key: float(stats[key]) for key in ("heldout_mask_within_var", "heldout_mask_saturated")})
     found["heldout_mask_digit_corr"] = statistics.fmean(digit_corr(masks, sweep.xb) for masks in sweep.raw_masks)
     return found
+
+
+def heldout_object_corr(config: str, overrides: Sequence[str], seed: int, pairs: int = 64,
+                        lam: float = 0.5) -> float:
+    """Whether a finished run's mixer follows the objects on ``pairs`` held-out pairs (any mixer, the masks
+    it applies at ``lam``, eval mode as ``visualize_mix`` draws them): ``ssmix.visualize.mask_stats.object_corr``."""
+    from ssmix.visualize.mask_stats import object_corr
+    from ssmix.visualize.sweep import lambda_sweep, load_pairs
+    from ssmix.visualize_mix import build_model
+
+    cfg, run_dir = resolve(config, overrides, seed)
+    model = build_model(cfg, run_dir, "cpu")
+    sweep = lambda_sweep(model, load_pairs(cfg, "test", pairs), (lam,), seed, from_training_split=False)
+    if sweep.masks is None:
+        raise ValueError(f"{config}: its mixer ({cfg.mix.type}) returns no pixel mask")
+    return object_corr(sweep.masks[0], sweep.xa, sweep.xb)
 
 
 def digit_corr(masks: Tensor, xb: Tensor) -> float:

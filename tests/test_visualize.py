@@ -170,3 +170,28 @@ def test_training_grid_is_an_image_and_leaves_rng_and_mode_alone(mix, rows):
     assert torch.equal(torch.get_rng_state(), rng) and model.training
     assert grid.shape == (3, rows * 66 + 2 + 56, 7 * 66 + 2)  # 4 pairs, 5 lambdas (+ mask rows)
     assert grid.dtype == torch.float32 and 0 <= float(grid.min()) and float(grid.max()) <= 1
+
+
+def test_object_corr_is_one_for_a_mask_that_keeps_each_object_and_near_zero_for_boxes():
+    from ssmix.visualize.mask_stats import foreground, object_corr
+
+    generator = torch.Generator().manual_seed(0)
+    p, side = 32, 16
+    xa, xb = torch.full((p, 3, side, side), -0.8), torch.full((p, 3, side, side), -0.8)  # black, normalised
+    for images, rows in ((xa, (0, 4)), (xb, (6, 10))):  # one bright rectangle each, a's above b's
+        for i in range(p):
+            top = torch.randint(*rows, (1,), generator=generator).item()
+            left = torch.randint(0, 10, (1,), generator=generator).item()
+            images[i, :, top:top + 6, left:left + 6] = torch.rand(1, generator=generator) + 0.5
+    fa, fb = foreground(xa), foreground(xb)
+    assert fa.sum(dim=1).eq(36).all()  # the 6x6 object exactly
+    keeps_objects = ((fa - fb + 1) / 2).view(p, 1, side, side)
+    assert object_corr(keeps_objects, xa, xb) == pytest.approx(1.0, abs=1e-5)
+    assert object_corr(1 - keeps_objects, xa, xb) == pytest.approx(-1.0, abs=1e-5)
+    boxes = torch.zeros(p, 1, side, side)  # CutMix-like boxes of b pasted blind to the images
+    for i in range(p):
+        top, left = torch.randint(0, side - 8, (2,), generator=generator).tolist()
+        boxes[i, :, :, :] = 1.0
+        boxes[i, :, top:top + 8, left:left + 8] = 0.0
+    assert abs(object_corr(boxes, xa, xb)) < 0.15
+    assert object_corr(torch.full((p, 1, side, side), 0.5), xa, xb) == 0.0  # a flat mask follows nothing
