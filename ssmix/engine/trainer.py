@@ -22,7 +22,7 @@ from ssmix.data.loader import MultiViewDataset, epoch_loader, steps_per_epoch
 from ssmix.data.transforms import build_eval_transform, build_view_transform
 from ssmix.distributed import barrier
 from ssmix.engine import checkpoint as ckpt
-from ssmix.engine.ddp import init_distributed, wrap_for_training
+from ssmix.engine.ddp import setup_process, wrap_for_training
 from ssmix.engine.finite import FiniteGuard, check_state
 from ssmix.engine.health import HealthMonitor
 from ssmix.engine.optim import build_optimizer, set_learning_rates
@@ -154,13 +154,11 @@ def train(cfg: Config) -> Dict[str, Any]:
 
 
 def _train(cfg: Config, stack: contextlib.ExitStack, stop: StopRequest) -> Dict[str, Any]:
-    device = resolve_device(cfg.device)
-    rank, world, local_rank = init_distributed(device)
+    # The GPU is bound before the process group starts and before open_run_dir broadcasts (NCCL).
+    device, rank, world, _ = setup_process(resolve_device(cfg.device))
     run_dir = open_run_dir(stack, cfg.output_dir, continues_in_place(cfg.resume, cfg.output_dir), cfg.overwrite,
                            rank, world)
-    if device == "cuda":
-        device = f"cuda:{local_rank}"
-        torch.cuda.set_device(local_rank)
+    if device.startswith("cuda"):
         torch.backends.cudnn.benchmark = not cfg.deterministic
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)

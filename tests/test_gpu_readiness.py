@@ -1,0 +1,81 @@
+"""Issue 21 on CPU: what a first ``torchrun`` on a GPU node meets, with the CUDA and process-group calls
+replaced by spies (no GPU needed): the device bound before any collective, the batch convention, the
+checks that need the world size, resuming on another world size."""
+from __future__ import annotations
+
+from typing import List
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from ssmix.config import ConfigError
+from ssmix.engine import trainer
+from tests.helpers import tiny_config
+
+
+class _Stop(Exception):
+    """Raised by a spy to end ``train`` once the calls under test have happened."""
+
+
+def _fake_cuda(monkeypatch, calls: List[tuple], count: int = 2) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: calls.append(("set_device", int(i))))
+
+
+def _fake_launch(monkeypatch, calls: List[tuple], rank: int, world: int) -> None:
+    """The environment torchrun sets, and a process group that only records its start."""
+    for key, value in {"WORLD_SIZE": world, "RANK": rank, "LOCAL_RANK": rank}.items():
+        monkeypatch.setenv(key, str(value))
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group",
+                        lambda **kw: calls.append(("init_process_group", kw["backend"], kw.get("device_id"))))
+    monkeypatch.setattr(dist, "get_rank", lambda: rank)
+    monkeypatch.setattr(dist, "get_world_size", lambda: world)
+
+
+def _stop_at_run_dir(monkeypatch, calls: List[tuple]) -> None:
+    def open_run_dir(*args, **kwargs):  # the first collective of a run (it broadcasts rank 0's verdict)
+        calls.append(("open_run_dir",))
+        raise _Stop
+
+    monkeypatch.setattr(trainer, "open_run_dir", open_run_dir)
+
+
+# -- 1. the device is bound before the process group and before anything broadcasts -----------------------
+def test_each_rank_binds_its_gpu_before_the_process_group_and_the_first_broadcast(monkeypatch, tmp_path):
+    calls: List[tuple] = []
+    _fake_cuda(monkeypatch, calls)
+    _fake_launch(monkeypatch, calls, rank=1, world=2)
+    _stop_at_run_dir(monkeypatch, calls)
+    with pytest.raises(_Stop):
+        trainer.train(tiny_config("device=cuda", f"output_dir={tmp_path}"))
+    nccl = calls[1]
+    assert calls[0] == ("set_device", 1) and nccl[:2] == ("init_process_group", "nccl")
+    assert nccl[2] in (None, torch.device("cuda:1")) and calls[2:] == [("open_run_dir",)]
+
+
+def test_an_explicit_gpu_is_bound_on_one_process(monkeypatch, tmp_path):
+    calls: List[tuple] = []
+    _fake_cuda(monkeypatch, calls)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    _stop_at_run_dir(monkeypatch, calls)
+    with pytest.raises(_Stop):
+        trainer.train(tiny_config("device=cuda:1", f"output_dir={tmp_path}"))
+    assert calls == [("set_device", 1), ("open_run_dir",)]
+
+
+@pytest.mark.parametrize("device, rank, count, message", [
+    ("cuda:0", 1, 2, r"^device: 'cuda:0' with 2 processes would put every rank on that GPU; use device=cuda"),
+    ("cuda", 1, 1, r"^LOCAL_RANK=1: only 1 GPU\(s\) visible; start at most 1 process\(es\) per node"),
+])
+def test_a_device_that_two_ranks_would_share_is_refused_in_one_line(monkeypatch, tmp_path, device, rank, count,
+                                                                    message):
+    calls: List[tuple] = []
+    _fake_cuda(monkeypatch, calls, count)
+    _fake_launch(monkeypatch, calls, rank=rank, world=2)
+    _stop_at_run_dir(monkeypatch, calls)
+    with pytest.raises(ConfigError, match=message):
+        trainer.train(tiny_config(f"device={device}", f"output_dir={tmp_path}"))
+    assert calls == []  # refused before the group starts
