@@ -79,3 +79,21 @@ def test_a_device_that_two_ranks_would_share_is_refused_in_one_line(monkeypatch,
     with pytest.raises(ConfigError, match=message):
         trainer.train(tiny_config(f"device={device}", f"output_dir={tmp_path}"))
     assert calls == []  # refused before the group starts
+
+
+# -- 2. the GPU benchmark's torch + lightly reference step under channels_last ------------------------------
+def test_the_gpu_benchmarks_lightly_reference_step_runs_in_channels_last(monkeypatch):
+    """``bench/gpu_throughput.py`` builds its reference with lightly's SplitBatchNorm in channels_last (as on
+    CUDA); lightly's ``view`` raised "view size is not compatible" on that layout. CPU shows it too."""
+    import os
+    import sys
+    from types import SimpleNamespace
+
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(os.path.dirname(__file__)), "bench"))
+    from pretrain_throughput import reference_step
+
+    args = SimpleNamespace(arch="resnet18", bn_splits=4, temperature=0.2, queue=32)
+    step = reference_step(args, 3, device="cpu", amp=None, memory_format=torch.channels_last)
+    views = [torch.randn(16, 3, 16, 16) for _ in range(2)]
+    losses = [float(step(views, i)) for i in range(2)]
+    assert all(0 < loss < 20 for loss in losses) and "pretrain_throughput" in sys.modules
