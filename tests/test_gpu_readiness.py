@@ -97,3 +97,74 @@ def test_the_gpu_benchmarks_lightly_reference_step_runs_in_channels_last(monkeyp
     views = [torch.randn(16, 3, 16, 16) for _ in range(2)]
     losses = [float(step(views, i)) for i in range(2)]
     assert all(0 < loss < 20 for loss in losses) and "pretrain_throughput" in sys.modules
+
+
+# -- 3. the batch convention and the learning-rate rule -------------------------------------------------
+def _imagenet(name: str, *overrides: str):
+    import os
+
+    from ssmix.config import load_config
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return load_config(os.path.join(root, "configs", "imagenet", f"{name}.yaml"), list(overrides))
+
+
+def _encoder_lr(cfg, world: int) -> float:
+    from ssmix.engine.optim import build_optimizer
+
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    optimizer = build_optimizer([{"name": "encoder", "params": params}], cfg, steps_per_ep=10, world=world)
+    return optimizer.param_groups[0]["base_lr"]
+
+
+@pytest.mark.parametrize("name, lr", [("simclr", 0.3 * 4096 / 256), ("byol", 0.2 * 4096 / 256)])
+def test_imagenet_simclr_and_byol_give_a_global_batch_that_fits_and_the_papers_lr(name, lr):
+    from ssmix.config import per_process_batch
+
+    cfg = _imagenet(name)
+    assert cfg.train.batch_size is None and cfg.train.global_batch_size == 4096
+    assert [per_process_batch(cfg.train, w) for w in (8, 16, 32)] == [512, 256, 128]
+    for world in (8, 16):  # the lr follows the global batch, not the world size
+        assert _encoder_lr(cfg, world) == pytest.approx(lr)
+    half = _imagenet(name, "train.global_batch_size=2048")
+    assert _encoder_lr(half, 8) == pytest.approx(lr / 2)  # the linear rule (SimCLR sec. B.1, BYOL sec. 3.3)
+    with pytest.raises(ConfigError, match=r"^train.global_batch_size=4096 does not divide over 3 processes: use a "
+                                          r"multiple of 3"):
+        per_process_batch(cfg.train, 3)
+
+
+def test_a_per_process_batch_scales_the_lr_with_the_world_size_and_both_keys_are_refused():
+    cfg = tiny_config("train.lr=0.3", "train.lr_reference_batch=256", "train.batch_size=64")
+    assert _encoder_lr(cfg, 8) == pytest.approx(0.3 * 64 * 8 / 256)
+    assert _encoder_lr(tiny_config("train.lr=0.3"), 8) == 0.3  # no rule given: train.lr as it is
+    with pytest.raises(ConfigError, match=r"^train.global_batch_size=64 and train.batch_size=8 are both set: set "
+                                          r"train.batch_size=null"):
+        tiny_config("train.global_batch_size=64")
+    with pytest.raises(ConfigError, match=r"^train.batch_size: null needs train.global_batch_size"):
+        tiny_config("train.batch_size=null")
+
+
+def test_simsiams_constant_predictor_lr_follows_the_rule_too():
+    from ssmix.methods import build_method
+
+    cfg = tiny_config("method.name=simsiam", "data.aug.kind=simsiam", "train.lr=0.05", "train.lr_reference_batch=256")
+    assert build_method(cfg).base_lr == pytest.approx(0.05 * 8 / 256)
+
+
+# -- 4. what the global batch must divide, checked at start with the world size known -----------------------
+def test_swavs_queue_against_the_global_batch_is_checked_before_the_run_starts(monkeypatch, tmp_path):
+    from ssmix.engine.trainer import check_global_batch
+
+    cfg = _imagenet("swav")  # global batch 256: the queue of 3840 holds 15
+    for world in (1, 2, 4, 8):
+        check_global_batch(cfg, 256 // world, world)
+    calls: List[tuple] = []
+    _fake_launch(monkeypatch, calls, rank=0, world=2)
+    _stop_at_run_dir(monkeypatch, calls)
+    swav = tiny_config("method.name=swav", "data.aug.kind=swav", "method.queue_size=24", f"output_dir={tmp_path}")
+    with pytest.raises(ConfigError, match=r"^method.queue_size=24 is not a multiple of the global batch 16 \(8 per "
+                                          r"process x 2\): use a multiple of 16"):
+        trainer.train(swav)
+    assert ("open_run_dir",) not in calls  # refused before the run directory, the data and the model
+    with pytest.raises(ConfigError, match=r"^method.bn_splits=3 does not divide the batch 8"):
+        check_global_batch(tiny_config("method.name=mocov2", "method.bn_splits=3"), 8, 1)

@@ -17,7 +17,7 @@ import torch.nn as nn
 from lightly.utils.lars import LARS
 from lightly.models.utils import get_weight_decay_parameters
 
-from ssmix.config import Config, ConfigError
+from ssmix.config import Config, ConfigError, per_process_batch, scaled_lr
 from ssmix.engine.schedule import warmup_cosine
 
 
@@ -76,12 +76,14 @@ class LarsWithSgdGroups:
         self.parts[1].load_state_dict(state["sgd"])
 
 
-def build_optimizer(groups: List[Dict[str, Any]], cfg: Config, steps_per_ep: int):
-    """One optimizer over every group (see the module docstring for the per-group keys)."""
+def build_optimizer(groups: List[Dict[str, Any]], cfg: Config, steps_per_ep: int, world: int = 1):
+    """One optimizer over every group (see the module docstring for the per-group keys), for ``world``
+    processes: a group without an ``lr`` of its own gets :func:`~ssmix.config.scaled_lr` (global batch)."""
     tc = cfg.train
+    lr = scaled_lr(tc, per_process_batch(tc, world) * world)
     param_groups = []
     for g in groups:
-        base = g.get("lr", tc.lr)
+        base = g.get("lr", lr)
         param_groups.append({
             "params": g["params"], "name": g.get("name", "group"), "lr": base, "base_lr": base,
             "momentum": g.get("momentum", tc.momentum), "weight_decay": g.get("weight_decay", tc.weight_decay),
@@ -89,11 +91,11 @@ def build_optimizer(groups: List[Dict[str, Any]], cfg: Config, steps_per_ep: int
             "final_lr": g.get("min_lr", base * tc.min_lr_ratio), "lars": g.get("lars", True),
         })
     if tc.optimizer == "sgd":
-        return torch.optim.SGD(param_groups, lr=tc.lr)
+        return torch.optim.SGD(param_groups, lr=lr)
     if tc.optimizer == "lars":
         sgd_groups = [g for g in param_groups if not g["lars"]]
-        lars = LARS([g for g in param_groups if g["lars"]], lr=tc.lr)
-        return LarsWithSgdGroups(lars, torch.optim.SGD(sgd_groups, lr=tc.lr)) if sgd_groups else lars
+        lars = LARS([g for g in param_groups if g["lars"]], lr=lr)
+        return LarsWithSgdGroups(lars, torch.optim.SGD(sgd_groups, lr=lr)) if sgd_groups else lars
     raise ConfigError(f"train.optimizer: expected sgd or lars, got '{tc.optimizer}'")
 
 

@@ -16,7 +16,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ssmix.config import Config, ConfigError, config_to_dict, dump_config
+from ssmix.config import Config, ConfigError, config_to_dict, dump_config, per_process_batch, scaled_lr
 from ssmix.data.datasets import build_dataset, data_info
 from ssmix.data.loader import MultiViewDataset, epoch_loader, steps_per_epoch
 from ssmix.data.transforms import build_eval_transform, build_view_transform
@@ -108,12 +108,12 @@ class MetricsLogger:
                 self.tb.close()
 
 
-def _extract_fn(model: Pretrainer, dataset, cfg: Config, device: str, info) -> Any:
+def _extract_fn(model: Pretrainer, dataset, cfg: Config, device: str, info, batch: int) -> Any:
     """Embeddings of the whole training set through the target branch (ODC's initial k-means)."""
 
     def extract() -> Tuple[Tensor, Tensor]:
         tf = build_eval_transform(cfg.data.image_size, info.mean, info.std)
-        loader = DataLoader(_Transformed(dataset, tf), batch_size=max(cfg.train.batch_size, 64),
+        loader = DataLoader(_Transformed(dataset, tf), batch_size=max(batch, 64),
                             num_workers=cfg.data.num_workers)
         feats, labels = [], []
         was_training = model.training
@@ -140,6 +140,19 @@ class _Transformed(torch.utils.data.Dataset):
         return self.transform(image), label
 
 
+def check_global_batch(cfg: Config, batch: int, world: int) -> None:
+    """What the global batch must divide, checked before anything is built: the method's key queue
+    (MoCo v2, SwAV: ``method.queue_size``) and, on one process, MoCo's ``method.bn_splits``."""
+    size, splits = getattr(cfg.method, "queue_size", 0), getattr(cfg.method, "bn_splits", 1)
+    if size and size % (batch * world):
+        raise ConfigError(f"method.queue_size={size} is not a multiple of the global batch {batch * world} "
+                          f"({batch} per process x {world}): use a multiple of {batch * world}, or a global batch "
+                          f"(train.global_batch_size) that divides {size}")
+    if world == 1 and splits > 1 and batch % splits:
+        raise ConfigError(f"method.bn_splits={splits} does not divide the batch {batch}: use a divisor of "
+                          f"{batch}")
+
+
 def _warn(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -156,6 +169,8 @@ def train(cfg: Config) -> Dict[str, Any]:
 def _train(cfg: Config, stack: contextlib.ExitStack, stop: StopRequest) -> Dict[str, Any]:
     # The GPU is bound before the process group starts and before open_run_dir broadcasts (NCCL).
     device, rank, world, _ = setup_process(resolve_device(cfg.device))
+    batch = per_process_batch(cfg.train, world)
+    check_global_batch(cfg, batch, world)
     run_dir = open_run_dir(stack, cfg.output_dir, continues_in_place(cfg.resume, cfg.output_dir), cfg.overwrite,
                            rank, world)
     if device.startswith("cuda"):
@@ -174,11 +189,10 @@ def _train(cfg: Config, stack: contextlib.ExitStack, stop: StopRequest) -> Dict[
     base = build_dataset(dc.name, dc.root, dc.split, download=dc.download, image_size=dc.image_size,
                          num_samples=dc.num_samples, num_classes=info.num_classes, seed=cfg.seed)
     dataset = MultiViewDataset(base, build_view_transform(dc.aug, dc.image_size, info.mean, info.std), cfg.seed)
-    batch = cfg.train.batch_size
     spe = steps_per_epoch(len(dataset), batch, world)
     if spe == 0:
-        raise ConfigError(f"train.batch_size={batch} x {world} process(es) is larger than the dataset "
-                         f"({len(dataset)} images): lower train.batch_size")
+        raise ConfigError(f"the global batch {batch * world} ({batch} per process x {world}) is larger than "
+                          f"the dataset ({len(dataset)} images): lower train.batch_size or train.global_batch_size")
     total_steps = cfg.train.epochs * spe
     stop_step = min(total_steps, cfg.train.max_steps) if cfg.train.max_steps else total_steps
     num_classes = info.num_classes
@@ -190,7 +204,10 @@ def _train(cfg: Config, stack: contextlib.ExitStack, stop: StopRequest) -> Dict[
         raise ConfigError(str(exc)) from None
     memory_format = memory_format_for(cfg, device)
     model = model.to(memory_format=memory_format)
-    optimizer = build_optimizer(model.param_groups(), cfg, spe)
+    optimizer = build_optimizer(model.param_groups(), cfg, spe, world)
+    if is_main and (world > 1 or cfg.train.lr_reference_batch):
+        lr = scaled_lr(cfg.train, batch * world)
+        print(f"batch {batch} per process x {world} = {batch * world}; lr {lr:.4g}")
     amp = autocast_dtype(cfg.train.amp, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
 
@@ -208,7 +225,7 @@ def _train(cfg: Config, stack: contextlib.ExitStack, stop: StopRequest) -> Dict[
             print(f"resumed from {resume} at step {start_step}/{total_steps}")
     else:
         resume = None
-        model.on_train_start(_extract_fn(model, base, cfg, device, info))
+        model.on_train_start(_extract_fn(model, base, cfg, device, info, batch))
     step_fn = wrap_for_training(model, cfg.model.sync_bn, cfg.method.name == "mocov2", device)
     model.train()
     if run_dir is not None:  # everything checked: this directory now holds this run
