@@ -168,3 +168,71 @@ def test_swavs_queue_against_the_global_batch_is_checked_before_the_run_starts(m
     assert ("open_run_dir",) not in calls  # refused before the run directory, the data and the model
     with pytest.raises(ConfigError, match=r"^method.bn_splits=3 does not divide the batch 8"):
         check_global_batch(tiny_config("method.name=mocov2", "method.bn_splits=3"), 8, 1)
+
+
+# -- 5. resuming on another number of processes ------------------------------------------------------------
+def _as_if_written_by_two_ddp_ranks(path: str) -> None:
+    """Rewrite a one-process MoCo checkpoint as two DDP ranks write it: plain-BN statistics (C, not
+    C x bn_splits), one RNG state per rank, world_size 2."""
+    from ssmix.engine import checkpoint as ckpt
+    from ssmix.models.backbones import fold_split_bn_stats
+
+    state = ckpt.load_checkpoint(path)
+    state["model"] = fold_split_bn_stats(state["model"])
+    state["rng"], state["world_size"] = [state["rng"], state["rng"]], 2
+    ckpt.save_atomic(state, path)
+
+
+def test_a_ddp_moco_checkpoint_resumes_on_one_process_with_the_same_global_batch(tmp_path, capsys):
+    from ssmix.engine import checkpoint as ckpt
+    from tests.helpers import moco_overrides
+
+    moco = [*moco_overrides(), "train.batch_size=null", "train.global_batch_size=8", f"output_dir={tmp_path}"]
+    trainer.train(tiny_config(*moco, "train.max_steps=2"))
+    saved = ckpt.load_checkpoint(ckpt.latest_checkpoint(str(tmp_path)))
+    assert saved["world_size"] == 1 and saved["model"]["method.backbone.bn1.running_mean"].numel() == 64 * 2
+    _as_if_written_by_two_ddp_ranks(ckpt.latest_checkpoint(str(tmp_path)))
+    summary = trainer.train(tiny_config(*moco, "train.max_steps=4", "resume=auto"))
+    err = capsys.readouterr().err
+    assert summary["step"] == 4
+    assert "BatchNorm statistics converted between MoCo's split-BN of one process" in err
+    assert "was written by 2 process(es), this run has 1: same global batch and 4 steps per epoch" in err
+    after = ckpt.load_checkpoint(ckpt.latest_checkpoint(str(tmp_path)))["model"]["method.backbone.bn1.running_mean"]
+    assert after.numel() == 64 * 2 and torch.isfinite(after).all()
+
+
+def test_a_resume_that_changes_the_steps_per_epoch_is_refused_in_one_line(tmp_path):
+    from ssmix.engine import checkpoint as ckpt
+    from tests.helpers import moco_overrides
+
+    moco = [*moco_overrides(), f"output_dir={tmp_path}"]  # train.batch_size=8 per process
+    trainer.train(tiny_config(*moco, "train.max_steps=2"))
+    _as_if_written_by_two_ddp_ranks(ckpt.latest_checkpoint(str(tmp_path)))
+    with pytest.raises(ckpt.CheckpointError, match=r"^resume: \S+ was written by 2 process\(es\) at 2 steps per "
+                                                   r"epoch; with 1 this config has 4 \(train.batch_size is per "
+                                                   r"process\): resume with 2, or start a new run with "
+                                                   r"train.global_batch_size"):
+        trainer.train(tiny_config(*moco, "train.max_steps=4", "resume=auto"))
+
+
+def test_rng_states_of_another_world_size_restore_what_this_process_has(monkeypatch):
+    from ssmix.engine import checkpoint as ckpt
+
+    state = ckpt.get_rng_state()
+    assert ckpt.rank_rng_state([state, state], 1) is state and ckpt.rank_rng_state([state], 1) is None
+    assert ckpt.rank_rng_state(state, 0) is state and ckpt.rank_rng_state(state, 3) is None
+    restored: List[int] = []
+
+    def set_rng_state(new_state, device="cuda"):  # what torch does for a GPU it does not see
+        index = device if isinstance(device, int) else 0
+        if index >= 1:
+            raise RuntimeError(f"Invalid device index {index}")
+        restored.append(index)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", set_rng_state)
+    monkeypatch.setattr(torch.cuda.random, "set_rng_state", set_rng_state)
+    eight_gpus = {**state, "cuda": [torch.zeros(16, dtype=torch.uint8)] * 8}  # an older 8-GPU checkpoint
+    ckpt.set_rng_state(eight_gpus)
+    assert restored == [0]

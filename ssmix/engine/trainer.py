@@ -215,11 +215,20 @@ def _train(cfg: Config, stack: contextlib.ExitStack, stop: StopRequest) -> Dict[
     resume, state = ckpt.find_resume(cfg.resume, cfg.output_dir, _warn if is_main else None)
     if state is not None:
         ckpt.check_resume_config(resume, state.get("config"), config_to_dict(cfg))
-        _load_model_state(model, state["model"], resume)
+        saved_world = ckpt.saved_world_size(state)
+        note = ckpt.check_world_size(resume, saved_world, world, lambda w: steps_per_epoch(
+            len(dataset), per_process_batch(cfg.train, w), w))
+        _load_model_state(model, state["model"], resume, _warn if is_main else None)
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         start_step = int(state["step"])
-        ckpt.set_rng_state(state["rng"][rank] if isinstance(state["rng"], list) else state["rng"])
+        rng = ckpt.rank_rng_state(state["rng"], rank)
+        if rng is not None:
+            ckpt.set_rng_state(rng)
+        else:  # a rank the checkpoint's run did not have: a fresh stream of its own, a function of the step
+            seed_everything(cfg.seed + rank + 100_003 * start_step)
+        if is_main and note:
+            _warn(note)
         if is_main:
             ckpt.set_aside_newer(cfg.output_dir, start_step, _warn)
             print(f"resumed from {resume} at step {start_step}/{total_steps}")
@@ -298,7 +307,14 @@ def _train(cfg: Config, stack: contextlib.ExitStack, stop: StopRequest) -> Dict[
     return {"step": step, "total_steps": total_steps, "last": last, "output_dir": cfg.output_dir}
 
 
-def _load_model_state(model: Pretrainer, state: Dict[str, Tensor], path: str) -> None:
+def _load_model_state(model: Pretrainer, state: Dict[str, Tensor], path: str,
+                      warn: Optional[Any] = None) -> None:
+    """Load ``state``; MoCo's split-BN statistics of another world size (C x bn_splits on one process,
+    C under DDP) are converted first, with a one-line note."""
+    state, converted = ckpt.convert_split_bn_stats(state, model.state_dict())
+    if converted and warn is not None:
+        warn(f"resume: {path}: {converted} BatchNorm statistics converted between MoCo's split-BN of one process "
+             "(method.bn_splits x C, averaged over the splits) and DDP's plain BN (C, repeated per split)")
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:  # a config check missed a shape: one line, not 60
@@ -320,7 +336,7 @@ def _save(cfg: Config, model, optimizer, scaler, step: int, world: int, is_main:
         rng = gathered
     if is_main:
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                 "step": step, "rng": rng, "config": config_to_dict(cfg)}
+                 "step": step, "rng": rng, "world_size": world, "config": config_to_dict(cfg)}
         ckpt.save_atomic(state, ckpt.checkpoint_path(cfg.output_dir, step))
         ckpt.prune_checkpoints(cfg.output_dir, cfg.train.keep_ckpts, upto_step=step)
     barrier()
