@@ -14,11 +14,47 @@ from typing import Any, Dict, List
 
 import torch
 import torch.nn as nn
-from lightly.utils.lars import LARS
+from lightly.utils.lars import LARS as _LightlyLARS
 from lightly.models.utils import get_weight_decay_parameters
 
 from ssmix.config import Config, ConfigError, per_process_batch, scaled_lr
 from ssmix.engine.schedule import warmup_cosine
+
+
+class LARS(_LightlyLARS):
+    """lightly's LARS (its groups, defaults and state) with a step that never reads a value back: the
+    trust ratio ``trust x |p| / (|g| + wd |p| + eps)`` and the weight decay apply where both norms are
+    non-zero, chosen by ``torch.where`` on the device instead of a Python ``if`` per parameter (a host
+    sync per parameter on a GPU: ~160 a step for a ResNet-50)."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.add_(self._direction(p, group), alpha=-group["lr"])
+        return loss
+
+    def _direction(self, p: torch.Tensor, group: Dict[str, Any]) -> torch.Tensor:
+        d_p, wd = p.grad, group["weight_decay"]
+        if wd != 0:
+            p_norm, g_norm = torch.norm(p), torch.norm(d_p)
+            ratio = p_norm / (g_norm + p_norm * wd + group["eps"]) * group["trust_coefficient"]
+            d_p = torch.where((p_norm != 0) & (g_norm != 0), d_p.add(p, alpha=wd) * ratio, d_p)
+        momentum = group["momentum"]
+        if momentum == 0:
+            return d_p
+        state = self.state[p]
+        if "momentum_buffer" not in state:
+            buf = state["momentum_buffer"] = torch.clone(d_p).detach()
+        else:
+            buf = state["momentum_buffer"]
+            buf.mul_(momentum).add_(d_p, alpha=1 - group["dampening"])
+        return d_p.add(buf, alpha=momentum) if group["nesterov"] else buf
 
 
 def lars_param_groups(module: nn.Module) -> List[Dict[str, Any]]:

@@ -8,7 +8,7 @@ import os
 import random
 import sys
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -153,6 +153,14 @@ def check_global_batch(cfg: Config, batch: int, world: int) -> None:
                           f"{batch}")
 
 
+def batch_to_device(views: List[Tensor], labels: Tensor, index: Tensor, device: str,
+                    memory_format: torch.memory_format) -> Tuple[List[Tensor], Tensor, Tensor]:
+    """A loader batch on the step's device, every copy ``non_blocking`` (the loader pins its memory on
+    CUDA), so the host queues the step without waiting."""
+    views = [v.to(device, non_blocking=True).contiguous(memory_format=memory_format) for v in views]
+    return views, labels.to(device, non_blocking=True), index.to(device, non_blocking=True)
+
+
 def _warn(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -254,8 +262,7 @@ def _train(cfg: Config, stack: contextlib.ExitStack, stop: StopRequest) -> Dict[
                                                  rank, world, pin_memory=device.startswith("cuda")):
             if step >= stop_step:
                 break
-            views = [v.to(device, non_blocking=True).contiguous(memory_format=memory_format) for v in views]
-            labels, index = labels.to(device), index.to(device)
+            views, labels, index = batch_to_device(views, labels, index, device, memory_format)
             set_learning_rates(optimizer, step, total_steps)
             autocast = torch.autocast(device.split(":")[0], dtype=amp) if amp else contextlib.nullcontext()
             with autocast:
