@@ -236,3 +236,60 @@ def test_rng_states_of_another_world_size_restore_what_this_process_has(monkeypa
     eight_gpus = {**state, "cuda": [torch.zeros(16, dtype=torch.uint8)] * 8}  # an older 8-GPU checkpoint
     ckpt.set_rng_state(eight_gpus)
     assert restored == [0]
+
+
+# -- likely items: fp32 losses under autocast, SimCLR's NT-Xent without boolean indexing --------------------
+def test_contrastive_losses_compute_in_fp32_inside_a_bf16_autocast_region():
+    """``.float()`` does not leave autocast: the matmuls of the logits ran in bf16 again (an error of ~1e-3
+    on these logits); with autocast off inside the losses they equal the fp32 values."""
+    import torch.nn.functional as F
+
+    from ssmix.losses import contrastive as C
+
+    torch.manual_seed(0)
+    z, a, b = (F.normalize(torch.randn(8, 32), dim=1) for _ in range(3))
+    negatives, lam = F.normalize(torch.randn(64, 32), dim=1), torch.rand(8)
+    cand, ia, ib = F.normalize(torch.randn(16, 32), dim=1), torch.arange(8), torch.arange(8, 16)
+    calls = {"info_nce": lambda: C.info_nce(z, a, negatives, 0.2),
+             "mixup_info_nce": lambda: C.mixup_info_nce(z, a, b, lam, negatives, 0.2),
+             "in_batch": lambda: C.mixup_info_nce_in_batch(z, cand, ia, ib, lam, 0.2),
+             "soft_ce": lambda: C.soft_target_cross_entropy(z, cand, ia, ib, lam, 0.2),
+             "bce": lambda: C.two_source_bce(z, a, b, lam, 0.2), "nt_xent": lambda: C.nt_xent(z, a, 0.1)}
+    for name, loss in calls.items():
+        fp32 = loss()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = loss()
+        assert mixed.dtype == torch.float32 and torch.equal(mixed, fp32), name
+
+
+def test_nt_xent_equals_lightlys_loss_and_gradient():
+    from lightly.loss import NTXentLoss
+
+    from ssmix.losses.contrastive import nt_xent
+
+    torch.manual_seed(0)
+    z0, z1 = torch.randn(16, 32, requires_grad=True), torch.randn(16, 32, requires_grad=True)
+    ours, ref = nt_xent(z0, z1, 0.1), NTXentLoss(temperature=0.1)(z0, z1)
+    torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-6)
+    for mine, theirs in zip(torch.autograd.grad(ours, (z0, z1)), torch.autograd.grad(ref, (z0, z1))):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-7)
+
+
+def test_lars_without_host_reads_steps_exactly_as_lightlys():
+    from lightly.utils.lars import LARS as LightlyLARS
+
+    from ssmix.engine.optim import LARS
+
+    torch.manual_seed(0)
+    ours = [torch.nn.Parameter(torch.randn(10, 5)), torch.nn.Parameter(torch.zeros(5)), torch.nn.Parameter(torch.randn(3))]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    kw = dict(lr=0.5, momentum=0.9, weight_decay=1e-4)
+    opts = [cls([{"params": ps[:2]}, {"params": ps[2:], "weight_decay": 0.0}], **kw)
+            for cls, ps in ((LARS, ours), (LightlyLARS, theirs))]
+    for step in range(4):
+        grads = [torch.randn_like(p) * (step > 0 or i != 1) for i, p in enumerate(ours)]  # a zero norm first
+        for p, q, g in zip(ours, theirs, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        for opt in opts:
+            opt.step()
+    assert all(torch.equal(p, q) for p, q in zip(ours, theirs))
