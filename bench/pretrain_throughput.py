@@ -120,6 +120,7 @@ def reference_step(args, total_steps: int, device: str = "cpu", amp: Optional[to
     criterion = NTXentLoss(temperature=args.temperature, memory_bank_size=(args.queue, 128)).to(device)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.03, momentum=0.9,
                                 weight_decay=1e-4)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)  # fp16 with loss scaling, as ssmix
 
     def step(views: List[Tensor], i: int) -> float:
         for g in optimizer.param_groups:
@@ -133,8 +134,9 @@ def reference_step(args, total_steps: int, device: str = "cpu", amp: Optional[to
                 x_key, shuffle = batch_shuffle(views[1])
                 key = batch_unshuffle(model.head_m(model.backbone_m(x_key)), shuffle)
             loss = criterion(query, key)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 

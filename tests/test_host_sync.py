@@ -73,8 +73,8 @@ def test_a_step_returns_its_metrics_as_tensors():
 
 # -- what a step makes the host wait for, counted on CPU (ssmix.engine.syncs) -----------------------------
 ODC = ["mix.type=samix_c", "mix.mixer_warmup_epochs=0", "mix.odc.num_clusters=4", "mix.odc.min_cluster=4"]
-SWAV = ["method.name=swav", "data.aug.kind=swav", "data.aug.multi_crop.sizes=[16,8]", "method.num_prototypes=16",
-        "method.queue_size=0", "method.freeze_prototypes_epochs=0", "train.optimizer=lars"]
+SWAV = ["method.name=swav", "data.aug.kind=swav", "data.aug.multi_crop.sizes=[16,8]",
+        "method.num_prototypes=16", "method.queue_size=0", "method.freeze_prototypes_epochs=0", "train.optimizer=lars"]
 STEPS = {  # config -> the host waits of one step on a GPU, by kind
     "mocov2+cutmix": ([*moco_overrides(), "mix.type=cutmix"], {}),
     "mocov2+mixup": ([*moco_overrides(), "mix.type=mixup"], {}),

@@ -25,7 +25,8 @@ from torch.overrides import TorchFunctionMode
 
 #: reads of a tensor's value by the host (or of a size that depends on the values)
 READS = frozenset({"item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__", "nonzero",
-                   "argwhere", "masked_select", "unique", "unique_consecutive", "bincount", "repeat_interleave"})
+                   "argwhere", "masked_select", "unique", "unique_consecutive", "bincount",
+                   "repeat_interleave"})
 
 
 class DeviceMarked(torch.Tensor):
