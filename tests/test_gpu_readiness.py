@@ -296,3 +296,25 @@ def test_lars_without_host_reads_steps_exactly_as_lightlys():
         for opt in opts:
             opt.step()
     assert all(torch.equal(p, q) for p, q in zip(ours, theirs))
+
+
+def test_items_loaded_in_the_main_process_leave_the_cuda_generators_alone(monkeypatch):
+    """With ``data.num_workers=0`` every item reseeded torch's RNG with ``torch.manual_seed``, which reseeds
+    every CUDA generator too: the training loop's own CUDA stream (e.g. the shuffle-BN permutation drawn on
+    the GPU) restarted at each item's seed. Now only the CPU generator is seeded, inside ``fork_rng``."""
+    from ssmix.config import AugConfig
+    from ssmix.data.datasets import build_dataset, dataset_info
+    from ssmix.data.loader import MultiViewDataset
+    from ssmix.data.transforms import build_view_transform
+
+    seeded: List[int] = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: seeded.append(seed))
+    info = dataset_info("synthetic")
+    data = MultiViewDataset(build_dataset("synthetic", "", "train", image_size=16, num_samples=4),
+                            build_view_transform(AugConfig(), 16, info.mean, info.std), seed=0)
+    torch.manual_seed(123)
+    seeded.clear()
+    before = torch.get_rng_state()
+    first = data[1][0][0]
+    assert seeded == [] and torch.equal(torch.get_rng_state(), before)  # no CUDA reseed; CPU stream intact
+    assert torch.equal(data[1][0][0], first)  # the item's augmentation is still a function of its seed

@@ -35,15 +35,17 @@ class MultiViewDataset(Dataset):
         seed = _item_seed(self.seed, self.epoch, index)
         in_main = get_worker_info() is None
         if in_main:  # keep the training loop's RNG streams untouched
-            states = (random.getstate(), np.random.get_state(), torch.get_rng_state())
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
-        views = self.transform(image)
+            states = (random.getstate(), np.random.get_state())
+        # The transforms draw from torch's CPU generator only: seeding just that one (torch.manual_seed
+        # would reseed every CUDA generator too, the training loop's, at every item with num_workers=0).
+        with torch.random.fork_rng(devices=[], enabled=in_main):
+            random.seed(seed)
+            np.random.seed(seed)
+            torch.default_generator.manual_seed(seed)
+            views = self.transform(image)
         if in_main:
             random.setstate(states[0])
             np.random.set_state(states[1])
-            torch.set_rng_state(states[2])
         return views, int(label), index
 
 
