@@ -3,6 +3,8 @@ replaced by spies (no GPU needed): the device bound before any collective, the b
 checks that need the world size, resuming on another world size."""
 from __future__ import annotations
 
+import importlib
+import sys
 from typing import List
 
 import pytest
@@ -318,3 +320,54 @@ def test_items_loaded_in_the_main_process_leave_the_cuda_generators_alone(monkey
     first = data[1][0][0]
     assert seeded == [] and torch.equal(torch.get_rng_state(), before)  # no CUDA reseed; CPU stream intact
     assert torch.equal(data[1][0][0], first)  # the item's augmentation is still a function of its seed
+
+
+# -- likely items: faiss on the rank's own GPU ----------------------------------------------------------------
+def _blobs(n: int = 2000, k: int = 8):
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(k, 16, generator=g) * 6
+    return centres[torch.arange(n) % k] + torch.randn(n, 16, generator=g)
+
+
+def test_faiss_kmeans_clusters_on_this_processs_own_gpu_only(monkeypatch):
+    """With faiss-gpu, ``faiss.Kmeans(gpu=True)`` went to ``index_cpu_to_all_gpus``: every rank put a context
+    on every GPU of the node. The index is now built on torch's current device (the rank's): a stand-in
+    faiss records where, backed by the CPU index."""
+    faiss = pytest.importorskip("faiss")
+    import types
+
+    km = importlib.import_module("ssmix.clustering.kmeans")  # the package exports the function as kmeans
+
+    x = km._as_features(_blobs(), 8)
+    seeds = km._kmeanspp_seeds(x, 8, torch.Generator().manual_seed(0))
+    reference = km._lloyd_faiss(faiss, x, seeds, 10, 0)
+    devices: List[int] = []
+
+    def all_gpus(*args, **kwargs):
+        raise AssertionError("index_cpu_to_all_gpus: every GPU of the node")
+
+    fake = types.SimpleNamespace(
+        **{name: getattr(faiss, name) for name in ("Clustering", "IndexFlatL2", "copy_array_to_vector", "Kmeans")},
+        get_num_gpus=lambda: 4, StandardGpuResources=object, index_cpu_to_all_gpus=all_gpus,
+        GpuIndexFlatConfig=types.SimpleNamespace,
+        GpuIndexFlatL2=lambda res, d, config: devices.append(config.device) or faiss.IndexFlatL2(d))
+    monkeypatch.setitem(sys.modules, "faiss", fake)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 2)
+    monkeypatch.setattr(km, "_GPU_RESOURCES", {})
+    labels = km._lloyd_faiss(sys.modules["faiss"], x, seeds, 10, 0)
+    assert devices == [2] and torch.equal(labels, reference)
+
+
+def test_faiss_kmeans_gives_what_faiss_kmeans_gave():
+    faiss = pytest.importorskip("faiss")
+    import numpy as np
+
+    km = importlib.import_module("ssmix.clustering.kmeans")  # the package exports the function as kmeans
+
+    x = km._as_features(_blobs(), 8)
+    seeds = km._kmeanspp_seeds(x, 8, torch.Generator().manual_seed(0))
+    old = faiss.Kmeans(16, 8, niter=10, seed=0, max_points_per_centroid=10**7, gpu=False, verbose=False)
+    points = np.ascontiguousarray(x.numpy(), dtype=np.float32)
+    old.train(points, init_centroids=np.ascontiguousarray(seeds.numpy(), dtype=np.float32))
+    assert torch.equal(km._lloyd_faiss(faiss, x, seeds, 10, 0), torch.from_numpy(old.index.search(points, 1)[1][:, 0]))
