@@ -371,3 +371,29 @@ def test_faiss_kmeans_gives_what_faiss_kmeans_gave():
     points = np.ascontiguousarray(x.numpy(), dtype=np.float32)
     old.train(points, init_centroids=np.ascontiguousarray(seeds.numpy(), dtype=np.float32))
     assert torch.equal(km._lloyd_faiss(faiss, x, seeds, 10, 0), torch.from_numpy(old.index.search(points, 1)[1][:, 0]))
+
+
+# -- likely items: a transient fp16 overflow is the GradScaler's skipped step, not a fault ------------------
+def test_under_fp16_a_transient_non_finite_loss_is_a_skipped_step_and_a_run_of_them_a_fault():
+    from ssmix.engine.finite import MAX_CONSECUTIVE_SKIPS, FiniteGuard, NonFiniteError
+
+    def feed(guard, values, first_step=1):
+        for i, v in enumerate(values):
+            loss = torch.tensor(v)
+            guard.observe({"moco": loss}, loss, first_step + i)
+
+    inf = float("inf")
+    guard = FiniteGuard(skippable=True)
+    feed(guard, [1.0, inf, 1.0, float("nan"), inf, 1.0])
+    guard.check(None)  # three skipped steps, none a fault
+    assert int(guard.metrics()["amp_skipped_steps"]) == 3
+    feed(guard, [inf] * MAX_CONSECUTIVE_SKIPS, first_step=7)
+    with pytest.raises(NonFiniteError, match=rf"^training diverged: the fp16 loss was non-finite for "
+                                             rf"{MAX_CONSECUTIVE_SKIPS} steps in a row \(each skipped by the "
+                                             rf"GradScaler\) up to step {6 + MAX_CONSECUTIVE_SKIPS} "):
+        guard.check(None)
+    strict = FiniteGuard()  # bf16 / fp32: no scaler to skip the step, the first one is the fault
+    feed(strict, [1.0, inf, 1.0])
+    with pytest.raises(NonFiniteError, match=r"^training diverged: non-finite loss at step 2 \(moco=inf\)"):
+        strict.check(None)
+    assert strict.metrics() == {}

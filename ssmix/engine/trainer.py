@@ -250,7 +250,7 @@ def _train(cfg: Config, stack: contextlib.ExitStack, stop: StopRequest) -> Dict[
 
     logger = MetricsLogger(cfg.output_dir, is_main, start_step)
     health = HealthMonitor(model.method.embed_dim, total_steps)
-    guard, last_ckpt = FiniteGuard(), resume
+    guard, last_ckpt = FiniteGuard(skippable=scaler.is_enabled()), resume
     bar = tqdm(total=stop_step, initial=start_step, disable=not (is_main and cfg.train.progress),
                dynamic_ncols=True, desc="pretrain")
     params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -289,7 +289,8 @@ def _train(cfg: Config, stack: contextlib.ExitStack, stop: StopRequest) -> Dict[
                 bar.set_postfix(loss=f"{last['loss']:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.4g}",
                                 img_s=f"{rate:.0f}", epoch=epoch)
                 lrs = {f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups}
-                row = {"epoch": epoch, **last, **host_values(metrics), **lrs, "img_per_s": rate}
+                row = {"epoch": epoch, **last, **host_values({**metrics, **guard.metrics()}), **lrs,
+                       "img_per_s": rate}
                 if is_main:
                     for message in health.check(step, row):
                         tqdm.write(message, file=sys.stderr)
