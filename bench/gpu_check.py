@@ -7,7 +7,8 @@ exits 1):
 - ``cuda tests``: ``pytest -m cuda tests`` (bf16 / fp16 steps of every method with SAMix-C and the
   GradScaler through a resume, channels_last, faiss GPU k-means, a one-rank NCCL group);
 - ``img/s``: ssmix MoCo v2, the torch + lightly reference step and MoCo v2 + SAMix-C, at ResNet-18 32 px
-  (batch 256) and ResNet-50 224 px (batch 64), bf16 and fp16, each with its peak GPU memory;
+  (batch 256) and ResNet-50 224 px (batch 64), bf16 and fp16, each with its peak GPU memory; and MoCo v2
+  in NCHW (``model.channels_last=false``: its 8-split BN then needs no NHWC <-> NCHW copy per layer);
 - ``loader``: the pre-training loader's img/s on generated 500x375 JPEGs (two 224 px MoCo v2 views), to
   set beside the R50 step's: the smaller bounds the run;
 - ``host syncs``: per MoCo v2 + SAMix-C step, by ``ssmix.engine.syncs.HostSyncCounter`` (reads of device
@@ -117,7 +118,10 @@ def throughput(args) -> List[Row]:
                      "torch+lightly ref": lambda: reference(arch, size, batch, total, args.device, dtype,
                                                             small.get("queue", 16384)),
                      "ssmix +samix_c": lambda: ssmix_step(arch, size, batch, SAMIX_C, total, args.device, amp,
-                                                          **small)}
+                                                          **small),
+                     # split BN copies NHWC <-> NCHW at every layer: is channels_last still the faster?
+                     "ssmix mocov2 nchw": lambda: ssmix_step(arch, size, batch, ["model.channels_last=false"], total,
+                                                             args.device, amp, **small)}
             for name, build in steps.items():
                 rows += guarded("img/s", lambda: [_measure(name, build, setting, size, batch, args)],
                                 f"{setting}: {name}")

@@ -29,7 +29,7 @@ def test_the_cpu_rows_of_the_gpu_check_run_and_the_others_say_why_not(gpu_check,
     assert code == 0, table
     assert table.splitlines()[1].startswith("check ") and "| result" in table.splitlines()[1]
     assert rows[("cuda tests", "pytest -m cuda")]["result"] == "skipped: no CUDA device"
-    for name in ("ssmix mocov2", "torch+lightly ref", "ssmix +samix_c"):
+    for name in ("ssmix mocov2", "torch+lightly ref", "ssmix +samix_c", "ssmix mocov2 nchw"):
         assert re.fullmatch(r"\d+ img/s", rows[("img/s", f"resnet18 16px b16 bf16: {name}")]["result"]), name
     assert rows[("img/s", "resnet18 16px b16 fp16")]["result"] == "skipped: fp16 needs CUDA"
     assert re.fullmatch(r"\d+ img/s", rows[("loader", "32 JPEGs, 2 x 32px views, 0 workers")]["result"])

@@ -397,3 +397,119 @@ def test_under_fp16_a_transient_non_finite_loss_is_a_skipped_step_and_a_run_of_t
     with pytest.raises(NonFiniteError, match=r"^training diverged: non-finite loss at step 2 \(moco=inf\)"):
         strict.check(None)
     assert strict.metrics() == {}
+
+
+# -- likely items: ODC's initial extraction and the kNN monitor sharded over the ranks (2 gloo ranks) ---------
+def _sharding_worker(out: str) -> None:
+    """One rank of the sharding test (environment as torchrun sets it); writes what it saw to ``out``."""
+    import os
+
+    torch.set_num_threads(1)
+    from ssmix.data.datasets import build_dataset, data_info
+    from ssmix.distributed import gather_shards, shard
+    from ssmix.engine.ddp import init_distributed
+    from ssmix.engine.pretrainer import Pretrainer
+    from ssmix.evaluation.features import make_loader
+    from ssmix.evaluation.knn import knn_accuracy
+    from ssmix.evaluation.monitor import _monitor_sets, knn_monitor
+    from ssmix.models.backbones import build_backbone
+    from tests.helpers import moco_overrides
+
+    rank, world, _ = init_distributed("cpu")
+    try:
+        seen = {"gathered": gather_shards(torch.tensor(list(shard(7))) * 10, 7)}
+        cfg = tiny_config(*moco_overrides(), "data.num_samples=10")
+        torch.manual_seed(rank)  # different weights on each rank, as before DDP's broadcast at the wrap
+        model = Pretrainer(cfg, 10, 10).eval()
+        info = data_info(cfg.data)
+        base = build_dataset("synthetic", "", "train", image_size=16, num_samples=10, seed=0)
+        seen["odc"] = trainer._extract_fn(model, base, cfg, "cpu", info, 4)()  # broadcasts rank 0's weights
+        if rank == 0:  # what one process computes: every image with rank 0's weights
+            from ssmix.data.transforms import build_eval_transform
+
+            tf = build_eval_transform(16, info.mean, info.std)
+            with torch.no_grad():
+                images = torch.stack([tf(base[i][0]) for i in range(10)])
+                seen["odc_reference"] = model.method.embed_target(images).float()
+        torch.manual_seed(0)
+        trunk = build_backbone("resnet18", bn_splits=1).eval()
+        for m in trunk.modules():  # per-rank BatchNorm statistics, as DDP without SyncBN keeps them
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(generator=torch.Generator().manual_seed(rank))
+        own = trunk.bn1.running_mean.clone()
+        seen["knn"] = knn_monitor(cfg, trunk, "cpu", k=5)
+        seen["restored"] = torch.equal(trunk.bn1.running_mean, own)
+        if rank == 0:
+            bank, query = _monitor_sets("synthetic", cfg.data.root, 16, 10, 10, info.mean, info.std)
+            seen["knn_reference"] = knn_accuracy(trunk, make_loader(bank, 256, 0, torch.device("cpu")),
+                                                 make_loader(query, 256, 0, torch.device("cpu")), "cpu", k=5)
+        torch.save(seen, os.path.join(out, f"rank{rank}.pt"))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def test_odc_extraction_and_the_knn_monitor_are_sharded_over_the_ranks_and_agree_with_one_process(tmp_path):
+    """Before: every rank embedded the whole training set for ODC's k-means (only rank 0's was used), and
+    the kNN monitor ran on rank 0 alone while the others waited in a collective (an ImageNet bank outlasts
+    the 600 s timeout). Now each rank embeds its shard (with rank 0's weights / BatchNorm statistics) and
+    the shards are gathered in order; the results equal what one process computes."""
+    import os
+    import socket
+    import subprocess
+    import time
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for r in range(2):
+        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(r), "WORLD_SIZE": "2",
+               "LOCAL_RANK": str(r), "OMP_NUM_THREADS": "1",
+               "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+        code = f"from tests.test_gpu_readiness import _sharding_worker; _sharding_worker({str(tmp_path)!r})"
+        procs.append(subprocess.Popen([sys.executable, "-c", code], cwd=root, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    deadline = time.monotonic() + 180
+    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+        if any(p.poll() not in (None, 0) for p in procs):
+            break
+        time.sleep(0.2)
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+    logs = [p.communicate()[0][-2000:] for p in procs]
+    assert all(p.returncode == 0 for p in procs), logs
+    seen = [torch.load(os.path.join(tmp_path, f"rank{r}.pt"), weights_only=False) for r in range(2)]
+    for r in range(2):
+        assert seen[r]["gathered"].tolist() == [0, 10, 20, 30, 40, 50, 60]
+        features, labels = seen[r]["odc"]
+        torch.testing.assert_close(features, seen[0]["odc_reference"], rtol=1e-4, atol=1e-5)
+        assert labels.shape == (10,)
+        assert seen[r]["knn"] == seen[0]["knn_reference"] and seen[r]["restored"]
+
+
+# -- likely items: the loader's workers persist across epochs -----------------------------------------------
+def test_the_run_loader_keeps_its_workers_across_epochs_and_gives_the_epoch_loaders_batches():
+    from ssmix.config import AugConfig
+    from ssmix.data.datasets import build_dataset, dataset_info
+    from ssmix.data.loader import MultiViewDataset, RunLoader, epoch_loader
+    from ssmix.data.transforms import build_view_transform
+
+    info = dataset_info("synthetic")
+    data = MultiViewDataset(build_dataset("synthetic", "", "train", image_size=16, num_samples=12),
+                            build_view_transform(AugConfig(blur_prob=0), 16, info.mean, info.std), seed=3)
+    run = RunLoader(data, 4, seed=3, num_workers=1)
+    try:
+        pids = []
+        for epoch, start in ((0, 0), (1, 1), (2, 0)):
+            got = list(run.epoch(epoch, start))
+            pids.append(run.loader._iterator._workers[0].pid)
+            expected = list(epoch_loader(data, 4, epoch, start, 3, 0))
+            assert len(got) == len(expected) == 3 - start
+            for (views, labels, index), (v2, l2, i2) in zip(got, expected):
+                assert torch.equal(index, i2) and all(torch.equal(a, b) for a, b in zip(views, v2))
+        assert len(set(pids)) == 1  # one worker process for the three epochs
+    finally:
+        run.close()

@@ -18,9 +18,9 @@ from tqdm import tqdm
 
 from ssmix.config import Config, ConfigError, config_to_dict, dump_config, per_process_batch, scaled_lr
 from ssmix.data.datasets import build_dataset, data_info
-from ssmix.data.loader import MultiViewDataset, epoch_loader, steps_per_epoch
+from ssmix.data.loader import MultiViewDataset, RunLoader, steps_per_epoch
 from ssmix.data.transforms import build_eval_transform, build_view_transform
-from ssmix.distributed import barrier
+from ssmix.distributed import barrier, broadcast_module_, gather_shards, shard
 from ssmix.engine import checkpoint as ckpt
 from ssmix.engine.ddp import setup_process, wrap_for_training
 from ssmix.engine.finite import FiniteGuard, check_state
@@ -109,12 +109,15 @@ class MetricsLogger:
 
 
 def _extract_fn(model: Pretrainer, dataset, cfg: Config, device: str, info, batch: int) -> Any:
-    """Embeddings of the whole training set through the target branch (ODC's initial k-means)."""
+    """Embeddings of the whole training set through the target branch (ODC's initial k-means). Under
+    DDP each rank embeds its shard with rank 0's weights (broadcast first: DDP's own broadcast comes
+    later, at the wrap) and the shards are gathered."""
 
     def extract() -> Tuple[Tensor, Tensor]:
+        broadcast_module_(model.method)
         tf = build_eval_transform(cfg.data.image_size, info.mean, info.std)
-        loader = DataLoader(_Transformed(dataset, tf), batch_size=max(batch, 64),
-                            num_workers=cfg.data.num_workers)
+        part = torch.utils.data.Subset(_Transformed(dataset, tf), shard(len(dataset)))
+        loader = DataLoader(part, batch_size=max(batch, 64), num_workers=cfg.data.num_workers)
         feats, labels = [], []
         was_training = model.training
         model.eval()
@@ -123,7 +126,7 @@ def _extract_fn(model: Pretrainer, dataset, cfg: Config, device: str, info, batc
                 feats.append(model.method.embed_target(x.to(device)).float().cpu())
                 labels.append(y)
         model.train(was_training)
-        return torch.cat(feats), torch.cat(labels)
+        return gather_shards(torch.cat(feats), len(dataset)), gather_shards(torch.cat(labels), len(dataset))
 
     return extract
 
@@ -256,10 +259,11 @@ def _train(cfg: Config, stack: contextlib.ExitStack, stop: StopRequest) -> Dict[
     params = [p for g in optimizer.param_groups for p in g["params"]]
     step, last = start_step, {}
     timer, rate = time.perf_counter(), None
+    loader = RunLoader(dataset, batch, cfg.seed, dc.num_workers, rank, world, pin_memory=device.startswith("cuda"))
+    stack.callback(loader.close)  # the persistent workers end with the run (or its error)
     while step < stop_step:
         epoch, offset = divmod(step, spe)
-        for views, labels, index in epoch_loader(dataset, batch, epoch, offset, cfg.seed, dc.num_workers,
-                                                 rank, world, pin_memory=device.startswith("cuda")):
+        for views, labels, index in loader.epoch(epoch, offset):
             if step >= stop_step:
                 break
             views, labels, index = batch_to_device(views, labels, index, device, memory_format)
@@ -365,7 +369,7 @@ def _end_of_epoch(cfg: Config, model: Pretrainer, epoch: int, step: int, logger:
 def _run_monitors(cfg: Config, model: Pretrainer, epoch: int, step: int, logger: MetricsLogger, device: str
                   ) -> None:
     tc = cfg.train
-    if tc.knn_every and epoch % tc.knn_every == 0 and logger.enabled:
+    if tc.knn_every and epoch % tc.knn_every == 0:  # every rank embeds its shard of the bank and queries
         from ssmix.evaluation.monitor import knn_monitor
 
         logger.log(step, {"knn_top1": knn_monitor(cfg, model.method.export_trunk(), device, k=tc.knn_k)})
