@@ -449,11 +449,8 @@ def _sharding_worker(out: str) -> None:
             dist.destroy_process_group()
 
 
-def test_odc_extraction_and_the_knn_monitor_are_sharded_over_the_ranks_and_agree_with_one_process(tmp_path):
-    """Before: every rank embedded the whole training set for ODC's k-means (only rank 0's was used), and
-    the kNN monitor ran on rank 0 alone while the others waited in a collective (an ImageNet bank outlasts
-    the 600 s timeout). Now each rank embeds its shard (with rank 0's weights / BatchNorm statistics) and
-    the shards are gathered in order; the results equal what one process computes."""
+def _launch_two_ranks(worker: str, arg: str) -> List[str]:
+    """Run ``tests.test_gpu_readiness.<worker>(arg)`` on 2 gloo ranks as torchrun would; their logs."""
     import os
     import socket
     import subprocess
@@ -468,7 +465,7 @@ def test_odc_extraction_and_the_knn_monitor_are_sharded_over_the_ranks_and_agree
         env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(r), "WORLD_SIZE": "2",
                "LOCAL_RANK": str(r), "OMP_NUM_THREADS": "1",
                "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
-        code = f"from tests.test_gpu_readiness import _sharding_worker; _sharding_worker({str(tmp_path)!r})"
+        code = f"from tests.test_gpu_readiness import {worker}; {worker}({arg!r})"
         procs.append(subprocess.Popen([sys.executable, "-c", code], cwd=root, env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True))
     deadline = time.monotonic() + 180
@@ -479,8 +476,19 @@ def test_odc_extraction_and_the_knn_monitor_are_sharded_over_the_ranks_and_agree
     for p in procs:
         if p.poll() is None:
             p.kill()
-    logs = [p.communicate()[0][-2000:] for p in procs]
-    assert all(p.returncode == 0 for p in procs), logs
+    logs = [p.communicate()[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), [log[-2000:] for log in logs]
+    return logs
+
+
+def test_odc_extraction_and_the_knn_monitor_are_sharded_over_the_ranks_and_agree_with_one_process(tmp_path):
+    """Before: every rank embedded the whole training set for ODC's k-means (only rank 0's was used), and
+    the kNN monitor ran on rank 0 alone while the others waited in a collective (an ImageNet bank outlasts
+    the 600 s timeout). Now each rank embeds its shard (with rank 0's weights / BatchNorm statistics) and
+    the shards are gathered in order; the results equal what one process computes."""
+    import os
+
+    _launch_two_ranks("_sharding_worker", str(tmp_path))
     seen = [torch.load(os.path.join(tmp_path, f"rank{r}.pt"), weights_only=False) for r in range(2)]
     for r in range(2):
         assert seen[r]["gathered"].tolist() == [0, 10, 20, 30, 40, 50, 60]
@@ -513,3 +521,26 @@ def test_the_run_loader_keeps_its_workers_across_epochs_and_gives_the_epoch_load
         assert len(set(pids)) == 1  # one worker process for the three epochs
     finally:
         run.close()
+
+
+MOCO_GLOBAL_8 = ["method.name=mocov2", "method.queue_size=16", "method.bn_splits=2", "method.momentum=0.9",
+                 "train.batch_size=null", "train.global_batch_size=8"]
+
+
+def _resume_worker(run_dir: str) -> None:
+    torch.set_num_threads(1)
+    trainer.train(tiny_config(*MOCO_GLOBAL_8, "train.max_steps=4", "resume=auto", f"output_dir={run_dir}"))
+
+
+def test_a_one_process_moco_run_resumes_on_two_ddp_ranks(tmp_path):
+    """Real DDP (gloo) after one process: rank 1 has no saved RNG stream (a fresh one), the split-BN
+    statistics (C x 2) become plain BN's (C), the schedule continues (same global batch, 4 steps/epoch)."""
+    from ssmix.engine import checkpoint as ckpt
+
+    run = str(tmp_path / "run")
+    trainer.train(tiny_config(*MOCO_GLOBAL_8, "train.max_steps=2", f"output_dir={run}"))
+    logs = _launch_two_ranks("_resume_worker", run)
+    state = ckpt.load_checkpoint(ckpt.latest_checkpoint(run))
+    assert state["step"] == 4 and state["world_size"] == 2 and len(state["rng"]) == 2
+    assert state["model"]["method.backbone.bn1.running_mean"].numel() == 64  # plain BN under DDP
+    assert "BatchNorm statistics converted" in logs[0] and "was written by 1 process(es), this run has 2" in logs[0]
