@@ -347,7 +347,8 @@ def test_faiss_kmeans_clusters_on_this_processs_own_gpu_only(monkeypatch):
         raise AssertionError("index_cpu_to_all_gpus: every GPU of the node")
 
     fake = types.SimpleNamespace(
-        **{name: getattr(faiss, name) for name in ("Clustering", "IndexFlatL2", "copy_array_to_vector", "Kmeans")},
+        **{name: getattr(faiss, name) for name in ("Clustering", "IndexFlatL2", "copy_array_to_vector",
+                                                   "Kmeans")},
         get_num_gpus=lambda: 4, StandardGpuResources=object, index_cpu_to_all_gpus=all_gpus,
         GpuIndexFlatConfig=types.SimpleNamespace,
         GpuIndexFlatL2=lambda res, d, config: devices.append(config.device) or faiss.IndexFlatL2(d))
@@ -370,7 +371,8 @@ def test_faiss_kmeans_gives_what_faiss_kmeans_gave():
     old = faiss.Kmeans(16, 8, niter=10, seed=0, max_points_per_centroid=10**7, gpu=False, verbose=False)
     points = np.ascontiguousarray(x.numpy(), dtype=np.float32)
     old.train(points, init_centroids=np.ascontiguousarray(seeds.numpy(), dtype=np.float32))
-    assert torch.equal(km._lloyd_faiss(faiss, x, seeds, 10, 0), torch.from_numpy(old.index.search(points, 1)[1][:, 0]))
+    expected = torch.from_numpy(old.index.search(points, 1)[1][:, 0])
+    assert torch.equal(km._lloyd_faiss(faiss, x, seeds, 10, 0), expected)
 
 
 # -- likely items: a transient fp16 overflow is the GradScaler's skipped step, not a fault ------------------
@@ -462,8 +464,8 @@ def _launch_two_ranks(worker: str, arg: str) -> List[str]:
         port = s.getsockname()[1]
     procs = []
     for r in range(2):
-        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(r), "WORLD_SIZE": "2",
-               "LOCAL_RANK": str(r), "OMP_NUM_THREADS": "1",
+        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(r),
+               "WORLD_SIZE": "2", "LOCAL_RANK": str(r), "OMP_NUM_THREADS": "1",
                "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
         code = f"from tests.test_gpu_readiness import {worker}; {worker}({arg!r})"
         procs.append(subprocess.Popen([sys.executable, "-c", code], cwd=root, env=env, stdout=subprocess.PIPE,
@@ -543,4 +545,5 @@ def test_a_one_process_moco_run_resumes_on_two_ddp_ranks(tmp_path):
     state = ckpt.load_checkpoint(ckpt.latest_checkpoint(run))
     assert state["step"] == 4 and state["world_size"] == 2 and len(state["rng"]) == 2
     assert state["model"]["method.backbone.bn1.running_mean"].numel() == 64  # plain BN under DDP
-    assert "BatchNorm statistics converted" in logs[0] and "was written by 1 process(es), this run has 2" in logs[0]
+    assert "BatchNorm statistics converted" in logs[0]
+    assert "was written by 1 process(es), this run has 2" in logs[0]
