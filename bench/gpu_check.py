@@ -63,7 +63,8 @@ def guarded(check: str, fn: Callable[[], List[Row]], setting: str = "-") -> List
     try:
         return fn()
     except ImportError as exc:
-        return [_skip(check, setting, f"{exc.name or exc} is not installed")]
+        package = (exc.name or str(exc)).split(".")[0]
+        return [_skip(check, setting, f"{package} is not installed")]
     except Exception as exc:  # noqa: BLE001 - the table reports it and the script exits 1
         return [Row(check, setting, f"FAILED: {type(exc).__name__}: {' '.join(str(exc).split())[:160]}")]
 
