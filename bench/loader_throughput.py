@@ -51,7 +51,8 @@ def loader_rate(root: str, size: int, batch: int, workers: int, batches: int, pi
 
     info = dataset_info("folder")
     base = build_dataset("folder", root, "train")
-    dataset = MultiViewDataset(base, build_view_transform(AugConfig(), size, info.mean, info.std))
+    # uint8 views when pinned for CUDA, as the trainer loads them there (normalised on the GPU)
+    dataset = MultiViewDataset(base, build_view_transform(AugConfig(), size, info.mean, info.std, uint8=pin))
     batches = min(batches, len(base) // batch - 1)
     if batches < 1:
         raise ValueError(f"loader_rate: {len(base)} images give no timed batch of {batch}")

@@ -547,3 +547,31 @@ def test_a_one_process_moco_run_resumes_on_two_ddp_ranks(tmp_path):
     assert state["model"]["method.backbone.bn1.running_mean"].numel() == 64  # plain BN under DDP
     assert "BatchNorm statistics converted" in logs[0]
     assert "was written by 1 process(es), this run has 2" in logs[0]
+
+
+# -- likely items: uint8 views, normalised on the device -----------------------------------------------------
+@pytest.mark.parametrize("kind", ["mocov2", "simclr", "byol", "simsiam", "swav"])
+def test_uint8_views_normalised_on_the_device_equal_the_float_views(kind):
+    """On CUDA the loader hands over uint8 views (4x fewer pinned bytes and host-to-device traffic) and the
+    trainer applies ToTensor + Normalize on the GPU: the same float operations, so the same values."""
+    import random
+
+    import numpy as np
+    from PIL import Image
+
+    from ssmix.config import AugConfig
+    from ssmix.data.transforms import DeviceNormalize, build_view_transform
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8))
+    mean, std = (0.4, 0.45, 0.5), (0.2, 0.25, 0.3)
+    outs = []
+    for uint8 in (False, True):
+        random.seed(1)
+        np.random.seed(1)
+        torch.manual_seed(1)
+        outs.append(build_view_transform(AugConfig(kind=kind), 32, mean, std, uint8=uint8)(image))
+    assert all(v.dtype == torch.uint8 for v in outs[1]) and len(outs[0]) == len(outs[1])
+    normalize = DeviceNormalize(mean, std)
+    views, _, _ = trainer.batch_to_device([v[None] for v in outs[1]], torch.zeros(1), torch.zeros(1), "cpu",
+                                          torch.contiguous_format, normalize)
+    assert all(torch.equal(f[None], n) for f, n in zip(outs[0], views))
