@@ -205,7 +205,8 @@ def _train(cfg: Config, stack: contextlib.ExitStack, stop: StopRequest) -> Dict[
                          num_samples=dc.num_samples, num_classes=info.num_classes, seed=cfg.seed)
     # On CUDA the loader hands over uint8 views, normalised on the GPU (the same values, 4x fewer bytes).
     normalize = DeviceNormalize(info.mean, info.std) if device.startswith("cuda") else None
-    views_tf = build_view_transform(dc.aug, dc.image_size, info.mean, info.std, uint8=normalize is not None)
+    uint8 = {"uint8": True} if normalize is not None else {}
+    views_tf = build_view_transform(dc.aug, dc.image_size, info.mean, info.std, **uint8)
     dataset = MultiViewDataset(base, views_tf, cfg.seed)
     spe = steps_per_epoch(len(dataset), batch, world)
     if spe == 0:
