@@ -12,7 +12,7 @@ EXTRAS ?= cpu,test
 # Speed benchmarks (ratios against a reference in the same process; minutes each on 2 CPU cores).
 SPEED_BENCH := pretrain_throughput mix_overhead linear_eval_speed kmeans_speed ddp_overhead
 
-.PHONY: setup demo test bench learning bench-gpu clean
+.PHONY: setup demo test bench learning gpu-setup gpu-check bench-gpu clean
 
 setup: $(VENV)/.installed
 
@@ -36,13 +36,23 @@ bench: setup
 learning: setup
 	$(BIN)/python bench/learning.py
 
-# On a CUDA machine: the `cuda`-marked tests (AMP, channels_last, faiss GPU, NCCL), then images/s of
-# MoCo v2 and MoCo v2 + SAMix-C beside the torch + lightly reference and the data loader's own rate.
-# For faiss with GPU support, set the venv up with `make setup EXTRAS=gpu,test` on a fresh clone.
-bench-gpu: setup
-	$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'bench-gpu: no CUDA device')"
-	$(BIN)/python -m pytest -q -rs -m cuda tests
-	$(BIN)/python bench/gpu_throughput.py
+# On a CUDA machine, in a venv of its own (.venv-gpu: faiss-gpu, not the cpu extra the default venv has;
+# one `faiss` module can be installed at a time):
+#   gpu-check  one table in under 8 minutes, nothing downloaded (bench/gpu_check.py)
+#   bench-gpu  the `cuda`-marked tests, then images/s beside the torch + lightly reference
+GPU_VENV ?= .venv-gpu
+GPU_BIN := $(GPU_VENV)/bin
+
+gpu-setup:
+	$(MAKE) setup VENV=$(GPU_VENV) EXTRAS=gpu,test
+
+gpu-check: gpu-setup
+	$(GPU_BIN)/python bench/gpu_check.py
+
+bench-gpu: gpu-setup
+	$(GPU_BIN)/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device')"
+	$(GPU_BIN)/python -m pytest -q -rs -m cuda tests
+	$(GPU_BIN)/python bench/gpu_throughput.py
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(GPU_VENV) runs

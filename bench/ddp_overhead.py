@@ -105,14 +105,10 @@ def timed(step: StepFn, batches, first: int, steps: int, device: str) -> float:
 
 
 def rank_main(args) -> None:
-    from ssmix.engine.ddp import init_distributed
+    from ssmix.engine.ddp import setup_process
 
     torch.set_num_threads(args.threads)
-    device = "cuda" if args.backend == "nccl" else "cpu"
-    rank, world, local_rank = init_distributed(device)
-    if device == "cuda":
-        device = f"cuda:{local_rank}"
-        torch.cuda.set_device(local_rank)
+    device, rank, world, _ = setup_process("cuda" if args.backend == "nccl" else "cpu")  # GPU bound first
     kinds = ["manual", "ddp", "ddp_static"]
     total_steps = len(kinds) * (args.warmup + args.rounds * args.steps) + 1
     steps = {kind: make_step(kind, args, device, total_steps) for kind in kinds}

@@ -27,7 +27,7 @@ import statistics
 import sys
 import time
 from types import SimpleNamespace
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -40,29 +40,30 @@ QUEUE = 16384
 ODC_SAMPLES = 20000
 
 
-def ssmix_step(arch: str, size: int, batch: int, mix: List[str], total_steps: int, device: str) -> Callable:
-    """The body of ``trainer.train``'s loop (no data loading, no logging)."""
+def ssmix_step(arch: str, size: int, batch: int, mix: List[str], total_steps: int, device: str,
+               amp: str = "auto", odc_samples: int = ODC_SAMPLES, queue: int = QUEUE) -> Callable:
+    """The body of ``trainer.train``'s loop (no data loading, no logging); ``amp`` is ``train.amp``."""
     from ssmix.config import load_config
     from ssmix.engine.pretrainer import Pretrainer
     from ssmix.engine.trainer import autocast_dtype, build_optimizer, memory_format_for, set_learning_rates
 
     cfg = load_config(None, [f"device={device}", "method.name=mocov2", f"model.arch={arch}", f"data.image_size={size}",
-                             f"train.batch_size={batch}", f"method.queue_size={QUEUE}", *mix])
+                             f"train.batch_size={batch}", f"method.queue_size={queue}", f"train.amp={amp}", *mix])
     memory_format = memory_format_for(cfg, device)
-    amp = autocast_dtype(cfg.train.amp, device)
-    model = Pretrainer(cfg, ODC_SAMPLES, 0).to(device).to(memory_format=memory_format).train()
+    dtype = autocast_dtype(cfg.train.amp, device)
+    model = Pretrainer(cfg, odc_samples, 0).to(device).to(memory_format=memory_format).train()
     g = torch.Generator().manual_seed(0)
-    model.on_train_start(lambda: (torch.randn(ODC_SAMPLES, model.method.embed_dim, generator=g),
-                                  torch.zeros(ODC_SAMPLES, dtype=torch.long)))
+    model.on_train_start(lambda: (torch.randn(odc_samples, model.method.embed_dim, generator=g),
+                                  torch.zeros(odc_samples, dtype=torch.long)))
     optimizer = build_optimizer(model.param_groups(), cfg, steps_per_ep=total_steps)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     labels = torch.zeros(batch, dtype=torch.long, device=device)
 
     def step(views: List[Tensor], i: int) -> None:
         views = [v.contiguous(memory_format=memory_format) for v in views]
-        index = torch.randint(0, ODC_SAMPLES, (batch,), device=device)
+        index = torch.randint(0, odc_samples, (batch,), device=device)
         set_learning_rates(optimizer, i, total_steps)
-        with torch.autocast(device, dtype=amp or torch.float32, enabled=amp is not None):
+        with torch.autocast(device.split(":")[0], dtype=dtype or torch.float32, enabled=dtype is not None):
             losses, _ = model(views, labels, index, i, total_steps)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(sum(losses.values())).backward()
@@ -72,13 +73,15 @@ def ssmix_step(arch: str, size: int, batch: int, mix: List[str], total_steps: in
     return step
 
 
-def reference(arch: str, size: int, batch: int, total_steps: int, device: str) -> Callable:
-    """The same MoCo v2 (shuffle-BN emulated by 8 BN splits, as ssmix's default ``method.bn_splits``)."""
+def reference(arch: str, size: int, batch: int, total_steps: int, device: str,
+              amp: Optional[torch.dtype] = torch.bfloat16, queue: int = QUEUE) -> Callable:
+    """The same MoCo v2 (shuffle-BN emulated by 8 BN splits, as ssmix's default ``method.bn_splits``);
+    ``amp``: the autocast dtype on CUDA (fp32 elsewhere, as the engine)."""
     from pretrain_throughput import reference_step
 
-    args = SimpleNamespace(arch=arch, bn_splits=8, temperature=0.2, queue=QUEUE)
-    on_cuda = device == "cuda"
-    return reference_step(args, total_steps, device=device, amp=torch.bfloat16 if on_cuda else None,
+    args = SimpleNamespace(arch=arch, bn_splits=8, temperature=0.2, queue=queue)
+    on_cuda = device.startswith("cuda")
+    return reference_step(args, total_steps, device=device, amp=amp if on_cuda else None,
                           memory_format=torch.channels_last if on_cuda else torch.contiguous_format)
 
 

@@ -74,17 +74,30 @@ def ssmix_step(args, total_steps: int) -> StepFn:
     return step
 
 
+def lightly_split_bn(channels: int, splits: int, memory_format: torch.memory_format) -> nn.Module:
+    """lightly's ``SplitBatchNorm`` as a user must run it under channels_last: its forward ``view``s the
+    input as NCHW (a channels_last tensor raises "view size is not compatible"), so the input is made
+    NCHW-contiguous first and the output put back in ``memory_format`` (two copies per layer)."""
+    from lightly.models.batchnorm import SplitBatchNorm
+
+    bn = SplitBatchNorm(channels, splits)
+    if memory_format == torch.channels_last:
+        bn.register_forward_pre_hook(lambda module, args: (args[0].contiguous(),))
+        bn.register_forward_hook(lambda module, args, out: out.contiguous(memory_format=memory_format))
+    return bn
+
+
 class ReferenceMoCo(nn.Module):
     """The textbook lightly MoCo v2 model: online and momentum ResNet + MoCo projection heads."""
 
-    def __init__(self, arch: str, bn_splits: int, out_dim: int = 128) -> None:
+    def __init__(self, arch: str, bn_splits: int, out_dim: int = 128,
+                 memory_format: torch.memory_format = torch.contiguous_format) -> None:
         super().__init__()
         import torchvision
-        from lightly.models.batchnorm import SplitBatchNorm
         from lightly.models.modules import MoCoProjectionHead
         from lightly.models.utils import deactivate_requires_grad
 
-        norm = nn.BatchNorm2d if bn_splits <= 1 else (lambda c: SplitBatchNorm(c, bn_splits))
+        norm = nn.BatchNorm2d if bn_splits <= 1 else (lambda c: lightly_split_bn(c, bn_splits, memory_format))
         self.backbone = getattr(torchvision.models, arch)(weights=None, norm_layer=norm)
         width = self.backbone.fc.in_features
         self.backbone.fc = nn.Identity()
@@ -102,24 +115,28 @@ def reference_step(args, total_steps: int, device: str = "cpu", amp: Optional[to
     from lightly.models.utils import batch_shuffle, batch_unshuffle, update_momentum
     from lightly.utils.scheduler import cosine_schedule
 
-    model = ReferenceMoCo(args.arch, args.bn_splits).to(device, memory_format=memory_format).train()
+    model = ReferenceMoCo(args.arch, args.bn_splits, memory_format=memory_format)
+    model = model.to(device, memory_format=memory_format).train()
     criterion = NTXentLoss(temperature=args.temperature, memory_bank_size=(args.queue, 128)).to(device)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.03, momentum=0.9,
                                 weight_decay=1e-4)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)  # fp16 with loss scaling, as ssmix
 
     def step(views: List[Tensor], i: int) -> float:
         for g in optimizer.param_groups:
             g["lr"] = cosine_schedule(i, total_steps, 0.03, 0.0)
         update_momentum(model.backbone, model.backbone_m, 0.999)
         update_momentum(model.head, model.head_m, 0.999)
+        views = [v.contiguous(memory_format=memory_format) for v in views]  # as the engine feeds its model
         with torch.autocast(device.split(":")[0], dtype=amp or torch.float32, enabled=amp is not None):
             query = model.head(model.backbone(views[0]))
             with torch.no_grad():
                 x_key, shuffle = batch_shuffle(views[1])
                 key = batch_unshuffle(model.head_m(model.backbone_m(x_key)), shuffle)
             loss = criterion(query, key)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 

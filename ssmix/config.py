@@ -91,9 +91,14 @@ class ModelConfig:
 class TrainConfig:
     epochs: int = 200
     max_steps: Optional[int] = None  # stop early; the schedule still follows `epochs`
-    batch_size: int = 256
+    # The batch, one of two keys (the other null): batch_size per process (torchrun: per GPU; the global
+    # batch is world size x batch_size) or global_batch_size over all processes (each gets global / world).
+    batch_size: Optional[int] = 256
+    global_batch_size: Optional[int] = None
     optimizer: str = "sgd"  # sgd | lars
     lr: float = 0.03
+    # null: train.lr as given; N: the linear rule lr = train.lr x global batch / N (SimCLR, BYOL: N = 256)
+    lr_reference_batch: Optional[int] = None
     momentum: float = 0.9
     weight_decay: float = 1e-4
     warmup_epochs: float = 0.0
@@ -402,7 +407,9 @@ def validate(cfg: Config) -> Config:
     d, t = cfg.data, cfg.train
     check_ranges({"data.image_size": d.image_size, "data.num_samples": d.num_samples,
                   "data.num_classes": d.num_classes, "train.epochs": t.epochs, "train.max_steps": t.max_steps,
-                  "train.batch_size": t.batch_size, "train.lr": t.lr, "train.log_every": t.log_every,
+                  "train.batch_size": t.batch_size, "train.global_batch_size": t.global_batch_size,
+                  "train.lr_reference_batch": t.lr_reference_batch, "train.lr": t.lr,
+                  "train.log_every": t.log_every,
                   "train.ckpt_every": t.ckpt_every, "train.grad_clip": t.grad_clip}, ">0")
     check_ranges({"data.num_workers": d.num_workers, "data.subset": d.subset, "train.momentum": t.momentum,
                   "train.weight_decay": t.weight_decay, "train.warmup_epochs": t.warmup_epochs,
@@ -410,9 +417,36 @@ def validate(cfg: Config) -> Config:
                   "train.vis_every": t.vis_every, "data.aug.rotation_prob": d.aug.rotation_prob,
                   "data.aug.rotation_degrees": d.aug.rotation_degrees}, ">=0")
     check_ranges({"train.keep_ckpts": t.keep_ckpts}, ">=1")
+    check_batch_keys(t)
     if not cfg.output_dir:
         raise ConfigError("output_dir: must not be empty")
     return cfg
+
+
+def check_batch_keys(t: TrainConfig) -> None:
+    """Exactly one of ``train.batch_size`` (per process) and ``train.global_batch_size`` is set."""
+    if t.batch_size is not None and t.global_batch_size is not None:
+        raise ConfigError(f"train.global_batch_size={t.global_batch_size} and train.batch_size={t.batch_size} "
+                          "are both set: set train.batch_size=null to give the global batch, or "
+                          "train.global_batch_size=null to give the batch per process")
+    if t.batch_size is None and t.global_batch_size is None:
+        raise ConfigError("train.batch_size: null needs train.global_batch_size (the batch over all "
+                          "processes)")
+
+
+def per_process_batch(t: TrainConfig, world: int) -> int:
+    """The batch of each of ``world`` processes: ``train.batch_size`` or ``train.global_batch_size / world``."""
+    if t.global_batch_size is None:
+        return t.batch_size
+    if t.global_batch_size % world:
+        raise ConfigError(f"train.global_batch_size={t.global_batch_size} does not divide over {world} "
+                          f"processes: use a multiple of {world}, or a number of processes that divides it")
+    return t.global_batch_size // world
+
+
+def scaled_lr(t: TrainConfig, global_batch: int) -> float:
+    """``train.lr``, or with ``train.lr_reference_batch`` the linear rule lr x global batch / reference."""
+    return t.lr if t.lr_reference_batch is None else t.lr * global_batch / t.lr_reference_batch
 
 
 def check_runnable(path: str) -> None:

@@ -21,6 +21,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from ssmix.transfer import to_device
+
 
 @dataclass
 class MethodOutput:
@@ -129,7 +131,7 @@ class MixContext:
     labels: Optional[Tensor] = None  # (N,) cluster / class labels of the batch, -1 = unknown
     num_classes: int = 0  # number of label values (clusters) when labels are given
     class_weights: Optional[Tensor] = None  # (num_classes,) loss re-weights (ODC, docs/algorithm.md §5.4)
-    index: Optional[Tensor] = None  # (N,) dataset indices
+    index: Optional[Tensor] = None  # (N,) dataset indices (in host memory with an ODC memory)
     step: int = 0
     total_steps: int = 1
     metrics: Dict[str, Tensor | float] = field(default_factory=dict)  # what a mixer reports about this step
@@ -145,7 +147,7 @@ def derangement(n: int, device: torch.device | str = "cpu") -> Tensor:
     perm = torch.randperm(n)
     while bool((perm == rows).any()):
         perm = torch.randperm(n)
-    return perm.to(device)
+    return to_device(perm, device)  # drawn on the host (resumable RNG), copied without a sync
 
 
 def sample_beta(alpha: float) -> float:

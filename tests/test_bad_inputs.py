@@ -64,7 +64,8 @@ CASES = {
     "image_size=0": (P("data.image_size=0"), ["data.image_size: expected a positive number"]),
     "device=tpu": (P("device=tpu"), ["device: invalid value 'tpu'", "cuda:N"]),
     "unknown key": (P("train.lrr=1"), ["unknown key 'train.lrr'", "did you mean 'train.lr'"]),
-    "batch>dataset": (P("train.batch_size=64"), ["larger than the dataset", "lower train.batch_size"]),
+    "batch>dataset": (P("train.batch_size=64", "method.queue_size=64"), ["larger than the dataset",
+                                                                    "lower train.batch_size"]),
     "unknown split": (P("data.split=bogus"), ["unknown split 'bogus'", "data.split"]),
     # pretrain: files and directories
     "_base_ fragment": (("pretrain", [FRAGMENT, "device=cpu"]), ["_base_ fragment", "not a runnable config"]),

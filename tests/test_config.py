@@ -72,7 +72,7 @@ def test_override_values_are_parsed_as_yaml_scalars():
 @pytest.mark.parametrize("path", ALL_CONFIGS, ids=lambda p: os.path.relpath(p, ROOT))
 def test_every_shipped_config_is_valid(path):
     cfg = load_config(path)
-    assert cfg.train.batch_size > 0 and cfg.output_dir
+    assert (cfg.train.batch_size or cfg.train.global_batch_size) > 0 and cfg.output_dir
 
 
 def _cli(*args):

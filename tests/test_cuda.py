@@ -117,3 +117,42 @@ def test_one_rank_nccl_process_group_and_ddp_step(monkeypatch):
         assert net[0].weight.grad is not None and torch.isfinite(net[0].weight.grad).all()
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("overrides", [["method.name=mocov2", "mix.type=cutmix"],
+                                       ["method.name=simclr", "data.aug.kind=simclr", "train.optimizer=lars"]])
+def test_a_training_step_never_synchronizes_with_the_host(overrides):
+    """torch's own sync detector over one bf16 step (forward, backward, optimizer) with the batch copied
+    as the trainer copies it (pinned, non_blocking): no device-to-host read, no blocking copy."""
+    import warnings
+
+    from ssmix.config import load_config
+    from ssmix.engine.optim import build_optimizer
+    from ssmix.engine.pretrainer import Pretrainer
+    from ssmix.engine.trainer import batch_to_device
+
+    extra = SMALL["mocov2"] if "mocov2" in overrides[0] else SMALL["simclr"]
+    cfg = load_config(None, [*TINY, "device=cuda", *overrides, *extra])
+    model = Pretrainer(cfg, 32, 10).cuda().train()
+    optimizer = build_optimizer(model.param_groups(), cfg, 4)
+
+    def step(i: int) -> None:
+        host = [torch.randn(8, 3, 16, 16).pin_memory() for _ in range(2)]
+        views, labels, index = batch_to_device(host, torch.zeros(8, dtype=torch.long).pin_memory(),
+                                               torch.arange(8).pin_memory(), "cuda", torch.contiguous_format)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            losses, _ = model(views, labels, index, i, 10)
+        optimizer.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        optimizer.step()
+
+    step(0)  # first-call work (allocator, cuDNN) outside the check
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step(1)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = [str(w.message) for w in caught if "synchroniz" in str(w.message)]
+    assert syncs == [], syncs

@@ -1,7 +1,8 @@
 """k-means for ODC's initial pseudo-labels (docs/algorithm.md §5.2).
 
 Features are L2-normalised; seeding is k-means++ (ours, torch, seeded); the Lloyd iterations run in
-faiss (GPU when faiss sees one; ``max_points_per_centroid=10**7`` so nothing is subsampled); labels
+faiss (on this process's own GPU when faiss has GPU support; ``max_points_per_centroid=10**7`` so nothing is
+subsampled); labels
 are the nearest centroids. The result never leaves a cluster empty. A small pure-torch Lloyd loop
 replaces faiss only when faiss cannot be imported.
 """
@@ -80,16 +81,36 @@ def _lloyd_torch(x: Tensor, seeds: Tensor, iters: int) -> Tensor:
     return centroids
 
 
+_GPU_RESOURCES: dict = {}  # one faiss StandardGpuResources per device, kept for the process
+
+
+def faiss_flat_index(faiss, d: int):
+    """An exact L2 index on this process's GPU (torch's current device, which the trainer binds to the
+    rank's own) when faiss has GPU support and CUDA is up, else on the CPU. (``faiss.Kmeans(gpu=True)``
+    spreads over every GPU of the node, ``index_cpu_to_all_gpus``: contexts and memory on the other
+    ranks' devices.)"""
+    if getattr(faiss, "get_num_gpus", lambda: 0)() > 0 and torch.cuda.is_available():
+        device = torch.cuda.current_device()
+        if device not in _GPU_RESOURCES:
+            _GPU_RESOURCES[device] = faiss.StandardGpuResources()
+        config = faiss.GpuIndexFlatConfig()
+        config.device = device
+        return faiss.GpuIndexFlatL2(_GPU_RESOURCES[device], d, config)
+    return faiss.IndexFlatL2(d)
+
+
 def _lloyd_faiss(faiss, x: Tensor, seeds: Tensor, iters: int, seed: int) -> Tensor:
-    """faiss Lloyd iterations from ``seeds``; returns faiss's nearest-centroid labels."""
+    """faiss Lloyd iterations from ``seeds`` (``faiss.Clustering``, as ``faiss.Kmeans`` runs it); returns
+    faiss's nearest-centroid labels."""
     k, d = seeds.shape
-    km = faiss.Kmeans(
-        d, k, niter=iters, seed=seed, max_points_per_centroid=10**7,
-        gpu=faiss.get_num_gpus() > 0, verbose=False,
-    )
+    clustering = faiss.Clustering(d, k)
+    clustering.niter, clustering.seed, clustering.verbose = iters, seed, False
+    clustering.max_points_per_centroid = 10**7
+    faiss.copy_array_to_vector(np.ascontiguousarray(seeds.numpy(), dtype=np.float32).ravel(), clustering.centroids)
     points = np.ascontiguousarray(x.numpy(), dtype=np.float32)
-    km.train(points, init_centroids=np.ascontiguousarray(seeds.numpy(), dtype=np.float32))
-    _, nearest = km.index.search(points, 1)
+    index = faiss_flat_index(faiss, d)
+    clustering.train(points, index)  # leaves the final centroids in the index
+    _, nearest = index.search(points, 1)
     return torch.from_numpy(nearest[:, 0].astype(np.int64))
 
 

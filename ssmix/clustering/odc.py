@@ -22,6 +22,7 @@ from torch import Tensor
 from ssmix.clustering.kmeans import kmeans, member_means
 from ssmix.config import ODCConfig
 from ssmix.distributed import all_gather_nograd, broadcast_from_rank0, is_distributed
+from ssmix.transfer import to_device
 
 
 def _check_config(num_samples: int, dim: int, cfg: ODCConfig) -> None:
@@ -102,17 +103,19 @@ class ODCMemory(nn.Module):
         if index.dim() != 1 or index.dtype.is_floating_point:
             raise ValueError(f"ODC index must be a 1-D integer tensor of dataset indices, got {index.dtype} "
                              f"of shape {tuple(index.shape)}")
+        if index.device != self.labels.device or index.dtype != torch.long:
+            index = index.to(self.labels.device, torch.long)  # the range check below then reads host memory
         n = self.labels.shape[0]
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):
             raise IndexError(f"ODC index out of range [0, {n}): the dataset must return its sample index "
                              f"and ODCMemory must be built with num_samples=len(dataset)")
-        return index.to(self.labels.device, torch.long)
+        return index
 
     def labels_of(self, index: Tensor) -> Tensor:
         """Current pseudo-labels of dataset samples ``index`` (read before this step's update,
-        docs/algorithm.md §4.2 item 6), on ``index``'s device."""
+        docs/algorithm.md §4.2 item 6), in host memory (pass a host ``index``: no device sync)."""
         self._check_ready("labels_of")
-        return self.labels[self._check_index(index)].to(index.device)
+        return self.labels[self._check_index(index)]
 
     def counts(self) -> Tensor:
         """(C,) number of samples per cluster."""
@@ -159,10 +162,12 @@ class ODCMemory(nn.Module):
         if features.dim() != 2 or features.shape[1] != self.features.shape[1] or index.shape != features.shape[:1]:
             raise ValueError(f"ODCMemory.update expects index (B,) and features (B, {self.features.shape[1]}), "
                              f"got {tuple(index.shape)} and {tuple(features.shape)}")
-        index = all_gather_nograd(index.to(features.device, torch.long))
-        feats = all_gather_nograd(features.detach().float())
+        feats = features.detach().float()
+        if is_distributed():  # NCCL gathers device tensors; one process keeps the host index as it is
+            index = all_gather_nograd(to_device(index.long(), features.device))
+            feats = all_gather_nograd(feats)
         index = self._check_index(index)
-        feats = F.normalize(feats.to(self.features.device), dim=1)
+        feats = F.normalize(feats.to(self.features.device), dim=1)  # device-to-host: the host memory
 
         old = self.labels[index]
         new = (feats @ self.centroids.T).argmax(1)

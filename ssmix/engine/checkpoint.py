@@ -12,6 +12,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from ssmix.config import ConfigError
 from ssmix.safe_load import UnreadableFileError, UnsafePickleError, safe_torch_load
@@ -179,6 +180,7 @@ def check_resume_config(path: str, saved: Optional[Dict[str, Any]], current: Dic
 
 
 def get_rng_state() -> Dict[str, Any]:
+    """Every random stream of this process; on CUDA the generator of its own (current) GPU only."""
     np_state = np.random.get_state()
     state = {
         "python": random.getstate(),
@@ -186,15 +188,72 @@ def get_rng_state() -> Dict[str, Any]:
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda_current"] = torch.cuda.get_rng_state()
     return state
 
 
 def set_rng_state(state: Dict[str, Any]) -> None:
+    """Restore :func:`get_rng_state`'s streams. An older checkpoint's list of every GPU's generator
+    (``cuda``) is restored for the GPUs this process sees, however many that is."""
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if not torch.cuda.is_available():
+        return
+    if "cuda_current" in state:
+        torch.cuda.set_rng_state(state["cuda_current"])
+    for index, cuda_state in enumerate(state.get("cuda", [])[: torch.cuda.device_count()]):
+        torch.cuda.set_rng_state(cuda_state, index)
+
+
+def rank_rng_state(saved: Any, rank: int) -> Optional[Dict[str, Any]]:
+    """This rank's RNG state of a checkpoint (a list: one per rank of the run that wrote it), or None for
+    a rank that run did not have (resumed on more processes)."""
+    if not isinstance(saved, list):
+        return saved if rank == 0 else None
+    return saved[rank] if rank < len(saved) else None
+
+
+def saved_world_size(state: Dict[str, Any]) -> int:
+    """The number of processes that wrote ``state`` (older checkpoints: the length of their RNG list)."""
+    if "world_size" in state:
+        return int(state["world_size"])
+    return len(state["rng"]) if isinstance(state["rng"], list) else 1
+
+
+def check_world_size(path: str, saved_world: int, world: int, steps_per_epoch: Callable[[int], int]) -> str:
+    """Refuse a resume on another number of processes that changes the steps per epoch (the checkpoint's
+    step would fall elsewhere in the schedule); otherwise the one-line note to print ('' when the same)."""
+    if saved_world == world:
+        return ""
+    before, now = steps_per_epoch(saved_world), steps_per_epoch(world)
+    if before != now:
+        raise CheckpointError(f"resume: {path} was written by {saved_world} process(es) at {before} steps per epoch; "
+                              f"with {world} this config has {now} (train.batch_size is per process): resume with "
+                              f"{saved_world}, or start a new run with train.global_batch_size (batch over all "
+                              "processes) so that the number of processes may change")
+    return (f"resume: {path} was written by {saved_world} process(es), this run has {world}: same global batch and "
+            f"{now} steps per epoch; the rest of the epoch is re-sharded and ranks beyond {saved_world - 1} start "
+            "fresh random streams, so the run is not bit-exact with an uninterrupted one")
+
+
+def convert_split_bn_stats(saved: Dict[str, Tensor], expected: Dict[str, Tensor]) -> Tuple[Dict[str, Tensor], int]:
+    """MoCo's split-BN running statistics between one process (``bn_splits`` x C, the shuffle-BN
+    emulation) and DDP (C, a real shuffle): averaged over the splits, or repeated per split. Returns the
+    converted state and how many tensors changed; every other entry is left as it is."""
+    out, changed = dict(saved), 0
+    for key, value in saved.items():
+        target = expected.get(key)
+        if not key.endswith(("running_mean", "running_var")) or target is None or value.dim() != 1 \
+                or target.dim() != 1 or value.numel() == target.numel():
+            continue
+        if value.numel() % target.numel() == 0:
+            out[key] = value.view(-1, target.numel()).mean(0)
+        elif target.numel() % value.numel() == 0:
+            out[key] = value.repeat(target.numel() // value.numel())
+        else:
+            continue
+        changed += 1
+    return out, changed

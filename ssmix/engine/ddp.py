@@ -31,19 +31,60 @@ TIMEOUT_ENV = "SSMIX_DIST_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 600.0
 
 
-def init_distributed(device: str) -> Tuple[int, int, int]:
-    """Initialise the process group when launched by torchrun; returns (rank, world_size, local_rank).
+def launch_ranks() -> Tuple[int, int, int]:
+    """(rank, world_size, local_rank) as ``torchrun`` sets them in the environment; (0, 1, 0) otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world == 1:
+        return 0, 1, 0
+    return int(os.environ.get("RANK", 0)), world, int(os.environ.get("LOCAL_RANK", 0))
+
+
+def bind_device(device: str, local_rank: int, world: int) -> str:
+    """Make this process's GPU torch's current device and return its name (``cuda:<i>``); other devices
+    are returned as they are. ``cuda`` is ``cuda:<local_rank>``; ``cuda:N`` is GPU N on one process only
+    (under ``torchrun`` every rank would take GPU N). Must run before the process group starts and
+    before anything broadcasts: NCCL puts a collective on the current device (``cuda:0`` by default)."""
+    if not device.startswith("cuda"):
+        return device
+    from ssmix.config import ConfigError
+
+    if device != "cuda" and world > 1:
+        raise ConfigError(f"device: '{device}' with {world} processes would put every rank on that GPU; use "
+                          "device=cuda (rank i takes cuda:$LOCAL_RANK) and pick GPUs with CUDA_VISIBLE_DEVICES")
+    index = local_rank if device == "cuda" else int(device.split(":")[1])
+    count = torch.cuda.device_count()
+    if index >= count:
+        what = f"LOCAL_RANK={local_rank}" if device == "cuda" else f"device: '{device}'"
+        raise ConfigError(f"{what}: only {count} GPU(s) visible; start at most {count} process(es) per node "
+                          "(torchrun --nproc_per_node) or check CUDA_VISIBLE_DEVICES")
+    torch.cuda.set_device(index)
+    return f"cuda:{index}"
+
+
+def setup_process(device: str) -> Tuple[str, int, int, int]:
+    """(device, rank, world_size, local_rank) of this process: the device bound first
+    (:func:`bind_device`), then the process group initialised when launched by torchrun.
 
     The group's timeout (``$SSMIX_DIST_TIMEOUT_S``, default 600 s) bounds how long the surviving ranks
     wait in a collective for a rank that failed: they then fail too, so the whole job ends non-zero.
     """
-    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
-        return 0, 1, 0
+    rank, world, local_rank = launch_ranks()
+    device = bind_device(device, local_rank, world)
+    if world == 1:
+        return device, 0, 1, 0
     if not dist.is_initialized():
         backend = "nccl" if device.startswith("cuda") else "gloo"
         timeout = datetime.timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)))
-        dist.init_process_group(backend=backend, timeout=timeout)
-    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
+        extra = {}
+        if backend == "nccl" and "device_id" in inspect.signature(dist.init_process_group).parameters:
+            extra["device_id"] = torch.device(device)
+        dist.init_process_group(backend=backend, timeout=timeout, **extra)
+    return device, dist.get_rank(), dist.get_world_size(), local_rank
+
+
+def init_distributed(device: str) -> Tuple[int, int, int]:
+    """:func:`setup_process` without the device name: (rank, world_size, local_rank)."""
+    return setup_process(device)[1:]
 
 
 # -------------------------------------------------------------------------------------------- SyncBN

@@ -4,7 +4,11 @@
 and its loss terms. The trainer reads them (one sync) every ``log_every`` steps and before each save;
 :func:`check_state` also checks every floating tensor of the state to be saved (BatchNorm statistics
 included). Failures raise :class:`NonFiniteError` naming the step, the loss terms and the last good
-checkpoint."""
+checkpoint.
+
+Under fp16 the GradScaler skips a step whose gradients overflowed and lowers its scale; a transient
+non-finite loss is then a skipped step, not a fault (``skippable``): only :data:`MAX_CONSECUTIVE_SKIPS`
+of them in a row stop the run."""
 from __future__ import annotations
 
 from typing import Dict, List, Mapping, Optional
@@ -23,13 +27,22 @@ def _last_good(checkpoint: Optional[str]) -> str:
     return f"last good checkpoint: {checkpoint} (resume=PATH from it with a lower train.lr or train.amp=off)"
 
 
-class FiniteGuard:
-    """Accumulates loss finiteness on the loss's device; :meth:`check` is the only read."""
+MAX_CONSECUTIVE_SKIPS = 20  # fp16: the GradScaler halves its scale at each; 20 in a row is divergence
 
-    def __init__(self) -> None:
-        self.bad: Optional[Tensor] = None  # bool, any non-finite total loss so far
+
+class FiniteGuard:
+    """Accumulates loss finiteness on the loss's device; :meth:`check` is the only read.
+
+    ``skippable`` (fp16 with a GradScaler): a non-finite loss counts as a skipped step (``skipped``); a
+    fault only after :data:`MAX_CONSECUTIVE_SKIPS` consecutive ones."""
+
+    def __init__(self, skippable: bool = False) -> None:
+        self.skippable = skippable
+        self.bad: Optional[Tensor] = None  # bool, any non-finite total loss so far (that is a fault)
         self.first: Optional[Tensor] = None  # int64, the 1-based step of the first one (-1: none)
         self.terms: Dict[str, Tensor] = {}  # loss term values at that step
+        self.skipped: Optional[Tensor] = None  # int64, steps the GradScaler skipped (skippable only)
+        self.run: Optional[Tensor] = None  # int64, consecutive non-finite steps up to now
 
     def observe(self, losses: Mapping[str, Tensor], total: Tensor, step: int) -> None:
         """Record step ``step`` (1-based, as in checkpoints and metrics.jsonl); no host sync."""
@@ -37,6 +50,12 @@ class FiniteGuard:
         if self.bad is None:
             self.bad = torch.zeros((), dtype=torch.bool, device=total.device)
             self.first = torch.full((), -1, dtype=torch.int64, device=total.device)
+            self.skipped = torch.zeros((), dtype=torch.int64, device=total.device)
+            self.run = torch.zeros((), dtype=torch.int64, device=total.device)
+        if self.skippable:
+            self.run = torch.where(nonfinite, self.run + 1, torch.zeros_like(self.run))
+            self.skipped = self.skipped + nonfinite.long()
+            nonfinite = self.run >= MAX_CONSECUTIVE_SKIPS
         new = nonfinite & ~self.bad
         self.first = torch.where(new, torch.full_like(self.first, step), self.first)
         for name, value in losses.items():
@@ -50,8 +69,14 @@ class FiniteGuard:
         if self.bad is None or not bool(self.bad):
             return
         terms = ", ".join(f"{k}={float(v):.4g}" for k, v in self.terms.items())
-        raise NonFiniteError(f"training diverged: non-finite loss at step {int(self.first)} ({terms}); nothing "
+        what = (f"the fp16 loss was non-finite for {MAX_CONSECUTIVE_SKIPS} steps in a row (each skipped by the "
+                "GradScaler) up to" if self.skippable else "non-finite loss at")
+        raise NonFiniteError(f"training diverged: {what} step {int(self.first)} ({terms}); nothing "
                              f"after it was saved; {_last_good(last_checkpoint)}")
+
+    def metrics(self) -> Dict[str, Tensor]:
+        """``amp_skipped_steps`` (a device tensor, read with the logging row) when steps may be skipped."""
+        return {"amp_skipped_steps": self.skipped} if self.skippable and self.skipped is not None else {}
 
 
 def nonfinite_tensors(state: Mapping[str, Tensor]) -> List[str]:

@@ -29,6 +29,7 @@ from ssmix.methods import Method, build_method
 from ssmix.mixers import build_mixer
 from ssmix.mixers.base import mask_statistics
 from ssmix.mixup import MethodOutput, MixContext, MixedBatch, Pairing
+from ssmix.transfer import to_device
 
 
 class Mixing(nn.Module):
@@ -66,11 +67,16 @@ class Mixing(nn.Module):
         if not self.mixer.needs_labels:
             return None, 0, None
         if self.odc is None:
-            if bool((labels < 0).any()):
+            if bool((labels < 0).any()):  # a host sync on a GPU (labels=dataset is for tests and oracle runs)
                 raise ValueError("mix.labels=dataset needs a labelled split; this batch has unlabelled images")
             return labels, self.num_classes, None
-        lab = self.odc.labels_of(index.to(self.odc.labels.device)).to(labels.device)
-        return lab, self.odc.cfg.num_clusters, self.odc.class_weights().to(labels.device)
+        lab = to_device(self.odc.labels_of(index), labels.device)  # ``index`` is in host memory (see host_index)
+        return lab, self.odc.cfg.num_clusters, to_device(self.odc.class_weights(), labels.device)
+
+    def host_index(self, index: Tensor) -> Tensor:
+        """``index`` where the ODC memory lives (host memory): one device-to-host copy per step, shared by
+        the label read and the memory update; ``index`` itself without an ODC memory."""
+        return index if self.odc is None else index.to(self.odc.labels.device)
 
     def context(self, method: Method, views: List[Tensor], pairing: Pairing, out: MethodOutput, labels: Tensor,
                 index: Tensor, step: int, total_steps: int) -> MixContext:
@@ -121,7 +127,8 @@ class Pretrainer(nn.Module):
             mixer = mixing.mixer
             # 2. mix: partners, lambda, mixed inputs
             pairing = Pairing.draw(views[0].shape[0], mixing.cfg.cross_view, views[0].device)
-            ctx = mixing.context(method, views, pairing, out, labels, index, step, total_steps)
+            host_index = mixing.host_index(index)
+            ctx = mixing.context(method, views, pairing, out, labels, host_index, step, total_steps)
             inputs = mixer(*pairing.sources(views), mixer.sample_lambda(), ctx)
             mixed = MixedBatch(inputs, pairing)
 
@@ -136,7 +143,7 @@ class Pretrainer(nn.Module):
 
             # 4. update the pseudo-labels, after this step read them (docs/algorithm.md §4.2 item 6)
             if mixing.odc is not None:
-                metrics.update(mixing.odc.update(index.to(mixing.odc.labels.device), out.keys[0], step))
+                metrics.update(mixing.odc.update(host_index, out.keys[0], step))
 
         # 4. (cont.) enqueue the keys, once per step
         method.on_step_end(out)

@@ -8,7 +8,7 @@ import os
 import random
 import sys
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -16,13 +16,13 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ssmix.config import Config, ConfigError, config_to_dict, dump_config
+from ssmix.config import Config, ConfigError, config_to_dict, dump_config, per_process_batch, scaled_lr
 from ssmix.data.datasets import build_dataset, data_info
-from ssmix.data.loader import MultiViewDataset, epoch_loader, steps_per_epoch
-from ssmix.data.transforms import build_eval_transform, build_view_transform
-from ssmix.distributed import barrier
+from ssmix.data.loader import MultiViewDataset, RunLoader, steps_per_epoch
+from ssmix.data.transforms import DeviceNormalize, build_eval_transform, build_view_transform
+from ssmix.distributed import barrier, broadcast_module_, gather_shards, shard
 from ssmix.engine import checkpoint as ckpt
-from ssmix.engine.ddp import init_distributed, wrap_for_training
+from ssmix.engine.ddp import setup_process, wrap_for_training
 from ssmix.engine.finite import FiniteGuard, check_state
 from ssmix.engine.health import HealthMonitor
 from ssmix.engine.optim import build_optimizer, set_learning_rates
@@ -108,13 +108,16 @@ class MetricsLogger:
                 self.tb.close()
 
 
-def _extract_fn(model: Pretrainer, dataset, cfg: Config, device: str, info) -> Any:
-    """Embeddings of the whole training set through the target branch (ODC's initial k-means)."""
+def _extract_fn(model: Pretrainer, dataset, cfg: Config, device: str, info, batch: int) -> Any:
+    """Embeddings of the whole training set through the target branch (ODC's initial k-means). Under
+    DDP each rank embeds its shard with rank 0's weights (broadcast first: DDP's own broadcast comes
+    later, at the wrap) and the shards are gathered."""
 
     def extract() -> Tuple[Tensor, Tensor]:
+        broadcast_module_(model.method)
         tf = build_eval_transform(cfg.data.image_size, info.mean, info.std)
-        loader = DataLoader(_Transformed(dataset, tf), batch_size=max(cfg.train.batch_size, 64),
-                            num_workers=cfg.data.num_workers)
+        part = torch.utils.data.Subset(_Transformed(dataset, tf), shard(len(dataset)))
+        loader = DataLoader(part, batch_size=max(batch, 64), num_workers=cfg.data.num_workers)
         feats, labels = [], []
         was_training = model.training
         model.eval()
@@ -123,7 +126,7 @@ def _extract_fn(model: Pretrainer, dataset, cfg: Config, device: str, info) -> A
                 feats.append(model.method.embed_target(x.to(device)).float().cpu())
                 labels.append(y)
         model.train(was_training)
-        return torch.cat(feats), torch.cat(labels)
+        return gather_shards(torch.cat(feats), len(dataset)), gather_shards(torch.cat(labels), len(dataset))
 
     return extract
 
@@ -140,6 +143,31 @@ class _Transformed(torch.utils.data.Dataset):
         return self.transform(image), label
 
 
+def check_global_batch(cfg: Config, batch: int, world: int) -> None:
+    """What the global batch must divide, checked before anything is built: the method's key queue
+    (MoCo v2, SwAV: ``method.queue_size``) and, on one process, MoCo's ``method.bn_splits``."""
+    size, splits = getattr(cfg.method, "queue_size", 0), getattr(cfg.method, "bn_splits", 1)
+    if size and size % (batch * world):
+        raise ConfigError(f"method.queue_size={size} is not a multiple of the global batch {batch * world} "
+                          f"({batch} per process x {world}): use a multiple of {batch * world}, or a global batch "
+                          f"(train.global_batch_size) that divides {size}")
+    if world == 1 and splits > 1 and batch % splits:
+        raise ConfigError(f"method.bn_splits={splits} does not divide the batch {batch}: use a divisor of "
+                          f"{batch}")
+
+
+def batch_to_device(views: List[Tensor], labels: Tensor, index: Tensor, device: str,
+                    memory_format: torch.memory_format, normalize: Optional[DeviceNormalize] = None
+                    ) -> Tuple[List[Tensor], Tensor, Tensor]:
+    """A loader batch on the step's device, every copy ``non_blocking`` (the loader pins its memory on
+    CUDA), so the host queues the step without waiting; uint8 views are normalised there (``normalize``)."""
+    views = [v.to(device, non_blocking=True) for v in views]
+    if normalize is not None:
+        views = [normalize(v) for v in views]
+    views = [v.contiguous(memory_format=memory_format) for v in views]
+    return views, labels.to(device, non_blocking=True), index.to(device, non_blocking=True)
+
+
 def _warn(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -154,13 +182,13 @@ def train(cfg: Config) -> Dict[str, Any]:
 
 
 def _train(cfg: Config, stack: contextlib.ExitStack, stop: StopRequest) -> Dict[str, Any]:
-    device = resolve_device(cfg.device)
-    rank, world, local_rank = init_distributed(device)
+    # The GPU is bound before the process group starts and before open_run_dir broadcasts (NCCL).
+    device, rank, world, _ = setup_process(resolve_device(cfg.device))
+    batch = per_process_batch(cfg.train, world)
+    check_global_batch(cfg, batch, world)
     run_dir = open_run_dir(stack, cfg.output_dir, continues_in_place(cfg.resume, cfg.output_dir), cfg.overwrite,
                            rank, world)
-    if device == "cuda":
-        device = f"cuda:{local_rank}"
-        torch.cuda.set_device(local_rank)
+    if device.startswith("cuda"):
         torch.backends.cudnn.benchmark = not cfg.deterministic
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -175,12 +203,15 @@ def _train(cfg: Config, stack: contextlib.ExitStack, stop: StopRequest) -> Dict[
                           "to a labelled folder (<eval_root>/{train,val}/<class>/*) or train.knn_every=0")
     base = build_dataset(dc.name, dc.root, dc.split, download=dc.download, image_size=dc.image_size,
                          num_samples=dc.num_samples, num_classes=info.num_classes, seed=cfg.seed, subset=dc.subset)
-    dataset = MultiViewDataset(base, build_view_transform(dc.aug, dc.image_size, info.mean, info.std), cfg.seed)
-    batch = cfg.train.batch_size
+    # On CUDA the loader hands over uint8 views, normalised on the GPU (the same values, 4x fewer bytes).
+    normalize = DeviceNormalize(info.mean, info.std) if device.startswith("cuda") else None
+    uint8 = {"uint8": True} if normalize is not None else {}
+    views_tf = build_view_transform(dc.aug, dc.image_size, info.mean, info.std, **uint8)
+    dataset = MultiViewDataset(base, views_tf, cfg.seed)
     spe = steps_per_epoch(len(dataset), batch, world)
     if spe == 0:
-        raise ConfigError(f"train.batch_size={batch} x {world} process(es) is larger than the dataset "
-                         f"({len(dataset)} images): lower train.batch_size")
+        raise ConfigError(f"the global batch {batch * world} ({batch} per process x {world}) is larger than "
+                          f"the dataset ({len(dataset)} images): lower train.batch_size or train.global_batch_size")
     total_steps = cfg.train.epochs * spe
     stop_step = min(total_steps, cfg.train.max_steps) if cfg.train.max_steps else total_steps
     num_classes = info.num_classes
@@ -192,7 +223,10 @@ def _train(cfg: Config, stack: contextlib.ExitStack, stop: StopRequest) -> Dict[
         raise ConfigError(str(exc)) from None
     memory_format = memory_format_for(cfg, device)
     model = model.to(memory_format=memory_format)
-    optimizer = build_optimizer(model.param_groups(), cfg, spe)
+    optimizer = build_optimizer(model.param_groups(), cfg, spe, world)
+    if is_main and (world > 1 or cfg.train.lr_reference_batch):
+        lr = scaled_lr(cfg.train, batch * world)
+        print(f"batch {batch} per process x {world} = {batch * world}; lr {lr:.4g}")
     amp = autocast_dtype(cfg.train.amp, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
 
@@ -200,17 +234,26 @@ def _train(cfg: Config, stack: contextlib.ExitStack, stop: StopRequest) -> Dict[
     resume, state = ckpt.find_resume(cfg.resume, cfg.output_dir, _warn if is_main else None)
     if state is not None:
         ckpt.check_resume_config(resume, state.get("config"), config_to_dict(cfg))
-        _load_model_state(model, state["model"], resume)
+        saved_world = ckpt.saved_world_size(state)
+        note = ckpt.check_world_size(resume, saved_world, world, lambda w: steps_per_epoch(
+            len(dataset), per_process_batch(cfg.train, w), w))
+        _load_model_state(model, state["model"], resume, _warn if is_main else None)
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         start_step = int(state["step"])
-        ckpt.set_rng_state(state["rng"][rank] if isinstance(state["rng"], list) else state["rng"])
+        rng = ckpt.rank_rng_state(state["rng"], rank)
+        if rng is not None:
+            ckpt.set_rng_state(rng)
+        else:  # a rank the checkpoint's run did not have: a fresh stream of its own, a function of the step
+            seed_everything(cfg.seed + rank + 100_003 * start_step)
+        if is_main and note:
+            _warn(note)
         if is_main:
             ckpt.set_aside_newer(cfg.output_dir, start_step, _warn)
             print(f"resumed from {resume} at step {start_step}/{total_steps}")
     else:
         resume = None
-        model.on_train_start(_extract_fn(model, base, cfg, device, info))
+        model.on_train_start(_extract_fn(model, base, cfg, device, info, batch))
     step_fn = wrap_for_training(model, cfg.model.sync_bn, cfg.method.name == "mocov2", device)
     model.train()
     if run_dir is not None:  # everything checked: this directory now holds this run
@@ -218,20 +261,20 @@ def _train(cfg: Config, stack: contextlib.ExitStack, stop: StopRequest) -> Dict[
 
     logger = MetricsLogger(cfg.output_dir, is_main, start_step)
     health = HealthMonitor(model.method.embed_dim, total_steps)
-    guard, last_ckpt = FiniteGuard(), resume
+    guard, last_ckpt = FiniteGuard(skippable=scaler.is_enabled()), resume
     bar = tqdm(total=stop_step, initial=start_step, disable=not (is_main and cfg.train.progress),
                dynamic_ncols=True, desc="pretrain")
     params = [p for g in optimizer.param_groups for p in g["params"]]
     step, last = start_step, {}
     timer, rate = time.perf_counter(), None
+    loader = RunLoader(dataset, batch, cfg.seed, dc.num_workers, rank, world, pin_memory=device.startswith("cuda"))
+    stack.callback(loader.close)  # the persistent workers end with the run (or its error)
     while step < stop_step:
         epoch, offset = divmod(step, spe)
-        for views, labels, index in epoch_loader(dataset, batch, epoch, offset, cfg.seed, dc.num_workers,
-                                                 rank, world, pin_memory=device.startswith("cuda")):
+        for views, labels, index in loader.epoch(epoch, offset):
             if step >= stop_step:
                 break
-            views = [v.to(device, non_blocking=True).contiguous(memory_format=memory_format) for v in views]
-            labels, index = labels.to(device), index.to(device)
+            views, labels, index = batch_to_device(views, labels, index, device, memory_format, normalize)
             set_learning_rates(optimizer, step, total_steps)
             autocast = torch.autocast(device.split(":")[0], dtype=amp) if amp else contextlib.nullcontext()
             with autocast:
@@ -258,7 +301,8 @@ def _train(cfg: Config, stack: contextlib.ExitStack, stop: StopRequest) -> Dict[
                 bar.set_postfix(loss=f"{last['loss']:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.4g}",
                                 img_s=f"{rate:.0f}", epoch=epoch)
                 lrs = {f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups}
-                row = {"epoch": epoch, **last, **host_values(metrics), **lrs, "img_per_s": rate}
+                row = {"epoch": epoch, **last, **host_values({**metrics, **guard.metrics()}), **lrs,
+                       "img_per_s": rate}
                 if is_main:
                     for message in health.check(step, row):
                         tqdm.write(message, file=sys.stderr)
@@ -283,7 +327,14 @@ def _train(cfg: Config, stack: contextlib.ExitStack, stop: StopRequest) -> Dict[
     return {"step": step, "total_steps": total_steps, "last": last, "output_dir": cfg.output_dir}
 
 
-def _load_model_state(model: Pretrainer, state: Dict[str, Tensor], path: str) -> None:
+def _load_model_state(model: Pretrainer, state: Dict[str, Tensor], path: str,
+                      warn: Optional[Any] = None) -> None:
+    """Load ``state``; MoCo's split-BN statistics of another world size (C x bn_splits on one process,
+    C under DDP) are converted first, with a one-line note."""
+    state, converted = ckpt.convert_split_bn_stats(state, model.state_dict())
+    if converted and warn is not None:
+        warn(f"resume: {path}: {converted} BatchNorm statistics converted between MoCo's split-BN of one process "
+             "(method.bn_splits x C, averaged over the splits) and DDP's plain BN (C, repeated per split)")
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:  # a config check missed a shape: one line, not 60
@@ -305,7 +356,7 @@ def _save(cfg: Config, model, optimizer, scaler, step: int, world: int, is_main:
         rng = gathered
     if is_main:
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                 "step": step, "rng": rng, "config": config_to_dict(cfg)}
+                 "step": step, "rng": rng, "world_size": world, "config": config_to_dict(cfg)}
         ckpt.save_atomic(state, ckpt.checkpoint_path(cfg.output_dir, step))
         ckpt.prune_checkpoints(cfg.output_dir, cfg.train.keep_ckpts, upto_step=step)
     barrier()
@@ -326,7 +377,7 @@ def _end_of_epoch(cfg: Config, model: Pretrainer, epoch: int, step: int, logger:
 def _run_monitors(cfg: Config, model: Pretrainer, epoch: int, step: int, logger: MetricsLogger, device: str
                   ) -> None:
     tc = cfg.train
-    if tc.knn_every and epoch % tc.knn_every == 0 and logger.enabled:
+    if tc.knn_every and epoch % tc.knn_every == 0:  # every rank embeds its shard of the bank and queries
         from ssmix.evaluation.monitor import knn_monitor
 
         logger.log(step, {"knn_top1": knn_monitor(cfg, model.method.export_trunk(), device, k=tc.knn_k)})

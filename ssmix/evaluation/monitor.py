@@ -11,11 +11,12 @@ from typing import Tuple
 
 import torch
 import torch.nn as nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from ssmix.config import Config
-from ssmix.evaluation.features import TransformedDataset, make_loader, test_transform
-from ssmix.evaluation.knn import knn_accuracy
+from ssmix.distributed import gather_shards, is_distributed, rank0_buffers, shard
+from ssmix.evaluation.features import TransformedDataset, extract_features, make_loader, test_transform
+from ssmix.evaluation.knn import knn_accuracy, knn_metrics
 
 MONITOR_BATCH = 256
 
@@ -46,5 +47,22 @@ def knn_monitor(cfg: Config, trunk: nn.Module, device: torch.device | str, k: in
     bank_set, query_set = _monitor_sets(name, root, data.image_size, data.num_samples, info.num_classes,
                                         info.mean, info.std, subset)
     device = torch.device(device)
-    loaders = [make_loader(s, MONITOR_BATCH, data.num_workers, device) for s in (bank_set, query_set)]
-    return knn_accuracy(trunk, loaders[0], loaders[1], device, k, t)
+    if not is_distributed():
+        loaders = [make_loader(s, MONITOR_BATCH, data.num_workers, device) for s in (bank_set, query_set)]
+        return knn_accuracy(trunk, loaders[0], loaders[1], device, k, t)
+    return _sharded_knn(trunk, bank_set, query_set, data.num_workers, device, k, t)
+
+
+def _sharded_knn(trunk: nn.Module, bank_set: Dataset, query_set: Dataset, workers: int, device: torch.device,
+                 k: int, t: float) -> float:
+    """Under DDP: each rank embeds its shard of the bank and of the queries with rank 0's BatchNorm
+    statistics, the shards are gathered, and every rank votes (the same result on each)."""
+    parts = []
+    with rank0_buffers(trunk):
+        for data in (bank_set, query_set):
+            loader = make_loader(Subset(data, shard(len(data))), MONITOR_BATCH, workers, device)
+            feats, labels = extract_features(trunk, loader, device)
+            parts.append((gather_shards(feats, len(data)), gather_shards(labels, len(data))))
+    (bank, bank_labels), (query, query_labels) = parts
+    num_classes = int(max(bank_labels.max(), query_labels.max())) + 1
+    return knn_metrics(bank, bank_labels, query, query_labels, num_classes, k, t, device)["knn_top1"]

@@ -1,7 +1,7 @@
 """SimCLR (Chen et al. 2020, arXiv 2002.05709; docs/algorithm.md §2.4).
 
 Both views go through one encoder (one concatenated forward); NT-Xent over the 2N embeddings with
-in-batch negatives, gathered with gradient across ranks under DDP (lightly ``NTXentLoss``). Mixed views
+in-batch negatives, gathered with gradient across ranks under DDP (``losses.contrastive.nt_xent``). Mixed views
 (docs/algorithm.md §2.4): lam NT-Xent(z_m, z_i^(2)) + (1 - lam) NT-Xent(z_m, z_j^(1)) against the stop-gradient
 embeddings of the batch, negatives the other 2N - 2.
 """
@@ -10,12 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List, Optional
 
-from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 from torch import Tensor
 
 from ssmix.config import MethodConfig, ModelConfig, register_method_config
-from ssmix.losses.contrastive import mixup_info_nce_in_batch
+from ssmix.losses.contrastive import mixup_info_nce_in_batch, nt_xent
 from ssmix.methods.base import Method, cat_views, collapse_std, in_batch_mixed_loss, l2n, register_method
 from ssmix.mixup import MethodOutput, MixedBatch
 from ssmix.models.backbones import build_backbone
@@ -41,13 +40,12 @@ class SimCLR(Method):
         self.backbone = build_backbone(model.arch, model.cifar_stem, model.zero_init_residual)
         width = self.backbone.out_dim
         self.projector = SimCLRProjectionHead(width, cfg.proj_hidden_dim or width, cfg.out_dim)
-        self.criterion = NTXentLoss(temperature=cfg.temperature, gather_distributed=True)
 
     def forward(self, views: List[Tensor], map_at: Optional[int] = None, with_targets: bool = True) -> MethodOutput:
         n = views[0].shape[0]
         feats, maps = self.online_features(cat_views(views), map_at)
         z = self.projector(feats).float()
-        loss = self.criterion(z[:n], z[n:])
+        loss = nt_xent(z[:n], z[n:], self.temperature)
         return MethodOutput(
             losses={"simclr": loss},
             keys=l2n(z).detach().unflatten(0, (2, n)),

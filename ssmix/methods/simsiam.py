@@ -18,7 +18,9 @@ import torch.nn as nn
 from lightly.models.modules.heads import ProjectionHead, SimSiamPredictionHead, SimSiamProjectionHead
 from torch import Tensor
 
-from ssmix.config import Config, ConfigError, MethodConfig, ModelConfig, register_method_config
+from ssmix.config import (Config, ConfigError, MethodConfig, ModelConfig, per_process_batch,
+                          register_method_config, scaled_lr)
+from ssmix.distributed import world_size
 from ssmix.losses.contrastive import soft_target_cross_entropy
 from ssmix.methods.base import Method, cat_views, collapse_std, in_batch_mixed_loss, l2n, register_method
 from ssmix.mixup import MethodOutput, MixedBatch
@@ -68,7 +70,9 @@ class SimSiam(Method):
 
     @classmethod
     def from_config(cls, cfg: Config) -> "SimSiam":
-        return cls(cfg.method, cfg.model, base_lr=cfg.train.lr)
+        world = world_size()  # the process group is up before the model is built
+        lr = scaled_lr(cfg.train, per_process_batch(cfg.train, world) * world)
+        return cls(cfg.method, cfg.model, base_lr=lr)
 
     def forward(self, views: List[Tensor], map_at: Optional[int] = None, with_targets: bool = True) -> MethodOutput:
         n = views[0].shape[0]

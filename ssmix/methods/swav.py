@@ -65,8 +65,9 @@ def swapped_prediction_loss(scores: Tensor, codes: Tensor, temperature: float) -
     """
     log_p = F.log_softmax(scores.float() / temperature, dim=-1)
     ce = -torch.einsum("snk,vnk->sv", codes.float(), log_p) / scores.shape[1]  # (S, V)
-    keep = ~torch.eye(codes.shape[0], scores.shape[0], dtype=torch.bool, device=ce.device)
-    return ce[keep].mean()
+    s, v = codes.shape[0], scores.shape[0]
+    keep = ~torch.eye(s, v, dtype=torch.bool, device=ce.device)
+    return ce.masked_fill(~keep, 0.0).sum() / (s * v - min(s, v))  # no boolean indexing: no host sync
 
 
 @register_method("swav")

@@ -21,6 +21,7 @@ from torch import Tensor
 from ssmix.config import ConfigError, LabelledMixConfig, MixConfig, register_mix_config
 from ssmix.mixers.base import Mixer, blend, expand_lam, register_mixer
 from ssmix.mixup import MixContext, MixedInputs, sample_beta
+from ssmix.transfer import to_device
 
 
 # --------------------------------------------------------------------------------------------
@@ -71,7 +72,7 @@ class Boxes:
         """(R, 1, H, W) bool, True inside each row's box (arange comparisons, no loop)."""
         ys = torch.arange(h, device=device)
         xs = torch.arange(w, device=device)
-        y0, y1, x0, x1 = (t.to(device)[:, None] for t in (self.y0, self.y1, self.x0, self.x1))
+        y0, y1, x0, x1 = (to_device(t, device)[:, None] for t in (self.y0, self.y1, self.x0, self.x1))
         rows = (ys >= y0) & (ys < y1)  # (R, H)
         cols = (xs >= x0) & (xs < x1)  # (R, W)
         return (rows[:, :, None] & cols[:, None, :])[:, None]
@@ -103,7 +104,7 @@ def paste_mask(boxes: Boxes, xa: Tensor) -> Tuple[Tensor, Tensor]:
     ``lam = 1 - box_area / HW`` (the actual, clipped area)."""
     n, _, h, w = xa.shape
     keep = (~boxes.inside(h, w, xa.device)).float().expand(n, 1, h, w)
-    lam = 1.0 - boxes.area().to(device=xa.device, dtype=torch.float32) / float(h * w)
+    lam = 1.0 - to_device(boxes.area(), xa.device).float() / float(h * w)
     return keep, lam.expand(n).contiguous()
 
 

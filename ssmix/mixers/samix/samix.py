@@ -215,6 +215,7 @@ class SAMixC(_LearnedMixer):
             raise ConfigError(f"mix.head_temperature: expected a positive temperature, got {cfg.head_temperature}")
         self.head = CosineClusterHead(cfg.embed_dim, cfg.odc.num_clusters, cfg.head_temperature)
         self.head_off = copy.deepcopy(self.head).requires_grad_(False)
+        self._labels_checked = False
 
     def refresh_frozen_head(self) -> None:
         """psi_off <- psi, a hard copy (docs/algorithm.md §5.5)."""
@@ -235,8 +236,11 @@ class SAMixC(_LearnedMixer):
         if ctx.num_classes and ctx.num_classes != clusters:
             raise ValueError(f"SAMix-C: the labels have {ctx.num_classes} classes but the cluster head has "
                              f"{clusters} outputs: set mix.odc.num_clusters: {ctx.num_classes}")
-        if ctx.labels.numel() and int(ctx.labels.max()) >= clusters:
-            raise ValueError(f"SAMix-C: label {int(ctx.labels.max())} >= mix.odc.num_clusters={clusters}")
+        if not self._labels_checked and ctx.labels.numel():  # the values once (a host sync on a GPU)
+            top = int(ctx.labels.max())
+            if top >= clusters:
+                raise ValueError(f"SAMix-C: label {top} >= mix.odc.num_clusters={clusters}")
+            self._labels_checked = True
         return ctx.labels
 
     def _check_embedding(self, ctx: MixContext) -> None:
