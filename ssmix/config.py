@@ -238,7 +238,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         except _NotFinite:
             raise
         except ConfigError:
-            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {_show(value)}") from None
+            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} "
+                              f"{_show(value)}") from None
     if origin in (list, List, tuple, Tuple):
         (item_tp,) = typing.get_args(tp)[:1]
         if isinstance(value, (int, float, str)) and not isinstance(value, bool):

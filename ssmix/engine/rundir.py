@@ -16,7 +16,6 @@ import glob
 import json
 import os
 import shutil
-import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import yaml
@@ -166,8 +165,7 @@ class RunDir:
             for name in os.listdir(replaced):
                 os.replace(os.path.join(replaced, name), os.path.join(self.path, name))
             os.rmdir(replaced)
-            print(f"the run failed before its first checkpoint: the old run in {self.path} is restored",
-                  file=sys.stderr, flush=True)
+            print(f"the run failed before its first checkpoint: the old run in {self.path} is restored", flush=True)
         elif self.clean_failed and self.was_empty:
             for target in self._outputs():
                 _remove(target)

@@ -141,8 +141,9 @@ def dataset_identity(name: str, root: str, split: str, **extra: Any) -> Dict[str
 
 
 def file_fingerprint(dataset: Dataset) -> Optional[str]:
-    """Digest of a file-backed split's (path, size, mtime, label) list, or None for other datasets: images
-    replaced, moved between classes, added or removed give another cache key (issue 24)."""
+    """Digest of a file-backed split's (path, size, mtime, ctime, inode, label) list, or None for other
+    datasets: images replaced, swapped, moved between classes, added or removed give another cache key
+    (issue 24; a rename keeps the mtime but changes the ctime and the path's inode)."""
     samples = getattr(dataset, "samples", None)
     if samples is None and getattr(dataset, "paths", None) is not None:
         samples = list(zip(dataset.paths, dataset.targets))
@@ -152,7 +153,8 @@ def file_fingerprint(dataset: Dataset) -> Optional[str]:
     for path, label in samples:
         try:
             stat = os.stat(path)
-            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\0{label}\n".encode())
+            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\0{stat.st_ctime_ns}\0{stat.st_ino}\0{label}\n"
+                          .encode())
         except OSError:
             digest.update(f"{path}\0missing\0{label}\n".encode())
     return digest.hexdigest()[:32]
