@@ -191,7 +191,7 @@ def prepare_weights(opts: List[str]) -> List[str]:
     name = os.path.basename(os.path.normpath(weights)).split(".")[0] or "encoder"
     target = os.path.join(output_dir, f"{name}.pkl")
     try:
-        arch, count = convert(weights, target)
+        arch, count = convert(weights, target, overwrite=True)  # derived from MODEL.WEIGHTS on every start
     except WeightsError:
         return opts  # not an encoder: e.g. a detectron2 model_final.pth, which detectron2 reads itself
     print(f"converted {weights} ({arch}, {count} tensors) -> {target}")
