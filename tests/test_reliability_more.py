@@ -442,6 +442,8 @@ def test_a_second_linear_eval_of_a_run_keeps_the_first_results(finished, tmp_pat
     assert json.loads((run / "linear_synthetic_cached_2" / "results.json").read_text())["seeds"] == 2
     out = f"output_dir={run / 'linear_synthetic_cached'}"
     assert linear_run.main([*argv, out, "overwrite=true"]) == 0  # explicit, and asked for
+    step = ckpt.latest_checkpoint(str(run))  # a training checkpoint as weights: its online trunk
+    assert linear_run.main([*argv[:1], f"weights={step}", *argv[2:], f"output_dir={tmp_path / 'step'}"]) == 0
     capsys.readouterr()
 
 

@@ -66,6 +66,9 @@ def build_eval_data(data: EvalDataConfig) -> EvalData:
         raise ConfigError(f"data.name: '{data.name}' has no labels; evaluate on a labelled folder with "
                           "data.name=imagefolder (<root>/train/<class>/*, <root>/val/<class>/*)")
     image_size = data.image_size or info.image_size
+    if data.test_resize is not None and data.test_resize < image_size:  # CenterCrop would pad with black
+        raise ConfigError(f"data.test_resize={data.test_resize}: the centre crop of {image_size} px is larger than "
+                          f"the resized image; set data.test_resize >= {image_size} (or null)")
     test_split = data.test_split or ("val" if "val" in info.splits else "test")
     synthetic = {"num_samples": data.num_samples, "num_classes": info.num_classes} if data.name == "synthetic" else {}
     sets, ids = [], []
