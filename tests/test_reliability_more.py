@@ -235,6 +235,18 @@ def test_sighup_checkpoints_and_exits_129(tmp_path, capsys, monkeypatch):
     assert code == 129 and "stopped by SIGHUP at step 2" in err and _steps(tmp_path) == [2]
 
 
+def test_sighup_under_nohup_stays_ignored(tmp_path, capsys, monkeypatch):
+    """``nohup`` ignores SIGHUP: the run must not stop when the terminal closes."""
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        _at_step(monkeypatch, 1, _kill(signal.SIGHUP))
+        code, _ = _pretrain(capsys, tmp_path, "train.max_steps=3")
+        assert code == 0 and _steps(tmp_path) == [3]
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
 def test_sigint_inside_the_first_step_checkpoints_step_1(tmp_path, capsys, monkeypatch):
     """Ctrl-C in the middle of the first forward (exit 130 with step 1's checkpoint; unchanged)."""
     original = Pretrainer.training_step

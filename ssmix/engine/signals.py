@@ -20,7 +20,16 @@ from typing import Dict, Iterator, Optional
 import torch
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-GRACE_S = float(os.environ.get("SSMIX_SIGNAL_GRACE_S", "5"))  # repeats this soon after the first are ignored
+
+
+def _grace_s() -> float:
+    try:
+        return max(float(os.environ.get("SSMIX_SIGNAL_GRACE_S", "5")), 0.0)
+    except ValueError:
+        return 5.0
+
+
+GRACE_S = _grace_s()  # repeats this soon after the first are ignored
 _CRITICAL = [0]  # depth of critical() sections: a checkpoint is being written
 
 
@@ -55,7 +64,8 @@ def critical() -> Iterator[None]:
 
 
 class StopRequest:
-    """``with StopRequest() as stop:`` installs the handlers (main thread only) and restores them on exit."""
+    """``with StopRequest() as stop:`` installs the handlers (main thread only) and restores them on exit.
+    A signal the process ignores (``nohup``: SIGHUP) stays ignored."""
 
     def __init__(self, grace_s: Optional[float] = None) -> None:
         self.signum: Optional[int] = None
@@ -66,7 +76,8 @@ class StopRequest:
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
             for sig in SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
