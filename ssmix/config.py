@@ -16,6 +16,7 @@ import difflib
 import math
 import os
 import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -205,6 +206,15 @@ class _NotFinite(ConfigError):
     """A NaN or infinite number (kept as is through ``Optional``: the type was right, the value not)."""
 
 
+_REPR = reprlib.Repr()
+_REPR.maxstring, _REPR.maxother = 80, 80
+
+
+def _show(value: Any) -> str:
+    """A short repr for messages: a huge (alias-expanded) value is never printed whole."""
+    return _REPR.repr(value)
+
+
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -235,13 +245,14 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         except _NotFinite:
             raise
         except ConfigError:
-            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}") from None
+            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} "
+                              f"{_show(value)}") from None
     if origin in (list, List, tuple, Tuple):
         (item_tp,) = typing.get_args(tp)[:1]
         if isinstance(value, (int, float, str)) and not isinstance(value, bool):
             value = [value]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {_show(value)}")
         return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
@@ -272,7 +283,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return str(value)
     else:
         return value
-    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {_show(value)}")
 
 
 def from_dict(cls: Type, data: Any, where: str = "") -> Any:
@@ -280,7 +291,7 @@ def from_dict(cls: Type, data: Any, where: str = "") -> Any:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'config'}: expected a mapping of keys, got {type(data).__name__} {data!r}")
+        raise ConfigError(f"{where or 'config'}: expected a mapping of keys, got {type(data).__name__} {_show(data)}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -329,22 +340,124 @@ def merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
+class _DuplicateKey(ValueError):
+    """A mapping that names one key twice (PyYAML would silently keep the last)."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses duplicate keys in a mapping."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: Dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                if isinstance(key, typing.Hashable) and key in seen:
+                    raise _DuplicateKey(f"line {line}: duplicate key '{str(key)[:80]}' (first at line {seen[key]}); "
+                                        "YAML keeps only the last one: merge the two into one")
+                if isinstance(key, typing.Hashable):
+                    seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+MAX_CONFIG_NODES = 100_000  # a config has a few hundred values; more is an alias bomb
+MAX_CONFIG_DEPTH = 32  # the schema nests 4 deep
+
+
+def _check_shape(data: Any, where: str) -> None:
+    """Refuse trees that expand (through YAML aliases) to more than :data:`MAX_CONFIG_NODES` values, nest
+    deeper than :data:`MAX_CONFIG_DEPTH`, or refer to themselves; each shared node is counted once per use
+    without being walked again."""
+    sizes: Dict[int, int] = {}
+    active: set = set()
+
+    def size(node: Any, depth: int) -> int:
+        if not isinstance(node, (dict, list)):
+            return 1
+        if depth > MAX_CONFIG_DEPTH:
+            raise ConfigError(f"{where}: nested more than {MAX_CONFIG_DEPTH} levels deep; a config nests a few "
+                              "levels (section.key: value)")
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in active:
+            raise ConfigError(f"{where}: a YAML alias refers to itself (a recursive value); remove the alias")
+        active.add(id(node))
+        children = [c for kv in node.items() for c in kv] if isinstance(node, dict) else node
+        total = 1
+        for child in children:
+            total += size(child, depth + 1)
+            if total > MAX_CONFIG_NODES:
+                raise ConfigError(f"{where}: expands to more than {MAX_CONFIG_NODES} values (YAML aliases "
+                                  "repeating each other: an alias bomb?); write the values out")
+        active.discard(id(node))
+        sizes[id(node)] = total
+        return total
+
+    size(data, 0)
+
+
+def load_yaml_text(text: str, where: str) -> Any:
+    """Parse YAML ``text`` strictly (no duplicate keys, bounded size and depth); errors name ``where``."""
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply to read; a config nests a few levels (section.key: value)") \
+            from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: invalid YAML: {_short_yaml_error(exc)}") from None
+    _check_shape(data, where)
+    return data
+
+
+def _short_yaml_error(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    text = f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else str(problem)
+    return " ".join(text.split())[:300]
+
+
+def _read_text(path: str) -> str:
+    """The file as UTF-8 text; a binary or Latin-1 file is one line naming the byte."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
+    if b"\x00" in raw:
+        raise ConfigError(f"{path}: a binary file (it holds NUL bytes), not a YAML config; pass a .yaml text file")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}); save the file as "
+                          "UTF-8") from None
+
+
 def read_yaml(path: str, _seen: Tuple[str, ...] = ()) -> Dict[str, Any]:
     """Read a YAML config, resolving ``_base_`` (a path or a list, relative to the file)."""
     path = os.path.abspath(path)
     if path in _seen:
         raise ConfigError(f"{path}: circular _base_ chain {' -> '.join(_seen + (path,))}")
     if not os.path.isfile(path):
+        if _seen:
+            raise ConfigError(f"{_seen[-1]}: _base_ file not found: {path}; fix the _base_ path (it is relative "
+                              "to the file that names it)")
         raise ConfigError(f"config file not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    text = _read_text(path)
+    data = load_yaml_text(text, path)
+    if data is None:
+        raise ConfigError(f"{path}: the file is empty; a config is a mapping of keys (e.g. train.epochs: 10)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     bases = data.pop("_base_", [])
     bases = [bases] if isinstance(bases, str) else bases
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: _base_: expected a path or a list of paths, got {_show(bases)}")
     merged: Dict[str, Any] = {}
     for base in bases:
         base_path = os.path.join(os.path.dirname(path), base)
@@ -360,9 +473,12 @@ def parse_overrides(items: Sequence[str]) -> Dict[str, Any]:
             raise ConfigError(f"override '{item}' is not of the form dotted.key=value")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
-            value = raw
+            value = load_yaml_text(raw, f"override '{item[:80]}'") if raw != "" else ""
+        except ConfigError as exc:
+            if "invalid YAML" in str(exc):
+                value = raw
+            else:
+                raise
         node = out
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -420,6 +536,9 @@ def validate(cfg: Config) -> Config:
     check_batch_keys(t)
     if not cfg.output_dir:
         raise ConfigError("output_dir: must not be empty")
+    from ssmix.config_checks import check_config  # issue 24: configs that validate but cannot run
+
+    check_config(cfg)
     return cfg
 
 

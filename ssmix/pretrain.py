@@ -5,7 +5,8 @@ Pre-trains an encoder with the method and mixer the config names. Outputs go to 
 at the end, ``backbone.pth`` (a torchvision ResNet state_dict without ``fc``).
 
 A non-empty ``output_dir`` is refused unless ``resume=auto|PATH`` (continue) or ``overwrite=true``
-(replace); SIGTERM / SIGINT write a checkpoint at the next step and exit 143 / 130. Expected errors
+(replace); SIGTERM / SIGINT / SIGHUP write a checkpoint at the next step and exit 143 / 130 / 129
+(a repeat within a few seconds, or during a save, is ignored; a later one stops at once). Expected errors
 (config, files, disk, divergence) print one line and exit 2.
 """
 from __future__ import annotations
@@ -33,12 +34,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(dump_config(cfg), end="")
         return 0
-    from ssmix.engine.signals import Interrupted
+    from ssmix.engine.signals import ForcedStop, Interrupted
     from ssmix.engine.trainer import train
 
     try:
         summary = train(cfg)
-    except Interrupted as stop:
+    except (Interrupted, ForcedStop) as stop:
         kept = [o for o in args.overrides if not o.startswith(("resume=", "overwrite="))]
         print(f"{stop}; continue with: python -m ssmix.pretrain {' '.join([args.config, *kept])} resume=auto",
               file=sys.stderr, flush=True)

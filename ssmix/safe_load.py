@@ -76,3 +76,29 @@ def _short(exc: BaseException) -> str:
     """The first sentence of an exception message, on one line."""
     text = " ".join(str(exc).split())
     return text.split(". ")[0][:200]
+
+
+# What a detectron2 weights .pkl pickles: dicts, lists, strings, numbers and numpy arrays / scalars.
+_ARRAY_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                  ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+                  ("numpy", "ndarray"), ("numpy", "dtype")}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Rebuilds containers and numpy arrays only; any other global is refused, so no code runs."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _ARRAY_GLOBALS:
+            return super().find_class(module, name)
+        raise UnsafePickleError(f"holds a pickled {module}.{name}; refused, since loading it could run code")
+
+
+def safe_pickle_load(path: str, what: str = "file") -> Any:
+    """``pickle.load`` of ``path`` restricted to containers and numpy arrays (a detectron2 ``.pkl``)."""
+    try:
+        with open(path, "rb") as f:
+            return _ArrayUnpickler(f, encoding="latin1").load()
+    except UnsafePickleError as exc:
+        raise UnsafePickleError(f"{what}: '{path}' {exc}") from None
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
+        raise UnreadableFileError(f"{what}: '{path}' is not a readable pickle ({_short(exc)})") from None

@@ -64,8 +64,8 @@ CASES = {
     "image_size=0": (P("data.image_size=0"), ["data.image_size: expected a positive number"]),
     "device=tpu": (P("device=tpu"), ["device: invalid value 'tpu'", "cuda:N"]),
     "unknown key": (P("train.lrr=1"), ["unknown key 'train.lrr'", "did you mean 'train.lr'"]),
-    "batch>dataset": (P("train.batch_size=64", "method.queue_size=64"), ["larger than the dataset",
-                                                                    "lower train.batch_size"]),
+    "batch>dataset": (P("train.batch_size=64", "method.queue_size=64"),  # queue 16 < batch: refused first
+                      ["larger than the dataset", "lower train.batch_size"]),
     "unknown split": (P("data.split=bogus"), ["unknown split 'bogus'", "data.split"]),
     # pretrain: files and directories
     "_base_ fragment": (("pretrain", [FRAGMENT, "device=cpu"]), ["_base_ fragment", "not a runnable config"]),
@@ -81,10 +81,12 @@ CASES = {
                           ["different config", "model.arch 'resnet18' -> 'resnet34'"]),
     "resume other size": (P("resume={run}/checkpoints/step_00000001.pt", "data.image_size=24"),
                           ["different config", "data.image_size 16 -> 24"]),
-    "corrupt image": (P("data.name=imagefolder", "data.root={tmp}/folder", "train.batch_size=2", "train.epochs=1"),
-                      ["bad.png: not a readable image", "delete or replace the file"]),
+    # (method.bn_splits=1: split BN with 1 image per split at 16 px cannot run, refused since issue 24)
+    "corrupt image": (P("data.name=imagefolder", "data.root={tmp}/folder", "train.batch_size=2", "method.bn_splits=1",
+                        "train.epochs=1"), ["bad.png: not a readable image", "delete or replace the file"]),
     "corrupt image, loader worker": (P("data.name=imagefolder", "data.root={tmp}/folder", "train.batch_size=2",
-                                       "train.epochs=1", "data.num_workers=1"), ["bad.png: not a readable image"]),
+                                       "method.bn_splits=1", "train.epochs=1", "data.num_workers=1"),
+                                     ["bad.png: not a readable image"]),
     "cifar missing": (P("data.name=cifar10", "data.root={tmp}/none"),
                       ["dataset 'cifar10' not found", "Expected layout"]),
     "mix.checkpoint not a Mixer": (P("mix.type=samix_p", "mix.checkpoint={tmp}/state.pt"),

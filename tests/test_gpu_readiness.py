@@ -442,7 +442,7 @@ def _sharding_worker(out: str) -> None:
         seen["knn"] = knn_monitor(cfg, trunk, "cpu", k=5)
         seen["restored"] = torch.equal(trunk.bn1.running_mean, own)
         if rank == 0:
-            bank, query = _monitor_sets("synthetic", cfg.data.root, 16, 10, 10, info.mean, info.std)
+            bank, query = _monitor_sets("synthetic", cfg.data.root, 16, 10, 10, info.mean, info.std, 0)
             seen["knn_reference"] = knn_accuracy(trunk, make_loader(bank, 256, 0, torch.device("cpu")),
                                                  make_loader(query, 256, 0, torch.device("cpu")), "cpu", k=5)
         torch.save(seen, os.path.join(out, f"rank{rank}.pt"))

@@ -39,7 +39,8 @@ On-disk layouts (``root`` is ``data.root``):
 
     <root>/<split>/<class_name>/<image files>
 
-  torchvision ``ImageFolder``; classes are the sorted sub-folder names (their count is the class count).
+  torchvision ``ImageFolder``'s layout; classes are the sorted sub-folder names of ``train`` (their count is
+  the class count), and every split is numbered by that map (a class unknown to ``train`` is refused).
 
 ``folder`` (your own unlabeled images; split ``train`` = everything)::
 
@@ -338,10 +339,30 @@ def _build_cifar(name: str, root: str, split: str, download: bool) -> Dataset:
 _TINY_DIR = "tiny-imagenet-200"
 
 
+_DEEP_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # 16/32-bit integer and float pixels
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """``image`` in RGB mode. 16-bit and float images are scaled to 8 bit first (``convert("RGB")`` would
+    clip them: a 16-bit PNG turns almost white, a float TIFF black); values it cannot place are refused."""
+    if image.mode not in _DEEP_MODES:
+        return image.convert("RGB")
+    pixels = np.asarray(image, dtype=np.float64)
+    low, high = (float(pixels.min()), float(pixels.max())) if pixels.size else (0.0, 0.0)
+    if image.mode == "F":
+        scale = 255.0 if low >= 0 and high <= 1 else 1.0 if low >= 0 and high <= 255 else None
+    else:
+        scale = 255.0 / 65535.0 if low >= 0 and high <= 65535 else None
+    if scale is None or not np.isfinite(pixels).all():
+        raise ValueError(f"{image.mode} pixels in [{low:g}, {high:g}] have no 8-bit reading (expected 0..1 or "
+                         "0..255 floats, or 0..65535 integers); convert the file to 8-bit")
+    return Image.fromarray(np.round(pixels * scale).clip(0, 255).astype(np.uint8)).convert("RGB")
+
+
 def _load_rgb(path: str) -> Image.Image:
     try:
         with open(path, "rb") as f:
-            return Image.open(f).convert("RGB")
+            return _to_rgb(Image.open(f))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         if isinstance(exc, FileNotFoundError):
             raise
@@ -400,24 +421,82 @@ def _build_tiny_imagenet(root: str, split: str) -> Dataset:
     return ImageFiles(paths, targets)
 
 
-def _build_imagefolder(root: str, split: str) -> Dataset:
-    from torchvision.datasets import ImageFolder
+def _train_class_map(root: str, split: str) -> Optional[Dict[str, int]]:
+    """The class numbering of ``<root>/train`` for another split (None for ``train`` itself, or when there is
+    no ``train``): each split numbered on its own would give one index to two classes. A class folder of
+    ``split`` unknown to ``train`` is refused (issue 24)."""
+    from torchvision.datasets.folder import find_classes
 
+    train, folder = os.path.join(root, "train"), os.path.join(root, split)
+    if split == "train" or not os.path.isdir(train) or not os.path.isdir(folder):
+        return None
+    classes, class_to_idx = find_classes(train)
+    unknown = sorted(e.name for e in os.scandir(folder) if e.is_dir() and e.name not in class_to_idx)
+    if unknown:
+        raise DatasetFileError(f"{folder}: class folder(s) {', '.join(unknown[:5])} are not in {train} "
+                               f"({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''}); their labels would "
+                               "mean nothing: add them to train/ or remove them")
+    return class_to_idx
+
+
+class LabelledFolder(Dataset):
+    """``<folder>/<class>/<image>`` (torchvision ``ImageFolder``'s layout and file rules), numbered by
+    ``class_map`` (the ``train`` split's) when given, else by the sorted class folders of ``folder``."""
+
+    def __init__(self, folder: str, class_map: Optional[Dict[str, int]]) -> None:
+        from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+        if class_map is None:
+            self.classes, self.class_to_idx = find_classes(folder)
+        else:
+            self.classes, self.class_to_idx = sorted(class_map, key=class_map.get), dict(class_map)
+        self.samples = make_dataset(folder, self.class_to_idx, IMG_EXTENSIONS, allow_empty=class_map is not None)
+        if not self.samples:
+            raise FileNotFoundError(f"no image files in the class folders of {folder}")
+        self.targets = [target for _, target in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Item:
+        path, target = self.samples[_check_index(index, len(self))]
+        return _load_rgb(path), int(target)
+
+
+def _build_imagefolder(root: str, split: str) -> Dataset:
     folder = os.path.join(root, split)
     try:
-        return ImageFolder(folder, loader=_load_rgb)
+        return LabelledFolder(folder, _train_class_map(root, split))
     except FileNotFoundError as error:  # missing folder, or no class folders / no images in it
         raise _not_found("imagefolder", root, [f"{folder} ({error})"],
                          [os.path.join(split, "<class_name>", "<image files>")],
                          "Point data.root at a folder holding train/ and val/ (ImageNet layout).") from error
 
 
+def _walk_images(root: str) -> List[str]:
+    """Image files under ``root`` (symlinks followed), sorted; a folder or file reached twice through
+    links (a symlink loop, two links to one folder) counts once, by its real path."""
+    seen_dirs, seen_files, paths = set(), set(), []
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen_dirs:
+            dirs[:] = []
+            continue
+        seen_dirs.add(real)
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(folder, name)
+            if name.lower().endswith(IMAGE_EXTENSIONS) and os.path.realpath(path) not in seen_files:
+                seen_files.add(os.path.realpath(path))
+                paths.append(path)
+    return sorted(paths)
+
+
 def _build_folder(root: str) -> Dataset:
     if not os.path.isdir(root):
         raise _not_found("folder", root, [root], ["**/<image files>"],
                          "Point data.root at the folder holding your images (sub-folders are searched).")
-    paths = sorted(os.path.join(folder, f) for folder, _, files in os.walk(root, followlinks=True)
-                   for f in files if f.lower().endswith(IMAGE_EXTENSIONS))
+    paths = _walk_images(root)
     if not paths:
         raise _not_found("folder", root, [f"image files ({', '.join(IMAGE_EXTENSIONS)}, any case)"],
                          ["**/<image files>"], "Point data.root at the folder holding your images.")
@@ -636,6 +715,7 @@ class SubsetImages(Dataset):
     def __init__(self, dataset: Dataset, indices: np.ndarray):
         self.dataset, self.indices = dataset, indices
         self.targets = np.asarray(dataset.targets)[indices]
+        self.classes = getattr(dataset, "classes", None)  # imagefolder's class names, whatever the subset
 
     def __len__(self) -> int:
         return len(self.indices)

@@ -78,10 +78,14 @@ def write_detectron2_pkl(state_dict: Mapping[str, Tensor], output: str) -> Dict[
     return model
 
 
-def convert(source: str, output: str, trust_pickle: bool = False) -> Tuple[str, int]:
+def convert(source: str, output: str, trust_pickle: bool = False, overwrite: bool = False) -> Tuple[str, int]:
     """Convert any encoder file :func:`ssmix.detection.weights.load_encoder_state` accepts; returns (arch, #tensors).
-    ``trust_pickle`` also reads files that pickle objects (runs their code: only for files you made)."""
+    ``trust_pickle`` also reads files that pickle objects (runs their code: only for files you made); an
+    existing ``output`` is replaced only with ``overwrite``."""
     from ssmix.detection.weights import load_encoder_state
+
+    if os.path.exists(output) and not overwrite:
+        raise ValueError(f"output '{output}' exists; pass --overwrite to replace it, or another path")
 
     state, arch, cifar_stem = load_encoder_state(source, trust_pickle, "--trust-pickle")
     if cifar_stem:
@@ -96,10 +100,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--trust-pickle", action="store_true",
                         help="also read an input that pickles objects; this runs code from the file, so use it "
                              "only for files you made yourself (default: tensors and containers only)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT.pkl")
     args = parser.parse_args(argv)
 
     def body() -> int:
-        arch, count = convert(args.input, args.output, args.trust_pickle)
+        arch, count = convert(args.input, args.output, args.trust_pickle, args.overwrite)
         print(f"wrote {args.output}: {arch}, {count} tensors (use MODEL.WEIGHTS {args.output})")
         return 0
 

@@ -70,13 +70,37 @@ def run(cfg: DetectionConfig) -> Dict[str, object]:
     """All trials of ``cfg``; returns the summary written to ``output_dir/metrics.json`` (main process).
     ``output_dir`` is refused if it holds another run (unless ``resume`` / ``overwrite``) and locked."""
     env = setup_distributed(cfg.device)
-    run_dir = RunDir(cfg.output_dir, cfg.resume, cfg.overwrite, OUTPUTS, "resume=true") if env.is_main \
-        else contextlib.nullcontext()
-    with run_dir:
-        return _run(cfg, env)
+    run_dir = RunDir(cfg.output_dir, cfg.resume, cfg.overwrite, OUTPUTS, "resume=true", clean_failed=True) \
+        if env.is_main else contextlib.nullcontext()
+    with run_dir as opened:
+        try:
+            summary = _run(cfg, env, opened)
+        except BaseException:
+            _close_logging()
+            if opened is not None and _has_checkpoint(cfg.output_dir):
+                opened.commit()  # a failed run that can resume keeps its directory
+            raise
+        if opened is not None:
+            opened.commit()
+        return summary
 
 
-def _run(cfg: DetectionConfig, env) -> Dict[str, object]:
+def _has_checkpoint(output_dir: str) -> bool:
+    return any(os.path.exists(os.path.join(folder, LAST_CHECKPOINT)) for folder in
+               [output_dir, *[os.path.join(output_dir, d) for d in os.listdir(output_dir) if d.startswith("trial_")]])
+
+
+def _close_logging() -> None:
+    """Release log.txt, so that a failed run's directory can be cleaned."""
+    for handler in list(log.handlers):
+        if isinstance(handler, logging.FileHandler):
+            log.removeHandler(handler)
+            handler.close()
+
+
+def _run(cfg: DetectionConfig, env, run_dir: Optional[RunDir]) -> Dict[str, object]:
+    if run_dir is not None:
+        run_dir.start()  # overwrite=true: the old run is set aside only now (restored if this one fails)
     _setup_logging(cfg.output_dir, env.is_main)
     if env.is_main:
         with open(os.path.join(cfg.output_dir, "config.yaml"), "w", encoding="utf-8") as f:

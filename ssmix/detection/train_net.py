@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import re
 import sys
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -132,8 +131,10 @@ def log_loaded_encoder(model, weights: str) -> Optional[str]:
     checkpoint' warning for the new detection heads is expected and not a failure."""
     if not weights.endswith(".pkl") or not os.path.isfile(weights):
         return None
-    with open(weights, "rb") as f:
-        tensors = pickle.load(f).get("model", {})
+    from ssmix.safe_load import safe_pickle_load
+
+    loaded = safe_pickle_load(weights, "MODEL.WEIGHTS")  # containers and arrays only: no code runs
+    tensors = loaded.get("model", {}) if isinstance(loaded, dict) else {}
     model = getattr(model, "module", model)
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     message = (f"encoder: loaded {matched_tensors(shapes, tensors)} of {len(tensors)} tensors from {weights}; "
@@ -190,7 +191,7 @@ def prepare_weights(opts: List[str]) -> List[str]:
     name = os.path.basename(os.path.normpath(weights)).split(".")[0] or "encoder"
     target = os.path.join(output_dir, f"{name}.pkl")
     try:
-        arch, count = convert(weights, target)
+        arch, count = convert(weights, target, overwrite=True)  # derived from MODEL.WEIGHTS on every start
     except WeightsError:
         return opts  # not an encoder: e.g. a detectron2 model_final.pth, which detectron2 reads itself
     print(f"converted {weights} ({arch}, {count} tensors) -> {target}")

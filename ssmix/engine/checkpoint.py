@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ssmix.config import ConfigError
+from ssmix.engine.signals import critical
 from ssmix.safe_load import UnreadableFileError, UnsafePickleError, safe_torch_load
 
 CKPT_DIR = "checkpoints"
@@ -36,7 +37,13 @@ class DiskWriteError(OSError):
 
 
 def save_atomic(obj: Any, path: str) -> None:
-    """``torch.save`` that never leaves a truncated file at ``path``: a crash leaves the old one."""
+    """``torch.save`` that never leaves a truncated file at ``path``: a crash leaves the old one. No signal
+    interrupts it (:func:`ssmix.engine.signals.critical`)."""
+    with critical():
+        _save_atomic(obj, path)
+
+
+def _save_atomic(obj: Any, path: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
@@ -177,6 +184,17 @@ def check_resume_config(path: str, saved: Optional[Dict[str, Any]], current: Dic
         shown = ", ".join(diffs[:4]) + (f" (+{len(diffs) - 4} more)" if len(diffs) > 4 else "")
         raise CheckpointError(f"resume: {path} was written with a different config: {shown}; resume with the "
                               "checkpoint's values, or start a new run in another output_dir")
+
+
+def warn_moved_data(saved: Optional[Dict[str, Any]], current: Dict[str, Any], num_images: int, spe: int,
+                    warn: Callable[[str], None]) -> None:
+    """``data.root`` may move on resume (a copy on a local disk), but other images change the schedule:
+    say so, with the diff (issue 24)."""
+    old = ((saved or {}).get("data") or {}).get("root")
+    new = current["data"]["root"]
+    if old is not None and old != new and current["data"]["name"] not in ("synthetic", "digits"):
+        warn(f"warning: resume: data.root {old!r} -> {new!r}; the run continues on the {num_images} images there "
+             f"({spe} steps per epoch): if they are not the same images, the schedule and results change")
 
 
 def get_rng_state() -> Dict[str, Any]:

@@ -2,8 +2,12 @@
 stray temp files, and given ``config.yaml`` only once the run is known to start.
 
 Rules (README "Reliability"): a non-empty ``output_dir`` is refused unless ``resume`` is set (continue the
-run) or ``overwrite=true`` (delete the old run's outputs first). An exclusive ``flock`` on
-``output_dir/.lock`` is held for the whole run, so a second process in the same directory is refused.
+run) or ``overwrite=true`` (replace the old run). An exclusive ``flock`` on ``output_dir/.lock`` is held
+for the whole run, so a second process in the same directory is refused.
+
+``overwrite=true`` deletes nothing up front (issue 24): :meth:`RunDir.start`, called once every check has
+passed, moves the old run's outputs into ``output_dir/.replaced``; :meth:`RunDir.commit` (the new run's
+first checkpoint) deletes them; a run that fails before that puts the old run back.
 """
 from __future__ import annotations
 
@@ -12,7 +16,9 @@ import glob
 import json
 import os
 import shutil
-from typing import Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import yaml
 
 from ssmix.config import ConfigError
 
@@ -22,6 +28,7 @@ except ImportError:  # pragma: no cover - not POSIX: no lock
     fcntl = None
 
 LOCK_FILE = ".lock"
+REPLACED = ".replaced"  # the old run's outputs while an overwrite=true run has no checkpoint yet
 OUTPUTS = ("checkpoints", "metrics.jsonl", "tb", "backbone.pth", "mixer.pt", "config.yaml")
 
 
@@ -32,16 +39,20 @@ class RunDirError(ConfigError):
 class RunDir:
     """``with RunDir(path, resume, overwrite) as run_dir:`` - checks, lock, cleanup; unlock on exit.
 
-    ``outputs``: the glob patterns ``overwrite`` deletes; ``resume_hint``: how the message says to resume."""
+    ``outputs``: the glob patterns ``overwrite`` replaces; ``resume_hint``: how the message says to resume;
+    ``clean_failed``: a run that fails before :meth:`commit` in a directory that was empty leaves it empty
+    again (so that a retry is not refused)."""
 
     def __init__(self, path: str, resume: bool, overwrite: bool, outputs: Sequence[str] = OUTPUTS,
-                 resume_hint: str = "resume=auto") -> None:
+                 resume_hint: str = "resume=auto", clean_failed: bool = False) -> None:
         self.path, self.resume, self.overwrite = path, resume, overwrite
-        self.outputs, self.resume_hint = tuple(outputs), resume_hint
+        self.outputs, self.resume_hint, self.clean_failed = tuple(outputs), resume_hint, clean_failed
         self._lock: Optional[object] = None
+        self.was_empty, self.committed, self._set_aside = False, False, False
 
     def __enter__(self) -> "RunDir":
         self._create()
+        self._check_not_checkpoints()
         self._acquire()
         try:
             self._check_contents()
@@ -51,8 +62,12 @@ class RunDir:
             raise
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is not None and not self.committed:
+                self._undo()
+        finally:
+            self.close()
 
     def _create(self) -> None:
         if os.path.exists(self.path) and not os.path.isdir(self.path):
@@ -87,20 +102,73 @@ class RunDir:
         handle.flush()
         self._lock = handle
 
+    def _check_not_checkpoints(self) -> None:
+        """``<run>/checkpoints`` is not a run directory: a run there would nest (issue 24)."""
+        parent = os.path.dirname(os.path.abspath(self.path))
+        inside = glob.glob(os.path.join(self.path, "step_*.pt"))
+        if inside or (os.path.basename(os.path.abspath(self.path)) == "checkpoints"
+                      and os.path.isfile(os.path.join(parent, "config.yaml"))):
+            raise RunDirError(f"output_dir: '{self.path}' is the checkpoints folder of the run in '{parent}'; pass "
+                              f"output_dir={parent} ({self.resume_hint} continues that run)")
+
+    def _existing(self) -> list:
+        return sorted(e for e in os.listdir(self.path) if e != LOCK_FILE and ".tmp." not in e)
+
     def _check_contents(self) -> None:
-        existing = sorted(e for e in os.listdir(self.path) if e != LOCK_FILE)
-        if not existing or self.resume:
+        existing = self._existing()
+        self.was_empty = not existing
+        if not existing or self.resume or self.overwrite:
             return
-        if not self.overwrite:
-            shown = ", ".join(existing[:5]) + (", ..." if len(existing) > 5 else "")
-            raise RunDirError(f"output_dir: '{self.path}' is not empty ({shown}); pass {self.resume_hint} to "
-                              "continue that run, overwrite=true to replace it, or another output_dir")
-        for pattern in self.outputs:
-            for target in glob.glob(os.path.join(self.path, pattern)):
-                if os.path.isdir(target):
-                    shutil.rmtree(target)
-                else:
-                    os.remove(target)
+        shown = ", ".join(existing[:5]) + (", ..." if len(existing) > 5 else "")
+        raise RunDirError(f"output_dir: '{self.path}' is not empty ({shown}); pass {self.resume_hint} to "
+                          "continue that run, overwrite=true to replace it, or another output_dir")
+
+    def _outputs(self) -> list:
+        return [t for pattern in self.outputs for t in glob.glob(os.path.join(self.path, pattern))]
+
+    def start(self) -> None:
+        """Every check has passed and the run is about to write: with ``overwrite=true``, move the old run's
+        outputs into ``.replaced`` (a ``.replaced`` left by an earlier attempt that never reached a
+        checkpoint is kept, and that attempt's outputs are deleted)."""
+        replaced = os.path.join(self.path, REPLACED)
+        targets = self._outputs() if self.overwrite and not self.resume else []
+        if os.path.isdir(replaced):
+            for target in targets:
+                _remove(target)
+        elif targets:
+            os.makedirs(replaced)
+            for target in targets:
+                os.replace(target, os.path.join(replaced, os.path.basename(target)))
+            print(f"overwrite=true: the old run's outputs are in {replaced} until this run's first checkpoint",
+                  flush=True)
+        self._set_aside = os.path.isdir(replaced)
+
+    def commit(self) -> None:
+        """The new run has its first checkpoint: the old one (``.replaced``) is deleted."""
+        if self.committed:
+            return
+        self.committed = True
+        replaced = os.path.join(self.path, REPLACED)
+        if self._set_aside and os.path.isdir(replaced):
+            shutil.rmtree(replaced)
+
+    def _undo(self) -> None:
+        """A run that failed before its first checkpoint: put back the run it was to replace, or (with
+        ``clean_failed``) leave a directory that was empty empty again."""
+        replaced = os.path.join(self.path, REPLACED)
+        if glob.glob(os.path.join(self.path, "checkpoints", "step_*.pt")):
+            self.commit()  # the new run has a checkpoint (a signal's): it is the run now
+            return
+        if self._set_aside and os.path.isdir(replaced):
+            for target in self._outputs():
+                _remove(target)
+            for name in os.listdir(replaced):
+                os.replace(os.path.join(replaced, name), os.path.join(self.path, name))
+            os.rmdir(replaced)
+            print(f"the run failed before its first checkpoint: the old run in {self.path} is restored", flush=True)
+        elif self.clean_failed and self.was_empty:
+            for target in self._outputs():
+                _remove(target)
 
     def _remove_temp_files(self) -> None:
         """Half-written ``*.tmp.<pid>`` files of a killed save (no live run can own them: we hold the lock)."""
@@ -120,6 +188,45 @@ class RunDir:
         if self._lock is not None:
             self._lock.close()  # closing the descriptor releases the flock
             self._lock = None
+
+
+def _remove(target: str) -> None:
+    if os.path.isdir(target) and not os.path.islink(target):
+        shutil.rmtree(target)
+    else:
+        os.remove(target)
+
+
+# What a run that never wrote a checkpoint may leave (a kill before step ckpt_every); anything else in an
+# output_dir without a readable checkpoint is a run that resume=auto must not start over.
+RESTARTABLE = {"config.yaml", "metrics.jsonl", "tb", "checkpoints", REPLACED}
+
+
+def check_fresh_start(path: str, current: Dict[str, Any], differences: Callable[[Dict, Dict], List[str]]) -> None:
+    """``resume=auto`` found no readable checkpoint in ``path``: starting from step 0 is allowed only if the
+    directory is empty or holds a run of this same config that never wrote a checkpoint (issue 24)."""
+    entries = sorted(e for e in os.listdir(path) if e != LOCK_FILE and ".tmp." not in e)
+    if not entries:
+        return
+    leftovers = [e for e in entries if e not in RESTARTABLE]
+    ckpt_dir = os.path.join(path, "checkpoints")
+    if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
+        leftovers.append("checkpoints/" + sorted(os.listdir(ckpt_dir))[0])
+    config = os.path.join(path, "config.yaml")
+    if leftovers or not os.path.isfile(config):
+        shown = ", ".join((leftovers or entries)[:4])
+        raise RunDirError(f"resume=auto: '{path}' holds no readable checkpoint but is not empty ({shown}); pass "
+                          "overwrite=true to replace that run, or another output_dir")
+    try:
+        with open(config, encoding="utf-8") as f:
+            saved = yaml.safe_load(f)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        saved = None
+    diffs = differences(saved, current) if isinstance(saved, dict) else ["config.yaml unreadable"]
+    if diffs:
+        shown = ", ".join(diffs[:4]) + (f" (+{len(diffs) - 4} more)" if len(diffs) > 4 else "")
+        raise RunDirError(f"resume=auto: '{path}' holds no checkpoint, and its config.yaml differs: {shown}; "
+                          "resume with its values, pass overwrite=true, or another output_dir")
 
 
 def continues_in_place(resume: Optional[str], output_dir: str) -> bool:

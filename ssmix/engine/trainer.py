@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ssmix.config import Config, ConfigError, config_to_dict, dump_config, per_process_batch, scaled_lr
+from ssmix.config_checks import check_data_fit, check_runnable
 from ssmix.data.datasets import build_dataset, data_info
 from ssmix.data.loader import MultiViewDataset, RunLoader, steps_per_epoch
 from ssmix.data.transforms import DeviceNormalize, build_eval_transform, build_view_transform
@@ -27,7 +28,7 @@ from ssmix.engine.finite import FiniteGuard, check_state
 from ssmix.engine.health import HealthMonitor
 from ssmix.engine.optim import build_optimizer, set_learning_rates
 from ssmix.engine.pretrainer import Pretrainer
-from ssmix.engine.rundir import continues_in_place, open_run_dir, truncate_metrics
+from ssmix.engine.rundir import check_fresh_start, continues_in_place, open_run_dir, truncate_metrics
 from ssmix.engine.signals import Interrupted, StopRequest
 from ssmix.models.backbones import export_state_dict
 
@@ -186,6 +187,7 @@ def _train(cfg: Config, stack: contextlib.ExitStack, stop: StopRequest) -> Dict[
     device, rank, world, _ = setup_process(resolve_device(cfg.device))
     batch = per_process_batch(cfg.train, world)
     check_global_batch(cfg, batch, world)
+    check_runnable(cfg, world)  # before the output directory is touched
     run_dir = open_run_dir(stack, cfg.output_dir, continues_in_place(cfg.resume, cfg.output_dir), cfg.overwrite,
                            rank, world)
     if device.startswith("cuda"):
@@ -208,6 +210,15 @@ def _train(cfg: Config, stack: contextlib.ExitStack, stop: StopRequest) -> Dict[
     uint8 = {"uint8": True} if normalize is not None else {}
     views_tf = build_view_transform(dc.aug, dc.image_size, info.mean, info.std, **uint8)
     dataset = MultiViewDataset(base, views_tf, cfg.seed)
+    if dc.name == "folder" and is_main:
+        print(f"data.root: {len(base)} images under {dc.root}", flush=True)
+    check_data_fit(cfg, len(dataset))
+    if cfg.train.knn_every:  # a bad data.eval_root or knn_k fails now, not after epoch 1
+        from ssmix.evaluation.monitor import check_monitor
+
+        warning = check_monitor(cfg)
+        if warning and is_main:
+            _warn(warning)
     spe = steps_per_epoch(len(dataset), batch, world)
     if spe == 0:
         raise ConfigError(f"the global batch {batch * world} ({batch} per process x {world}) is larger than "
@@ -237,6 +248,8 @@ def _train(cfg: Config, stack: contextlib.ExitStack, stop: StopRequest) -> Dict[
         saved_world = ckpt.saved_world_size(state)
         note = ckpt.check_world_size(resume, saved_world, world, lambda w: steps_per_epoch(
             len(dataset), per_process_batch(cfg.train, w), w))
+        if is_main:
+            ckpt.warn_moved_data(state.get("config"), config_to_dict(cfg), len(base), spe, _warn)
         _load_model_state(model, state["model"], resume, _warn if is_main else None)
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
@@ -252,11 +265,14 @@ def _train(cfg: Config, stack: contextlib.ExitStack, stop: StopRequest) -> Dict[
             ckpt.set_aside_newer(cfg.output_dir, start_step, _warn)
             print(f"resumed from {resume} at step {start_step}/{total_steps}")
     else:
+        if cfg.resume == "auto" and run_dir is not None:  # refuse to start over a run it cannot continue
+            check_fresh_start(cfg.output_dir, config_to_dict(cfg), ckpt.config_differences)
         resume = None
         model.on_train_start(_extract_fn(model, base, cfg, device, info, batch))
     step_fn = wrap_for_training(model, cfg.model.sync_bn, cfg.method.name == "mocov2", device)
     model.train()
     if run_dir is not None:  # everything checked: this directory now holds this run
+        run_dir.start()
         run_dir.write_text("config.yaml", dump_config(cfg))
 
     logger = MetricsLogger(cfg.output_dir, is_main, start_step)
@@ -309,6 +325,8 @@ def _train(cfg: Config, stack: contextlib.ExitStack, stop: StopRequest) -> Dict[
                 logger.log(step, {**row, "health_warnings": health.active})
             if step % cfg.train.ckpt_every == 0 or step == stop_step:
                 last_ckpt = _save(cfg, model, optimizer, scaler, step, world, is_main, guard, last_ckpt)
+                if run_dir is not None:  # overwrite=true: the old run goes now
+                    run_dir.commit()
             if step % spe == 0:
                 _end_of_epoch(cfg, model, step // spe, step, logger, info, device)
             if step < stop_step and stop.due(step, cfg.train.log_every, world, device):

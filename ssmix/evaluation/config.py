@@ -59,6 +59,7 @@ class LinearEvalConfig:
     knn_k: int = 200
     knn_t: float = 0.1
     output_dir: Optional[str] = None  # None (CLI): <run_dir>/linear_<data>_<mode> or runs/linear/...
+    overwrite: bool = False  # replace the results.json of an earlier evaluation in output_dir
     cache_dir: Optional[str] = "runs/feature_cache"  # None or "": no feature cache on disk
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 

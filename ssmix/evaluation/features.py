@@ -2,7 +2,8 @@
 
 Features are the global-average-pooled last stage of the trunk in eval mode, extracted once per
 (weights hash, dataset, split, transform, copies) and stored as ``<cache_dir>/<key>.pt``. The key
-holds the weights' hash, so a changed checkpoint never reuses stale features.
+holds the weights' hash, so a changed checkpoint never reuses stale features, and, for image files, the
+file list with sizes and modification times, so changed images do not either.
 """
 from __future__ import annotations
 
@@ -137,3 +138,25 @@ class FeatureCache:
 def dataset_identity(name: str, root: str, split: str, **extra: Any) -> Dict[str, Any]:
     """What names a split's images in the cache key (the root as an absolute path)."""
     return {"name": name, "root": os.path.abspath(root), "split": split, **extra}
+
+
+def file_fingerprint(dataset: Dataset) -> Optional[str]:
+    """Digest of a file-backed split's (path, size, mtime, ctime, inode, label) list, or None for other
+    datasets: images replaced, swapped, moved between classes, added or removed give another cache key
+    (issue 24; a rename keeps the mtime but changes the ctime and the path's inode)."""
+    if hasattr(dataset, "indices") and hasattr(dataset, "dataset"):  # a subset: its images' files (the key
+        return file_fingerprint(dataset.dataset)  # holds the subset's size)
+    samples = getattr(dataset, "samples", None)
+    if samples is None and getattr(dataset, "paths", None) is not None:
+        samples = list(zip(dataset.paths, dataset.targets))
+    if not samples:
+        return None
+    digest = hashlib.sha256()
+    for path, label in samples:
+        try:
+            stat = os.stat(path)
+            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\0{stat.st_ctime_ns}\0{stat.st_ino}\0{label}\n"
+                          .encode())
+        except OSError:
+            digest.update(f"{path}\0missing\0{label}\n".encode())
+    return digest.hexdigest()[:32]

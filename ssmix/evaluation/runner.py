@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from ssmix.config import ConfigError, from_dict
 from ssmix.evaluation.config import EvalDataConfig, LinearEvalConfig, validate
 from ssmix.evaluation.features import (FeatureCache, TransformedDataset, dataset_identity, extract_copies,
-                                       test_transform, train_transform)
+                                       file_fingerprint, test_transform, train_transform)
 from ssmix.evaluation.knn import knn_metrics
 from ssmix.evaluation.linear import ProbeHistory, ProbeSchedule, select_lr, train_probe_cached, train_probe_in_loop
 from ssmix.evaluation.weights import LoadedEncoder, load_encoder
@@ -67,6 +67,9 @@ def build_eval_data(data: EvalDataConfig) -> EvalData:
         raise ConfigError(f"data.name: '{data.name}' has no labels; evaluate on a labelled folder with "
                           "data.name=imagefolder (<root>/train/<class>/*, <root>/val/<class>/*)")
     image_size = data.image_size or info.image_size
+    if data.test_resize is not None and data.test_resize < image_size:  # CenterCrop would pad with black
+        raise ConfigError(f"data.test_resize={data.test_resize}: the centre crop of {image_size} px is larger than "
+                          f"the resized image; set data.test_resize >= {image_size} (or null)")
     test_split = data.test_split or ("val" if "val" in info.splits else "test")
     synthetic = {"num_samples": data.num_samples, "num_classes": info.num_classes} if data.name == "synthetic" else {}
     sets, ids = [], []
@@ -80,8 +83,10 @@ def build_eval_data(data: EvalDataConfig) -> EvalData:
                                       subset=subset))
         except (OSError, RuntimeError, ValueError) as exc:
             raise ConfigError(f"data: cannot load '{data.name}' split '{split}' from root '{data.root}': {exc}") from None
+        fingerprint = file_fingerprint(sets[-1])
+        files = {"files": fingerprint} if fingerprint else {}
         ids.append(dataset_identity(data.name, data.root, split, image_size=image_size, size=len(sets[-1]),
-                                    **synthetic, **({"subset": subset} if subset else {})))
+                                    **synthetic, **files, **({"subset": subset} if subset else {})))
     num_classes = info.num_classes
     if data.name == "imagefolder" and data.num_classes is None:  # the class sub-folders, not ImageNet's 1000
         num_classes = len(sets[0].classes)
@@ -100,6 +105,28 @@ def default_output_dir(cfg: LinearEvalConfig) -> str:
     else:
         stem = os.path.splitext(os.path.basename(cfg.weights))[0]
     return os.path.join("runs", "linear", f"{stem}_{leaf}")
+
+
+def free_output_dir(path: str) -> str:
+    """``path``, or ``path_2``, ``path_3``... if an earlier evaluation wrote its results.json there (a default
+    output_dir is never overwritten, issue 24)."""
+    candidate, n = path, 1
+    while os.path.exists(os.path.join(candidate, "results.json")):
+        n += 1
+        candidate = f"{path}_{n}"
+    return candidate
+
+
+def check_output_dir(cfg: LinearEvalConfig) -> None:
+    """An ``output_dir`` holding another evaluation's results is refused unless ``overwrite=true``."""
+    if not cfg.output_dir:
+        return
+    if os.path.exists(cfg.output_dir) and not os.path.isdir(cfg.output_dir):
+        raise ConfigError(f"output_dir: '{cfg.output_dir}' is a file; pass a directory path")
+    results = os.path.join(cfg.output_dir, "results.json")
+    if os.path.exists(results) and not cfg.overwrite:
+        raise ConfigError(f"output_dir: {results} exists (an earlier evaluation); pass overwrite=true to replace "
+                          "it, or another output_dir")
 
 
 def _mean_std(values: List[float]) -> Tuple[float, float]:
@@ -148,6 +175,7 @@ def _warn(message: str, warnings: List[str]) -> None:
 def run_linear_eval(cfg: LinearEvalConfig, log: Logger = None) -> Dict[str, Any]:
     """Run kNN plus ``cfg.seeds`` linear probes; write results when ``cfg.output_dir`` is set."""
     validate(cfg)
+    check_output_dir(cfg)
     say = log or (lambda _msg: None)
     warnings: List[str] = []
     started = time.perf_counter()

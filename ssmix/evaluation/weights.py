@@ -119,6 +119,10 @@ def _describe(obj: Any) -> str:
 
 def _tensor_dict(loaded: object, path: str) -> Dict[str, Tensor]:
     """Unwrap ``{"model": ...}`` (ssmix) / ``{"state_dict": ...}`` (MoCo, Lightning) containers."""
+    if isinstance(loaded, Mapping) and loaded.get("format") == "ssmix.samix_mixer":
+        raise WeightsError(f"weights: '{path}' is a SAMix Mixer export (mixer.pt: the Mixer and stages 0-3 of the "
+                           "trunk that fed it, no layer4), not an encoder; pass the run's backbone.pth or its "
+                           "directory")
     obj = loaded
     while isinstance(obj, Mapping):
         tensors = {k: v for k, v in obj.items() if isinstance(v, Tensor)}

@@ -27,10 +27,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     cfg = load_eval_config(args.config, args.overrides)
-    from ssmix.evaluation.runner import MARKDOWN_HEADER, default_output_dir, run_linear_eval
+    from ssmix.evaluation.runner import MARKDOWN_HEADER, default_output_dir, free_output_dir, run_linear_eval
 
-    if cfg.output_dir is None:
-        cfg.output_dir = default_output_dir(cfg)
+    if cfg.output_dir is None:  # the default folder of an earlier evaluation gets a numbered sibling
+        cfg.output_dir = free_output_dir(default_output_dir(cfg))
     result = run_linear_eval(cfg, log=lambda msg: print(msg, flush=True))
     print(result["summary"])
     print(MARKDOWN_HEADER)
