@@ -13,7 +13,7 @@ import torch.distributed as dist
 
 from ssmix.config import ConfigError
 from ssmix.engine import trainer
-from tests.helpers import tiny_config
+from tests.helpers import moco_overrides, tiny_config
 
 
 class _Stop(Exception):
@@ -52,7 +52,7 @@ def test_each_rank_binds_its_gpu_before_the_process_group_and_the_first_broadcas
     _fake_launch(monkeypatch, calls, rank=1, world=2)
     _stop_at_run_dir(monkeypatch, calls)
     with pytest.raises(_Stop):
-        trainer.train(tiny_config("device=cuda", f"output_dir={tmp_path}"))
+        trainer.train(tiny_config(*moco_overrides(), "device=cuda", f"output_dir={tmp_path}"))
     nccl = calls[1]
     assert calls[0] == ("set_device", 1) and nccl[:2] == ("init_process_group", "nccl")
     assert nccl[2] in (None, torch.device("cuda:1")) and calls[2:] == [("open_run_dir",)]
@@ -64,7 +64,7 @@ def test_an_explicit_gpu_is_bound_on_one_process(monkeypatch, tmp_path):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     _stop_at_run_dir(monkeypatch, calls)
     with pytest.raises(_Stop):
-        trainer.train(tiny_config("device=cuda:1", f"output_dir={tmp_path}"))
+        trainer.train(tiny_config(*moco_overrides(), "device=cuda:1", f"output_dir={tmp_path}"))
     assert calls == [("set_device", 1), ("open_run_dir",)]
 
 
@@ -79,7 +79,7 @@ def test_a_device_that_two_ranks_would_share_is_refused_in_one_line(monkeypatch,
     _fake_launch(monkeypatch, calls, rank=rank, world=2)
     _stop_at_run_dir(monkeypatch, calls)
     with pytest.raises(ConfigError, match=message):
-        trainer.train(tiny_config(f"device={device}", f"output_dir={tmp_path}"))
+        trainer.train(tiny_config(*moco_overrides(), f"device={device}", f"output_dir={tmp_path}"))
     assert calls == []  # refused before the group starts
 
 

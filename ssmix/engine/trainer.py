@@ -186,8 +186,8 @@ def _train(cfg: Config, stack: contextlib.ExitStack, stop: StopRequest) -> Dict[
     # The GPU is bound before the process group starts and before open_run_dir broadcasts (NCCL).
     device, rank, world, _ = setup_process(resolve_device(cfg.device))
     batch = per_process_batch(cfg.train, world)
-    check_global_batch(cfg, batch, world)
     check_runnable(cfg, world)  # before the output directory is touched
+    check_global_batch(cfg, batch, world)
     run_dir = open_run_dir(stack, cfg.output_dir, continues_in_place(cfg.resume, cfg.output_dir), cfg.overwrite,
                            rank, world)
     if device.startswith("cuda"):
