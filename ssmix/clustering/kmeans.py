@@ -81,10 +81,11 @@ def _lloyd_torch(x: Tensor, seeds: Tensor, iters: int) -> Tensor:
 
 
 def _lloyd_faiss(faiss, x: Tensor, seeds: Tensor, iters: int, seed: int) -> Tensor:
-    """faiss Lloyd iterations from ``seeds``; returns faiss's nearest-centroid labels."""
+    """faiss Lloyd iterations from ``seeds``; returns faiss's nearest-centroid labels. ``min_points_per_centroid``
+    only sets when faiss prints its raw "provide at least N training points" warning: 1 silences it."""
     k, d = seeds.shape
     km = faiss.Kmeans(
-        d, k, niter=iters, seed=seed, max_points_per_centroid=10**7,
+        d, k, niter=iters, seed=seed, max_points_per_centroid=10**7, min_points_per_centroid=1,
         gpu=faiss.get_num_gpus() > 0, verbose=False,
     )
     points = np.ascontiguousarray(x.numpy(), dtype=np.float32)

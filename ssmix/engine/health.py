@@ -4,7 +4,7 @@ has stopped doing its job, instead of a loss curve that merely looks calm.
 Checked on every logged row (rank 0). A condition must hold for ``patience`` consecutive rows, after
 the first ``grace`` fraction of the schedule (initial transients: a fresh Mixer's near-constant mask,
 a random encoder's clustered embeddings), before it warns; it warns once, and again only after it
-cleared. The row gets ``health_warnings``: how many conditions hold right now.
+cleared. The row gets ``health_warnings``: the names (metrics) of the conditions that hold right now.
 """
 from __future__ import annotations
 
@@ -83,3 +83,8 @@ class HealthMonitor:
     def active(self) -> int:
         """How many conditions held at the last row."""
         return sum(1 for n in self.streak.values() if n > 0)
+
+    @property
+    def active_names(self) -> List[str]:
+        """The metrics whose conditions held at the last row (``metrics.jsonl``'s ``health_warnings``)."""
+        return [name for name, n in self.streak.items() if n > 0]

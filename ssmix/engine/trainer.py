@@ -30,6 +30,7 @@ from ssmix.engine.pretrainer import Pretrainer
 from ssmix.engine.rundir import continues_in_place, open_run_dir, truncate_metrics
 from ssmix.engine.signals import Interrupted, StopRequest
 from ssmix.models.backbones import export_state_dict
+from ssmix.report import phase, say, startup_summary
 
 
 def resolve_device(name: str) -> str:
@@ -118,7 +119,7 @@ def _extract_fn(model: Pretrainer, dataset, cfg: Config, device: str, info) -> A
         feats, labels = [], []
         was_training = model.training
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), phase("ODC init: feature extraction", f"{len(dataset)} images", len(dataset)):
             for x, y in loader:
                 feats.append(model.method.embed_target(x.to(device)).float().cpu())
                 labels.append(y)
@@ -195,6 +196,10 @@ def _train(cfg: Config, stack: contextlib.ExitStack, stop: StopRequest) -> Dict[
     optimizer = build_optimizer(model.param_groups(), cfg, spe)
     amp = autocast_dtype(cfg.train.amp, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
+    startup_summary(images=len(dataset), dataset=dc.name, split=dc.split, steps_per_epoch=spe,
+                    epochs=cfg.train.epochs, stop_step=stop_step, world=world, device=device,
+                    precision=str(amp).replace("torch.", "") if amp else "fp32", output_dir=cfg.output_dir,
+                    method=cfg.method.name, mix=cfg.mix.type)
 
     start_step = 0
     resume, state = ckpt.find_resume(cfg.resume, cfg.output_dir, _warn if is_main else None)
@@ -207,7 +212,7 @@ def _train(cfg: Config, stack: contextlib.ExitStack, stop: StopRequest) -> Dict[
         ckpt.set_rng_state(state["rng"][rank] if isinstance(state["rng"], list) else state["rng"])
         if is_main:
             ckpt.set_aside_newer(cfg.output_dir, start_step, _warn)
-            print(f"resumed from {resume} at step {start_step}/{total_steps}")
+            say(f"resumed from {resume} at step {start_step}/{total_steps}")
     else:
         resume = None
         model.on_train_start(_extract_fn(model, base, cfg, device, info))
@@ -262,7 +267,7 @@ def _train(cfg: Config, stack: contextlib.ExitStack, stop: StopRequest) -> Dict[
                 if is_main:
                     for message in health.check(step, row):
                         tqdm.write(message, file=sys.stderr)
-                logger.log(step, {**row, "health_warnings": health.active})
+                logger.log(step, {**row, "health_warnings": health.active_names})
             if step % cfg.train.ckpt_every == 0 or step == stop_step:
                 last_ckpt = _save(cfg, model, optimizer, scaler, step, world, is_main, guard, last_ckpt)
             if step % spe == 0:
@@ -329,10 +334,14 @@ def _run_monitors(cfg: Config, model: Pretrainer, epoch: int, step: int, logger:
     if tc.knn_every and epoch % tc.knn_every == 0 and logger.enabled:
         from ssmix.evaluation.monitor import knn_monitor
 
-        logger.log(step, {"knn_top1": knn_monitor(cfg, model.method.export_trunk(), device, k=tc.knn_k)})
+        with phase(f"epoch {epoch}: kNN monitor", f"k={tc.knn_k}"):
+            top1 = knn_monitor(cfg, model.method.export_trunk(), device, k=tc.knn_k)
+        say(f"epoch {epoch}: kNN top-1 {top1:.2f} %")
+        logger.log(step, {"knn_top1": top1})
         model.train()
     if tc.vis_every and epoch % tc.vis_every == 0 and logger.enabled and model.pipeline is not None:
         from ssmix.visualize import training_grid
 
-        logger.image("mix/grid", training_grid(cfg, model, device), step)
+        with phase(f"epoch {epoch}: mixed-sample grid"):
+            logger.image("mix/grid", training_grid(cfg, model, device), step)
         model.train()

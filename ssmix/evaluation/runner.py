@@ -26,6 +26,7 @@ from ssmix.evaluation.features import (FeatureCache, TransformedDataset, dataset
 from ssmix.evaluation.knn import knn_metrics
 from ssmix.evaluation.linear import ProbeHistory, ProbeSchedule, select_lr, train_probe_cached, train_probe_in_loop
 from ssmix.evaluation.weights import LoadedEncoder, load_encoder
+from ssmix.report import phase
 
 Logger = Optional[Callable[[str], None]]
 MARKDOWN_HEADER = ("| weights | arch | dataset | px | mode | epochs | seeds | top-1 | top-5 | kNN top-1 |\n"
@@ -110,8 +111,14 @@ def _features(encoder: LoadedEncoder, cache: FeatureCache, dataset: Dataset, ide
               transform: Any, copies: int, cfg: LinearEvalConfig, device: torch.device) -> Tuple[Tensor, Tensor]:
     parts = {"weights": encoder.weights_hash, "arch": encoder.arch, "cifar_stem": encoder.cifar_stem,
              "data": dict(identity), "transform": repr(transform), "copies": copies, "seed": 0}
-    return cache.get_or_compute(parts, lambda: extract_copies(encoder.backbone, dataset, transform, copies, 0,
-                                                               device, cfg.batch_size, cfg.data.num_workers))
+    def compute() -> Tuple[Tensor, Tensor]:
+        count = len(dataset) * copies
+        with phase("linear eval: feature extraction", f"{identity.get('split')} split, {len(dataset)} images x "
+                   f"{copies} cop{'y' if copies == 1 else 'ies'}", count):
+            return extract_copies(encoder.backbone, dataset, transform, copies, 0, device, cfg.batch_size,
+                                  cfg.data.num_workers)
+
+    return cache.get_or_compute(parts, compute)
 
 
 def summary_line(result: Mapping[str, Any]) -> str:

@@ -1,0 +1,64 @@
+"""What a researcher sees (issue 23): the start-up summary and the per-phase lines of a pre-training run,
+named health warnings."""
+from __future__ import annotations
+
+import json
+import os
+import re
+
+from ssmix import pretrain
+from ssmix.engine.health import HealthMonitor
+from tests.helpers import TINY, moco_overrides
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAMIX_C = os.path.join(ROOT, "configs", "synthetic", "mocov2_samix_c.yaml")
+ODC_SMALL = ["mix.odc.num_clusters=4", "mix.odc.min_cluster=1"]
+
+
+def test_startup_summary_and_phase_lines(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = pretrain.main([SAMIX_C, *TINY, *moco_overrides(), *ODC_SMALL, f"output_dir={out}", "train.max_steps=4",
+                          "train.knn_every=1", "train.knn_k=5"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    lines = captured.out.splitlines()
+    assert "[ssmix] data: 32 images found (synthetic, split train); method mocov2, mix samix_c" in lines
+    assert "[ssmix] schedule: 4 steps/epoch x 2 epochs = 8 steps, stopping at step 4 (train.max_steps)" in lines
+    assert "[ssmix] running on: world size 1, device cpu, precision fp32" in lines
+    assert f"[ssmix] outputs: {out}" in lines
+    # every long phase has a start line and an end line with its time and rate, in this order
+    starts = ["[ssmix] ODC init: feature extraction: 32 images ...",
+              "[ssmix] ODC init: k-means: 32 x 128 -> 4 clusters ...", "[ssmix] epoch 1: kNN monitor: k=5 ..."]
+    ends = [r"\[ssmix\] ODC init: feature extraction: done in [\d.]+ s, 32 images, \d+ images/s",
+            r"\[ssmix\] ODC init: k-means: done in [\d.]+ s, 32 points, \d+ points/s",
+            r"\[ssmix\] epoch 1: kNN monitor: done in [\d.]+ s"]
+    at = [lines.index(s) for s in starts]
+    assert at == sorted(at)
+    for start, end in zip(at, ends):
+        assert re.fullmatch(end, lines[start + 1]), lines[start + 1]
+    knn = [line for line in lines if re.fullmatch(r"\[ssmix\] epoch 1: kNN top-1 [\d.]+ %", line)]
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    logged = [r["knn_top1"] for r in rows if "knn_top1" in r]
+    assert len(knn) == 1 and logged and knn[0] == f"[ssmix] epoch 1: kNN top-1 {logged[0]:.2f} %"
+    assert "please provide at least" not in captured.err  # faiss's raw warning is silenced
+
+
+def test_health_warnings_are_named_in_metrics(tmp_path):
+    monitor = HealthMonitor(embed_dim=128, total_steps=100, patience=1)
+    monitor.check(50, {"mixer_mask_within_var": 0.001, "odc_empty": 2, "collapse_std": 0.09})
+    assert monitor.active_names == ["mixer_mask_within_var", "odc_empty"]
+    monitor.check(51, {"mixer_mask_within_var": 0.03, "odc_empty": 0})
+    assert monitor.active_names == []
+
+
+def test_linear_eval_extraction_has_start_and_end_lines(capsys):
+    from ssmix.evaluation import evaluate
+
+    evaluate("random", data={"name": "synthetic", "num_samples": 8, "num_classes": 2, "image_size": 16,
+                             "num_workers": 0}, epochs=1, batch_size=4, milestones=[1], knn_k=3, cache_dir=None,
+             device="cpu")
+    lines = capsys.readouterr().out.splitlines()
+    for split in ("train", "test"):
+        start = lines.index(f"[ssmix] linear eval: feature extraction: {split} split, 8 images x 1 copy ...")
+        assert re.fullmatch(r"\[ssmix\] linear eval: feature extraction: done in [\d.]+ s, 8 images, \d+ images/s",
+                            lines[start + 1])
