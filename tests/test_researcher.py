@@ -62,3 +62,54 @@ def test_linear_eval_extraction_has_start_and_end_lines(capsys):
         start = lines.index(f"[ssmix] linear eval: feature extraction: {split} split, 8 images x 1 copy ...")
         assert re.fullmatch(r"\[ssmix\] linear eval: feature extraction: done in [\d.]+ s, 8 images, \d+ images/s",
                             lines[start + 1])
+
+
+# ------------------------------------------------------------------------------- resume without overrides
+
+CONFIG = os.path.join(ROOT, "configs", "synthetic", "mocov2.yaml")
+
+
+def _final(out):
+    import ssmix.engine.checkpoint as ckpt
+
+    return ckpt.load_checkpoint(ckpt.latest_checkpoint(str(out)))
+
+
+def test_resume_run_dir_continues_without_restating_overrides(tmp_path, capsys):
+    import torch
+
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert pretrain.main([CONFIG, *TINY, *moco_overrides(), f"output_dir={whole}", "train.max_steps=6"]) == 0
+    assert pretrain.main([CONFIG, *TINY, *moco_overrides(), f"output_dir={cut}", "train.max_steps=3"]) == 0
+    capsys.readouterr()
+    # only the new cap: the tiny overrides (batch size, image size, queue, ...) come from cut/config.yaml
+    assert pretrain.main(["--resume", str(cut), "train.max_steps=6"]) == 0
+    out = capsys.readouterr().out
+    assert f"resumed from {cut / 'checkpoints' / 'step_00000003.pt'} at step 3/8" in out
+    a, b = _final(whole), _final(cut)
+    assert a["step"] == b["step"] == 6
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+
+
+def test_resume_run_dir_refuses_a_changed_key_with_the_difference(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert pretrain.main([CONFIG, *TINY, *moco_overrides(), f"output_dir={out}", "train.max_steps=1"]) == 0
+    capsys.readouterr()
+    assert pretrain.main(["--resume", str(out), "train.max_steps=2", "train.lr=0.1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "was written with a different config: train.lr 0.03 -> 0.1" in err
+
+
+def test_resume_needs_a_run_dir_with_config_and_pretrain_needs_a_config(tmp_path, capsys):
+    assert pretrain.main(["--resume", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: --resume: {tmp_path / 'config.yaml'} not found; pass the output_dir of a run that " \
+                  "started (it holds config.yaml)\n"
+    import pytest
+
+    for argv, message in (([], "pass a CONFIG"), (["--resume", str(tmp_path), "digits/mocov2"], "is not a key=value")):
+        with pytest.raises(SystemExit) as exit_info:
+            pretrain.main(argv)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and err.startswith("usage: ssmix-pretrain CONFIG") and message in err
