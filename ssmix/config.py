@@ -156,7 +156,7 @@ class LabelledMixConfig(MixConfig):
 
 @dataclass
 class Config:
-    output_dir: str = "runs/default"
+    output_dir: str = "runs/default"  # with a config file: runs/<data.name>/<config name> unless set
     seed: int = 0
     resume: Optional[str] = None  # None | auto | a checkpoint file | a run directory (its newest checkpoint)
     overwrite: bool = False  # start afresh in a non-empty output_dir, deleting the old run's outputs
@@ -435,9 +435,17 @@ def read_config(path: Optional[str], overrides: Sequence[str], shelf: Shelf) -> 
 def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> Config:
     """Load ``path`` (a file, a shipped config's name, or None for pure defaults), apply overrides, validate."""
     path, data = read_config(path, overrides, PRETRAIN)
-    if path and not data.get("output_dir", True):
-        data["output_dir"] = os.path.join("runs", os.path.splitext(os.path.basename(path))[0])
+    if path and not data.get("output_dir"):
+        data["output_dir"] = default_output_dir(path, data)
     return build_config(data)
+
+
+def default_output_dir(path: str, data: Dict[str, Any]) -> str:
+    """``runs/<data.name>/<config name>``: where a run goes unless its own config or the command line sets
+    ``output_dir`` (shipped configs do not), so ``data.name=folder`` lands in ``runs/folder/...``."""
+    section = data.get("data")
+    name = section.get("name") if isinstance(section, dict) else None
+    return os.path.join("runs", str(name or DataConfig.name), os.path.splitext(os.path.basename(path))[0])
 
 
 def dump_config(cfg: Config) -> str:

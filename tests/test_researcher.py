@@ -113,3 +113,69 @@ def test_resume_needs_a_run_dir_with_config_and_pretrain_needs_a_config(tmp_path
             pretrain.main(argv)
         err = capsys.readouterr().err
         assert exit_info.value.code == 2 and err.startswith("usage: ssmix-pretrain CONFIG") and message in err
+
+
+# ------------------------------------------------------------------------------------ output directories
+
+
+def test_output_dir_defaults_to_runs_dataset_config_name(tmp_path):
+    from ssmix.cli import load_pretrain_config
+
+    import glob
+
+    for path in glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True):
+        if os.sep + "_base_" + os.sep in path or os.sep + "linear" + os.sep in path:
+            continue
+        cfg = load_pretrain_config(path)
+        assert cfg.output_dir == os.path.join("runs", cfg.data.name, os.path.basename(path)[:-5]), path
+    assert load_pretrain_config(CONFIG).output_dir == os.path.join("runs", "synthetic", "mocov2")
+    assert load_pretrain_config("digits/mocov2_samix_c").output_dir == os.path.join("runs", "digits", "mocov2_samix_c")
+    folder = load_pretrain_config("mocov2_samix_c", ["data.name=folder"])
+    assert folder.output_dir == os.path.join("runs", "folder", "mocov2_samix_c")
+    assert load_pretrain_config(CONFIG, ["output_dir=elsewhere"]).output_dir == "elsewhere"
+    own = tmp_path / "mine.yaml"
+    own.write_text(f"_base_: {CONFIG}\noutput_dir: my_runs/a\n")
+    assert load_pretrain_config(str(own), ["data.name=folder"]).output_dir == "my_runs/a"
+    own.write_text(f"_base_: {CONFIG}\n")
+    assert load_pretrain_config(str(own)).output_dir == os.path.join("runs", "synthetic", "mine")
+
+
+def test_a_refused_run_leaves_no_directory_behind(tmp_path, capsys):
+    out = tmp_path / "a" / "b" / "run"
+    refused = [CONFIG, *TINY, *moco_overrides(), "data.name=folder", f"data.root={tmp_path}", "train.knn_every=1"]
+    assert pretrain.main([*refused, f"output_dir={out}"]) == 2
+    assert "data.eval_root" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+    kept = tmp_path / "mine"  # a directory the user made stays
+    kept.mkdir()
+    assert pretrain.main([*refused, f"output_dir={kept}"]) == 2
+    assert kept.is_dir()
+
+
+def test_feature_cache_lives_under_the_run_or_ssmix_cache(tmp_path, monkeypatch):
+    from ssmix.evaluation.config import LinearEvalConfig
+    from ssmix.evaluation.runner import resolve_cache_dir, run_linear_eval
+
+    monkeypatch.delenv("SSMIX_CACHE", raising=False)
+    run = tmp_path / "run"
+    run.mkdir()
+    assert resolve_cache_dir(LinearEvalConfig(weights=str(run))) == str(run / "feature_cache")
+    assert resolve_cache_dir(LinearEvalConfig(weights="random", output_dir="out")) == os.path.join("out",
+                                                                                                   "feature_cache")
+    assert resolve_cache_dir(LinearEvalConfig(weights="random")) is None
+    assert resolve_cache_dir(LinearEvalConfig(weights=str(run), cache_dir="")) is None
+    monkeypatch.setenv("SSMIX_CACHE", str(tmp_path / "cache"))
+    assert resolve_cache_dir(LinearEvalConfig(weights=str(run))) == str(tmp_path / "cache" / "features")
+    monkeypatch.delenv("SSMIX_CACHE")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    from ssmix.config import from_dict
+
+    cfg = from_dict(LinearEvalConfig, {"weights": "random", "output_dir": str(tmp_path / "eval"), "epochs": 1,
+                                       "batch_size": 4, "milestones": [1], "knn_k": 3, "device": "cpu",
+                                       "data": {"name": "synthetic", "num_samples": 8, "num_classes": 2,
+                                                "image_size": 16, "num_workers": 0}})
+    result = run_linear_eval(cfg)
+    assert result["feature_cache"] == {"dir": str(tmp_path / "eval" / "feature_cache"), "hits": 0, "misses": 2}
+    assert len(os.listdir(tmp_path / "eval" / "feature_cache")) == 2 and os.listdir(cwd) == []

@@ -39,6 +39,7 @@ class RunDir:
         self.path, self.resume, self.overwrite = path, resume, overwrite
         self.outputs, self.resume_hint = tuple(outputs), resume_hint
         self._lock: Optional[object] = None
+        self._created: list = []  # directories this RunDir made, removed again if the run leaves them empty
 
     def __enter__(self) -> "RunDir":
         self._create()
@@ -57,6 +58,7 @@ class RunDir:
     def _create(self) -> None:
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise RunDirError(f"output_dir: '{self.path}' is a file; pass a directory path")
+        self._created = _missing_dirs(self.path)
         try:
             os.makedirs(self.path, exist_ok=True)
         except OSError as exc:
@@ -120,6 +122,28 @@ class RunDir:
         if self._lock is not None:
             self._lock.close()  # closing the descriptor releases the flock
             self._lock = None
+            self._remove_if_unused()
+
+    def _remove_if_unused(self) -> None:
+        """A run refused before it wrote anything leaves no directory behind (only its ``.lock`` was there)."""
+        if not self._created:
+            return
+        with contextlib.suppress(OSError):
+            if os.listdir(self.path) not in ([], [LOCK_FILE]):
+                return
+            os.remove(os.path.join(self.path, LOCK_FILE))
+            for path in reversed(self._created):  # innermost first; stops at a directory something else filled
+                os.rmdir(path)
+
+
+def _missing_dirs(path: str) -> list:
+    """``path`` and those of its parents that do not exist yet, outermost first."""
+    missing = []
+    path = os.path.abspath(path)
+    while path and not os.path.exists(path):
+        missing.insert(0, path)
+        path = os.path.dirname(path)
+    return missing
 
 
 def continues_in_place(resume: Optional[str], output_dir: str) -> bool:
