@@ -17,7 +17,7 @@ import sys
 from typing import List, Optional
 
 from ssmix.cli import load_pretrain_config, run_main
-from ssmix.config import ConfigError, dump_config
+from ssmix.config import ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. train.epochs=10")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its config.yaml "
                                                             "(= RUN_DIR/config.yaml resume=auto)")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config, each key's meaning "
+                                                                     "as a comment (docs/config.md), and exit")
     return parser
 
 
@@ -63,7 +64,9 @@ def _run(args: argparse.Namespace) -> int:
         args.overrides = [f"output_dir={args.resume}", "resume=auto", "overwrite=false", *args.overrides]
     cfg = load_pretrain_config(args.config, args.overrides)
     if args.print_config:
-        print(dump_config(cfg), end="")
+        from ssmix.config_doc import commented_yaml
+
+        print(commented_yaml(cfg), end="")
         return 0
     from ssmix.engine.signals import Interrupted
     from ssmix.engine.trainer import train

@@ -179,3 +179,45 @@ def test_feature_cache_lives_under_the_run_or_ssmix_cache(tmp_path, monkeypatch)
     result = run_linear_eval(cfg)
     assert result["feature_cache"] == {"dir": str(tmp_path / "eval" / "feature_cache"), "hits": 0, "misses": 2}
     assert len(os.listdir(tmp_path / "eval" / "feature_cache")) == 2 and os.listdir(cwd) == []
+
+
+# ------------------------------------------------------------------------------------------ key meanings
+
+
+def _printed(capsys, name):
+    assert pretrain.main([name, "--print-config"]) == 0
+    return capsys.readouterr().out
+
+
+def test_print_config_keeps_meanings_marks_unused_keys_and_loads_back(tmp_path, capsys):
+    from ssmix.cli import load_pretrain_config
+    from ssmix.config import config_to_dict
+
+    for name in ("mocov2_samix_c", "swav", "digits/mocov2", "synthetic/simclr"):
+        text = _printed(capsys, name)
+        mine = tmp_path / "mine.yaml"
+        mine.write_text(text)
+        assert config_to_dict(load_pretrain_config(str(mine))) == config_to_dict(load_pretrain_config(name))
+    lines = _printed(capsys, "mocov2_samix_c").splitlines()
+    assert "  lr: 0.03  # peak learning rate of the encoder" in lines
+    assert "  amp: auto  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off" in lines
+    assert "  num_samples: 512  # unused: data.name is not synthetic; synthetic only" in lines
+    assert any(line.startswith("    multi_crop:  # unused: data.aug.kind is not swav") for line in lines)
+    assert "  mask_loss: l2  # l2 (SSL dev configs) | l1 (SL configs)" in lines
+    swav = _printed(capsys, "swav").splitlines()
+    assert any(line.startswith("    multi_crop:  # SwAV multi-crop") for line in swav)
+    assert not any("unused: data.name" in line for line in _printed(capsys, "synthetic/simclr").splitlines()
+                   if "num_samples" in line)
+
+
+def test_docs_config_md_is_generated_from_the_schema():
+    from ssmix.config_doc import config_reference
+
+    with open(os.path.join(ROOT, "docs", "config.md"), encoding="utf-8") as f:
+        assert f.read() == config_reference(), "docs/config.md is stale: python -m ssmix.config_doc > docs/config.md"
+    text = config_reference()
+    for row in ("| `train.grad_clip` | float or null | `null` | clip the gradients' global norm to this (null = off) |",
+                "| `train.min_lr_ratio` | float | `0.0` | final lr = lr * min_lr_ratio (cosine) |",
+                "| `data.num_samples` | int | `512` | synthetic only |", "## `mix.type: samix_c`",
+                "| `method.queue_size` | int | `16384` | negatives kept in the key queue |"):
+        assert row in text, row
