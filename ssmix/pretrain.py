@@ -16,15 +16,13 @@ import os
 import sys
 from typing import List, Optional
 
-from ssmix.cli import load_pretrain_config, run_main
+from ssmix.cli import command_parser, load_pretrain_config, run_main
 from ssmix.config import ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ssmix-pretrain", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     usage="%(prog)s CONFIG [key=value ...] [--print-config]\n"
-                                           "       %(prog)s --resume RUN_DIR [key=value ...]")
+    parser = command_parser("ssmix-pretrain", __doc__, "%(prog)s CONFIG [key=value ...] [--print-config]\n"
+                                                       "       %(prog)s --resume RUN_DIR [key=value ...]")
     parser.add_argument("config", nargs="?", help="YAML config file, or a shipped config's name: mocov2_samix_c, "
                                                   "digits/mocov2")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. train.epochs=10")

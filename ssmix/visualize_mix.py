@@ -1,7 +1,7 @@
 """Mixed-sample grids: what a config's mixer makes of fixed image pairs over a sweep of lambda.
 
-    python -m ssmix.visualize_mix CONFIG [checkpoint=PATH] [out=grid.png] [pairs=6] [steps=11] [split=NAME]
-                                  [dotted.key=value ...]
+    ssmix-visualize CONFIG [checkpoint=PATH] [out=grid.png] [pairs=6] [steps=11] [split=NAME] [key=value ...]
+    (python -m ssmix.visualize_mix in a checkout)
 
 Rows are image pairs (a = sample i, b = its partner j; both through the eval transform, the pairs a
 function of ``seed``), columns are a, b, then the mixer's output at ``steps`` requested lambdas from 0
@@ -99,13 +99,27 @@ def build_model(cfg: Config, checkpoint: Optional[str], device: str) -> nn.Modul
     return model.to(device)
 
 
+USAGE = "%(prog)s CONFIG [checkpoint=PATH] [out=grid.png] [pairs=6] [steps=11] [split=NAME] [key=value ...]"
+
+
+def build_parser():
+    from ssmix.cli import command_parser
+
+    parser = command_parser("ssmix-visualize", __doc__, USAGE)
+    parser.add_argument("config", nargs="?", help="YAML config file, or a shipped config's name (e.g. mocov2_cutmix)")
+    parser.add_argument("items", nargs="*", metavar="key=value",
+                        help="this tool's options (checkpoint, out, pairs, steps, split) or config overrides")
+    return parser
+
+
 def parse_args(argv: Sequence[str]) -> Tuple[str, Dict[str, object], List[str]]:
     """CONFIG, this tool's options (``OPTIONS``) and the remaining config overrides."""
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        raise SystemExit(0 if argv else 2)
-    config, options, overrides = argv[0], dict(OPTIONS), []
-    for item in argv[1:]:
+    parser = build_parser()
+    args = parser.parse_args(list(argv))
+    if not args.config:
+        parser.error("pass a CONFIG (a YAML file or a shipped name, e.g. mocov2_cutmix)")
+    config, options, overrides = args.config, dict(OPTIONS), []
+    for item in args.items:
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"'{item}': expected key=value (e.g. pairs=4 or mix.type=cutmix)")

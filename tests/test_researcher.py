@@ -221,3 +221,79 @@ def test_docs_config_md_is_generated_from_the_schema():
                 "| `data.num_samples` | int | `512` | synthetic only |", "## `mix.type: samix_c`",
                 "| `method.queue_size` | int | `16384` | negatives kept in the key queue |"):
         assert row in text, row
+
+
+# ------------------------------------------------------------------------------------------ help texts
+
+
+def _commands():
+    from ssmix.detection import convert, train, train_net
+    from ssmix.linear_eval import run
+    from ssmix import visualize_mix
+
+    return {"ssmix-pretrain": (pretrain.main, "usage: ssmix-pretrain CONFIG [key=value ...] [--print-config]"),
+            "ssmix-linear-eval": (run.main, "usage: ssmix-linear-eval CONFIG [key=value ...]"),
+            "ssmix-detect": (train.main, "usage: ssmix-detect PRESET|CONFIG [key=value ...]"),
+            "ssmix-visualize": (visualize_mix.main, "usage: ssmix-visualize CONFIG [checkpoint=PATH]"),
+            "ssmix-convert": (convert.main, "usage: ssmix-convert INPUT OUTPUT.pkl"),
+            "train_net": (train_net.cli, "usage: python -m ssmix.detection.train_net --config-file FILE")}
+
+
+def test_every_command_has_a_usage_line_and_no_markup(capsys):
+    import pytest
+
+    texts = {}
+    for name, (main, usage) in _commands().items():
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--help"])
+        text = texts[name] = capsys.readouterr().out
+        assert exit_info.value.code == 0 and text.startswith(usage), name
+        assert "``" not in text and ":mod:" not in text and ":func:" not in text, name
+        assert "options:" in text or "optional arguments:" in text, name
+    assert "Presets: coco_r50_c4_2x, tiny_coco_c4" in texts["ssmix-detect"]
+    assert "--resume RUN_DIR" in texts["ssmix-pretrain"] and "Linear probe and kNN" in texts["ssmix-linear-eval"]
+
+
+def test_commands_without_arguments_print_usage_and_exit_2(capsys):
+    import pytest
+
+    for name, (main, usage) in _commands().items():
+        if name == "train_net":
+            continue
+        with pytest.raises(SystemExit) as exit_info:
+            main([])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and err.startswith(usage), name
+
+
+def test_train_net_help_works_without_detectron2_and_running_says_how_to_install(capsys):
+    import importlib.util
+
+    from ssmix.detection import train_net
+
+    if importlib.util.find_spec("detectron2") is None:
+        assert train_net.cli(["--config-file", "x.yaml"]) == 2
+        assert "detectron2 is not installed" in capsys.readouterr().err
+    text = train_net.build_parser().format_help()
+    for flag in ("--config-file", "--num-gpus", "--classes", "--eval-only", "--resume"):
+        assert flag in text
+
+
+def test_ssmix_convert_is_a_console_command_and_converts(tmp_path, capsys):
+    import pickle
+
+    import torch
+    import torchvision
+
+    from ssmix.detection import convert
+
+    sys_path = tmp_path / "backbone.pth"
+    model = torchvision.models.resnet18()
+    model.fc = torch.nn.Identity()
+    torch.save(model.state_dict(), sys_path)
+    assert convert.main([str(sys_path), str(tmp_path / "r18.pkl")]) == 0
+    assert "wrote" in capsys.readouterr().out
+    with open(tmp_path / "r18.pkl", "rb") as f:
+        assert "stem.conv1.weight" in pickle.load(f)["model"]
+    pyproject = open(os.path.join(ROOT, "pyproject.toml"), encoding="utf-8").read()
+    assert 'ssmix-convert = "ssmix.detection.convert:main"' in pyproject
