@@ -105,7 +105,7 @@ class TrainConfig:
     keep_ckpts: int = 2
     knn_every: int = 0  # epochs between online kNN monitors (0 = off)
     knn_k: int = 200  # neighbours of the online kNN monitor (200, MoCo's; 20 for small sets like digits)
-    vis_every: int = 0  # epochs between mixed-sample grids in TensorBoard (0 = off)
+    vis_every: int = 0  # epochs between mixed-sample grids (TensorBoard and output_dir/figures/*.png; 0 = off)
     progress: bool = True
 
 

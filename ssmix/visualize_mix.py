@@ -83,6 +83,7 @@ def build_model(cfg: Config, checkpoint: Optional[str], device: str) -> nn.Modul
             raise CheckpointError(f"checkpoint={checkpoint}: {path} is not an ssmix training checkpoint (no 'model'); "
                                   "pass a checkpoints/step_*.pt file or a run's output_dir")
         state = loaded["model"]
+        source = f"checkpoint {os.path.relpath(path)}, step {loaded.get('step', '?')}"
         odc_labels = state.get("pipeline.odc.labels")
         if odc_labels is not None:
             num_samples = int(odc_labels.shape[0])
@@ -96,7 +97,13 @@ def build_model(cfg: Config, checkpoint: Optional[str], device: str) -> nn.Modul
             raise ConfigError(f"checkpoint={checkpoint} does not fit the model this config builds ({' '.join(first)}); "
                               "use the run's own config: python -m ssmix.visualize_mix RUN/config.yaml "
                               "checkpoint=RUN") from None
+    model.weights_source = source if state is not None else ""
     return model.to(device)
+
+
+def weights_source(model: nn.Module, checkpoint: Optional[str]) -> str:
+    """What the figure's title says about the weights it shows."""
+    return getattr(model, "weights_source", "") or ("untrained (no checkpoint=)" if not checkpoint else "")
 
 
 USAGE = "%(prog)s CONFIG [checkpoint=PATH] [out=grid.png] [pairs=6] [steps=11] [split=NAME] [key=value ...]"
@@ -153,7 +160,8 @@ def _run(argv: List[str]) -> int:
     sweep = lambda_sweep(model, pairs, lams, cfg.seed, from_training_split=split == cfg.data.split)
     out = str(opts["out"])
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    mix_figure(cfg, sweep).save(out)
+    source = weights_source(model, opts["checkpoint"])
+    mix_figure(cfg, sweep, source).save(out)
     print(f"{cfg.method.name} + {cfg.mix.type}, split {split}, pairs (a, b) = "
           f"{list(zip(pairs.index_a.tolist(), pairs.index_b.tolist()))}, lambdas {[round(v, 3) for v in lams]}")
     if sweep.note:
@@ -162,7 +170,7 @@ def _run(argv: List[str]) -> int:
         print("note: no checkpoint= given: the Mixer and encoder are untrained")
     print(f"wrote {out}")
     if sweep.learned:
-        mask_figure(cfg, sweep).save(masks_path(out))
+        mask_figure(cfg, sweep, source).save(masks_path(out))
         print(f"wrote {masks_path(out)}")
     return 0
 

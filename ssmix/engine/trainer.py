@@ -340,8 +340,8 @@ def _run_monitors(cfg: Config, model: Pretrainer, epoch: int, step: int, logger:
         logger.log(step, {"knn_top1": top1})
         model.train()
     if tc.vis_every and epoch % tc.vis_every == 0 and logger.enabled and model.pipeline is not None:
-        from ssmix.visualize import training_grid
+        from ssmix.visualize import epoch_grid
 
         with phase(f"epoch {epoch}: mixed-sample grid"):
-            logger.image("mix/grid", training_grid(cfg, model, device), step)
+            logger.image("mix/grid", epoch_grid(cfg, model, device, epoch, step), step)
         model.train()
