@@ -106,6 +106,9 @@ class TrainConfig:
     knn_every: int = 0  # epochs between online kNN monitors (0 = off)
     knn_k: int = 200  # neighbours of the online kNN monitor (200, MoCo's; 20 for small sets like digits)
     vis_every: int = 0  # epochs between mixed-sample grids (TensorBoard and output_dir/figures/*.png; 0 = off)
+    # linear head on the online trunk's detached features, trained on labelled batches, top-1 logged per epoch:
+    # off | auto (on where the split has labels) | on (ssmix/evaluation/online_probe.py)
+    online_probe: str = "off"
     progress: bool = True
 
 

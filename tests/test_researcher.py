@@ -297,3 +297,81 @@ def test_ssmix_convert_is_a_console_command_and_converts(tmp_path, capsys):
         assert "stem.conv1.weight" in pickle.load(f)["model"]
     pyproject = open(os.path.join(ROOT, "pyproject.toml"), encoding="utf-8").read()
     assert 'ssmix-convert = "ssmix.detection.convert:main"' in pyproject
+
+
+# ------------------------------------------------------------------------------------ online linear probe
+
+
+def test_online_probe_logs_per_epoch_and_leaves_training_unchanged(tmp_path, capsys):
+    import torch
+
+    from ssmix.engine.trainer import train
+    from tests.helpers import tiny_config
+
+    def run(name, *extra):
+        out = tmp_path / name
+        train(tiny_config(*moco_overrides(), f"output_dir={out}", "train.max_steps=8", *extra))
+        return out
+
+    off, on = run("off"), run("on", "train.online_probe=auto")
+    lines = capsys.readouterr().out.splitlines()
+    probe_lines = [line for line in lines if "online linear probe" in line]
+    assert [line.split(":")[0] for line in probe_lines] == ["[ssmix] epoch 1", "[ssmix] epoch 2"]
+    rows = [json.loads(line) for line in open(on / "metrics.jsonl")]
+    logged = [(r["step"], r["online_probe_top1"]) for r in rows if "online_probe_top1" in r]
+    assert [step for step, _ in logged] == [4, 8] and all(0 <= top1 <= 100 for _, top1 in logged)
+    assert not any("online_probe_top1" in json.loads(line) for line in open(off / "metrics.jsonl"))
+    a, b = _final(off), _final(on)
+    for key, value in a["model"].items():  # the probe reads detached eval-mode features: same encoder
+        assert torch.equal(value, b["model"][key]), key
+    assert "online_probe" in b and "online_probe" not in a
+
+
+def test_online_probe_resumes_exactly(tmp_path):
+    import torch
+
+    from ssmix.engine.trainer import train
+    from tests.helpers import tiny_config
+
+    def cfg(out, steps, *extra):
+        return tiny_config(*moco_overrides(), f"output_dir={out}", f"train.max_steps={steps}",
+                           "train.online_probe=on", *extra)
+
+    train(cfg(tmp_path / "whole", 6))
+    train(cfg(tmp_path / "cut", 3))
+    train(cfg(tmp_path / "cut", 6, "resume=auto"))
+    a, b = _final(tmp_path / "whole")["online_probe"], _final(tmp_path / "cut")["online_probe"]
+    for key, value in a["module"].items():
+        assert torch.equal(value, b["module"][key]), key
+    assert a["counts"] == b["counts"]
+
+
+def test_online_probe_on_an_unlabelled_split_is_refused_and_auto_stays_off(tmp_path, capsys):
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(16):
+        Image.new("RGB", (20, 20), (i * 10, 0, 0)).save(images / f"{i}.png")
+    common = [CONFIG, *TINY, *moco_overrides(), "data.name=folder", f"data.root={images}", "train.max_steps=2"]
+    assert pretrain.main([*common, f"output_dir={tmp_path / 'on'}", "train.online_probe=on"]) == 2
+    assert "train.online_probe=on: this split has no labels" in capsys.readouterr().err
+    assert pretrain.main([*common, f"output_dir={tmp_path / 'auto'}", "train.online_probe=auto"]) == 0
+    assert "online linear probe" not in capsys.readouterr().out
+
+
+def test_online_probe_learns_separable_features():
+    import torch
+
+    from ssmix.evaluation.online_probe import OnlineProbe
+
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(64) % 2
+    x = torch.randn(64, 8, generator=generator) + 3.0 * labels[:, None]
+    probe = OnlineProbe(8, 2)
+    trunk = torch.nn.Flatten()
+    for _ in range(20):
+        probe.step(trunk, x, labels)
+    probe.epoch_metrics()  # the first epoch, while it learns
+    probe.step(trunk, x, labels)
+    assert probe.epoch_metrics()["online_probe_top1"] > 95

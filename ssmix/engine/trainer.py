@@ -29,6 +29,7 @@ from ssmix.engine.optim import build_optimizer, set_learning_rates
 from ssmix.engine.pretrainer import Pretrainer
 from ssmix.engine.rundir import continues_in_place, open_run_dir, truncate_metrics
 from ssmix.engine.signals import Interrupted, StopRequest
+from ssmix.evaluation.online_probe import OnlineProbe, build_probe
 from ssmix.models.backbones import export_state_dict
 from ssmix.report import phase, say, startup_summary
 
@@ -196,6 +197,8 @@ def _train(cfg: Config, stack: contextlib.ExitStack, stop: StopRequest) -> Dict[
     optimizer = build_optimizer(model.param_groups(), cfg, spe)
     amp = autocast_dtype(cfg.train.amp, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
+    probe = build_probe(cfg.train.online_probe, _labelled(base), model.method.export_trunk().out_dim, num_classes,
+                        device)
     startup_summary(images=len(dataset), dataset=dc.name, split=dc.split, steps_per_epoch=spe,
                     epochs=cfg.train.epochs, stop_step=stop_step, world=world, device=device,
                     precision=str(amp).replace("torch.", "") if amp else "fp32", output_dir=cfg.output_dir,
@@ -209,6 +212,8 @@ def _train(cfg: Config, stack: contextlib.ExitStack, stop: StopRequest) -> Dict[
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         start_step = int(state["step"])
+        if probe is not None and "online_probe" in state:
+            probe.load_checkpoint_state(state["online_probe"])
         ckpt.set_rng_state(state["rng"][rank] if isinstance(state["rng"], list) else state["rng"])
         if is_main:
             ckpt.set_aside_newer(cfg.output_dir, start_step, _warn)
@@ -250,6 +255,8 @@ def _train(cfg: Config, stack: contextlib.ExitStack, stop: StopRequest) -> Dict[
                 torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
             scaler.step(optimizer)
             scaler.update()
+            if probe is not None and bool((labels >= 0).any()):
+                probe.step(model.method.export_trunk(), views[0][labels >= 0], labels[labels >= 0])
             step += 1
 
             now = time.perf_counter()
@@ -269,12 +276,13 @@ def _train(cfg: Config, stack: contextlib.ExitStack, stop: StopRequest) -> Dict[
                         tqdm.write(message, file=sys.stderr)
                 logger.log(step, {**row, "health_warnings": health.active_names})
             if step % cfg.train.ckpt_every == 0 or step == stop_step:
-                last_ckpt = _save(cfg, model, optimizer, scaler, step, world, is_main, guard, last_ckpt)
+                last_ckpt = _save(cfg, model, optimizer, scaler, step, world, is_main, guard, last_ckpt, probe)
             if step % spe == 0:
+                _log_probe(probe, step // spe, step, logger)
                 _end_of_epoch(cfg, model, step // spe, step, logger, info, device)
             if step < stop_step and stop.due(step, cfg.train.log_every, world, device):
                 if last_ckpt != ckpt.checkpoint_path(cfg.output_dir, step):
-                    last_ckpt = _save(cfg, model, optimizer, scaler, step, world, is_main, guard, last_ckpt)
+                    last_ckpt = _save(cfg, model, optimizer, scaler, step, world, is_main, guard, last_ckpt, probe)
                 logger.close()
                 raise Interrupted(stop.signum, step, last_ckpt)
     bar.close()
@@ -298,7 +306,7 @@ def _load_model_state(model: Pretrainer, state: Dict[str, Tensor], path: str) ->
 
 
 def _save(cfg: Config, model, optimizer, scaler, step: int, world: int, is_main: bool, guard: FiniteGuard,
-          last_ckpt: Optional[str]) -> str:
+          last_ckpt: Optional[str], probe: Optional[OnlineProbe] = None) -> str:
     """Check that the loss and every weight and buffer are finite, then write the checkpoint of ``step``
     (rank 0) and prune this run's older ones; returns its path."""
     guard.check(last_ckpt)
@@ -311,10 +319,26 @@ def _save(cfg: Config, model, optimizer, scaler, step: int, world: int, is_main:
     if is_main:
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                  "step": step, "rng": rng, "config": config_to_dict(cfg)}
+        if probe is not None:
+            state["online_probe"] = probe.checkpoint_state()
         ckpt.save_atomic(state, ckpt.checkpoint_path(cfg.output_dir, step))
         ckpt.prune_checkpoints(cfg.output_dir, cfg.train.keep_ckpts, upto_step=step)
     barrier()
     return ckpt.checkpoint_path(cfg.output_dir, step)
+
+
+def _labelled(dataset) -> bool:
+    """Whether the pre-training split has labels (its first item's label is not -1)."""
+    return len(dataset) > 0 and int(dataset[0][1]) >= 0
+
+
+def _log_probe(probe: Optional[OnlineProbe], epoch: int, step: int, logger: MetricsLogger) -> None:
+    """The online probe's epoch: its top-1 on this epoch's training batches, logged and printed."""
+    metrics = probe.epoch_metrics() if probe is not None else {}
+    if metrics:
+        say(f"epoch {epoch}: online linear probe top-1 {metrics['online_probe_top1']:.2f} % "
+            f"(training batches, loss {metrics['online_probe_loss']:.3f})")
+        logger.log(step, metrics)
 
 
 def _end_of_epoch(cfg: Config, model: Pretrainer, epoch: int, step: int, logger: MetricsLogger, info,
