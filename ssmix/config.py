@@ -109,6 +109,7 @@ class TrainConfig:
     # linear head on the online trunk's detached features, trained on labelled batches, top-1 logged per epoch:
     # off | auto (on where the split has labels) | on (ssmix/evaluation/online_probe.py)
     online_probe: str = "off"
+    loggers: List[str] = field(default_factory=lambda: ["tensorboard"])  # tensorboard | wandb (pip install 'ssmix[wandb]')
     progress: bool = True
 
 

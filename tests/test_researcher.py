@@ -375,3 +375,51 @@ def test_online_probe_learns_separable_features():
     probe.epoch_metrics()  # the first epoch, while it learns
     probe.step(trunk, x, labels)
     assert probe.epoch_metrics()["online_probe_top1"] > 95
+
+
+# ------------------------------------------------------------------------------------------ W&B (offline)
+
+
+def test_unknown_or_missing_logger_is_one_line_before_the_run_dir(tmp_path, capsys, monkeypatch):
+    import builtins
+
+    out = tmp_path / "run"
+    assert pretrain.main([CONFIG, *TINY, f"output_dir={out}", "train.loggers=[tensorboard,neptune]"]) == 2
+    assert "train.loggers: unknown logger 'neptune'" in capsys.readouterr().err
+    real_import = builtins.__import__
+
+    def no_wandb(name, *args, **kwargs):
+        if name == "wandb":
+            raise ImportError("No module named 'wandb'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_wandb)
+    assert pretrain.main([CONFIG, *TINY, f"output_dir={out}", "train.loggers=[tensorboard,wandb]"]) == 2
+    assert "train.loggers: wandb is not installed; pip install 'ssmix[wandb]'" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_wandb_offline_run_logs_scalars_and_grids(tmp_path, monkeypatch):
+    import glob
+
+    import pytest
+
+    pytest.importorskip("wandb")
+    from ssmix.engine.trainer import train
+    from ssmix.engine.wandb_logger import run_id
+    from tests.helpers import tiny_config
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "run"
+    train(tiny_config(*moco_overrides(), f"output_dir={out}", "mix.type=cutmix", "train.max_steps=4",
+                      "train.vis_every=1", "train.loggers=[tensorboard,wandb]"))
+    runs = glob.glob(str(out / "wandb" / "offline-run-*"))
+    records = glob.glob(os.path.join(runs[0], "run-*.wandb")) if len(runs) == 1 else []
+    assert records and os.path.isdir(out / "tb")  # TensorBoard as well
+    data = open(records[0], "rb").read()  # the offline run's protobuf records hold the keys in plain text
+    for key in (b"img_per_s", b"mix_lam", b"lr/encoder", b"collapse_std", b"mix/grid"):  # not config keys
+        assert key in data, key
+    grids = glob.glob(os.path.join(runs[0], "files", "media", "images", "mix", "grid_4_*.png"))
+    assert len(grids) == 1  # the epoch-1 grid, logged at step 4
+    assert os.path.basename(runs[0]).endswith(run_id(str(out)))  # a resumed run continues the same W&B run

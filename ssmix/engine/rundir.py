@@ -22,7 +22,7 @@ except ImportError:  # pragma: no cover - not POSIX: no lock
     fcntl = None
 
 LOCK_FILE = ".lock"
-OUTPUTS = ("checkpoints", "metrics.jsonl", "tb", "backbone.pth", "mixer.pt", "config.yaml", "figures")
+OUTPUTS = ("checkpoints", "metrics.jsonl", "tb", "backbone.pth", "mixer.pt", "config.yaml", "figures", "wandb")
 
 
 class RunDirError(ConfigError):

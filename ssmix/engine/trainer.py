@@ -29,6 +29,7 @@ from ssmix.engine.optim import build_optimizer, set_learning_rates
 from ssmix.engine.pretrainer import Pretrainer
 from ssmix.engine.rundir import continues_in_place, open_run_dir, truncate_metrics
 from ssmix.engine.signals import Interrupted, StopRequest
+from ssmix.engine.wandb_logger import check_loggers
 from ssmix.evaluation.online_probe import OnlineProbe, build_probe
 from ssmix.models.backbones import export_state_dict
 from ssmix.report import phase, say, startup_summary
@@ -73,21 +74,27 @@ def host_values(values: Dict[str, Any]) -> Dict[str, Any]:
 
 
 class MetricsLogger:
-    """``metrics.jsonl`` rows and TensorBoard scalars (rank 0 only)."""
+    """``metrics.jsonl`` rows, plus TensorBoard and / or W&B (``train.loggers``; rank 0 only)."""
 
-    def __init__(self, output_dir: str, enabled: bool, start_step: int = 0) -> None:
+    def __init__(self, output_dir: str, enabled: bool, start_step: int = 0, loggers=("tensorboard",),
+                 config: Optional[Dict[str, Any]] = None) -> None:
         """Rows after ``start_step`` (left by a run that went further before it was killed) are dropped."""
         self.enabled = enabled
-        self.tb = None
+        self.tb = self.wandb = None
         if enabled:
             truncate_metrics(os.path.join(output_dir, "metrics.jsonl"), start_step)
             self.file = open(os.path.join(output_dir, "metrics.jsonl"), "a", encoding="utf-8")
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+            if "tensorboard" in loggers:
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(os.path.join(output_dir, "tb"), purge_step=start_step + 1)
-            except ImportError:  # tensorboard is optional at run time
-                self.tb = None
+                    self.tb = SummaryWriter(os.path.join(output_dir, "tb"), purge_step=start_step + 1)
+                except ImportError:  # tensorboard is optional at run time
+                    self.tb = None
+            if "wandb" in loggers:
+                from ssmix.engine.wandb_logger import WandbLogger
+
+                self.wandb = WandbLogger(output_dir, config or {})
 
     def log(self, step: int, row: Dict[str, Any]) -> None:
         if not self.enabled:
@@ -98,16 +105,22 @@ class MetricsLogger:
             for key, value in row.items():
                 if isinstance(value, (int, float)):
                     self.tb.add_scalar(key, value, step)
+        if self.wandb is not None:
+            self.wandb.log(step, row)
 
     def image(self, tag: str, image: Tensor, step: int) -> None:
         if self.enabled and self.tb is not None:
             self.tb.add_image(tag, image, step)
+        if self.enabled and self.wandb is not None:
+            self.wandb.image(tag, image, step)
 
     def close(self) -> None:
         if self.enabled:
             self.file.close()
             if self.tb is not None:
                 self.tb.close()
+            if self.wandb is not None:
+                self.wandb.close()
 
 
 def _extract_fn(model: Pretrainer, dataset, cfg: Config, device: str, info) -> Any:
@@ -157,6 +170,7 @@ def train(cfg: Config) -> Dict[str, Any]:
 
 def _train(cfg: Config, stack: contextlib.ExitStack, stop: StopRequest) -> Dict[str, Any]:
     device = resolve_device(cfg.device)
+    check_loggers(cfg.train.loggers)
     rank, world, local_rank = init_distributed(device)
     run_dir = open_run_dir(stack, cfg.output_dir, continues_in_place(cfg.resume, cfg.output_dir), cfg.overwrite,
                            rank, world)
@@ -226,7 +240,7 @@ def _train(cfg: Config, stack: contextlib.ExitStack, stop: StopRequest) -> Dict[
     if run_dir is not None:  # everything checked: this directory now holds this run
         run_dir.write_text("config.yaml", dump_config(cfg))
 
-    logger = MetricsLogger(cfg.output_dir, is_main, start_step)
+    logger = MetricsLogger(cfg.output_dir, is_main, start_step, cfg.train.loggers, config_to_dict(cfg))
     health = HealthMonitor(model.method.embed_dim, total_steps)
     guard, last_ckpt = FiniteGuard(), resume
     bar = tqdm(total=stop_step, initial=start_step, disable=not (is_main and cfg.train.progress),
