@@ -38,7 +38,8 @@ def conditions(embed_dim: int) -> List[Condition]:
         Condition("mixer_mask_within_var", lambda v: v < FLAT_MASK_VAR,
                   lambda v: f"the Mixer's masks are flat (within-image variance {v:.4f} < {FLAT_MASK_VAR}): "
                             "SAMix is mixing like Mixup; check mix.mixer_lr and the feature-map size (>= 4x4). "
-                            "On digits the Mixer's own losses prefer a blend (docs/algorithm.md §3.7)"),
+                            "On small, low-detail images (e.g. digits) the Mixer's own losses can prefer a blend "
+                            "(docs/algorithm.md §3.7)"),
         Condition("mixer_mask_saturated", lambda v: v > SATURATED_SHARE,
                   lambda v: f"the Mixer's masks are saturated ({v:.0%} of pixels < 0.05 or > 0.95): whole images "
                             "are chosen, not regions; lower mix.mixer_lr or raise mix.mask_loss_weight"),
