@@ -211,8 +211,8 @@ def _train(cfg: Config, stack: contextlib.ExitStack, stop: StopRequest) -> Dict[
     optimizer = build_optimizer(model.param_groups(), cfg, spe)
     amp = autocast_dtype(cfg.train.amp, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
-    probe = build_probe(cfg.train.online_probe, _labelled(base), model.method.export_trunk().out_dim, num_classes,
-                        device)
+    labelled = cfg.train.online_probe != "off" and _labelled(base)  # off: no image is read for it
+    probe = build_probe(cfg.train.online_probe, labelled, model.method.export_trunk().out_dim, num_classes, device)
     startup_summary(images=len(dataset), dataset=dc.name, split=dc.split, steps_per_epoch=spe,
                     epochs=cfg.train.epochs, stop_step=stop_step, world=world, device=device,
                     precision=str(amp).replace("torch.", "") if amp else "fp32", output_dir=cfg.output_dir,
