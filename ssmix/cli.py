@@ -3,6 +3,7 @@
 and exit 2; anything else is a bug and keeps its traceback (exit 1)."""
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 import warnings
@@ -15,6 +16,22 @@ from ssmix.config import Config, ConfigError, load_config
 EXPECTED: Tuple[Type[BaseException], ...] = (ConfigError, OSError, FloatingPointError)
 _WRAPPED = re.compile(r"^[\w.]+(Error|Exception|Interrupt): ")
 _TORCH_ADVICE = re.compile(r"(\()?Weights only load failed.*", re.S)  # torch's text, which suggests unsafe loading
+
+
+_ROLE = re.compile(r":(?:mod|func|class|meth|attr|data):`~?([^`]+)`")
+
+
+def plain(text: str) -> str:
+    """``text`` without reStructuredText markup (double backquotes, ``:mod:`x``` roles), for ``--help``."""
+    return _ROLE.sub(r"\1", text).replace("``", "")
+
+
+def command_parser(prog: str, doc: Optional[str], usage: str, epilog: Optional[str] = None
+                   ) -> argparse.ArgumentParser:
+    """The one argparse style of every ssmix command: its name, usage lines, the module docstring as the
+    description (markup removed, line breaks kept) and an optional epilog."""
+    return argparse.ArgumentParser(prog=prog, usage=usage, description=plain(doc or "").strip(), epilog=epilog,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def load_pretrain_config(path: Optional[str], overrides: Sequence[str] = ()) -> Config:

@@ -111,7 +111,11 @@ class TrainConfig:
     keep_ckpts: int = 2
     knn_every: int = 0  # epochs between online kNN monitors (0 = off)
     knn_k: int = 200  # neighbours of the online kNN monitor (200, MoCo's; 20 for small sets like digits)
-    vis_every: int = 0  # epochs between mixed-sample grids in TensorBoard (0 = off)
+    vis_every: int = 0  # epochs between mixed-sample grids (TensorBoard and output_dir/figures/*.png; 0 = off)
+    # linear head on the online trunk's detached features, trained on labelled batches, top-1 logged per epoch:
+    # off | auto (on where the split has labels) | on (ssmix/evaluation/online_probe.py)
+    online_probe: str = "off"
+    loggers: List[str] = field(default_factory=lambda: ["tensorboard"])  # tensorboard | wandb (pip install 'ssmix[wandb]')
     progress: bool = True
 
 
@@ -162,7 +166,7 @@ class LabelledMixConfig(MixConfig):
 
 @dataclass
 class Config:
-    output_dir: str = "runs/default"
+    output_dir: str = "runs/default"  # with a config file: runs/<data.name>/<config name> unless set
     seed: int = 0
     resume: Optional[str] = None  # None | auto | a checkpoint file | a run directory (its newest checkpoint)
     overwrite: bool = False  # start afresh in a non-empty output_dir, deleting the old run's outputs
@@ -588,9 +592,17 @@ def read_config(path: Optional[str], overrides: Sequence[str], shelf: Shelf) -> 
 def load_config(path: Optional[str], overrides: Sequence[str] = ()) -> Config:
     """Load ``path`` (a file, a shipped config's name, or None for pure defaults), apply overrides, validate."""
     path, data = read_config(path, overrides, PRETRAIN)
-    if path and not data.get("output_dir", True):
-        data["output_dir"] = os.path.join("runs", os.path.splitext(os.path.basename(path))[0])
+    if path and not data.get("output_dir"):
+        data["output_dir"] = default_output_dir(path, data)
     return build_config(data)
+
+
+def default_output_dir(path: str, data: Dict[str, Any]) -> str:
+    """``runs/<data.name>/<config name>``: where a run goes unless its own config or the command line sets
+    ``output_dir`` (shipped configs do not), so ``data.name=folder`` lands in ``runs/folder/...``."""
+    section = data.get("data")
+    name = section.get("name") if isinstance(section, dict) else None
+    return os.path.join("runs", str(name or DataConfig.name), os.path.splitext(os.path.basename(path))[0])
 
 
 def dump_config(cfg: Config) -> str:

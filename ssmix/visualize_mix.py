@@ -1,7 +1,7 @@
 """Mixed-sample grids: what a config's mixer makes of fixed image pairs over a sweep of lambda.
 
-    python -m ssmix.visualize_mix CONFIG [checkpoint=PATH] [out=grid.png] [pairs=6] [steps=11] [split=NAME]
-                                  [dotted.key=value ...]
+    ssmix-visualize CONFIG [checkpoint=PATH] [out=grid.png] [pairs=6] [steps=11] [split=NAME] [key=value ...]
+    (python -m ssmix.visualize_mix in a checkout)
 
 Rows are image pairs (a = sample i, b = its partner j; both through the eval transform, the pairs a
 function of ``seed``), columns are a, b, then the mixer's output at ``steps`` requested lambdas from 0
@@ -83,6 +83,7 @@ def build_model(cfg: Config, checkpoint: Optional[str], device: str) -> nn.Modul
             raise CheckpointError(f"checkpoint={checkpoint}: {path} is not an ssmix training checkpoint (no 'model'); "
                                   "pass a checkpoints/step_*.pt file or a run's output_dir")
         state = loaded["model"]
+        source = f"checkpoint {os.path.relpath(path)}, step {loaded.get('step', '?')}"
         odc_labels = state.get("pipeline.odc.labels")
         if odc_labels is not None:
             num_samples = int(odc_labels.shape[0])
@@ -96,16 +97,36 @@ def build_model(cfg: Config, checkpoint: Optional[str], device: str) -> nn.Modul
             raise ConfigError(f"checkpoint={checkpoint} does not fit the model this config builds ({' '.join(first)}); "
                               "use the run's own config: python -m ssmix.visualize_mix RUN/config.yaml "
                               "checkpoint=RUN") from None
+    model.weights_source = source if state is not None else ""
     return model.to(device)
+
+
+def weights_source(model: nn.Module, checkpoint: Optional[str]) -> str:
+    """What the figure's title says about the weights it shows."""
+    return getattr(model, "weights_source", "") or ("untrained (no checkpoint=)" if not checkpoint else "")
+
+
+USAGE = "%(prog)s CONFIG [checkpoint=PATH] [out=grid.png] [pairs=6] [steps=11] [split=NAME] [key=value ...]"
+
+
+def build_parser():
+    from ssmix.cli import command_parser
+
+    parser = command_parser("ssmix-visualize", __doc__, USAGE)
+    parser.add_argument("config", nargs="?", help="YAML config file, or a shipped config's name (e.g. mocov2_cutmix)")
+    parser.add_argument("items", nargs="*", metavar="key=value",
+                        help="this tool's options (checkpoint, out, pairs, steps, split) or config overrides")
+    return parser
 
 
 def parse_args(argv: Sequence[str]) -> Tuple[str, Dict[str, object], List[str]]:
     """CONFIG, this tool's options (``OPTIONS``) and the remaining config overrides."""
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        raise SystemExit(0 if argv else 2)
-    config, options, overrides = argv[0], dict(OPTIONS), []
-    for item in argv[1:]:
+    parser = build_parser()
+    args = parser.parse_args(list(argv))
+    if not args.config:
+        parser.error("pass a CONFIG (a YAML file or a shipped name, e.g. mocov2_cutmix)")
+    config, options, overrides = args.config, dict(OPTIONS), []
+    for item in args.items:
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"'{item}': expected key=value (e.g. pairs=4 or mix.type=cutmix)")
@@ -139,7 +160,8 @@ def _run(argv: List[str]) -> int:
     sweep = lambda_sweep(model, pairs, lams, cfg.seed, from_training_split=split == cfg.data.split)
     out = str(opts["out"])
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    mix_figure(cfg, sweep).save(out)
+    source = weights_source(model, opts["checkpoint"])
+    mix_figure(cfg, sweep, source).save(out)
     print(f"{cfg.method.name} + {cfg.mix.type}, split {split}, pairs (a, b) = "
           f"{list(zip(pairs.index_a.tolist(), pairs.index_b.tolist()))}, lambdas {[round(v, 3) for v in lams]}")
     if sweep.note:
@@ -148,7 +170,7 @@ def _run(argv: List[str]) -> int:
         print("note: no checkpoint= given: the Mixer and encoder are untrained")
     print(f"wrote {out}")
     if sweep.learned:
-        mask_figure(cfg, sweep).save(masks_path(out))
+        mask_figure(cfg, sweep, source).save(masks_path(out))
         print(f"wrote {masks_path(out)}")
     return 0
 

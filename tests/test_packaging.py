@@ -36,7 +36,8 @@ def test_console_commands_point_at_main_functions():
     import importlib
 
     scripts = _project()["scripts"]
-    assert set(scripts) == {"ssmix-pretrain", "ssmix-linear-eval", "ssmix-detect", "ssmix-visualize"}
+    assert set(scripts) == {"ssmix-pretrain", "ssmix-linear-eval", "ssmix-detect", "ssmix-visualize",
+                            "ssmix-convert"}
     for target in scripts.values():
         module, func = target.split(":")
         assert callable(getattr(importlib.import_module(module), func)), target

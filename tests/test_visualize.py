@@ -17,8 +17,8 @@ from tests.helpers import TINY, moco_overrides, tiny_config
 CONFIG = "configs/synthetic/mocov2.yaml"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MEAN, STD = DATASET_INFO["synthetic"].mean, DATASET_INFO["synthetic"].std
-# 16 px cells are upscaled 4x to 64 px, 2 px padding: width = cols * 66 + 2, height = rows * 66 + 2
-# plus a 56 px header (3 title lines + 1 label line of 14 px).
+# 16 px cells are upscaled 4x to 64 px, 2 px padding: width = 132 (row labels) + cols * 66 + 2, height =
+# rows * 66 + 2 plus a 72 px header (3 title lines + 1 label line of 18 px) and, for masks, a 46 px grey bar.
 
 
 def _model(*overrides):
@@ -36,14 +36,14 @@ def _cli(tmp_path, *args):
 @pytest.mark.parametrize("mix", ["mixup", "cutmix"])
 def test_cli_writes_a_grid_of_the_expected_size(tmp_path, mix):
     out = _cli(tmp_path, f"mix.type={mix}")
-    assert Image.open(out).size == (5 * 66 + 2, 2 * 66 + 2 + 56)  # columns a, b, 3 lambdas; 2 pairs
+    assert Image.open(out).size == (132 + 5 * 66 + 2, 2 * 66 + 2 + 72)  # columns a, b, 3 lambdas; 2 pairs
     assert not os.path.exists(tmp_path / "grid_masks.png")  # mask figure only for learned Mixers
 
 
 def test_cli_samix_i_writes_the_mask_figure(tmp_path, capsys):
     out = _cli(tmp_path, "mix.type=samix_i")
-    assert Image.open(out).size == (332, 190)
-    assert Image.open(tmp_path / "grid_masks.png").size == (332, 6 * 66 + 2 + 56)  # 3 rows per pair
+    assert Image.open(out).size == (464, 206)
+    assert Image.open(tmp_path / "grid_masks.png").size == (464, 6 * 66 + 2 + 72 + 46)  # 3 rows per pair
     assert "untrained" in capsys.readouterr().out
 
 
@@ -161,14 +161,14 @@ def test_checkpoint_from_a_run_directory(tmp_path):
         build_model(other, str(tmp_path), "cpu")
 
 
-@pytest.mark.parametrize("mix, rows", [("cutmix", 4), ("samix_i", 12)])
-def test_training_grid_is_an_image_and_leaves_rng_and_mode_alone(mix, rows):
+@pytest.mark.parametrize("mix, rows, bar", [("cutmix", 4, 0), ("samix_i", 12, 46)])
+def test_training_grid_is_an_image_and_leaves_rng_and_mode_alone(mix, rows, bar):
     cfg, model = _model(f"mix.type={mix}")
     model.train()
     rng = torch.get_rng_state()
     grid = training_grid(cfg, model, "cpu")
     assert torch.equal(torch.get_rng_state(), rng) and model.training
-    assert grid.shape == (3, rows * 66 + 2 + 56, 7 * 66 + 2)  # 4 pairs, 5 lambdas (+ mask rows)
+    assert grid.shape == (3, rows * 66 + 2 + 72 + bar, 132 + 7 * 66 + 2)  # 4 pairs, 5 lambdas (+ mask rows)
     assert grid.dtype == torch.float32 and 0 <= float(grid.min()) and float(grid.max()) <= 1
 
 
@@ -195,3 +195,53 @@ def test_object_corr_is_one_for_a_mask_that_keeps_each_object_and_near_zero_for_
         boxes[i, :, top:top + 8, left:left + 8] = 0.0
     assert abs(object_corr(boxes, xa, xb)) < 0.15
     assert object_corr(torch.full((p, 1, side, side), 0.5), xa, xb) == 0.0  # a flat mask follows nothing
+
+
+# ------------------------------------------------------------------------- figures that read alone (issue 23)
+
+
+def test_rows_are_labelled_with_pair_indices_and_labels():
+    from ssmix.visualize.figure import pair_labels
+
+    cfg, model = _model("mix.type=interintra", "mix.labels=dataset", "data.num_classes=2", "seed=1")
+    pairs = load_pairs(cfg, "train", 3)
+    labels = pair_labels(lambda_sweep(model, pairs, [0.5]))
+    assert len(labels) == 3
+    for i, lines in enumerate(labels):
+        assert lines == [f"pair {i + 1}", f"a: #{int(pairs.index_a[i])}, label {int(pairs.labels_a[i])}",
+                         f"b: #{int(pairs.index_b[i])}, label {int(pairs.labels_b[i])}"]
+
+
+def test_mask_figure_has_a_grey_scale_bar_and_the_title_names_the_weights(tmp_path, capsys):
+    import numpy as np
+
+    out = _cli(tmp_path, "mix.type=samix_i")
+    masks = np.asarray(Image.open(tmp_path / "grid_masks.png").convert("RGB")).astype(int)
+    ramp = masks[6 * 66 + 2 + 72 + 6 + 5, 132 + 2 + 1: 132 + 2 + 300]  # a row through the bar, inside its outline
+    assert (ramp[:, 0] == ramp[:, 1]).all() and (ramp[:, 1] == ramp[:, 2]).all()  # grey
+    assert (np.diff(ramp[:, 0]) >= 0).all() and ramp[0, 0] < 10 and ramp[-1, 0] > 200  # black to white
+    plain = np.asarray(Image.open(out).convert("RGB"))
+    assert plain.shape[0] == 2 * 66 + 2 + 72  # the image grid has no bar
+    from ssmix.visualize_mix import weights_source
+
+    assert weights_source(torch.nn.Identity(), None) == "untrained (no checkpoint=)"
+
+
+def test_build_model_from_a_checkpoint_says_which_one(tmp_path):
+    cfg, model = _model("mix.type=samix_i")
+    os.makedirs(tmp_path / "checkpoints")
+    torch.save({"model": model.state_dict(), "step": 7}, tmp_path / "checkpoints" / "step_00000007.pt")
+    loaded = build_model(cfg, str(tmp_path), "cpu")
+    from ssmix.visualize_mix import weights_source
+
+    assert weights_source(loaded, str(tmp_path)).endswith("step_00000007.pt, step 7")
+
+
+def test_vis_every_writes_pngs_under_the_run_dir(tmp_path):
+    from ssmix.engine.trainer import train
+
+    cfg = tiny_config(*moco_overrides(), f"output_dir={tmp_path}", "mix.type=cutmix", "train.vis_every=1",
+                      "train.max_steps=8")
+    train(cfg)
+    assert sorted(os.listdir(tmp_path / "figures")) == ["mix_epoch0001.png", "mix_epoch0002.png"]
+    assert Image.open(tmp_path / "figures" / "mix_epoch0002.png").size == (132 + 7 * 66 + 2, 4 * 66 + 2 + 72)

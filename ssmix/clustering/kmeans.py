@@ -101,11 +101,13 @@ def faiss_flat_index(faiss, d: int):
 
 def _lloyd_faiss(faiss, x: Tensor, seeds: Tensor, iters: int, seed: int) -> Tensor:
     """faiss Lloyd iterations from ``seeds`` (``faiss.Clustering``, as ``faiss.Kmeans`` runs it); returns
-    faiss's nearest-centroid labels."""
+    faiss's nearest-centroid labels. ``min_points_per_centroid`` only sets when faiss prints its raw
+    "provide at least N training points" warning: 1 silences it."""
     k, d = seeds.shape
     clustering = faiss.Clustering(d, k)
     clustering.niter, clustering.seed, clustering.verbose = iters, seed, False
     clustering.max_points_per_centroid = 10**7
+    clustering.min_points_per_centroid = 1
     faiss.copy_array_to_vector(np.ascontiguousarray(seeds.numpy(), dtype=np.float32).ravel(), clustering.centroids)
     points = np.ascontiguousarray(x.numpy(), dtype=np.float32)
     index = faiss_flat_index(faiss, d)

@@ -1,4 +1,4 @@
-"""Encoder -> detectron2 ``.pkl`` (docs/detection.md §1.6).
+"""Convert an ssmix / torchvision / MoCo encoder to a Detectron2 ``.pkl`` (docs/detection.md §1.6).
 
 torchvision ResNet names become detectron2's: ``conv1``/``bn1`` -> ``stem.conv1``/``stem.conv1.norm``,
 ``layer1..4`` -> ``res2..5``, ``bnK`` -> ``convK.norm``, ``downsample.0/1`` -> ``shortcut``/``shortcut.norm``.
@@ -6,11 +6,11 @@ The pickle holds ``{"model": name -> ndarray, "__author__": "ssmix", "matching_h
 ``__author__`` keeps detectron2 from applying Caffe2 renames, and the heuristics map ``res5.*`` onto the
 C4 RoI head and ``res2..4`` onto ``backbone.*``, so one file serves C4 and FPN models.
 
-CLI: ``python -m detection.convert INPUT OUTPUT.pkl``.
+CLI: ``ssmix-convert INPUT OUTPUT.pkl`` (``python -m ssmix.detection.convert``; ``python -m detection.convert``
+in a checkout), then ``MODEL.WEIGHTS OUTPUT.pkl`` for Detectron2.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import pickle
 import re
@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from torch import Tensor
 
-from ssmix.cli import EXPECTED, run_main
+from ssmix.cli import EXPECTED, command_parser, run_main
 
 AUTHOR = "ssmix"
 _RULES: List[Tuple[re.Pattern, Callable[[re.Match], str]]] = [
@@ -94,7 +94,7 @@ def convert(source: str, output: str, trust_pickle: bool = False, overwrite: boo
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description="Convert an ssmix/torchvision/MoCo encoder to a detectron2 .pkl")
+    parser = command_parser("ssmix-convert", __doc__, "%(prog)s INPUT OUTPUT.pkl [--trust-pickle]")
     parser.add_argument("input", help="backbone.pth, ssmix run directory, or a training/torchvision/MoCo checkpoint")
     parser.add_argument("output", help="output path, must end in .pkl")
     parser.add_argument("--trust-pickle", action="store_true",

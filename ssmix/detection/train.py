@@ -21,7 +21,7 @@ import yaml
 
 from ssmix.detection.engine import LAST_CHECKPOINT, log, run_trial, setup_distributed
 from ssmix.detection.schema import DetectionConfig, load_detection_config
-from ssmix.cli import EXPECTED, run_main
+from ssmix.cli import EXPECTED, command_parser, run_main
 from ssmix.engine.rundir import RunDir
 from ssmix.shipped import DETECTION
 
@@ -124,13 +124,17 @@ def _run(cfg: DetectionConfig, env, run_dir: Optional[RunDir]) -> Dict[str, obje
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help") or "=" in args[0]:
-        print(__doc__.strip() + f"\n\nPresets: {', '.join(DETECTION.names())}; e.g. ssmix-detect voc_r50_c4_24k "
-              "model.weights=runs/mocov2/backbone.pth")
-        return 0 if args and args[0] in ("-h", "--help") else 2
+    parser = command_parser("ssmix-detect", __doc__, "%(prog)s PRESET|CONFIG [key=value ...]",
+                            epilog=f"Presets: {', '.join(DETECTION.names())}; e.g. ssmix-detect voc_r50_c4_24k "
+                                   "model.weights=runs/mocov2/backbone.pth")
+    parser.add_argument("config", nargs="?", help="a YAML file, or a preset's name from detection/presets/")
+    parser.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. model.weights=runs/x trials=5")
+    args = parser.parse_args(argv)
+    if not args.config or "=" in args.config:
+        parser.error("pass a PRESET (e.g. tiny_voc_c4) or a YAML config first, then key=value overrides")
+
     def body() -> int:
-        run(load_detection_config(args[0], args[1:]))
+        run(load_detection_config(args.config, args.overrides))
         return 0
 
     return run_main(body, EXPECTED + (ImportError,))

@@ -1,6 +1,6 @@
 """Detectron2 launcher of the MoCo detection protocol (docs/detection.md §1.5) - the paper's exact setup.
 
-    python -m detection.convert runs/mocov2/backbone.pth runs/mocov2/d2.pkl
+    ssmix-convert runs/mocov2/backbone.pth runs/mocov2/d2.pkl      # python -m detection.convert in a checkout
     python -m detection.train_net --config-file detection/configs/pascal_voc_R_50_C4_24k_moco.yaml \\
         --num-gpus 8 MODEL.WEIGHTS runs/mocov2/d2.pkl
 
@@ -16,17 +16,19 @@ VOC-format sets (``voc_<year or tag>_<split>`` in ``DATASETS.TRAIN`` / ``DATASET
 ``<filename>`` (any extension, checked before training) and ``--classes A,B,...`` (default: the 20 VOC
 classes) names the classes; ``MODEL.ROI_HEADS.NUM_CLASSES`` is set to their count.
 
-    python -m detection.train_net --config-file pascal_voc_R_50_C4_24k_moco.yaml --classes Tree \
+    python -m detection.train_net --config-file pascal_voc_R_50_C4_24k_moco.yaml --classes Tree \\
         DATASETS.TRAIN "('voc_trees_trainval',)" DATASETS.TEST "('voc_trees_test',)" MODEL.WEIGHTS d2.pkl
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import re
 import sys
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+from ssmix.cli import command_parser
 from ssmix.config import ConfigError
 from ssmix.shipped import DETECTRON2
 
@@ -248,18 +250,52 @@ def main(args):
     return runner.train()
 
 
+USAGE = ("%(prog)s --config-file FILE [--num-gpus N] [--classes A,B,...] [--resume] [--eval-only]\n"
+         "       [--num-machines N --machine-rank R --dist-url URL] [KEY VALUE ...]")
+
+
+def _standard_arguments(parser: argparse.ArgumentParser) -> None:
+    """The launcher flags of Detectron2's default_argument_parser, for --help where it is not installed."""
+    parser.add_argument("--config-file", default="", metavar="FILE", help="path to config file")
+    parser.add_argument("--resume", action="store_true", help="resume from the checkpoint in OUTPUT_DIR")
+    parser.add_argument("--eval-only", action="store_true", help="perform evaluation only")
+    parser.add_argument("--num-gpus", type=int, default=1, help="number of gpus *per machine*")
+    parser.add_argument("--num-machines", type=int, default=1, help="total number of machines")
+    parser.add_argument("--machine-rank", type=int, default=0, help="the rank of this machine")
+    parser.add_argument("--dist-url", default="tcp://127.0.0.1:49152", help="initialization URL for pytorch "
+                                                                           "distributed backend")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
+                        help="Detectron2 config overrides, e.g. MODEL.WEIGHTS d2.pkl SOLVER.MAX_ITER 100")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Detectron2's own launcher parser where it is installed (its flags stay authoritative), else the same
+    flags, so --help works either way; both in the usage / description style of every ssmix command."""
+    try:
+        from detectron2.engine import default_argument_parser
+    except ImportError:
+        parser = command_parser("python -m ssmix.detection.train_net", __doc__, USAGE)
+        _standard_arguments(parser)
+    else:
+        parser = default_argument_parser()
+        plain_parser = command_parser("python -m ssmix.detection.train_net", __doc__, USAGE)
+        parser.prog, parser.usage = plain_parser.prog, plain_parser.usage
+        parser.description, parser.formatter_class = plain_parser.description, plain_parser.formatter_class
+        parser.epilog = None
+    parser.add_argument("--classes", default=None, metavar="A,B,...",
+                        help="comma-separated class names of the VOC-format sets (default: the 20 VOC classes)")
+    return parser
+
+
 def cli(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         import_detectron2()
     except ImportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from detectron2.engine import default_argument_parser, launch
+    from detectron2.engine import launch
 
-    parser = default_argument_parser()
-    parser.add_argument("--classes", default=None, metavar="A,B,...",
-                        help="comma-separated class names of the VOC-format sets (default: the 20 VOC classes)")
-    args = parser.parse_args(argv)
     try:
         build_config(args)  # registers and checks the VOC-format sets: bad data fails here, in one line
     except (ConfigError, FileNotFoundError) as exc:

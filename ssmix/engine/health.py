@@ -4,7 +4,7 @@ has stopped doing its job, instead of a loss curve that merely looks calm.
 Checked on every logged row (rank 0). A condition must hold for ``patience`` consecutive rows, after
 the first ``grace`` fraction of the schedule (initial transients: a fresh Mixer's near-constant mask,
 a random encoder's clustered embeddings), before it warns; it warns once, and again only after it
-cleared. The row gets ``health_warnings``: how many conditions hold right now.
+cleared. The row gets ``health_warnings``: the names (metrics) of the conditions that hold right now.
 """
 from __future__ import annotations
 
@@ -38,7 +38,8 @@ def conditions(embed_dim: int) -> List[Condition]:
         Condition("mixer_mask_within_var", lambda v: v < FLAT_MASK_VAR,
                   lambda v: f"the Mixer's masks are flat (within-image variance {v:.4f} < {FLAT_MASK_VAR}): "
                             "SAMix is mixing like Mixup; check mix.mixer_lr and the feature-map size (>= 4x4). "
-                            "On digits the Mixer's own losses prefer a blend (docs/algorithm.md §3.7)"),
+                            "On small, low-detail images (e.g. digits) the Mixer's own losses can prefer a blend "
+                            "(docs/algorithm.md §3.7)"),
         Condition("mixer_mask_saturated", lambda v: v > SATURATED_SHARE,
                   lambda v: f"the Mixer's masks are saturated ({v:.0%} of pixels < 0.05 or > 0.95): whole images "
                             "are chosen, not regions; lower mix.mixer_lr or raise mix.mask_loss_weight"),
@@ -83,3 +84,8 @@ class HealthMonitor:
     def active(self) -> int:
         """How many conditions held at the last row."""
         return sum(1 for n in self.streak.values() if n > 0)
+
+    @property
+    def active_names(self) -> List[str]:
+        """The metrics whose conditions held at the last row (``metrics.jsonl``'s ``health_warnings``)."""
+        return [name for name, n in self.streak.items() if n > 0]

@@ -58,8 +58,12 @@ class Mixing(nn.Module):
     def on_train_start(self, extract: Callable[[], Tuple[Tensor, Tensor]]) -> None:
         """Initial clustering on the randomly initialised network (docs/algorithm.md §5.2), then the mixer's hook."""
         if self.odc is not None and not bool(self.odc.initialized):
+            from ssmix.report import phase
+
             embeddings, _ = extract()
-            self.odc.initialize(embeddings, seed=0)
+            detail = f"{embeddings.shape[0]} x {embeddings.shape[1]} -> {self.odc.num_clusters} clusters"
+            with phase("ODC init: k-means", detail, embeddings.shape[0], "points"):
+                self.odc.initialize(embeddings, seed=0)
         self.mixer.on_train_start(extract)
 
     def labels(self, labels: Tensor, index: Tensor) -> Tuple[Optional[Tensor], int, Optional[Tensor]]:

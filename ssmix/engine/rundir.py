@@ -29,7 +29,7 @@ except ImportError:  # pragma: no cover - not POSIX: no lock
 
 LOCK_FILE = ".lock"
 REPLACED = ".replaced"  # the old run's outputs while an overwrite=true run has no checkpoint yet
-OUTPUTS = ("checkpoints", "metrics.jsonl", "tb", "backbone.pth", "mixer.pt", "config.yaml")
+OUTPUTS = ("checkpoints", "metrics.jsonl", "tb", "backbone.pth", "mixer.pt", "config.yaml", "figures", "wandb")
 
 
 class RunDirError(ConfigError):
@@ -49,6 +49,7 @@ class RunDir:
         self.outputs, self.resume_hint, self.clean_failed = tuple(outputs), resume_hint, clean_failed
         self._lock: Optional[object] = None
         self.was_empty, self.committed, self._set_aside = False, False, False
+        self._created: list = []  # directories this RunDir made, removed again if the run leaves them empty
 
     def __enter__(self) -> "RunDir":
         self._create()
@@ -72,6 +73,7 @@ class RunDir:
     def _create(self) -> None:
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise RunDirError(f"output_dir: '{self.path}' is a file; pass a directory path")
+        self._created = _missing_dirs(self.path)
         try:
             os.makedirs(self.path, exist_ok=True)
         except OSError as exc:
@@ -188,6 +190,28 @@ class RunDir:
         if self._lock is not None:
             self._lock.close()  # closing the descriptor releases the flock
             self._lock = None
+            self._remove_if_unused()
+
+    def _remove_if_unused(self) -> None:
+        """A run refused before it wrote anything leaves no directory behind (only its ``.lock`` was there)."""
+        if not self._created:
+            return
+        with contextlib.suppress(OSError):
+            if os.listdir(self.path) not in ([], [LOCK_FILE]):
+                return
+            os.remove(os.path.join(self.path, LOCK_FILE))
+            for path in reversed(self._created):  # innermost first; stops at a directory something else filled
+                os.rmdir(path)
+
+
+def _missing_dirs(path: str) -> list:
+    """``path`` and those of its parents that do not exist yet, outermost first."""
+    missing = []
+    path = os.path.abspath(path)
+    while path and not os.path.exists(path):
+        missing.insert(0, path)
+        path = os.path.dirname(path)
+    return missing
 
 
 def _remove(target: str) -> None:

@@ -30,7 +30,10 @@ from ssmix.engine.optim import build_optimizer, set_learning_rates
 from ssmix.engine.pretrainer import Pretrainer
 from ssmix.engine.rundir import check_fresh_start, continues_in_place, open_run_dir, truncate_metrics
 from ssmix.engine.signals import Interrupted, StopRequest
+from ssmix.engine.wandb_logger import check_loggers
+from ssmix.evaluation.online_probe import OnlineProbe, build_probe
 from ssmix.models.backbones import export_state_dict
+from ssmix.report import phase, say, startup_summary
 
 
 def resolve_device(name: str) -> str:
@@ -72,21 +75,27 @@ def host_values(values: Dict[str, Any]) -> Dict[str, Any]:
 
 
 class MetricsLogger:
-    """``metrics.jsonl`` rows and TensorBoard scalars (rank 0 only)."""
+    """``metrics.jsonl`` rows, plus TensorBoard and / or W&B (``train.loggers``; rank 0 only)."""
 
-    def __init__(self, output_dir: str, enabled: bool, start_step: int = 0) -> None:
+    def __init__(self, output_dir: str, enabled: bool, start_step: int = 0, loggers=("tensorboard",),
+                 config: Optional[Dict[str, Any]] = None) -> None:
         """Rows after ``start_step`` (left by a run that went further before it was killed) are dropped."""
         self.enabled = enabled
-        self.tb = None
+        self.tb = self.wandb = None
         if enabled:
             truncate_metrics(os.path.join(output_dir, "metrics.jsonl"), start_step)
             self.file = open(os.path.join(output_dir, "metrics.jsonl"), "a", encoding="utf-8")
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+            if "tensorboard" in loggers:
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(os.path.join(output_dir, "tb"), purge_step=start_step + 1)
-            except ImportError:  # tensorboard is optional at run time
-                self.tb = None
+                    self.tb = SummaryWriter(os.path.join(output_dir, "tb"), purge_step=start_step + 1)
+                except ImportError:  # tensorboard is optional at run time
+                    self.tb = None
+            if "wandb" in loggers:
+                from ssmix.engine.wandb_logger import WandbLogger
+
+                self.wandb = WandbLogger(output_dir, config or {})
 
     def log(self, step: int, row: Dict[str, Any]) -> None:
         if not self.enabled:
@@ -97,16 +106,22 @@ class MetricsLogger:
             for key, value in row.items():
                 if isinstance(value, (int, float)):
                     self.tb.add_scalar(key, value, step)
+        if self.wandb is not None:
+            self.wandb.log(step, row)
 
     def image(self, tag: str, image: Tensor, step: int) -> None:
         if self.enabled and self.tb is not None:
             self.tb.add_image(tag, image, step)
+        if self.enabled and self.wandb is not None:
+            self.wandb.image(tag, image, step)
 
     def close(self) -> None:
         if self.enabled:
             self.file.close()
             if self.tb is not None:
                 self.tb.close()
+            if self.wandb is not None:
+                self.wandb.close()
 
 
 def _extract_fn(model: Pretrainer, dataset, cfg: Config, device: str, info, batch: int) -> Any:
@@ -122,7 +137,7 @@ def _extract_fn(model: Pretrainer, dataset, cfg: Config, device: str, info, batc
         feats, labels = [], []
         was_training = model.training
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), phase("ODC init: feature extraction", f"{len(dataset)} images", len(dataset)):
             for x, y in loader:
                 feats.append(model.method.embed_target(x.to(device)).float().cpu())
                 labels.append(y)
@@ -188,6 +203,7 @@ def _train(cfg: Config, stack: contextlib.ExitStack, stop: StopRequest) -> Dict[
     batch = per_process_batch(cfg.train, world)
     check_runnable(cfg, world)  # before the output directory is touched
     check_global_batch(cfg, batch, world)
+    check_loggers(cfg.train.loggers)
     run_dir = open_run_dir(stack, cfg.output_dir, continues_in_place(cfg.resume, cfg.output_dir), cfg.overwrite,
                            rank, world)
     if device.startswith("cuda"):
@@ -240,6 +256,12 @@ def _train(cfg: Config, stack: contextlib.ExitStack, stop: StopRequest) -> Dict[
         print(f"batch {batch} per process x {world} = {batch * world}; lr {lr:.4g}")
     amp = autocast_dtype(cfg.train.amp, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
+    labelled = cfg.train.online_probe != "off" and _labelled(base)  # off: no image is read for it
+    probe = build_probe(cfg.train.online_probe, labelled, model.method.export_trunk().out_dim, num_classes, device)
+    startup_summary(images=len(dataset), dataset=dc.name, split=dc.split, steps_per_epoch=spe,
+                    epochs=cfg.train.epochs, stop_step=stop_step, world=world, device=device,
+                    precision=str(amp).replace("torch.", "") if amp else "fp32", output_dir=cfg.output_dir,
+                    method=cfg.method.name, mix=cfg.mix.type)
 
     start_step = 0
     resume, state = ckpt.find_resume(cfg.resume, cfg.output_dir, _warn if is_main else None)
@@ -254,6 +276,8 @@ def _train(cfg: Config, stack: contextlib.ExitStack, stop: StopRequest) -> Dict[
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         start_step = int(state["step"])
+        if probe is not None and "online_probe" in state:
+            probe.load_checkpoint_state(state["online_probe"])
         rng = ckpt.rank_rng_state(state["rng"], rank)
         if rng is not None:
             ckpt.set_rng_state(rng)
@@ -263,7 +287,7 @@ def _train(cfg: Config, stack: contextlib.ExitStack, stop: StopRequest) -> Dict[
             _warn(note)
         if is_main:
             ckpt.set_aside_newer(cfg.output_dir, start_step, _warn)
-            print(f"resumed from {resume} at step {start_step}/{total_steps}")
+            say(f"resumed from {resume} at step {start_step}/{total_steps}")
     else:
         if cfg.resume == "auto" and run_dir is not None:  # refuse to start over a run it cannot continue
             check_fresh_start(cfg.output_dir, config_to_dict(cfg), ckpt.config_differences)
@@ -275,7 +299,7 @@ def _train(cfg: Config, stack: contextlib.ExitStack, stop: StopRequest) -> Dict[
         run_dir.start()
         run_dir.write_text("config.yaml", dump_config(cfg))
 
-    logger = MetricsLogger(cfg.output_dir, is_main, start_step)
+    logger = MetricsLogger(cfg.output_dir, is_main, start_step, cfg.train.loggers, config_to_dict(cfg))
     health = HealthMonitor(model.method.embed_dim, total_steps)
     guard, last_ckpt = FiniteGuard(skippable=scaler.is_enabled()), resume
     bar = tqdm(total=stop_step, initial=start_step, disable=not (is_main and cfg.train.progress),
@@ -304,6 +328,8 @@ def _train(cfg: Config, stack: contextlib.ExitStack, stop: StopRequest) -> Dict[
                 torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
             scaler.step(optimizer)
             scaler.update()
+            if probe is not None and bool((labels >= 0).any()):
+                probe.step(model.method.export_trunk(), views[0][labels >= 0], labels[labels >= 0])
             step += 1
 
             now = time.perf_counter()
@@ -322,16 +348,17 @@ def _train(cfg: Config, stack: contextlib.ExitStack, stop: StopRequest) -> Dict[
                 if is_main:
                     for message in health.check(step, row):
                         tqdm.write(message, file=sys.stderr)
-                logger.log(step, {**row, "health_warnings": health.active})
+                logger.log(step, {**row, "health_warnings": health.active_names})
             if step % cfg.train.ckpt_every == 0 or step == stop_step:
-                last_ckpt = _save(cfg, model, optimizer, scaler, step, world, is_main, guard, last_ckpt)
+                last_ckpt = _save(cfg, model, optimizer, scaler, step, world, is_main, guard, last_ckpt, probe)
                 if run_dir is not None:  # overwrite=true: the old run goes now
                     run_dir.commit()
             if step % spe == 0:
+                _log_probe(probe, step // spe, step, logger)
                 _end_of_epoch(cfg, model, step // spe, step, logger, info, device)
             if step < stop_step and stop.due(step, cfg.train.log_every, world, device):
                 if last_ckpt != ckpt.checkpoint_path(cfg.output_dir, step):
-                    last_ckpt = _save(cfg, model, optimizer, scaler, step, world, is_main, guard, last_ckpt)
+                    last_ckpt = _save(cfg, model, optimizer, scaler, step, world, is_main, guard, last_ckpt, probe)
                 logger.close()
                 raise Interrupted(stop.signum, step, last_ckpt)
     bar.close()
@@ -362,7 +389,7 @@ def _load_model_state(model: Pretrainer, state: Dict[str, Tensor], path: str,
 
 
 def _save(cfg: Config, model, optimizer, scaler, step: int, world: int, is_main: bool, guard: FiniteGuard,
-          last_ckpt: Optional[str]) -> str:
+          last_ckpt: Optional[str], probe: Optional[OnlineProbe] = None) -> str:
     """Check that the loss and every weight and buffer are finite, then write the checkpoint of ``step``
     (rank 0) and prune this run's older ones; returns its path."""
     guard.check(last_ckpt)
@@ -375,10 +402,26 @@ def _save(cfg: Config, model, optimizer, scaler, step: int, world: int, is_main:
     if is_main:
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                  "step": step, "rng": rng, "world_size": world, "config": config_to_dict(cfg)}
+        if probe is not None:
+            state["online_probe"] = probe.checkpoint_state()
         ckpt.save_atomic(state, ckpt.checkpoint_path(cfg.output_dir, step))
         ckpt.prune_checkpoints(cfg.output_dir, cfg.train.keep_ckpts, upto_step=step)
     barrier()
     return ckpt.checkpoint_path(cfg.output_dir, step)
+
+
+def _labelled(dataset) -> bool:
+    """Whether the pre-training split has labels (its first item's label is not -1)."""
+    return len(dataset) > 0 and int(dataset[0][1]) >= 0
+
+
+def _log_probe(probe: Optional[OnlineProbe], epoch: int, step: int, logger: MetricsLogger) -> None:
+    """The online probe's epoch: its top-1 on this epoch's training batches, logged and printed."""
+    metrics = probe.epoch_metrics() if probe is not None else {}
+    if metrics:
+        say(f"epoch {epoch}: online linear probe top-1 {metrics['online_probe_top1']:.2f} % "
+            f"(training batches, loss {metrics['online_probe_loss']:.3f})")
+        logger.log(step, metrics)
 
 
 def _end_of_epoch(cfg: Config, model: Pretrainer, epoch: int, step: int, logger: MetricsLogger, info,
@@ -398,10 +441,14 @@ def _run_monitors(cfg: Config, model: Pretrainer, epoch: int, step: int, logger:
     if tc.knn_every and epoch % tc.knn_every == 0:  # every rank embeds its shard of the bank and queries
         from ssmix.evaluation.monitor import knn_monitor
 
-        logger.log(step, {"knn_top1": knn_monitor(cfg, model.method.export_trunk(), device, k=tc.knn_k)})
+        with phase(f"epoch {epoch}: kNN monitor", f"k={tc.knn_k}"):
+            top1 = knn_monitor(cfg, model.method.export_trunk(), device, k=tc.knn_k)
+        say(f"epoch {epoch}: kNN top-1 {top1:.2f} %")
+        logger.log(step, {"knn_top1": top1})
         model.train()
     if tc.vis_every and epoch % tc.vis_every == 0 and logger.enabled and model.pipeline is not None:
-        from ssmix.visualize import training_grid
+        from ssmix.visualize import epoch_grid
 
-        logger.image("mix/grid", training_grid(cfg, model, device), step)
+        with phase(f"epoch {epoch}: mixed-sample grid"):
+            logger.image("mix/grid", epoch_grid(cfg, model, device, epoch, step), step)
         model.train()

@@ -60,7 +60,9 @@ class LinearEvalConfig:
     knn_t: float = 0.1
     output_dir: Optional[str] = None  # None (CLI): <run_dir>/linear_<data>_<mode> or runs/linear/...
     overwrite: bool = False  # replace the results.json of an earlier evaluation in output_dir
-    cache_dir: Optional[str] = "runs/feature_cache"  # None or "": no feature cache on disk
+    # auto: $SSMIX_CACHE/features if set, else <run_dir>/feature_cache (weights a run dir) or
+    # <output_dir>/feature_cache; None or "": no feature cache on disk
+    cache_dir: Optional[str] = "auto"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
 

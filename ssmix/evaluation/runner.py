@@ -26,6 +26,7 @@ from ssmix.evaluation.features import (FeatureCache, TransformedDataset, dataset
 from ssmix.evaluation.knn import knn_metrics
 from ssmix.evaluation.linear import ProbeHistory, ProbeSchedule, select_lr, train_probe_cached, train_probe_in_loop
 from ssmix.evaluation.weights import LoadedEncoder, load_encoder
+from ssmix.report import phase
 
 Logger = Optional[Callable[[str], None]]
 MARKDOWN_HEADER = ("| weights | arch | dataset | px | mode | epochs | seeds | top-1 | top-5 | kNN top-1 |\n"
@@ -129,6 +130,19 @@ def check_output_dir(cfg: LinearEvalConfig) -> None:
                           "it, or another output_dir")
 
 
+def resolve_cache_dir(cfg: LinearEvalConfig) -> Optional[str]:
+    """Where the feature cache lives: ``cache_dir`` as given, or for ``auto`` ``$SSMIX_CACHE/features``,
+    else ``<run_dir>/feature_cache`` when ``weights`` is a run directory, else ``<output_dir>/feature_cache``
+    (never a folder relative to wherever the command was started; None: no disk cache)."""
+    if cfg.cache_dir != "auto":
+        return cfg.cache_dir or None
+    if os.environ.get("SSMIX_CACHE"):
+        return os.path.join(os.environ["SSMIX_CACHE"], "features")
+    if os.path.isdir(cfg.weights):
+        return os.path.join(cfg.weights, "feature_cache")
+    return os.path.join(cfg.output_dir, "feature_cache") if cfg.output_dir else None
+
+
 def _mean_std(values: List[float]) -> Tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
@@ -137,8 +151,14 @@ def _features(encoder: LoadedEncoder, cache: FeatureCache, dataset: Dataset, ide
               transform: Any, copies: int, cfg: LinearEvalConfig, device: torch.device) -> Tuple[Tensor, Tensor]:
     parts = {"weights": encoder.weights_hash, "arch": encoder.arch, "cifar_stem": encoder.cifar_stem,
              "data": dict(identity), "transform": repr(transform), "copies": copies, "seed": 0}
-    return cache.get_or_compute(parts, lambda: extract_copies(encoder.backbone, dataset, transform, copies, 0,
-                                                               device, cfg.batch_size, cfg.data.num_workers))
+    def compute() -> Tuple[Tensor, Tensor]:
+        count = len(dataset) * copies
+        with phase("linear eval: feature extraction", f"{identity.get('split')} split, {len(dataset)} images x "
+                   f"{copies} cop{'y' if copies == 1 else 'ies'}", count):
+            return extract_copies(encoder.backbone, dataset, transform, copies, 0, device, cfg.batch_size,
+                                  cfg.data.num_workers)
+
+    return cache.get_or_compute(parts, compute)
 
 
 def summary_line(result: Mapping[str, Any]) -> str:
@@ -185,7 +205,8 @@ def run_linear_eval(cfg: LinearEvalConfig, log: Logger = None) -> Dict[str, Any]
     encoder.backbone.to(device)
     say(f"encoder {encoder.arch} (cifar_stem={encoder.cifar_stem}) from {encoder.source} "
         f"[prefix '{encoder.prefix}', hash {encoder.weights_hash}] on {device}")
-    cache = FeatureCache(cfg.cache_dir or None)
+    cache_dir = resolve_cache_dir(cfg)
+    cache = FeatureCache(cache_dir)
 
     t0 = time.perf_counter()
     train_clean, train_labels = _features(encoder, cache, data.train_set, data.train_id, data.test_tf, 1, cfg, device)
@@ -251,7 +272,7 @@ def run_linear_eval(cfg: LinearEvalConfig, log: Logger = None) -> Dict[str, Any]
         "feature_dim": int(test_features.shape[-1]), "num_classes": num_classes, "device": str(device),
         "per_seed": [{"seed": i, **s, "history": dataclasses.asdict(h)}
                      for i, (s, h) in enumerate(zip(summaries, histories))],
-        "feature_cache": {"dir": cfg.cache_dir or None, "hits": cache.hits, "misses": cache.misses},
+        "feature_cache": {"dir": cache_dir, "hits": cache.hits, "misses": cache.misses},
         "timing_s": {"features": features_s, "knn": knn_s, "probe": probe_s,
                      "total": time.perf_counter() - started},
         "warnings": warnings,

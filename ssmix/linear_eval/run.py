@@ -1,4 +1,4 @@
-"""Linear / kNN evaluation of a frozen encoder (docs/algorithm.md §6.3).
+"""Linear probe and kNN of a frozen encoder (docs/algorithm.md §6.3).
 
     ssmix-linear-eval stl10 weights=runs/stl10_samix mode=protocol      # a shipped name: configs/linear/stl10.yaml
     ssmix-linear-eval configs/linear/digits.yaml weights=random seeds=3   # or a path
@@ -13,12 +13,12 @@ import argparse
 import sys
 from typing import List, Optional
 
-from ssmix.cli import run_main
+from ssmix.cli import command_parser, run_main
 from ssmix.evaluation.config import load_eval_config  # no torch: bad keys fail fast
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description="Linear probe and kNN of a frozen encoder (docs/algorithm.md §6.3).")
+    parser = command_parser("ssmix-linear-eval", __doc__, "%(prog)s CONFIG [key=value ...]")
     parser.add_argument("config", help="a YAML file, or the name of one under configs/linear/ (e.g. digits)")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. weights=runs/x mode=protocol")
     args = parser.parse_args(argv)

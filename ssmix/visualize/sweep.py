@@ -81,6 +81,12 @@ class Sweep:
     masks: Optional[Tensor]  # (S, P, 1, H, W) mask of source a the mixer used, or None
     raw_masks: Optional[Tensor]  # (S, P, 1, H, W) raw Mixer output s_a (learned mixers), or None
     note: str = ""  # what the figure must say about how it was made
+    # (P,) dataset indices of a and b and the labels shown beside each row (-1 = unknown); label_kind names them
+    index_a: Optional[Tensor] = None
+    index_b: Optional[Tensor] = None
+    labels_a: Optional[Tensor] = None
+    labels_b: Optional[Tensor] = None
+    label_kind: str = "label"
 
     @property
     def learned(self) -> bool:
@@ -162,6 +168,7 @@ def lambda_sweep(model: nn.Module, pairs: Pairs, lams: Sequence[float], seed: in
                 feature_maps = torch.stack([maps, maps])  # views = [batch, batch]
             labels, label_note = _sweep_labels(model, mixer, pairs, from_training_split)
             note = "; ".join(n for n in (note, label_note) if n)
+            shown = labels if labels is not None else torch.cat([pairs.labels_a, pairs.labels_b]).to(device)
             ctx = MixContext(
                 views=[batch, batch], pairing=Pairing(0, 1, perm),
                 keys=torch.zeros(2, 2 * p, method.embed_dim, device=device), negatives=None,
@@ -190,4 +197,6 @@ def lambda_sweep(model: nn.Module, pairs: Pairs, lams: Sequence[float], seed: in
         lams=[float(v) for v in lams], xa=pairs.xa.float(), xb=pairs.xb.float(), mixed=torch.stack(mixed),
         masks=torch.stack(masks) if len(masks) == len(mixed) else None,
         raw_masks=torch.stack(raw) if raw else None, note=note,
+        index_a=pairs.index_a.cpu(), index_b=pairs.index_b.cpu(), labels_a=shown[:p].cpu(), labels_b=shown[p:].cpu(),
+        label_kind="cluster" if "ODC" in label_note else "label",
     )
