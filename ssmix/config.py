@@ -94,8 +94,8 @@ class TrainConfig:
     max_steps: Optional[int] = None  # stop early; the schedule still follows `epochs`
     # The batch, one of two keys (the other null): batch_size per process (torchrun: per GPU; the global
     # batch is world size x batch_size) or global_batch_size over all processes (each gets global / world).
-    batch_size: Optional[int] = 256
-    global_batch_size: Optional[int] = None
+    batch_size: Optional[int] = 256  # per process (null when global_batch_size is set)
+    global_batch_size: Optional[int] = None  # over all processes, split evenly (null: batch_size per process)
     optimizer: str = "sgd"  # sgd | lars
     lr: float = 0.03
     # null: train.lr as given; N: the linear rule lr = train.lr x global batch / N (SimCLR, BYOL: N = 256)
