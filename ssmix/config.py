@@ -219,13 +219,13 @@ def _show(value: Any) -> str:
     return _REPR.repr(value)
 
 
-def _type_name(tp: Any) -> str:
+def type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return f"{_type_name(args[0])} or null"
+        return f"{type_name(args[0])} or null"
     if origin in (list, List, tuple, Tuple):
-        return f"list of {_type_name(typing.get_args(tp)[0])}"
+        return f"list of {type_name(typing.get_args(tp)[0])}"
     return getattr(tp, "__name__", str(tp))
 
 
@@ -249,14 +249,14 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         except _NotFinite:
             raise
         except ConfigError:
-            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} "
+            raise ConfigError(f"{where}: expected {type_name(tp)}, got {type(value).__name__} "
                               f"{_show(value)}") from None
     if origin in (list, List, tuple, Tuple):
         (item_tp,) = typing.get_args(tp)[:1]
         if isinstance(value, (int, float, str)) and not isinstance(value, bool):
             value = [value]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {_show(value)}")
+            raise ConfigError(f"{where}: expected {type_name(tp)}, got {type(value).__name__} {_show(value)}")
         return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
@@ -287,7 +287,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return str(value)
     else:
         return value
-    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {_show(value)}")
+    raise ConfigError(f"{where}: expected {type_name(tp)}, got {type(value).__name__} {_show(value)}")
 
 
 def from_dict(cls: Type, data: Any, where: str = "") -> Any:

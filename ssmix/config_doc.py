@@ -16,7 +16,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import yaml
 
-from ssmix.config import METHOD_SCHEMAS, MIX_SCHEMAS, Config, _type_name
+from ssmix.config import METHOD_SCHEMAS, MIX_SCHEMAS, Config, type_name
 
 _FIELD = re.compile(r"^\s{4}(\w+)\s*:\s*[^=#]+?(?:=\s*(.*?))?\s*(?:#\s*(.*))?$")
 _COMMENT = re.compile(r"^\s{4}#\s?(.*)$")
@@ -191,7 +191,7 @@ def _rows(cls: type, prefix: str) -> Iterator[str]:
             yield from _rows(tp, f"{key}.")
             continue
         meaning = meaning_of(key, meanings).replace("|", "\\|")
-        yield f"| `{key}` | {_type_name(tp)} | {_default(f)} | {meaning} |"
+        yield f"| `{key}` | {type_name(tp)} | {_default(f)} | {meaning} |"
 
 
 def _table(cls: type, prefix: str) -> List[str]:

@@ -27,7 +27,9 @@ def test_the_cpu_rows_of_the_gpu_check_run_and_the_others_say_why_not(gpu_check,
     table = capsys.readouterr().out
     rows = {(r["check"], r["setting"]): r for r in json.loads(out.read_text())}
     assert code == 0, table
-    assert table.splitlines()[1].startswith("check ") and "| result" in table.splitlines()[1]
+    lines = table.splitlines()  # the run's own [ssmix] phase lines come first, then the table
+    header = next(i for i, line in enumerate(lines) if line.startswith("ssmix gpu check on "))
+    assert lines[header + 1].startswith("check ") and "| result" in lines[header + 1]
     assert rows[("cuda tests", "pytest -m cuda")]["result"] == "skipped: no CUDA device"
     for name in ("ssmix mocov2", "torch+lightly ref", "ssmix +samix_c", "ssmix mocov2 nchw"):
         assert re.fullmatch(r"\d+ img/s", rows[("img/s", f"resnet18 16px b16 bf16: {name}")]["result"]), name
