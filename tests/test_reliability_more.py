@@ -27,20 +27,12 @@ from ssmix.engine.pretrainer import Pretrainer
 from ssmix.evaluation.runner import evaluate
 from ssmix.linear_eval import run as linear_run
 from tests.detection_helpers import PRESETS, encoder_state
-from tests.helpers import TINY, moco_overrides
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(ROOT, "configs", "synthetic", "mocov2.yaml")
-LINEAR = os.path.join(ROOT, "configs", "linear", "synthetic.yaml")
+from tests.helpers import (LINEAR, ROOT, assert_same_checkpoint, checkpoint_steps, pretrain_argv,
+                           run_pretrain, uninterrupted_run)
 
 
-def _argv(out, *overrides):
-    return [CONFIG, *TINY, *moco_overrides(), f"output_dir={out}", *overrides]
-
-
-def _pretrain(capsys, out, *overrides):
-    code = pretrain.main(_argv(out, *overrides))
-    return code, capsys.readouterr().err
+_argv, _pretrain = pretrain_argv, run_pretrain
+_steps, _assert_same_state = checkpoint_steps, assert_same_checkpoint
 
 
 def _files(folder):
@@ -55,24 +47,10 @@ def _files(folder):
     return out
 
 
-def _steps(out):
-    return [ckpt.checkpoint_step(p) for p in ckpt.list_checkpoints(str(out))]
-
-
-def _assert_same_state(a, b):
-    assert a["step"] == b["step"]
-    for key, value in a["model"].items():
-        assert torch.equal(value, b["model"][key]), key
-    for k, st in a["optimizer"]["state"].items():
-        assert torch.equal(st["momentum_buffer"], b["optimizer"]["state"][k]["momentum_buffer"])
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """An uninterrupted 6-step run, its final checkpoint."""
-    out = tmp_path_factory.mktemp("reference")
-    assert pretrain.main(_argv(out, "train.max_steps=6")) == 0
-    return ckpt.load_checkpoint(ckpt.latest_checkpoint(str(out)))
+    return uninterrupted_run(tmp_path_factory.mktemp("reference"), 6)
 
 
 @pytest.fixture(scope="module")
