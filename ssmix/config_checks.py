@@ -156,10 +156,11 @@ def check_data_fit(cfg: Any, num_images: int) -> None:
     _check_clusters(cfg, num_images)
 
 
-def knn_bank_warning(cfg: Any, bank_size: int, where: str) -> Optional[str]:
-    """``train.knn_k`` above the bank size: the monitor uses the whole bank; say so (once, at the start)."""
-    if cfg.train.knn_k <= bank_size:
+def knn_bank_warning(key: str, k: int, bank_size: int, where: str) -> Optional[str]:
+    """A kNN's ``k`` (config key ``key``) above its bank's size: the vote uses the whole bank; the warning
+    that says so, or None. Shared by the online monitor and linear evaluation."""
+    if k <= bank_size:
         return None
-    return (f"warning: train.knn_k={cfg.train.knn_k} is more than the {bank_size} images of the kNN bank ({where}); "
-            f"the monitor uses k={bank_size} (set train.knn_k <= {bank_size} to silence this)")
+    return (f"{key}={k} is more than the {bank_size} images of the kNN bank ({where}); the vote uses "
+            f"k={bank_size} (set {key} <= {bank_size} to silence this)")
 

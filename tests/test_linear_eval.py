@@ -122,7 +122,7 @@ def test_evaluate_warns_of_a_diverged_probe_a_clipped_knn_and_reports_the_lr_pic
                   epochs=3, batch_size=8, milestones=[2], knn_k=500, cache_dir=None, device="cpu")
     picked = evaluate("random", lr_grid=[1e-7, 0.1], **common)
     assert picked["lr"] == 0.1 and set(picked["lr_grid"]) == {"1e-07", "0.1"}
-    assert any("knn_k=500 is more than the 40 training images" in w for w in picked["warnings"])
+    assert any("knn_k=500 is more than the 40 images of the kNN bank (synthetic train)" in w for w in picked["warnings"])
     raw = evaluate("random", lr=1e5, feature_bn=False, **common)
     assert any("diverged" in w and "feature_bn=true" in w for w in raw["warnings"])
     assert "warning: linear probe (seed 0) diverged" in capsys.readouterr().err

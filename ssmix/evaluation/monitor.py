@@ -62,7 +62,8 @@ def check_monitor(cfg: Config) -> Optional[str]:
 
     bank, _ = _sets_of(cfg)
     where = f"train split of {cfg.data.eval_root if cfg.data.name == 'folder' else cfg.data.name}"
-    return knn_bank_warning(cfg, len(bank), where)
+    warning = knn_bank_warning("train.knn_k", cfg.train.knn_k, len(bank), where)
+    return warning and f"warning: {warning}"
 
 
 def knn_monitor(cfg: Config, trunk: nn.Module, device: torch.device | str, k: int = 200, t: float = 0.1) -> float:

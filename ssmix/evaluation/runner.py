@@ -20,6 +20,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ssmix.config import ConfigError, from_dict
+from ssmix.config_checks import knn_bank_warning
 from ssmix.evaluation.config import EvalDataConfig, LinearEvalConfig, validate
 from ssmix.evaluation.features import (FeatureCache, TransformedDataset, dataset_identity, extract_copies,
                                        file_fingerprint, test_transform, train_transform)
@@ -221,9 +222,9 @@ def run_linear_eval(cfg: LinearEvalConfig, log: Logger = None) -> Dict[str, Any]
     say(f"features: train {tuple(train_probe_features.shape)} test {tuple(test_features.shape[1:])} "
         f"({cache.hits} cached, {cache.misses} extracted, {features_s:.1f} s)")
 
-    if cfg.knn_k > train_labels.numel():
-        _warn(f"kNN: knn_k={cfg.knn_k} is more than the {train_labels.numel()} training images in the bank; "
-              f"it votes with all {train_labels.numel()} (set knn_k to at most {train_labels.numel()})", warnings)
+    clipped = knn_bank_warning("knn_k", cfg.knn_k, train_labels.numel(), f"{data.name} {data.train_id['split']}")
+    if clipped:
+        _warn(clipped, warnings)
     t0 = time.perf_counter()
     knn = knn_metrics(train_clean[0], train_labels, test_features[0], test_labels, num_classes, cfg.knn_k, cfg.knn_t,
                       device)
