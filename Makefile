@@ -1,6 +1,6 @@
 # Two commands on a fresh machine (only Python 3.9+ needed):
 #   make demo   set up .venv, pre-train on scikit-learn's digits (CPU, ~8 minutes), report accuracies
-#   make test   set up .venv, run the test suite (what CI runs)
+#   make test   set up .venv, lint and format-check (ruff), run the test suite (what CI runs)
 PYTHON ?= python3
 VENV ?= .venv
 # torch is pinned so the CPU machines this project is tested on install it from their local wheels.
@@ -25,7 +25,10 @@ $(VENV)/.installed: setup.py pyproject.toml
 demo: setup
 	$(BIN)/python -m ssmix.quickstart
 
+# Lint (ruff: E, F, W and import order; pyproject.toml), then the formatter's check, then the tests.
 test: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q tests
 
 bench: setup

@@ -5,6 +5,7 @@ and are mapped into the package, so an installed ssmix finds them as ``ssmix/con
 second copy in git (``ssmix.shipped`` looks there, then in the source checkout). The top-level
 ``detection/`` and ``linear_eval/`` folders are launchers for a checkout and are not installed.
 """
+
 from setuptools import find_packages, setup
 
 #: package -> repository folder: YAML only, nothing importable

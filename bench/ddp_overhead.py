@@ -16,6 +16,7 @@ ratios ddp / manual (< 1: DDP is faster). The script launches its ranks itself, 
     python bench/ddp_overhead.py                          # 2 gloo ranks, R18, 32 px, batch 16 per rank
     python bench/ddp_overhead.py --arch resnet50 --size 64 --batch 32 --backend nccl --world 8
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,16 +26,13 @@ import socket
 import statistics
 import subprocess
 import sys
-import time
-from typing import Callable, Dict, List
+from typing import Dict, List
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
+import torch.distributed as dist
+from torch import Tensor
 
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-from torch import Tensor  # noqa: E402
-
-StepFn = Callable[[List[Tensor], int], None]
+from timing import StepFn, timed
 
 
 @torch.no_grad()
@@ -50,19 +48,31 @@ def flat_all_reduce_mean(params) -> None:
         flat /= dist.get_world_size()
         offset = 0
         for g in grads:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
             offset += g.numel()
 
 
 def make_step(kind: str, args, device: str, total_steps: int) -> StepFn:
     from ssmix.config import load_config
+    from ssmix.device import autocast_dtype
     from ssmix.engine.ddp import wrap_for_training
+    from ssmix.engine.optim import build_optimizer
     from ssmix.engine.pretrainer import Pretrainer
-    from ssmix.engine.trainer import build_optimizer
+    from ssmix.engine.step import OptimStep
 
-    cfg = load_config(None, [f"device={device}", "method.name=mocov2", "mix.type=mixup", f"model.arch={args.arch}",
-                             f"data.image_size={args.size}", f"train.batch_size={args.batch}",
-                             f"method.queue_size={args.queue}", "model.channels_last=false"])
+    cfg = load_config(
+        None,
+        [
+            f"device={device}",
+            "method.name=mocov2",
+            "mix.type=mixup",
+            f"model.arch={args.arch}",
+            f"data.image_size={args.size}",
+            f"train.batch_size={args.batch}",
+            f"method.queue_size={args.queue}",
+            "model.channels_last=false",
+        ],
+    )
     torch.manual_seed(0)
     model = Pretrainer(cfg, num_samples=args.batch * total_steps, num_classes=10).to(device).train()
     optimizer = build_optimizer(model.param_groups(), cfg, steps_per_ep=total_steps)
@@ -70,36 +80,41 @@ def make_step(kind: str, args, device: str, total_steps: int) -> StepFn:
     if kind == "manual":
         run = model
     elif kind == "ddp":
-        run = wrap_for_training(model, False, True, device)
+        run = wrap_for_training(model, False, model.method.uses_shuffle_bn, device)
     else:  # the engine's wrap without the unused-parameter search
         on_cuda = device.startswith("cuda")
         run = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[torch.device(device).index] if on_cuda else None, find_unused_parameters=False,
-            broadcast_buffers=False, gradient_as_bucket_view=True)
-    labels, index = torch.zeros(args.batch, dtype=torch.long, device=device), torch.arange(args.batch, device=device)
+            model,
+            device_ids=[torch.device(device).index] if on_cuda else None,
+            find_unused_parameters=False,
+            broadcast_buffers=False,
+            gradient_as_bucket_view=True,
+        )
+    sync_grads = (lambda: flat_all_reduce_mean(params)) if kind == "manual" else None
+    optim_step = OptimStep(
+        run,
+        optimizer,
+        device,
+        autocast_dtype(cfg.train.amp, device),
+        cfg.train.grad_clip,
+        after_backward=sync_grads,
+    )
+    labels, index = (
+        torch.zeros(args.batch, dtype=torch.long, device=device),
+        torch.arange(args.batch, device=device),
+    )
 
     def step(views: List[Tensor], i: int) -> None:
-        losses, _ = run(views, labels, index, i, total_steps)
-        optimizer.zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
-        if kind == "manual":
-            flat_all_reduce_mean(params)
-        optimizer.step()
+        optim_step(views, labels, index, i, total_steps, total_steps)  # one epoch, as the optimizer's
 
     return step
 
 
-def timed(step: StepFn, batches, first: int, steps: int, device: str) -> float:
+def seconds_per_step(step: StepFn, batches, first: int, steps: int, device: str) -> float:
     """Seconds per step over ``steps`` steps (ranks start together, the slowest one counts)."""
     dist.barrier()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for i in range(first, first + steps):
-        step(batches[i % len(batches)], i)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    elapsed = torch.tensor([time.perf_counter() - start])
+    wall, _ = timed(step, batches, first, steps, device)
+    elapsed = torch.tensor([wall])
     dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
     return float(elapsed) / steps
 
@@ -113,31 +128,49 @@ def rank_main(args) -> None:
     total_steps = len(kinds) * (args.warmup + args.rounds * args.steps) + 1
     steps = {kind: make_step(kind, args, device, total_steps) for kind in kinds}
     torch.manual_seed(100 + rank)
-    batches = [[torch.randn(args.batch, 3, args.size, args.size, device=device) for _ in range(2)] for _ in range(3)]
+    batches = [
+        [torch.randn(args.batch, 3, args.size, args.size, device=device) for _ in range(2)] for _ in range(3)
+    ]
     for step in steps.values():
         for i in range(args.warmup):
             step(batches[i % len(batches)], i)
     per_step: Dict[str, List[float]] = {kind: [] for kind in kinds}
     first = args.warmup
     for r in range(args.rounds):
-        for kind in kinds[r % len(kinds):] + kinds[:r % len(kinds)]:
-            per_step[kind].append(timed(steps[kind], batches, first, args.steps, device))
+        for kind in kinds[r % len(kinds) :] + kinds[: r % len(kinds)]:
+            per_step[kind].append(seconds_per_step(steps[kind], batches, first, args.steps, device))
         first += args.steps
         if rank == 0:
-            print(f"round {r + 1}: " + ", ".join(f"{k} {1e3 * v[-1]:.0f} ms" for k, v in per_step.items()), flush=True)
+            print(
+                f"round {r + 1}: " + ", ".join(f"{k} {1e3 * v[-1]:.0f} ms" for k, v in per_step.items()),
+                flush=True,
+            )
     if rank == 0:
         median = {k: statistics.median(v) for k, v in per_step.items()}
-        ratio = {k: statistics.median(a / b for a, b in zip(per_step[k], per_step["manual"])) for k in kinds[1:]}
-        print(f"\n{world} {args.backend} ranks, {args.arch}, {args.size} px, batch {args.batch} per rank, MoCo v2 + mixup, "
-              f"{args.threads} thread(s) per rank")
+        ratio = {
+            k: statistics.median(a / b for a, b in zip(per_step[k], per_step["manual"])) for k in kinds[1:]
+        }
+        print(
+            f"\n{world} {args.backend} ranks, {args.arch}, {args.size} px, batch {args.batch} per rank, MoCo v2 + mixup, "
+            f"{args.threads} thread(s) per rank"
+        )
         for kind in kinds:
             print(f"  {kind:<11} {1e3 * median[kind]:8.1f} ms/step")
-        print(f"ratio ddp / manual = {ratio['ddp']:.3f} (ddp_static / manual = {ratio['ddp_static']:.3f}; "
-              "< 1: DDP is faster)")
+        print(
+            f"ratio ddp / manual = {ratio['ddp']:.3f} (ddp_static / manual = {ratio['ddp_static']:.3f}; "
+            "< 1: DDP is faster)"
+        )
         if args.json:
             with open(args.json, "w", encoding="utf-8") as f:
-                json.dump({"ms_per_step": {k: 1e3 * v for k, v in median.items()}, "ratio_vs_manual": ratio,
-                           "args": vars(args)}, f, indent=2)
+                json.dump(
+                    {
+                        "ms_per_step": {k: 1e3 * v for k, v in median.items()},
+                        "ratio_vs_manual": ratio,
+                        "args": vars(args),
+                    },
+                    f,
+                    indent=2,
+                )
     dist.destroy_process_group()
 
 
@@ -147,9 +180,18 @@ def launch(args) -> int:
         port = s.getsockname()[1]
     procs = []
     for rank in range(args.world):
-        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
-               "WORLD_SIZE": str(args.world), "LOCAL_RANK": str(rank), "OMP_NUM_THREADS": str(args.threads)}
-        procs.append(subprocess.Popen([sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--as-rank"], env=env))
+        env = {
+            **os.environ,
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "RANK": str(rank),
+            "WORLD_SIZE": str(args.world),
+            "LOCAL_RANK": str(rank),
+            "OMP_NUM_THREADS": str(args.threads),
+        }
+        procs.append(
+            subprocess.Popen([sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--as-rank"], env=env)
+        )
     codes = [p.wait() for p in procs]
     return max(codes)
 

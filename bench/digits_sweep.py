@@ -9,6 +9,7 @@ Runs go to ``runs/recipes/`` (see ``bench/recipe.py``) and are skipped when alre
 sweep can be stopped and resumed; ``--table`` writes ``docs/digits_sweep.md``. Run one sweep at a
 time on a 2-core machine (parallel runs make the minutes meaningless).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,9 +41,14 @@ VARIANTS: Dict[str, Tuple[str, List[str]]] = {
     "queue 256": (MOCO, ["method.queue_size=256"]),
     "t 0.5": (MOCO, ["method.temperature=0.5"]),
     "queue 128": (MOCO, ["method.queue_size=128"]),
-    "SAMix-I, mask loss 1.0 constant": (SAMIX_I, ["mix.mask_loss_weight=1.0", "mix.mask_loss_decay=constant"]),
-    "30 epochs, rotation 15": (MOCO, ["train.epochs=30", "data.aug.rotation_prob=0.5",
-                                      "data.aug.rotation_degrees=15"]),
+    "SAMix-I, mask loss 1.0 constant": (
+        SAMIX_I,
+        ["mix.mask_loss_weight=1.0", "mix.mask_loss_decay=constant"],
+    ),
+    "30 epochs, rotation 15": (
+        MOCO,
+        ["train.epochs=30", "data.aug.rotation_prob=0.5", "data.aug.rotation_degrees=15"],
+    ),
     "32 px ImageNet stem": (MOCO, ["data.image_size=32", "model.cifar_stem=false"]),
     # the same images and compute per epoch (a step costs the same per image at 32-128), more steps
     "8 epochs": (MOCO, ["train.epochs=8"]),
@@ -62,10 +68,14 @@ VARIANTS: Dict[str, Tuple[str, List[str]]] = {
     # bf16 autocast on a CPU with native bf16 (AVX512-BF16): 1.4x (MoCo v2) and 1.6x (SAMix-C) faster steps
     "6 epochs, momentum 0.9, bf16": (MOCO, ["train.epochs=6", "method.momentum=0.9", "train.amp=bf16"]),
     "8 epochs, momentum 0.9, bf16": (MOCO, ["train.epochs=8", "method.momentum=0.9", "train.amp=bf16"]),
-    "SAMix-C, 6 epochs, momentum 0.9, bf16": (SAMIX_C, ["train.epochs=6", "method.momentum=0.9",
-                                                        "train.amp=bf16"]),
-    "SAMix-C, 8 epochs, momentum 0.9, bf16": (SAMIX_C, ["train.epochs=8", "method.momentum=0.9",
-                                                        "train.amp=bf16"]),
+    "SAMix-C, 6 epochs, momentum 0.9, bf16": (
+        SAMIX_C,
+        ["train.epochs=6", "method.momentum=0.9", "train.amp=bf16"],
+    ),
+    "SAMix-C, 8 epochs, momentum 0.9, bf16": (
+        SAMIX_C,
+        ["train.epochs=8", "method.momentum=0.9", "train.amp=bf16"],
+    ),
     "SAMix-C, 8 epochs, momentum 0.9": (SAMIX_C, ["train.epochs=8", "method.momentum=0.9"]),
 }
 
@@ -126,9 +136,11 @@ def run_variants(names: List[str], seeds: List[int]) -> None:
         config, overrides = VARIANTS[name]
         for seed in seeds:
             result = recipe.run(config, overrides, seed)
-            print(f"[sweep] {name} seed {seed}: linear {result['linear']:.1f} kNN {result['knn']:.1f} "
-                  f"({result['minutes']:.1f} min, collapse_std {result.get('collapse_std', float('nan')):.3f})",
-                  flush=True)
+            print(
+                f"[sweep] {name} seed {seed}: linear {result['linear']:.1f} kNN {result['knn']:.1f} "
+                f"({result['minutes']:.1f} min, collapse_std {result.get('collapse_std', float('nan')):.3f})",
+                flush=True,
+            )
 
 
 def table() -> str:
@@ -139,42 +151,50 @@ def table() -> str:
         if earlier or not results:
             rows.extend([earlier] if earlier else [])
             continue
-        rows.append(f"| {name} | `{' '.join(overrides) or '(recipe)'}` | {len(results)} | "
-                    f"{recipe.mean_std([r['linear'] for r in results])} | "
-                    f"{recipe.mean_std([r['knn'] for r in results])} | "
-                    f"{recipe.mean_std([r['minutes'] for r in results])} | "
-                    f"{recipe.mean_std([r['collapse_std'] for r in results if 'collapse_std' in r], '{:.3f}')} |")
-    randoms = {size: recipe.heldout_accuracy("random", size, "resnet18", stem)
-               for size, stem in ((16, True), (32, False), (64, False))}
+        rows.append(
+            f"| {name} | `{' '.join(overrides) or '(recipe)'}` | {len(results)} | "
+            f"{recipe.mean_std([r['linear'] for r in results])} | "
+            f"{recipe.mean_std([r['knn'] for r in results])} | "
+            f"{recipe.mean_std([r['minutes'] for r in results])} | "
+            f"{recipe.mean_std([r['collapse_std'] for r in results if 'collapse_std' in r], '{:.3f}')} |"
+        )
+    randoms = {
+        size: recipe.heldout_accuracy("random", size, "resnet18", stem)
+        for size, stem in ((16, True), (32, False), (64, False))
+    }
     pixels = recipe.pixel_accuracy(16)
-    return "\n".join([
-        "# Digits recipe sweep (`bench/digits_sweep.py`)",
-        "",
-        "MoCo v2, ResNet-18, held-out digits (359 images): linear probe on cached features and 20-NN "
-        "(`configs/linear/digits.yaml`). Overrides are on top of `configs/digits/mocov2.yaml` "
-        "(`configs/digits/mocov2_samix_i.yaml` and "
-        "`mocov2_samix_c.yaml` for the SAMix rows). "
-        "Minutes are wall-clock on a 2-core CPU that ran 2-4 jobs at once during the sweep: they are not "
-        "comparable across rows (alone, a recipe run takes a few minutes).",
-        "",
-        f"Random init (seed 0; `docs/results.md` has seeds 0-2): 16 px CIFAR stem linear "
-        f"{randoms[16]['linear']:.1f} / kNN {randoms[16]['knn']:.1f}; "
-        f"32 px ImageNet stem linear {randoms[32]['linear']:.1f} / kNN {randoms[32]['knn']:.1f}; "
-        f"64 px ImageNet stem linear {randoms[64]['linear']:.1f} / kNN {randoms[64]['knn']:.1f}. "
-        f"The 16 px pixels themselves (flattened, same probe and kNN): linear {pixels['linear']:.1f} / "
-        f"kNN {pixels['knn']:.1f}.",
-        "",
-        "| variant | overrides | seeds | linear | kNN | minutes | collapse_std |",
-        "|---|---|---|---|---|---|---|",
-        *rows,
-        "",
-        FINDINGS,
-        "",
-    ])
+    return "\n".join(
+        [
+            "# Digits recipe sweep (`bench/digits_sweep.py`)",
+            "",
+            "MoCo v2, ResNet-18, held-out digits (359 images): linear probe on cached features and 20-NN "
+            "(`configs/linear/digits.yaml`). Overrides are on top of `configs/digits/mocov2.yaml` "
+            "(`configs/digits/mocov2_samix_i.yaml` and "
+            "`mocov2_samix_c.yaml` for the SAMix rows). "
+            "Minutes are wall-clock on a 2-core CPU that ran 2-4 jobs at once during the sweep: they are not "
+            "comparable across rows (alone, a recipe run takes a few minutes).",
+            "",
+            f"Random init (seed 0; `docs/results.md` has seeds 0-2): 16 px CIFAR stem linear "
+            f"{randoms[16]['linear']:.1f} / kNN {randoms[16]['knn']:.1f}; "
+            f"32 px ImageNet stem linear {randoms[32]['linear']:.1f} / kNN {randoms[32]['knn']:.1f}; "
+            f"64 px ImageNet stem linear {randoms[64]['linear']:.1f} / kNN {randoms[64]['knn']:.1f}. "
+            f"The 16 px pixels themselves (flattened, same probe and kNN): linear {pixels['linear']:.1f} / "
+            f"kNN {pixels['knn']:.1f}.",
+            "",
+            "| variant | overrides | seeds | linear | kNN | minutes | collapse_std |",
+            "|---|---|---|---|---|---|---|",
+            *rows,
+            "",
+            FINDINGS,
+            "",
+        ]
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--only", nargs="*", default=None, help="variants to run (default: all)")
     parser.add_argument("--seeds", nargs="*", type=int, default=[0])
     parser.add_argument("--table", action="store_true", help="only write and print the table")

@@ -20,6 +20,7 @@ exits 1):
     python bench/gpu_check.py                      # a CUDA machine (make gpu-check sets up .venv-gpu)
     python bench/gpu_check.py --device cpu --tiny  # the CPU rows at toy sizes (tests/test_gpu_check.py)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,6 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "bench"))
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS for the resume row
 
 import torch  # noqa: E402
@@ -74,8 +73,18 @@ def cuda_tests(args) -> List[Row]:
     if not args.device.startswith("cuda"):
         return [_skip("cuda tests", "pytest -m cuda", "no CUDA device")]
     start = time.perf_counter()
-    command = [sys.executable, "-m", "pytest", "-q", "-rs", "-m", "cuda", "-p", "no:cacheprovider",
-               os.path.join(ROOT, "tests", "test_cuda.py")]
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-rs",
+        "-m",
+        "cuda",
+        "-p",
+        "no:cacheprovider",
+        os.path.join(ROOT, "tests", "test_cuda.py"),
+    ]
     proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=args.tests_timeout)
     summary = (proc.stdout.strip().splitlines() or ["no output"])[-1]
     result = summary if proc.returncode == 0 else f"FAILED: {summary}"
@@ -114,18 +123,23 @@ def throughput(args) -> List[Row]:
                 rows.append(_skip("img/s", setting, "fp16 needs CUDA"))
                 continue
             dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-            steps = {"ssmix mocov2": lambda: ssmix_step(arch, size, batch, [], total, args.device, amp,
-                                                        **small),
-                     "torch+lightly ref": lambda: reference(arch, size, batch, total, args.device, dtype,
-                                                            small.get("queue", 16384)),
-                     "ssmix +samix_c": lambda: ssmix_step(arch, size, batch, SAMIX_C, total, args.device, amp,
-                                                          **small),
-                     # split BN copies NHWC <-> NCHW at every layer: is channels_last still the faster?
-                     "ssmix mocov2 nchw": lambda: ssmix_step(arch, size, batch, ["model.channels_last=false"], total,
-                                                             args.device, amp, **small)}
+            steps = {
+                "ssmix mocov2": lambda: ssmix_step(arch, size, batch, [], total, args.device, amp, **small),
+                "torch+lightly ref": lambda: reference(
+                    arch, size, batch, total, args.device, dtype, small.get("queue", 16384)
+                ),
+                "ssmix +samix_c": lambda: ssmix_step(
+                    arch, size, batch, SAMIX_C, total, args.device, amp, **small
+                ),
+                # split BN copies NHWC <-> NCHW at every layer: is channels_last still the faster?
+                "ssmix mocov2 nchw": lambda: ssmix_step(
+                    arch, size, batch, ["model.channels_last=false"], total, args.device, amp, **small
+                ),
+            }
             for name, build in steps.items():
-                rows += guarded("img/s", lambda: [_measure(name, build, setting, size, batch, args)],
-                                f"{setting}: {name}")
+                rows += guarded(
+                    "img/s", lambda: [_measure(name, build, setting, size, batch, args)], f"{setting}: {name}"
+                )
     if args.tiny:
         rows.append(_skip("img/s", "resnet50 224px b64", "--tiny"))
     return rows
@@ -147,39 +161,62 @@ def loader(args) -> List[Row]:
     with tempfile.TemporaryDirectory() as tmp:
         generate_jpegs(tmp, count, 64 if args.tiny else 500, 48 if args.tiny else 375)
         rate = loader_rate(tmp, size, batch, workers, count // batch, args.device.startswith("cuda"))
-    return [Row("loader", f"{count} JPEGs, 2 x {size}px views, {workers} workers", f"{rate:.0f} img/s",
-                "compare with the R50 img/s rows: the smaller bounds the run")]
+    return [
+        Row(
+            "loader",
+            f"{count} JPEGs, 2 x {size}px views, {workers} workers",
+            f"{rate:.0f} img/s",
+            "compare with the R50 img/s rows: the smaller bounds the run",
+        )
+    ]
 
 
 def host_syncs(args) -> List[Row]:
     """Host waits of the third MoCo v2 + SAMix-C step, as the trainer's loop runs it: the loader batch
-    copied to the device, forward and backward (bf16 autocast on CUDA), SGD step."""
+    copied to the device, then the trainer's step (:class:`ssmix.engine.step.OptimStep`)."""
     from ssmix.config import load_config
-    from ssmix.engine.optim import build_optimizer, set_learning_rates
+    from ssmix.device import autocast_dtype
+    from ssmix.engine.optim import build_optimizer
     from ssmix.engine.pretrainer import Pretrainer
+    from ssmix.engine.step import OptimStep
     from ssmix.engine.syncs import HostSyncCounter
     from ssmix.engine.trainer import batch_to_device
 
     device, cuda, n = args.device, args.device.startswith("cuda"), 64
-    cfg = load_config(None, [f"device={device}", "model.arch=resnet18", "data.image_size=16",
-                             "train.batch_size=16", "method.queue_size=64", "method.bn_splits=2", *SAMIX_C,
-                             "mix.odc.num_clusters=4", "mix.odc.min_cluster=4"])
+    cfg = load_config(
+        None,
+        [
+            f"device={device}",
+            "model.arch=resnet18",
+            "data.image_size=16",
+            "train.batch_size=16",
+            "method.queue_size=64",
+            "method.bn_splits=2",
+            *SAMIX_C,
+            "mix.odc.num_clusters=4",
+            "mix.odc.min_cluster=4",
+        ],
+    )
     model = Pretrainer(cfg, n, 0).to(device).train()
     model.on_train_start(lambda: (torch.randn(n, model.method.embed_dim), torch.zeros(n, dtype=torch.long)))
-    optimizer = build_optimizer(model.param_groups(), cfg, 4)
+    optim_step = OptimStep(
+        model,
+        build_optimizer(model.param_groups(), cfg, 4),
+        device,
+        autocast_dtype(cfg.train.amp, device),
+        cfg.train.grad_clip,
+    )
 
     def step(i: int) -> None:
-        host = ([torch.randn(16, 3, 16, 16) for _ in range(2)], torch.zeros(16, dtype=torch.long),
-                torch.randperm(n)[:16])
+        host = (
+            [torch.randn(16, 3, 16, 16) for _ in range(2)],
+            torch.zeros(16, dtype=torch.long),
+            torch.randperm(n)[:16],
+        )
         if cuda:  # the loader pins its batches on CUDA
             host = [v.pin_memory() for v in host[0]], host[1].pin_memory(), host[2].pin_memory()
         views, labels, index = batch_to_device(*host, device, torch.contiguous_format)
-        set_learning_rates(optimizer, i, 10)
-        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=cuda):
-            losses, _ = model(views, labels, index, i, 10)
-        optimizer.zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
-        optimizer.step()
+        optim_step(views, labels, index, i, 10, 4)  # 4 steps per epoch, as the optimizer's
 
     for i in range(2):
         step(i)
@@ -194,20 +231,43 @@ def host_syncs(args) -> List[Row]:
                 torch.cuda.set_sync_debug_mode("default")
     debug = f"; cuda sync debug mode: {sum('synchroniz' in str(w.message) for w in caught)}" if cuda else ""
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(counter.counts.items())) or "none"
-    return [Row("host syncs", "mocov2+samix_c step (trainer loop body)", f"{counter.total} ({kinds}){debug}",
-                "ODC's host memory: index and keys copied to the host once each")]
+    return [
+        Row(
+            "host syncs",
+            "mocov2+samix_c step (trainer loop body)",
+            f"{counter.total} ({kinds}){debug}",
+            "ODC's host memory: index and keys copied to the host once each",
+        )
+    ]
 
 
 def _train_config(args, out: str, *extra: str):
     from ssmix.config import load_config
 
     amp = "bf16" if args.device.startswith("cuda") else "off"
-    return load_config(os.path.join(ROOT, "configs", "synthetic", "mocov2.yaml"), [
-        f"device={args.device}", "data.image_size=16", "data.num_samples=64", "data.num_workers=0",
-        "model.arch=resnet18", "train.batch_size=16", "train.epochs=2", "train.progress=false",
-        f"train.amp={amp}",
-        "train.log_every=1", "deterministic=true", "method.queue_size=64", "method.bn_splits=2", *SAMIX_C,
-        "mix.odc.num_clusters=4", "mix.odc.min_cluster=4", f"output_dir={out}", *extra])
+    return load_config(
+        os.path.join(ROOT, "configs", "synthetic", "mocov2.yaml"),
+        [
+            f"device={args.device}",
+            "data.image_size=16",
+            "data.num_samples=64",
+            "data.num_workers=0",
+            "model.arch=resnet18",
+            "train.batch_size=16",
+            "train.epochs=2",
+            "train.progress=false",
+            f"train.amp={amp}",
+            "train.log_every=1",
+            "deterministic=true",
+            "method.queue_size=64",
+            "method.bn_splits=2",
+            *SAMIX_C,
+            "mix.odc.num_clusters=4",
+            "mix.odc.min_cluster=4",
+            f"output_dir={out}",
+            *extra,
+        ],
+    )
 
 
 def resume_and_probe(args) -> List[Row]:
@@ -228,9 +288,15 @@ def resume_and_probe(args) -> List[Row]:
         result = "bit-exact" if not differ else f"{len(differ)} of {len(a)} tensors differ (max {worst:.2g})"
         rows.append(Row("resume", "3 + 3 vs 6 steps, mocov2+samix_c", result))
         start = time.perf_counter()
-        res = evaluate(full, {"name": "synthetic", "num_samples": 128, "image_size": 16, "num_workers": 0},
-                       epochs=2 if args.tiny else 20, device=args.device, cache_dir=None, knn_k=20,
-                       batch_size=64)
+        res = evaluate(
+            full,
+            {"name": "synthetic", "num_samples": 128, "image_size": 16, "num_workers": 0},
+            epochs=2 if args.tiny else 20,
+            device=args.device,
+            cache_dir=None,
+            knn_k=20,
+            batch_size=64,
+        )
         accuracy = f"top1 {res['top1']:.1f}, kNN {res['knn_top1']:.1f}"
         rows.append(Row("probe", "linear + kNN, synthetic", accuracy, f"{time.perf_counter() - start:.1f} s"))
     return rows
@@ -249,8 +315,14 @@ def faiss_kmeans(args) -> List[Row]:
     start = time.perf_counter()
     _, labels = kmeans(x, k, iters=20, seed=0)
     where = f"{gpus} GPU(s) visible to faiss" if gpus else "faiss on CPU"
-    return [Row("faiss k-means", f"{n} x {d} -> {k}", f"{time.perf_counter() - start:.2f} s",
-                f"{where}; {int(labels.unique().numel())} clusters")]
+    return [
+        Row(
+            "faiss k-means",
+            f"{n} x {d} -> {k}",
+            f"{time.perf_counter() - start:.2f} s",
+            f"{where}; {int(labels.unique().numel())} clusters",
+        )
+    ]
 
 
 # ------------------------------------------------------------------------------------------ the table
@@ -289,8 +361,10 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print("gpu_check: no CUDA device here; `python bench/gpu_check.py --device cpu --tiny` runs the CPU "
-              "rows")
+        print(
+            "gpu_check: no CUDA device here; `python bench/gpu_check.py --device cpu --tiny` runs the CPU "
+            "rows"
+        )
         return 2
     start = time.perf_counter()
     rows = run(args)

@@ -18,6 +18,7 @@ below the step's images/s, data loading is the bottleneck (add workers or pre-re
 
 Without CUDA it prints that and exits 0 (so ``make bench`` passes on CPU machines).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,74 +30,99 @@ import time
 from types import SimpleNamespace
 from typing import Callable, Dict, List, Optional
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import torch
+from torch import Tensor
 
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
+from timing import timed
 
 SETTINGS = {"r18": ("resnet18", 32, 256), "r50": ("resnet50", 224, 64)}
 QUEUE = 16384
 ODC_SAMPLES = 20000
 
 
-def ssmix_step(arch: str, size: int, batch: int, mix: List[str], total_steps: int, device: str,
-               amp: str = "auto", odc_samples: int = ODC_SAMPLES, queue: int = QUEUE) -> Callable:
+def ssmix_step(
+    arch: str,
+    size: int,
+    batch: int,
+    mix: List[str],
+    total_steps: int,
+    device: str,
+    amp: str = "auto",
+    odc_samples: int = ODC_SAMPLES,
+    queue: int = QUEUE,
+) -> Callable:
     """The body of ``trainer.train``'s loop (no data loading, no logging); ``amp`` is ``train.amp``."""
     from ssmix.config import load_config
+    from ssmix.device import autocast_dtype, memory_format_for
+    from ssmix.engine.optim import build_optimizer
     from ssmix.engine.pretrainer import Pretrainer
-    from ssmix.engine.trainer import autocast_dtype, build_optimizer, memory_format_for, set_learning_rates
+    from ssmix.engine.step import OptimStep
 
-    cfg = load_config(None, [f"device={device}", "method.name=mocov2", f"model.arch={arch}", f"data.image_size={size}",
-                             f"train.batch_size={batch}", f"method.queue_size={queue}", f"train.amp={amp}", *mix])
-    memory_format = memory_format_for(cfg, device)
+    cfg = load_config(
+        None,
+        [
+            f"device={device}",
+            "method.name=mocov2",
+            f"model.arch={arch}",
+            f"data.image_size={size}",
+            f"train.batch_size={batch}",
+            f"method.queue_size={queue}",
+            f"train.amp={amp}",
+            *mix,
+        ],
+    )
+    memory_format = memory_format_for(cfg.model.channels_last, device)
     dtype = autocast_dtype(cfg.train.amp, device)
     model = Pretrainer(cfg, odc_samples, 0).to(device).to(memory_format=memory_format).train()
     g = torch.Generator().manual_seed(0)
-    model.on_train_start(lambda: (torch.randn(odc_samples, model.method.embed_dim, generator=g),
-                                  torch.zeros(odc_samples, dtype=torch.long)))
+    model.on_train_start(
+        lambda: (
+            torch.randn(odc_samples, model.method.embed_dim, generator=g),
+            torch.zeros(odc_samples, dtype=torch.long),
+        )
+    )
     optimizer = build_optimizer(model.param_groups(), cfg, steps_per_ep=total_steps)
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    optim_step = OptimStep(model, optimizer, device, dtype, cfg.train.grad_clip)
     labels = torch.zeros(batch, dtype=torch.long, device=device)
 
     def step(views: List[Tensor], i: int) -> None:
         views = [v.contiguous(memory_format=memory_format) for v in views]
         index = torch.randint(0, odc_samples, (batch,), device=device)
-        set_learning_rates(optimizer, i, total_steps)
-        with torch.autocast(device.split(":")[0], dtype=dtype or torch.float32, enabled=dtype is not None):
-            losses, _ = model(views, labels, index, i, total_steps)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(sum(losses.values())).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        optim_step(views, labels, index, i, total_steps, total_steps)  # one epoch, as the optimizer's
 
     return step
 
 
-def reference(arch: str, size: int, batch: int, total_steps: int, device: str,
-              amp: Optional[torch.dtype] = torch.bfloat16, queue: int = QUEUE) -> Callable:
+def reference(
+    arch: str,
+    size: int,
+    batch: int,
+    total_steps: int,
+    device: str,
+    amp: Optional[torch.dtype] = torch.bfloat16,
+    queue: int = QUEUE,
+) -> Callable:
     """The same MoCo v2 (shuffle-BN emulated by 8 BN splits, as ssmix's default ``method.bn_splits``);
     ``amp``: the autocast dtype on CUDA (fp32 elsewhere, as the engine)."""
     from pretrain_throughput import reference_step
 
     args = SimpleNamespace(arch=arch, bn_splits=8, temperature=0.2, queue=queue)
+    from ssmix.device import memory_format_for
+
     on_cuda = device.startswith("cuda")
-    return reference_step(args, total_steps, device=device, amp=amp if on_cuda else None,
-                          memory_format=torch.channels_last if on_cuda else torch.contiguous_format)
+    # ssmix's default, the trainer's rule
+    return reference_step(
+        args,
+        total_steps,
+        device=device,
+        amp=amp if on_cuda else None,
+        memory_format=memory_format_for(True, device),
+    )
 
 
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(step: Callable, batches, first: int, steps: int, device: str) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    for i in range(first, first + steps):
-        step(batches[i % len(batches)], i)
-    _sync(device)
-    return steps * batches[0][0].shape[0] / (time.perf_counter() - start)
+def images_per_second(step: Callable, batches, first: int, steps: int, device: str) -> float:
+    wall, _ = timed(step, batches, first, steps, device)
+    return steps * batches[0][0].shape[0] / wall
 
 
 def loader_rate(name: str, root: str, size: int, batch: int, workers: int, batches: int, pin: bool) -> float:
@@ -125,9 +151,11 @@ def run_setting(key: str, args) -> Dict[str, float]:
     device = args.device
     total = args.warmup + args.rounds * args.steps + 1
     samix = ["mix.type=samix_c", "mix.mixer_warmup_epochs=0"]
-    steps = {"mocov2": ssmix_step(arch, size, batch, [], total, device),
-             "mocov2+samix_c": ssmix_step(arch, size, batch, samix, total, device),
-             "reference": reference(arch, size, batch, total, device)}
+    steps = {
+        "mocov2": ssmix_step(arch, size, batch, [], total, device),
+        "mocov2+samix_c": ssmix_step(arch, size, batch, samix, total, device),
+        "reference": reference(arch, size, batch, total, device),
+    }
     torch.manual_seed(0)
     batches = [[torch.randn(batch, 3, size, size, device=device) for _ in range(2)] for _ in range(2)]
     for step in steps.values():
@@ -136,19 +164,26 @@ def run_setting(key: str, args) -> Dict[str, float]:
     rates: Dict[str, List[float]] = {name: [] for name in steps}
     first = args.warmup
     for r in range(args.rounds):
-        names = list(steps)[r % 3:] + list(steps)[:r % 3]
+        names = list(steps)[r % 3 :] + list(steps)[: r % 3]
         for name in names:
-            rates[name].append(timed(steps[name], batches, first, args.steps, device))
+            rates[name].append(images_per_second(steps[name], batches, first, args.steps, device))
         first += args.steps
     result = {name: statistics.median(v) for name, v in rates.items()}
-    result["loader"] = loader_rate(args.data, args.root, size, batch, args.workers, args.loader_batches,
-                                   device == "cuda")
+    result["loader"] = loader_rate(
+        args.data, args.root, size, batch, args.workers, args.loader_batches, device == "cuda"
+    )
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-    print(f"{arch} {size} px batch {batch} on {name}: " + ", ".join(
-        f"{name} {value:.0f} img/s" for name, value in result.items()), flush=True)
-    print(f"  ssmix MoCo v2 / reference {result['mocov2'] / result['reference']:.3f}, + SAMix-C / MoCo v2 "
-          f"{result['mocov2+samix_c'] / result['mocov2']:.3f}, loader / MoCo v2 step "
-          f"{result['loader'] / result['mocov2']:.2f} ({args.workers} workers, {args.data})", flush=True)
+    print(
+        f"{arch} {size} px batch {batch} on {name}: "
+        + ", ".join(f"{name} {value:.0f} img/s" for name, value in result.items()),
+        flush=True,
+    )
+    print(
+        f"  ssmix MoCo v2 / reference {result['mocov2'] / result['reference']:.3f}, + SAMix-C / MoCo v2 "
+        f"{result['mocov2+samix_c'] / result['mocov2']:.3f}, loader / MoCo v2 step "
+        f"{result['loader'] / result['mocov2']:.2f} ({args.workers} workers, {args.data})",
+        flush=True,
+    )
     return result
 
 

@@ -6,6 +6,7 @@ Random L2-normalised features stand in for the extracted embeddings. The per-ste
 mean over ``--steps`` updates with the default intervals (50), so it includes one centroid
 recomputation and one small-cluster pass.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,8 +15,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ssmix.config import ODCConfig
 from ssmix.clustering import ODCMemory
+from ssmix.config import ODCConfig
 
 
 def main() -> None:
@@ -48,8 +49,10 @@ def main() -> None:
     t0 = time.perf_counter()
     sizes = mem.initialize(features, seed=0)
     init_s = time.perf_counter() - t0
-    print(f"initial k-means [{backend}, {torch.get_num_threads()} threads]: {args.samples} x {args.dim} -> "
-          f"{args.clusters} clusters, {cfg.kmeans_iters} iters: {init_s:.2f} s  (cluster sizes {sizes})")
+    print(
+        f"initial k-means [{backend}, {torch.get_num_threads()} threads]: {args.samples} x {args.dim} -> "
+        f"{args.clusters} clusters, {cfg.kmeans_iters} iters: {init_s:.2f} s  (cluster sizes {sizes})"
+    )
 
     per_step = []
     for step in range(args.steps):
@@ -59,13 +62,17 @@ def main() -> None:
         mem.update(index, batch, step)
         mem.class_weights()  # the pipeline reads the re-weights every step (docs/algorithm.md §5.3)
         per_step.append(time.perf_counter() - t0)
-    is_periodic = [(s + 1) % cfg.centroid_interval == 0 or (s + 1) % cfg.small_cluster_interval == 0
-                   for s in range(args.steps)]
+    is_periodic = [
+        (s + 1) % cfg.centroid_interval == 0 or (s + 1) % cfg.small_cluster_interval == 0
+        for s in range(args.steps)
+    ]
     periodic = [t for t, p in zip(per_step, is_periodic) if p]
     plain = [t for t, p in zip(per_step, is_periodic) if not p]
-    print(f"ODC update, batch {args.batch}, mean over {args.steps} steps: {1e3 * sum(per_step) / len(per_step):.2f} ms "
-          f"(plain steps {1e3 * sum(plain) / max(len(plain), 1):.2f} ms, "
-          f"periodic steps {1e3 * sum(periodic) / max(len(periodic), 1):.2f} ms)")
+    print(
+        f"ODC update, batch {args.batch}, mean over {args.steps} steps: {1e3 * sum(per_step) / len(per_step):.2f} ms "
+        f"(plain steps {1e3 * sum(plain) / max(len(plain), 1):.2f} ms, "
+        f"periodic steps {1e3 * sum(periodic) / max(len(periodic), 1):.2f} ms)"
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ CUDA is there. Print this beside the step's images/s (``bench/gpu_throughput.py`
 
     python bench/loader_throughput.py --workers 16           # 2000 JPEGs, 224 px views
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,6 @@ import os
 import sys
 import tempfile
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -34,8 +33,9 @@ def generate_jpegs(root: str, count: int, width: int = 500, height: int = 375, s
         path = os.path.join(folder, f"{i:06d}.jpg")
         if os.path.exists(path):
             continue
-        coarse = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize((width, height),
-                                                                                           Image.BICUBIC)
+        coarse = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize(
+            (width, height), Image.BICUBIC
+        )
         noisy = np.asarray(coarse, dtype=np.int16) + rng.integers(-12, 13, (height, width, 3))
         Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(path, quality=90)
     return folder
@@ -78,10 +78,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = args.root or tmp
         generate_jpegs(root, args.images, args.width, args.height)
-        rate = loader_rate(root, args.size, args.batch, args.workers, args.images // args.batch,
-                           torch.cuda.is_available())
-    print(f"loader: {rate:.0f} img/s ({args.images} JPEGs {args.width}x{args.height}, two {args.size} px "
-          f"MoCo v2 views, batch {args.batch}, {args.workers} workers)")
+        rate = loader_rate(
+            root, args.size, args.batch, args.workers, args.images // args.batch, torch.cuda.is_available()
+        )
+    print(
+        f"loader: {rate:.0f} img/s ({args.images} JPEGs {args.width}x{args.height}, two {args.size} px "
+        f"MoCo v2 views, batch {args.batch}, {args.workers} workers)"
+    )
     return 0
 
 

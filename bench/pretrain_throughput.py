@@ -1,8 +1,9 @@
 """Images/s of the ssmix MoCo v2 training step against a textbook lightly MoCo v2 step.
 
-- ssmix: ``Pretrainer.training_step`` + backward + the engine's optimizer (``build_optimizer``,
-  per-step ``set_learning_rates``), the model and inputs in channels_last when ``model.channels_last``
-  (default true), exactly as ``ssmix.engine.trainer.train`` drives a step (mix.type=none).
+- ssmix: the trainer's own step, :class:`ssmix.engine.step.OptimStep` (learning rates, forward under
+  autocast, backward through the loss scaler, clipping, optimizer) over a ``Pretrainer`` built by
+  ``build_optimizer``, in the trainer's memory format (``ssmix.device.memory_format_for``: channels_last
+  on CUDA only, so contiguous here); mix.type=none.
 - reference: built here from torch + lightly blocks only: torchvision ResNet (``fc = Identity``,
   lightly ``SplitBatchNorm`` as ``norm_layer``), lightly ``MoCoProjectionHead``, a momentum copy
   updated with ``update_momentum``, ``batch_shuffle`` / ``batch_unshuffle`` on the keys and
@@ -20,55 +21,57 @@ the load.
     python bench/pretrain_throughput.py --no-channels-last      # ssmix with model.channels_last=false
     python bench/pretrain_throughput.py --profile               # top ops of one step of each
 """
+
 from __future__ import annotations
 
 import argparse
 import copy
 import json
-import os
 import statistics
-import sys
-import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
+import torch.nn as nn
+from torch import Tensor
 
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-from torch import Tensor  # noqa: E402
-
-StepFn = Callable[[List[Tensor], int], object]
+from timing import StepFn, timed
 
 
 def ssmix_step(args, total_steps: int) -> StepFn:
     """One engine step of ssmix MoCo v2 (the body of the loop in ``trainer.train``, mix.type=none)."""
     from ssmix.config import load_config
-    from ssmix.engine import trainer
+    from ssmix.device import autocast_dtype, memory_format_for
+    from ssmix.engine.optim import build_optimizer
     from ssmix.engine.pretrainer import Pretrainer
-    from ssmix.engine.optim import build_optimizer, set_learning_rates
+    from ssmix.engine.step import OptimStep
 
-    cfg = load_config(None, [
-        "device=cpu", "method.name=mocov2", f"model.arch={args.arch}", f"data.image_size={args.size}",
-        f"train.batch_size={args.batch}", f"method.queue_size={args.queue}", f"method.bn_splits={args.bn_splits}",
-        f"method.temperature={args.temperature}", f"model.channels_last={str(not args.no_channels_last).lower()}",
-    ])  # train.amp=auto: fp32 on CPU
-    if hasattr(trainer, "memory_format_for"):  # the engine's own rule, where it has one
-        memory_format = trainer.memory_format_for(cfg, "cpu")
-    else:
-        memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
-    model = Pretrainer(cfg, num_samples=args.batch * total_steps, num_classes=10).to(memory_format=memory_format)
+    # train.amp=auto: fp32 on CPU
+    cfg = load_config(
+        None,
+        [
+            "device=cpu",
+            "method.name=mocov2",
+            f"model.arch={args.arch}",
+            f"data.image_size={args.size}",
+            f"train.batch_size={args.batch}",
+            f"method.queue_size={args.queue}",
+            f"method.bn_splits={args.bn_splits}",
+            f"method.temperature={args.temperature}",
+            f"model.channels_last={str(not args.no_channels_last).lower()}",
+        ],
+    )
+    memory_format = memory_format_for(cfg.model.channels_last, "cpu")
+    model = Pretrainer(cfg, num_samples=args.batch * total_steps, num_classes=10).to(
+        memory_format=memory_format
+    )
     model.train()
     optimizer = build_optimizer(model.param_groups(), cfg, steps_per_ep=total_steps)
+    optim_step = OptimStep(model, optimizer, "cpu", autocast_dtype(cfg.train.amp, "cpu"), cfg.train.grad_clip)
     labels, index = torch.zeros(args.batch, dtype=torch.long), torch.arange(args.batch)
 
-    def step(views: List[Tensor], i: int) -> float:
+    def step(views: List[Tensor], i: int) -> Tensor:
         views = [v.contiguous(memory_format=memory_format) for v in views]
-        set_learning_rates(optimizer, i, total_steps)
-        losses, _ = model.training_step(views, labels, index, i, total_steps)
-        loss = sum(losses.values())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss, _, _ = optim_step(views, labels, index, i, total_steps, total_steps)  # one epoch
         return loss.detach()
 
     return step
@@ -90,8 +93,13 @@ def lightly_split_bn(channels: int, splits: int, memory_format: torch.memory_for
 class ReferenceMoCo(nn.Module):
     """The textbook lightly MoCo v2 model: online and momentum ResNet + MoCo projection heads."""
 
-    def __init__(self, arch: str, bn_splits: int, out_dim: int = 128,
-                 memory_format: torch.memory_format = torch.contiguous_format) -> None:
+    def __init__(
+        self,
+        arch: str,
+        bn_splits: int,
+        out_dim: int = 128,
+        memory_format: torch.memory_format = torch.contiguous_format,
+    ) -> None:
         super().__init__()
         import torchvision
         from lightly.models.modules import MoCoProjectionHead
@@ -107,8 +115,13 @@ class ReferenceMoCo(nn.Module):
         deactivate_requires_grad(self.head_m)
 
 
-def reference_step(args, total_steps: int, device: str = "cpu", amp: Optional[torch.dtype] = None,
-                   memory_format: torch.memory_format = torch.contiguous_format) -> StepFn:
+def reference_step(
+    args,
+    total_steps: int,
+    device: str = "cpu",
+    amp: Optional[torch.dtype] = None,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> StepFn:
     """The reference step; ``device`` / ``amp`` (autocast dtype) / ``memory_format`` for GPU runs
     (bench/gpu_throughput.py), matching what the ssmix engine uses there."""
     from lightly.loss import NTXentLoss
@@ -118,8 +131,9 @@ def reference_step(args, total_steps: int, device: str = "cpu", amp: Optional[to
     model = ReferenceMoCo(args.arch, args.bn_splits, memory_format=memory_format)
     model = model.to(device, memory_format=memory_format).train()
     criterion = NTXentLoss(temperature=args.temperature, memory_bank_size=(args.queue, 128)).to(device)
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.03, momentum=0.9,
-                                weight_decay=1e-4)
+    optimizer = torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad], lr=0.03, momentum=0.9, weight_decay=1e-4
+    )
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)  # fp16 with loss scaling, as ssmix
 
     def step(views: List[Tensor], i: int) -> float:
@@ -145,11 +159,9 @@ def reference_step(args, total_steps: int, device: str = "cpu", amp: Optional[to
 
 def timed_block(step: StepFn, batches: List[List[Tensor]], first: int, steps: int) -> Tuple[float, float]:
     """(images per wall second, images per CPU second of this process) over ``steps`` steps."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    for i in range(first, first + steps):
-        step(batches[i % len(batches)], i)
+    wall, cpu = timed(step, batches, first, steps)
     images = steps * batches[0][0].shape[0]
-    return images / (time.perf_counter() - wall), images / (time.process_time() - cpu)
+    return images / wall, images / cpu
 
 
 def profile_one(name: str, step: StepFn, batches: List[List[Tensor]], first: int, rows: int = 25) -> None:
@@ -173,7 +185,9 @@ def main() -> None:
     parser.add_argument("--bn-splits", type=int, default=8)
     parser.add_argument("--queue", type=int, default=4096, help="queue / memory bank size K")
     parser.add_argument("--temperature", type=float, default=0.2)
-    parser.add_argument("--no-channels-last", action="store_true", help="ssmix with model.channels_last=false")
+    parser.add_argument(
+        "--no-channels-last", action="store_true", help="ssmix with model.channels_last=false"
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--profile", action="store_true", help="print the top ops of each step and exit")
     parser.add_argument("--json", default=None, help="also write the numbers to this file")
@@ -187,8 +201,11 @@ def main() -> None:
     total_steps = args.warmup + args.rounds * args.steps + 3
     batches = [[torch.randn(args.batch, 3, args.size, args.size) for _ in range(2)] for _ in range(4)]
     steps = {"ssmix": ssmix_step(args, total_steps), "reference": reference_step(args, total_steps)}
-    print(f"{args.arch}, {args.size} px, batch {args.batch}, bn_splits {args.bn_splits}, queue {args.queue}, "
-          f"ssmix model.channels_last={not args.no_channels_last}, {torch.get_num_threads()} threads", flush=True)
+    print(
+        f"{args.arch}, {args.size} px, batch {args.batch}, bn_splits {args.bn_splits}, queue {args.queue}, "
+        f"ssmix model.channels_last={not args.no_channels_last}, {torch.get_num_threads()} threads",
+        flush=True,
+    )
 
     for name, step in steps.items():  # warm-up (allocator, oneDNN primitive caches)
         for i in range(args.warmup):
@@ -198,7 +215,9 @@ def main() -> None:
             profile_one(name, step, batches, args.warmup)
         return
 
-    rates: Dict[str, Dict[str, List[float]]] = {clock: {name: [] for name in steps} for clock in ("wall", "cpu")}
+    rates: Dict[str, Dict[str, List[float]]] = {
+        clock: {name: [] for name in steps} for clock in ("wall", "cpu")
+    }
     first = args.warmup
     for r in range(args.rounds):
         order = list(steps) if r % 2 == 0 else list(reversed(steps))
@@ -207,8 +226,13 @@ def main() -> None:
             rates["wall"][name].append(wall)
             rates["cpu"][name].append(cpu)
         first += args.steps
-        print(f"round {r + 1}: " + ", ".join(
-            f"{n} {rates['wall'][n][-1]:.1f} img/s ({rates['cpu'][n][-1]:.1f} img/cpu-s)" for n in steps), flush=True)
+        print(
+            f"round {r + 1}: "
+            + ", ".join(
+                f"{n} {rates['wall'][n][-1]:.1f} img/s ({rates['cpu'][n][-1]:.1f} img/cpu-s)" for n in steps
+            ),
+            flush=True,
+        )
 
     summary = {}
     for clock, unit in (("wall", "images/s"), ("cpu", "images per CPU second")):
@@ -218,11 +242,14 @@ def main() -> None:
         paired = statistics.median(s / r for s, r in zip(rates[clock]["ssmix"], rates[clock]["reference"]))
         ratio = median["ssmix"] / median["reference"]
         summary[clock] = {"median": median, "ratio": ratio, "paired_ratio": paired}
-        print(f"median {unit}: ssmix {median['ssmix']:.1f}, reference {median['reference']:.1f}; "
-              f"ratio ssmix/reference {ratio:.3f} (median of per-round ratios {paired:.3f})")
+        print(
+            f"median {unit}: ssmix {median['ssmix']:.1f}, reference {median['reference']:.1f}; "
+            f"ratio ssmix/reference {ratio:.3f} (median of per-round ratios {paired:.3f})"
+        )
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"args": vars(args), "rates": rates, **summary}, f, indent=1)
+
 
 if __name__ == "__main__":
     main()

@@ -1,4 +1,5 @@
 """``python -m detection.convert``: runs :mod:`ssmix.detection.convert` (the code lives there)."""
+
 import sys
 
 from ssmix.detection.convert import main

@@ -1,4 +1,5 @@
 """``python -m detection.synthetic``: runs :mod:`ssmix.detection.synthetic` (the code lives there)."""
+
 import sys
 
 from ssmix.detection.synthetic import main

@@ -1,4 +1,5 @@
 """``python -m detection.train``: runs :mod:`ssmix.detection.train` (the code lives there)."""
+
 import sys
 
 from ssmix.detection.train import main

@@ -1,4 +1,5 @@
 """``python linear_eval/run.py CONFIG [key=value ...]``: runs :mod:`ssmix.linear_eval.run` (the code lives there)."""
+
 import os
 import sys
 

@@ -1,6 +1,7 @@
 """The one error policy of every entry point: expected failures (bad config or input file, unusable
 ``output_dir``, disk full, unreadable image or checkpoint, diverged training) print one line on stderr
 and exit 2; anything else is a bug and keeps its traceback (exit 1)."""
+
 from __future__ import annotations
 
 import argparse
@@ -15,7 +16,11 @@ from ssmix.config import Config, ConfigError, load_config
 # diverged run (ssmix.engine.finite.NonFiniteError); ImportError an optional dependency.
 EXPECTED: Tuple[Type[BaseException], ...] = (ConfigError, OSError, FloatingPointError)
 _WRAPPED = re.compile(r"^[\w.]+(Error|Exception|Interrupt): ")
-_TORCH_ADVICE = re.compile(r"(\()?Weights only load failed.*", re.S)  # torch's text, which suggests unsafe loading
+_TORCH_ADVICE = re.compile(
+    # torch's text, which suggests unsafe loading
+    r"(\()?Weights only load failed.*",
+    re.S,
+)
 
 
 _ROLE = re.compile(r":(?:mod|func|class|meth|attr|data):`~?([^`]+)`")
@@ -26,12 +31,18 @@ def plain(text: str) -> str:
     return _ROLE.sub(r"\1", text).replace("``", "")
 
 
-def command_parser(prog: str, doc: Optional[str], usage: str, epilog: Optional[str] = None
-                   ) -> argparse.ArgumentParser:
+def command_parser(
+    prog: str, doc: Optional[str], usage: str, epilog: Optional[str] = None
+) -> argparse.ArgumentParser:
     """The one argparse style of every ssmix command: its name, usage lines, the module docstring as the
     description (markup removed, line breaks kept) and an optional epilog."""
-    return argparse.ArgumentParser(prog=prog, usage=usage, description=plain(doc or "").strip(), epilog=epilog,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    return argparse.ArgumentParser(
+        prog=prog,
+        usage=usage,
+        description=plain(doc or "").strip(),
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def load_pretrain_config(path: Optional[str], overrides: Sequence[str] = ()) -> Config:
@@ -49,8 +60,14 @@ def one_line(exc: BaseException) -> str:
     if "Traceback (most recent call last)" in text:
         lines = [line for line in text.splitlines() if line.strip()]
         text = _WRAPPED.sub("", lines[-1].strip()) if lines else text
-    text = _TORCH_ADVICE.sub(lambda m: "(refused by weights-only loading: it holds pickled objects)" if m.group(1)
-                             else "refused by weights-only loading: it holds pickled objects", text)
+    text = _TORCH_ADVICE.sub(
+        lambda m: (
+            "(refused by weights-only loading: it holds pickled objects)"
+            if m.group(1)
+            else "refused by weights-only loading: it holds pickled objects"
+        ),
+        text,
+    )
     if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
         text = f"{text}: {exc.filename}"
     return " ".join(text.split()) or type(exc).__name__
@@ -63,7 +80,8 @@ def fail(exc: BaseException) -> int:
 
 def run_main(body: Callable[[], int], expected: Tuple[Type[BaseException], ...] = EXPECTED) -> int:
     """``body()``, with the expected errors turned into one line and exit code 2."""
-    warnings.filterwarnings("ignore", message="Detected pickle protocol")  # torch's notice, not the user's problem
+    # torch's notice, not the user's problem
+    warnings.filterwarnings("ignore", message="Detected pickle protocol")
     try:
         return body()
     except expected as exc:

@@ -9,6 +9,7 @@ every entry point does); this module imports neither.
 The generic pieces (:func:`from_dict`, :func:`merge`, :func:`read_yaml`, :func:`parse_overrides`, the
 range checks) also load the other schemas (linear evaluation, detection).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,7 +27,6 @@ import yaml
 
 from ssmix.errors import ConfigError
 from ssmix.shipped import PRETRAIN, Shelf
-
 
 # --------------------------------------------------------------------------------------------
 # Schema
@@ -62,8 +62,8 @@ class AugConfig:
 
 @dataclass
 class DataConfig:
-    name: str = "synthetic"  # synthetic | digits | fashion_mnist | mnist | cifar10 | cifar100 | stl10 | tiny_imagenet
-    # | imagefolder | folder
+    # synthetic | digits | fashion_mnist | mnist | cifar10 | cifar100 | stl10 | tiny_imagenet | imagefolder | folder
+    name: str = "synthetic"
     root: str = "data"  # folder: the directory of your images (any sub-folder layout)
     split: str = "train"  # pre-training split (stl10: unlabeled | train | test | train+unlabeled)
     image_size: int = 32
@@ -84,7 +84,7 @@ class ModelConfig:
     arch: str = "resnet18"  # resnet18 | resnet34 | resnet50
     cifar_stem: bool = False  # 3x3 stride-1 conv1 and no max-pool, for 32 px inputs
     zero_init_residual: bool = False
-    channels_last: bool = True  # CUDA only (slower on CPU, see engine.trainer.memory_format_for)
+    channels_last: bool = True  # CUDA only (slower on CPU, see ssmix.device.memory_format_for)
     sync_bn: bool = False  # under DDP: BatchNorm statistics over the global batch (not for MoCo: shuffle-BN)
 
 
@@ -111,11 +111,13 @@ class TrainConfig:
     keep_ckpts: int = 2
     knn_every: int = 0  # epochs between online kNN monitors (0 = off)
     knn_k: int = 200  # neighbours of the online kNN monitor (200, MoCo's; 20 for small sets like digits)
-    vis_every: int = 0  # epochs between mixed-sample grids (TensorBoard and output_dir/figures/*.png; 0 = off)
+    # epochs between mixed-sample grids (TensorBoard and output_dir/figures/*.png; 0 = off)
+    vis_every: int = 0
     # linear head on the online trunk's detached features, trained on labelled batches, top-1 logged per epoch:
     # off | auto (on where the split has labels) | on (ssmix/evaluation/online_probe.py)
     online_probe: str = "off"
-    loggers: List[str] = field(default_factory=lambda: ["tensorboard"])  # tensorboard | wandb (pip install 'ssmix[wandb]')
+    # tensorboard | wandb (pip install 'ssmix[wandb]')
+    loggers: List[str] = field(default_factory=lambda: ["tensorboard"])
     progress: bool = True
 
 
@@ -162,6 +164,29 @@ class LabelledMixConfig(MixConfig):
 
     labels: str = "odc"  # odc | dataset
     odc: ODCConfig = field(default_factory=ODCConfig)
+
+
+def check_alpha(alpha: float, key: str) -> None:
+    """A Beta concentration ``key`` must be >= 0 (0 disables mixing: lambda = 1)."""
+    if alpha < 0:
+        raise ConfigError(f"{key}: Beta concentration must be >= 0 (0 disables mixing), got {alpha}")
+
+
+@dataclass
+class BetaMixConfig(MixConfig):
+    """Base of mixers with one ``alpha``: lambda ~ Beta(alpha, alpha), one draw per batch
+    (``Mixer.sample_lambda``, docs/algorithm.md §8). ResizeMix's ``use_alpha`` draws its scale from it
+    instead. :meth:`validate_alpha` refuses a bad value when the config is made; a subclass with a
+    stricter rule overrides it."""
+
+    alpha: float = 2.0  # lambda ~ Beta(alpha, alpha), one per batch (docs/algorithm.md §1)
+
+    def __post_init__(self) -> None:
+        self.validate_alpha()
+
+    def validate_alpha(self) -> None:
+        """Raise :class:`ConfigError` unless ``alpha >= 0``."""
+        check_alpha(self.alpha, "mix.alpha")
 
 
 @dataclass
@@ -249,8 +274,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         except _NotFinite:
             raise
         except ConfigError:
-            raise ConfigError(f"{where}: expected {type_name(tp)}, got {type(value).__name__} "
-                              f"{_show(value)}") from None
+            raise ConfigError(
+                f"{where}: expected {type_name(tp)}, got {type(value).__name__} {_show(value)}"
+            ) from None
     if origin in (list, List, tuple, Tuple):
         (item_tp,) = typing.get_args(tp)[:1]
         if isinstance(value, (int, float, str)) and not isinstance(value, bool):
@@ -295,22 +321,31 @@ def from_dict(cls: Type, data: Any, where: str = "") -> Any:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'config'}: expected a mapping of keys, got {type(data).__name__} {_show(data)}")
+        raise ConfigError(
+            f"{where or 'config'}: expected a mapping of keys, got {type(data).__name__} {_show(data)}"
+        )
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in data.items():
         path = f"{where}.{key}" if where else str(key)
         if key not in names:
-            raise ConfigError(f"unknown key '{path}'{_closest(str(key), names, f'{where}.' if where else '')}")
+            raise ConfigError(
+                f"unknown key '{path}'{_closest(str(key), names, f'{where}.' if where else '')}"
+            )
         tp = hints[key]
         if key in _POLYMORPHIC and not where and isinstance(value, dict):
             tag, registry = _POLYMORPHIC[key]
             default_tag = getattr(tp(), tag)
             name = value.get(tag, default_tag)
             if name not in registry:
-                hint = _closest(str(name), list(registry)) if registry else (
-                    f" (nothing is registered: import ssmix.{'methods' if key == 'method' else 'mixers'} first)")
+                hint = (
+                    _closest(str(name), list(registry))
+                    if registry
+                    else (
+                        f" (nothing is registered: import ssmix.{'methods' if key == 'method' else 'mixers'} first)"
+                    )
+                )
                 raise ConfigError(f"{path}.{tag}: unknown value '{name}'{hint}")
             tp = registry[name]
         kwargs[key] = _coerce(value, tp, path)
@@ -360,8 +395,10 @@ class _StrictLoader(yaml.SafeLoader):
                 key = self.construct_object(key_node, deep=True)
                 line = key_node.start_mark.line + 1
                 if isinstance(key, typing.Hashable) and key in seen:
-                    raise _DuplicateKey(f"line {line}: duplicate key '{str(key)[:80]}' (first at line {seen[key]}); "
-                                        "YAML keeps only the last one: merge the two into one")
+                    raise _DuplicateKey(
+                        f"line {line}: duplicate key '{str(key)[:80]}' (first at line {seen[key]}); "
+                        "YAML keeps only the last one: merge the two into one"
+                    )
                 if isinstance(key, typing.Hashable):
                     seen[key] = line
         return super().construct_mapping(node, deep)
@@ -382,8 +419,10 @@ def _check_shape(data: Any, where: str) -> None:
         if not isinstance(node, (dict, list)):
             return 1
         if depth > MAX_CONFIG_DEPTH:
-            raise ConfigError(f"{where}: nested more than {MAX_CONFIG_DEPTH} levels deep; a config nests a few "
-                              "levels (section.key: value)")
+            raise ConfigError(
+                f"{where}: nested more than {MAX_CONFIG_DEPTH} levels deep; a config nests a few "
+                "levels (section.key: value)"
+            )
         if id(node) in sizes:
             return sizes[id(node)]
         if id(node) in active:
@@ -394,8 +433,10 @@ def _check_shape(data: Any, where: str) -> None:
         for child in children:
             total += size(child, depth + 1)
             if total > MAX_CONFIG_NODES:
-                raise ConfigError(f"{where}: expands to more than {MAX_CONFIG_NODES} values (YAML aliases "
-                                  "repeating each other: an alias bomb?); write the values out")
+                raise ConfigError(
+                    f"{where}: expands to more than {MAX_CONFIG_NODES} values (YAML aliases "
+                    "repeating each other: an alias bomb?); write the values out"
+                )
         active.discard(id(node))
         sizes[id(node)] = total
         return total
@@ -410,8 +451,9 @@ def load_yaml_text(text: str, where: str) -> Any:
     except _DuplicateKey as exc:
         raise ConfigError(f"{where}: {exc}") from None
     except RecursionError:
-        raise ConfigError(f"{where}: nested too deeply to read; a config nests a few levels (section.key: value)") \
-            from None
+        raise ConfigError(
+            f"{where}: nested too deeply to read; a config nests a few levels (section.key: value)"
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{where}: invalid YAML: {_short_yaml_error(exc)}") from None
     _check_shape(data, where)
@@ -433,13 +475,16 @@ def _read_text(path: str) -> str:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
     if b"\x00" in raw:
-        raise ConfigError(f"{path}: a binary file (it holds NUL bytes), not a YAML config; pass a .yaml text file")
+        raise ConfigError(
+            f"{path}: a binary file (it holds NUL bytes), not a YAML config; pass a .yaml text file"
+        )
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}); save the file as "
-                          "UTF-8") from None
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}); save the file as UTF-8"
+        ) from None
 
 
 def read_yaml(path: str, _seen: Tuple[str, ...] = ()) -> Dict[str, Any]:
@@ -449,8 +494,10 @@ def read_yaml(path: str, _seen: Tuple[str, ...] = ()) -> Dict[str, Any]:
         raise ConfigError(f"{path}: circular _base_ chain {' -> '.join(_seen + (path,))}")
     if not os.path.isfile(path):
         if _seen:
-            raise ConfigError(f"{_seen[-1]}: _base_ file not found: {path}; fix the _base_ path (it is relative "
-                              "to the file that names it)")
+            raise ConfigError(
+                f"{_seen[-1]}: _base_ file not found: {path}; fix the _base_ path (it is relative "
+                "to the file that names it)"
+            )
         raise ConfigError(f"config file not found: {path}")
     text = _read_text(path)
     data = load_yaml_text(text, path)
@@ -525,36 +572,64 @@ def validate(cfg: Config) -> Config:
     """Value ranges the type schema cannot express; raises :class:`ConfigError` naming the key."""
     check_device(cfg.device)
     d, t = cfg.data, cfg.train
-    check_ranges({"data.image_size": d.image_size, "data.num_samples": d.num_samples,
-                  "data.num_classes": d.num_classes, "train.epochs": t.epochs, "train.max_steps": t.max_steps,
-                  "train.batch_size": t.batch_size, "train.global_batch_size": t.global_batch_size,
-                  "train.lr_reference_batch": t.lr_reference_batch, "train.lr": t.lr,
-                  "train.log_every": t.log_every,
-                  "train.ckpt_every": t.ckpt_every, "train.grad_clip": t.grad_clip}, ">0")
-    check_ranges({"data.num_workers": d.num_workers, "data.subset": d.subset, "train.momentum": t.momentum,
-                  "train.weight_decay": t.weight_decay, "train.warmup_epochs": t.warmup_epochs,
-                  "train.min_lr_ratio": t.min_lr_ratio, "train.knn_every": t.knn_every,
-                  "train.vis_every": t.vis_every, "data.aug.rotation_prob": d.aug.rotation_prob,
-                  "data.aug.rotation_degrees": d.aug.rotation_degrees}, ">=0")
+    check_ranges(
+        {
+            "data.image_size": d.image_size,
+            "data.num_samples": d.num_samples,
+            "data.num_classes": d.num_classes,
+            "train.epochs": t.epochs,
+            "train.max_steps": t.max_steps,
+            "train.batch_size": t.batch_size,
+            "train.global_batch_size": t.global_batch_size,
+            "train.lr_reference_batch": t.lr_reference_batch,
+            "train.lr": t.lr,
+            "train.log_every": t.log_every,
+            "train.ckpt_every": t.ckpt_every,
+            "train.grad_clip": t.grad_clip,
+        },
+        ">0",
+    )
+    check_ranges(
+        {
+            "data.num_workers": d.num_workers,
+            "data.subset": d.subset,
+            "train.momentum": t.momentum,
+            "train.weight_decay": t.weight_decay,
+            "train.warmup_epochs": t.warmup_epochs,
+            "train.min_lr_ratio": t.min_lr_ratio,
+            "train.knn_every": t.knn_every,
+            "train.vis_every": t.vis_every,
+            "data.aug.rotation_prob": d.aug.rotation_prob,
+            "data.aug.rotation_degrees": d.aug.rotation_degrees,
+        },
+        ">=0",
+    )
     check_ranges({"train.keep_ckpts": t.keep_ckpts}, ">=1")
     check_batch_keys(t)
     if not cfg.output_dir:
         raise ConfigError("output_dir: must not be empty")
-    from ssmix.config_checks import check_config  # issue 24: configs that validate but cannot run
+    from ssmix.config_checks import (  # issue 24: configs that validate but cannot run
+        check_config,
+        usable_workers,
+    )
 
     check_config(cfg)
+    d.num_workers = usable_workers(d.num_workers)
     return cfg
 
 
 def check_batch_keys(t: TrainConfig) -> None:
     """Exactly one of ``train.batch_size`` (per process) and ``train.global_batch_size`` is set."""
     if t.batch_size is not None and t.global_batch_size is not None:
-        raise ConfigError(f"train.global_batch_size={t.global_batch_size} and train.batch_size={t.batch_size} "
-                          "are both set: set train.batch_size=null to give the global batch, or "
-                          "train.global_batch_size=null to give the batch per process")
+        raise ConfigError(
+            f"train.global_batch_size={t.global_batch_size} and train.batch_size={t.batch_size} "
+            "are both set: set train.batch_size=null to give the global batch, or "
+            "train.global_batch_size=null to give the batch per process"
+        )
     if t.batch_size is None and t.global_batch_size is None:
-        raise ConfigError("train.batch_size: null needs train.global_batch_size (the batch over all "
-                          "processes)")
+        raise ConfigError(
+            "train.batch_size: null needs train.global_batch_size (the batch over all processes)"
+        )
 
 
 def per_process_batch(t: TrainConfig, world: int) -> int:
@@ -562,8 +637,10 @@ def per_process_batch(t: TrainConfig, world: int) -> int:
     if t.global_batch_size is None:
         return t.batch_size
     if t.global_batch_size % world:
-        raise ConfigError(f"train.global_batch_size={t.global_batch_size} does not divide over {world} "
-                          f"processes: use a multiple of {world}, or a number of processes that divides it")
+        raise ConfigError(
+            f"train.global_batch_size={t.global_batch_size} does not divide over {world} "
+            f"processes: use a multiple of {world}, or a number of processes that divides it"
+        )
     return t.global_batch_size // world
 
 
@@ -575,11 +652,15 @@ def scaled_lr(t: TrainConfig, global_batch: int) -> float:
 def check_runnable(path: str) -> None:
     """A file under a ``_base_`` folder is a fragment that other configs include, not a run."""
     if "_base_" in os.path.normpath(os.path.abspath(path)).split(os.sep):
-        raise ConfigError(f"{path}: a _base_ fragment (included by other configs), not a runnable config; "
-                          "pass a config that includes it, e.g. configs/synthetic/mocov2.yaml")
+        raise ConfigError(
+            f"{path}: a _base_ fragment (included by other configs), not a runnable config; "
+            "pass a config that includes it, e.g. configs/synthetic/mocov2.yaml"
+        )
 
 
-def read_config(path: Optional[str], overrides: Sequence[str], shelf: Shelf) -> Tuple[Optional[str], Dict[str, Any]]:
+def read_config(
+    path: Optional[str], overrides: Sequence[str], shelf: Shelf
+) -> Tuple[Optional[str], Dict[str, Any]]:
     """``path`` (a file, a config shipped on ``shelf`` by name, or None for pure defaults) resolved and
     checked runnable, and its ``_base_``-merged contents with the ``dotted.key=value`` overrides applied."""
     if path:

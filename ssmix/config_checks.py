@@ -6,13 +6,17 @@ monitor after epoch 1). Each raises :class:`~ssmix.errors.ConfigError` naming th
 (values that do not fit each other or the process count) runs first thing in the trainer, before the
 output directory is touched; :func:`check_data_fit` once the training set is built (its size known).
 """
+
 from __future__ import annotations
 
+import functools
+import os
+import sys
 from typing import Any, Optional
 
 from ssmix.errors import ConfigError
 
-SEED_MAX = 2 ** 32 - 1  # numpy's seed range
+SEED_MAX = 2**32 - 1  # numpy's seed range
 
 
 def per_process_batch(cfg: Any, world: int) -> int:
@@ -32,7 +36,9 @@ def _in_range(key: str, value: float, low: float, high: float, low_open: bool = 
 
 def _check_seed(cfg: Any) -> None:
     if not 0 <= cfg.seed <= SEED_MAX:
-        raise ConfigError(f"seed: expected an integer in [0, {SEED_MAX}] (numpy's seed range), got {cfg.seed}")
+        raise ConfigError(
+            f"seed: expected an integer in [0, {SEED_MAX}] (numpy's seed range), got {cfg.seed}"
+        )
 
 
 def _check_aug(cfg: Any) -> None:
@@ -47,7 +53,9 @@ def _check_aug(cfg: Any) -> None:
         _in_range(f"data.aug.multi_crop.min_scales[{i}]", low, 0.0, 1.0, low_open=True)
         _in_range(f"data.aug.multi_crop.max_scales[{i}]", high, 0.0, 1.0, low_open=True)
         if low > high:
-            raise ConfigError(f"data.aug.multi_crop: min_scales[{i}]={low:g} is above max_scales[{i}]={high:g}")
+            raise ConfigError(
+                f"data.aug.multi_crop: min_scales[{i}]={low:g} is above max_scales[{i}]={high:g}"
+            )
     for i, size in enumerate(mc.sizes):
         if size < 1:
             raise ConfigError(f"data.aug.multi_crop.sizes[{i}]: expected a positive crop side, got {size}")
@@ -58,16 +66,21 @@ def _check_method_values(cfg: Any) -> None:
     for name in ("temperature", "mix_temperature"):
         value = getattr(method, name, None)
         if value is not None and value <= 0:
-            raise ConfigError(f"method.{name}: expected a positive temperature (logits are divided by it), got "
-                              f"{value:g}; MoCo v2 uses 0.2, SimCLR 0.1-0.5")
+            raise ConfigError(
+                f"method.{name}: expected a positive temperature (logits are divided by it), got "
+                f"{value:g}; MoCo v2 uses 0.2, SimCLR 0.1-0.5"
+            )
     if method.name == "mocov2":
         _in_range("method.momentum", method.momentum, 0.0, 1.0)
         if method.bn_splits < 1:
-            raise ConfigError(f"method.bn_splits: expected an integer >= 1 (1 = plain BatchNorm), got "
-                              f"{method.bn_splits}")
+            raise ConfigError(
+                f"method.bn_splits: expected an integer >= 1 (1 = plain BatchNorm), got {method.bn_splits}"
+            )
     if method.name == "byol" and not 0.0 <= method.base_momentum <= method.final_momentum <= 1.0:
-        raise ConfigError("method.base_momentum and method.final_momentum: need 0 <= base <= final <= 1, got "
-                          f"{method.base_momentum:g} and {method.final_momentum:g}")
+        raise ConfigError(
+            "method.base_momentum and method.final_momentum: need 0 <= base <= final <= 1, got "
+            f"{method.base_momentum:g} and {method.final_momentum:g}"
+        )
 
 
 def _layer4_side(cfg: Any) -> int:
@@ -82,8 +95,10 @@ def _layer4_side(cfg: Any) -> int:
 def _check_method(cfg: Any, world: int) -> None:
     method, batch = cfg.method, per_process_batch(cfg, world)
     if batch < 2:
-        raise ConfigError(f"train.batch_size={batch}: a contrastive step needs at least 2 images per process "
-                          "(partners and BatchNorm statistics); raise train.batch_size")
+        raise ConfigError(
+            f"train.batch_size={batch}: a contrastive step needs at least 2 images per process "
+            "(partners and BatchNorm statistics); raise train.batch_size"
+        )
     if method.name == "mocov2":
         _check_moco(method, batch, world, _layer4_side(cfg))
 
@@ -93,14 +108,18 @@ def _check_moco(method: Any, batch: int, world: int, side: int) -> None:
     per_split = batch // splits
     if batch % splits or per_split * side * side < 2:
         need = splits * (-(-2 // (side * side)))
-        raise ConfigError(f"method.bn_splits={splits} does not fit train.batch_size={batch} (per process): "
-                          f"BatchNorm needs at least 2 values per channel in each split, and the last stage is "
-                          f"{side}x{side}; use a batch that is a multiple of {need}, or a smaller method.bn_splits")
+        raise ConfigError(
+            f"method.bn_splits={splits} does not fit train.batch_size={batch} (per process): "
+            f"BatchNorm needs at least 2 values per channel in each split, and the last stage is "
+            f"{side}x{side}; use a batch that is a multiple of {need}, or a smaller method.bn_splits"
+        )
     global_batch = batch * world
     if method.queue_size < global_batch or method.queue_size % global_batch:
-        raise ConfigError(f"method.queue_size={method.queue_size} must be a multiple of the global batch "
-                          f"{global_batch} ({batch} x {world} process(es)), so that no key is dropped; use e.g. "
-                          f"{max(global_batch, method.queue_size // global_batch * global_batch)}")
+        raise ConfigError(
+            f"method.queue_size={method.queue_size} must be a multiple of the global batch "
+            f"{global_batch} ({batch} x {world} process(es)), so that no key is dropped; use e.g. "
+            f"{max(global_batch, method.queue_size // global_batch * global_batch)}"
+        )
 
 
 def _check_mix_values(cfg: Any) -> None:
@@ -119,8 +138,10 @@ def _check_mix(cfg: Any) -> None:
         return
     unlabelled = cfg.data.name == "folder" or (cfg.data.name == "stl10" and "unlabeled" in cfg.data.split)
     if labels == "dataset" and unlabelled:
-        raise ConfigError(f"mix.labels=dataset: data.name={cfg.data.name} split {cfg.data.split} has no labels; "
-                          "use mix.labels=odc (online clustering) or a labelled dataset")
+        raise ConfigError(
+            f"mix.labels=dataset: data.name={cfg.data.name} split {cfg.data.split} has no labels; "
+            "use mix.labels=odc (online clustering) or a labelled dataset"
+        )
     odc = mix.odc
     if odc.num_clusters < 2:
         raise ConfigError(f"mix.odc.num_clusters: expected at least 2 clusters, got {odc.num_clusters}")
@@ -131,8 +152,10 @@ def _check_mix(cfg: Any) -> None:
 def _check_clusters(cfg: Any, num_images: int) -> None:
     mix = cfg.mix
     if getattr(mix, "labels", None) == "odc" and mix.odc.num_clusters > num_images:
-        raise ConfigError(f"mix.odc.num_clusters={mix.odc.num_clusters} is more than the {num_images} training "
-                          f"images; lower it to at most {num_images} (a cluster needs members)")
+        raise ConfigError(
+            f"mix.odc.num_clusters={mix.odc.num_clusters} is more than the {num_images} training "
+            f"images; lower it to at most {num_images} (a cluster needs members)"
+        )
 
 
 def check_config(cfg: Any) -> None:
@@ -161,6 +184,32 @@ def knn_bank_warning(key: str, k: int, bank_size: int, where: str) -> Optional[s
     that says so, or None. Shared by the online monitor and linear evaluation."""
     if k <= bank_size:
         return None
-    return (f"{key}={k} is more than the {bank_size} images of the kNN bank ({where}); the vote uses "
-            f"k={bank_size} (set {key} <= {bank_size} to silence this)")
+    return (
+        f"{key}={k} is more than the {bank_size} images of the kNN bank ({where}); the vote uses "
+        f"k={bank_size} (set {key} <= {bank_size} to silence this)"
+    )
 
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask: what a SLURM or container limit leaves)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def usable_workers(requested: int, key: str = "data.num_workers") -> int:
+    """``requested`` DataLoader worker processes, at most :func:`usable_cpus`: more only queue for the same
+    cores (torch warns about it at every loader). Workers do not change the batches (each item's
+    augmentation is a function of seed, epoch and index), so lowering them changes no result. Says so once."""
+    usable = usable_cpus()
+    if requested <= usable:
+        return requested
+    _note_workers(key, requested, usable)
+    return usable
+
+
+@functools.lru_cache(maxsize=None)
+def _note_workers(key: str, requested: int, usable: int) -> None:
+    print(
+        f"[ssmix] {key}: {requested} asked for, but this process may use {usable} CPU(s); using {usable} "
+        f"worker(s) (set {key}={usable} to silence this)",
+        file=sys.stderr,
+    )

@@ -6,6 +6,7 @@ Regenerate the reference with ``python -m ssmix.config_doc > docs/config.md``; t
 fails when it is stale. A field's meaning is its inline ``# comment``, else the comment lines right above
 it; keys the schema leaves uncommented get theirs from :data:`MEANINGS`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -57,7 +58,7 @@ MEANINGS = {
     "train.progress": "show the progress bar",
     "method.name": "the SSL method: mocov2 | simclr | byol | swav | simsiam",
     "mix.type": "the mixer: none | mixup | cutmix | resizemix | fmix | saliencymix | manifoldmix | interintra | "
-                "samix_i | samix_c | samix_p",
+    "samix_i | samix_c | samix_p",
     "mix.weight": "scale of the mixed-view loss",
     "method.out_dim": "width of the projector's output (the embedding)",
     "method.temperature": "softmax temperature of the method's loss",
@@ -132,6 +133,8 @@ def unused_reason(key: str, cfg: Config) -> str:
         return "unused: data.name is not synthetic"
     if key == "data.aug.multi_crop" and cfg.data.aug.kind != "swav":
         return "unused: data.aug.kind is not swav"
+    if key == "data.split" and cfg.data.name == "folder":
+        return "unused: a folder has no splits (every image under data.root)"
     if key == "data.eval_root" and cfg.data.name != "folder":
         return "unused: data.name is not folder"
     return ""
@@ -203,13 +206,22 @@ def config_reference() -> str:
     import ssmix.methods  # noqa: F401  (fill the registries)
     import ssmix.mixers  # noqa: F401
 
-    lines = ["# Pre-training config keys", "",
-             "Generated from the schema's comments by `python -m ssmix.config_doc > docs/config.md` "
-             "(tests/test_researcher.py fails when this file is stale). `ssmix-pretrain NAME --print-config` "
-             "prints a resolved config with the same meanings as comments.", "", "## Common keys", "",
-             *_table(Config, ""), ""]
-    for title, section, registry, tag in (("method", "method", METHOD_SCHEMAS, "name"),
-                                          ("mix", "mix", MIX_SCHEMAS, "type")):
+    lines = [
+        "# Pre-training config keys",
+        "",
+        "Generated from the schema's comments by `python -m ssmix.config_doc > docs/config.md` "
+        "(tests/test_researcher.py fails when this file is stale). `ssmix-pretrain NAME --print-config` "
+        "prints a resolved config with the same meanings as comments.",
+        "",
+        "## Common keys",
+        "",
+        *_table(Config, ""),
+        "",
+    ]
+    for title, section, registry, tag in (
+        ("method", "method", METHOD_SCHEMAS, "name"),
+        ("mix", "mix", MIX_SCHEMAS, "type"),
+    ):
         for name in sorted(registry):
             lines += [f"## `{section}.{tag}: {name}`", "", *_table(registry[name], f"{section}."), ""]
     return "\n".join(lines)

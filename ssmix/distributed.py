@@ -4,6 +4,7 @@ Process-group set-up, the DistributedDataParallel wrap and SyncBatchNorm are the
 (:mod:`ssmix.engine.ddp`); this leaf module only answers "am I distributed, which rank" and
 gathers or broadcasts tensors, so that any layer may import it.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -13,6 +13,7 @@ sides share, and nothing else. Methods and mixers import this module, never each
 ``mix.cross_view: true`` pairs view 1 of i with view 2 of pi(i) (targets: view 2 of i, view 1 of pi(i));
 ``false`` pairs view 1 of both (targets: view 2 of both, the paper's Fig. 8 reading).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -29,8 +30,8 @@ class MethodOutput:
     """What one forward pass of a method on the un-mixed views produces."""
 
     losses: Dict[str, Tensor]
-    # (2, N, D): L2-normalised target-branch embeddings of views 1 and 2, no grad. Called with
-    # ``with_targets=False`` (no mixer) a method may return view 2's alone, (1, N, D).
+    # (2, N, D): L2-normalised target-branch embeddings of views 1 and 2, no grad. When the step does not
+    # mix (``Method.step_mixes`` false) a method may return view 2's alone, (1, N, D).
     keys: Tensor
     negatives: Optional[Tensor] = None  # (K, D) extra negatives (queue snapshot), no grad
     targets: Optional[Tensor] = None  # (2, N, ...) method-specific mixed-view targets (default: keys)
@@ -74,7 +75,6 @@ class Pairing:
         """The same two targets as row indices into ``per_view.flatten(0, 1)`` (in-batch candidates)."""
         rows = torch.arange(n, device=self.perm.device)
         return other_view(self.view_a) * n + rows, other_view(self.view_b) * n + self.perm
-
 
 
 @dataclass
@@ -134,7 +134,6 @@ class MixContext:
     index: Optional[Tensor] = None  # (N,) dataset indices (in host memory with an ODC memory)
     step: int = 0
     total_steps: int = 1
-    metrics: Dict[str, Tensor | float] = field(default_factory=dict)  # what a mixer reports about this step
 
 
 def derangement(n: int, device: torch.device | str = "cpu") -> Tensor:

@@ -10,6 +10,7 @@ SIGHUP write a checkpoint at the next step and exit 143 / 130 / 129 (a repeat wi
 during a save, is ignored; a later one stops at once). Expected errors (config, files, disk, divergence)
 print one line and exit 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,15 +23,27 @@ from ssmix.config import ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = command_parser("ssmix-pretrain", __doc__, "%(prog)s CONFIG [key=value ...] [--print-config]\n"
-                                                       "       %(prog)s --resume RUN_DIR [key=value ...]")
-    parser.add_argument("config", nargs="?", help="YAML config file, or a shipped config's name: mocov2_samix_c, "
-                                                  "digits/mocov2")
+    parser = command_parser(
+        "ssmix-pretrain",
+        __doc__,
+        "%(prog)s CONFIG [key=value ...] [--print-config]\n       %(prog)s --resume RUN_DIR [key=value ...]",
+    )
+    parser.add_argument(
+        "config",
+        nargs="?",
+        help="YAML config file, or a shipped config's name: mocov2_samix_c, digits/mocov2",
+    )
     parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. train.epochs=10")
-    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its config.yaml "
-                                                            "(= RUN_DIR/config.yaml resume=auto)")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config, each key's meaning "
-                                                                     "as a comment (docs/config.md), and exit")
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its config.yaml (= RUN_DIR/config.yaml resume=auto)",
+    )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved config, each key's meaning as a comment (docs/config.md), and exit",
+    )
     return parser
 
 
@@ -42,7 +55,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         args.config = None
         stray = [a for a in args.overrides if "=" not in a]
         if stray:
-            parser.error(f"--resume takes the run's own config.yaml; '{stray[0]}' is not a key=value override")
+            parser.error(
+                f"--resume takes the run's own config.yaml; '{stray[0]}' is not a key=value override"
+            )
     elif not args.config:
         parser.error("pass a CONFIG (a YAML file or a shipped name, e.g. digits/mocov2) or --resume RUN_DIR")
     return run_main(lambda: _run(args))
@@ -52,8 +67,9 @@ def resume_config(run_dir: str) -> str:
     """``RUN_DIR/config.yaml``, the resolved config a run wrote when it started (README "Pre-training")."""
     path = os.path.join(run_dir, "config.yaml")
     if not os.path.isfile(path):
-        raise ConfigError(f"--resume: {path} not found; pass the output_dir of a run that started "
-                          "(it holds config.yaml)")
+        raise ConfigError(
+            f"--resume: {path} not found; pass the output_dir of a run that started (it holds config.yaml)"
+        )
     return path
 
 
@@ -74,8 +90,12 @@ def _run(args: argparse.Namespace) -> int:
         summary = train(cfg)
     except (Interrupted, ForcedStop) as stop:
         kept = [o for o in args.overrides if not o.startswith(("resume=", "overwrite="))]
-        print(f"{stop}; continue with: ssmix-pretrain --resume {cfg.output_dir}, or python -m ssmix.pretrain "
-              f"{' '.join([args.config, *kept])} resume=auto", file=sys.stderr, flush=True)
+        print(
+            f"{stop}; continue with: ssmix-pretrain --resume {cfg.output_dir}, or python -m ssmix.pretrain "
+            f"{' '.join([args.config, *kept])} resume=auto",
+            file=sys.stderr,
+            flush=True,
+        )
         return stop.exit_code
     print(f"done: {summary['step']} steps, outputs in {summary['output_dir']}")
     return 0

@@ -5,6 +5,7 @@ and k-means, the kNN monitor, linear-eval extraction; README "Pre-training").
 Lines go to stdout through ``tqdm.write``, so they never tear a live progress bar. Only rank 0 prints
 (:func:`ssmix.distributed.rank`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -43,9 +44,21 @@ def phase(name: str, detail: str = "", count: Optional[int] = None, unit: str = 
     say(f"{name}: done in {seconds:.1f} s{_rate(count, unit, seconds)}")
 
 
-def startup_summary(*, images: int, dataset: str, split: str, steps_per_epoch: int, epochs: int,
-                    stop_step: int, world: int, device: str, precision: str, output_dir: str,
-                    method: str, mix: str) -> None:
+def startup_summary(
+    *,
+    images: int,
+    dataset: str,
+    split: str,
+    steps_per_epoch: int,
+    epochs: int,
+    stop_step: int,
+    world: int,
+    device: str,
+    precision: str,
+    output_dir: str,
+    method: str,
+    mix: str,
+) -> None:
     """The few lines a pre-training run starts with: data, schedule, where it runs, where outputs go."""
     total = steps_per_epoch * epochs
     stop = "" if stop_step == total else f", stopping at step {stop_step} (train.max_steps)"

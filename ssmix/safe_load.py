@@ -8,6 +8,7 @@ checkpoints). Anything else needs an explicit opt-in (``trust_pickle=True``, the
 Failures raise one-line :class:`UnreadableFileError` / :class:`UnsafePickleError` (both
 :class:`~ssmix.config.ConfigError`), whose messages never recommend unsafe loading.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,17 +60,24 @@ def safe_torch_load(path: str, what: str = "file", trust_pickle: bool = False, o
     except pickle.UnpicklingError as exc:
         name = _refused_global(str(exc))
         if trust_pickle or not name:
-            reason = "not a torch.save file of tensors and containers" if "Weights only" in str(exc) else _short(exc)
-            raise UnreadableFileError(f"{what}: '{path}' is truncated or not a torch checkpoint ({reason})",
-                                      reason) from None
+            reason = (
+                "not a torch.save file of tensors and containers"
+                if "Weights only" in str(exc)
+                else _short(exc)
+            )
+            raise UnreadableFileError(
+                f"{what}: '{path}' is truncated or not a torch checkpoint ({reason})", reason
+            ) from None
         raise UnsafePickleError(
             f"{what}: '{path}' holds a pickled {name}; refused, since loading it could run code from the file "
             "(only tensors, numbers, strings and containers are read); re-save the weights as a plain state "
-            "dict" + (f", or, only for a file you made yourself, pass {opt_in}" if opt_in else "")) from None
+            "dict" + (f", or, only for a file you made yourself, pass {opt_in}" if opt_in else "")
+        ) from None
     except Exception as exc:  # noqa: BLE001 - truncated zip, foreign format, bad tensor storage
         reason = f"{type(exc).__name__}: {_short(exc)}"
-        raise UnreadableFileError(f"{what}: '{path}' is truncated or not a torch checkpoint ({reason})",
-                                  reason) from None
+        raise UnreadableFileError(
+            f"{what}: '{path}' is truncated or not a torch checkpoint ({reason})", reason
+        ) from None
 
 
 def _short(exc: BaseException) -> str:
@@ -79,9 +87,14 @@ def _short(exc: BaseException) -> str:
 
 
 # What a detectron2 weights .pkl pickles: dicts, lists, strings, numbers and numpy arrays / scalars.
-_ARRAY_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                  ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-                  ("numpy", "ndarray"), ("numpy", "dtype")}
+_ARRAY_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+}
 
 
 class _ArrayUnpickler(pickle.Unpickler):

@@ -5,6 +5,7 @@ wheel carries the same trees inside the package (``ssmix/configs``, ``ssmix/dete
 see setup.py), so a config argument may be a file path or a name relative to its tree:
 ``mocov2_samix_c``, ``digits/mocov2``, ``digits/mocov2.yaml`` or ``configs/digits/mocov2.yaml``.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -56,18 +57,20 @@ class Shelf:
         if os.path.isfile(arg) or os.path.isabs(arg):
             return arg
         name = arg.replace(os.sep, "/")
-        name = name[:-len(".yaml")] if name.endswith(".yaml") else name
+        name = name[: -len(".yaml")] if name.endswith(".yaml") else name
         parts = self.tree.split("/")
         for i in range(len(parts)):  # configs/linear/digits -> digits, linear/digits -> digits
             prefix = "/".join(parts[i:]) + "/"
             if name.startswith(prefix):
-                name = name[len(prefix):]
+                name = name[len(prefix) :]
                 break
         directory = self.directory()
         if directory is not None and (directory / f"{name}.yaml").is_file():
             return str(directory / f"{name}.yaml")
-        raise ConfigError(f"config file not found: '{arg}' is neither a file nor a config shipped with ssmix"
-                          f"{self._hint(name, directory)}")
+        raise ConfigError(
+            f"config file not found: '{arg}' is neither a file nor a config shipped with ssmix"
+            f"{self._hint(name, directory)}"
+        )
 
     def _hint(self, name: str, directory: Optional[Path]) -> str:
         names = self.names()

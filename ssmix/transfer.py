@@ -1,4 +1,5 @@
 """Host-to-device copies that do not make the host wait (a leaf module: any layer may import it)."""
+
 from __future__ import annotations
 
 import torch

@@ -57,8 +57,10 @@ def resolve_checkpoint(path: str) -> str:
     if os.path.isdir(path):
         found = latest_checkpoint(path)
         if found is None:
-            raise FileNotFoundError(f"checkpoint={path}: a directory without checkpoints/step_*.pt; "
-                                    "pass a run's output_dir or a checkpoint file")
+            raise FileNotFoundError(
+                f"checkpoint={path}: a directory without checkpoints/step_*.pt; "
+                "pass a run's output_dir or a checkpoint file"
+            )
         return found
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint={path}: no such file or directory")
@@ -69,7 +71,7 @@ def build_model(cfg: Config, checkpoint: Optional[str], device: str) -> nn.Modul
     """Pretrainer(cfg) with ``checkpoint`` loaded. The ODC memory (labels=odc) is sized from the
     checkpoint; without one it stays uninitialised (the sweep then uses dataset labels) and gets a
     nominal size that satisfies its cluster-size checks."""
-    from ssmix.data.datasets import data_info
+    from ssmix.data.datasets import dataset_info_from_config
     from ssmix.engine.checkpoint import CheckpointError, load_checkpoint
     from ssmix.engine.pretrainer import Pretrainer
 
@@ -80,23 +82,27 @@ def build_model(cfg: Config, checkpoint: Optional[str], device: str) -> nn.Modul
         path = resolve_checkpoint(checkpoint)
         loaded = load_checkpoint(path, "checkpoint")
         if not isinstance(loaded, dict) or not isinstance(loaded.get("model"), dict):
-            raise CheckpointError(f"checkpoint={checkpoint}: {path} is not an ssmix training checkpoint (no 'model'); "
-                                  "pass a checkpoints/step_*.pt file or a run's output_dir")
+            raise CheckpointError(
+                f"checkpoint={checkpoint}: {path} is not an ssmix training checkpoint (no 'model'); "
+                "pass a checkpoints/step_*.pt file or a run's output_dir"
+            )
         state = loaded["model"]
         source = f"checkpoint {os.path.relpath(path)}, step {loaded.get('step', '?')}"
-        odc_labels = state.get("pipeline.odc.labels")
+        odc_labels = state.get("mixing.odc.labels")
         if odc_labels is not None:
             num_samples = int(odc_labels.shape[0])
-    num_classes = data_info(cfg.data).num_classes
+    num_classes = dataset_info_from_config(cfg.data).num_classes
     model = Pretrainer(cfg, num_samples, num_classes)
     if state is not None:
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:
             first = str(exc).splitlines()[0:3]
-            raise ConfigError(f"checkpoint={checkpoint} does not fit the model this config builds ({' '.join(first)}); "
-                              "use the run's own config: python -m ssmix.visualize_mix RUN/config.yaml "
-                              "checkpoint=RUN") from None
+            raise ConfigError(
+                f"checkpoint={checkpoint} does not fit the model this config builds ({' '.join(first)}); "
+                "use the run's own config: python -m ssmix.visualize_mix RUN/config.yaml "
+                "checkpoint=RUN"
+            ) from None
     model.weights_source = source if state is not None else ""
     return model.to(device)
 
@@ -113,9 +119,15 @@ def build_parser():
     from ssmix.cli import command_parser
 
     parser = command_parser("ssmix-visualize", __doc__, USAGE)
-    parser.add_argument("config", nargs="?", help="YAML config file, or a shipped config's name (e.g. mocov2_cutmix)")
-    parser.add_argument("items", nargs="*", metavar="key=value",
-                        help="this tool's options (checkpoint, out, pairs, steps, split) or config overrides")
+    parser.add_argument(
+        "config", nargs="?", help="YAML config file, or a shipped config's name (e.g. mocov2_cutmix)"
+    )
+    parser.add_argument(
+        "items",
+        nargs="*",
+        metavar="key=value",
+        help="this tool's options (checkpoint, out, pairs, steps, split) or config overrides",
+    )
     return parser
 
 
@@ -148,7 +160,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _run(argv: List[str]) -> int:
-    from ssmix.engine.trainer import resolve_device
+    from ssmix.device import resolve_device
 
     config, opts, overrides = parse_args(argv)
     cfg = load_pretrain_config(config, overrides)
@@ -162,8 +174,10 @@ def _run(argv: List[str]) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     source = weights_source(model, opts["checkpoint"])
     mix_figure(cfg, sweep, source).save(out)
-    print(f"{cfg.method.name} + {cfg.mix.type}, split {split}, pairs (a, b) = "
-          f"{list(zip(pairs.index_a.tolist(), pairs.index_b.tolist()))}, lambdas {[round(v, 3) for v in lams]}")
+    print(
+        f"{cfg.method.name} + {cfg.mix.type}, split {split}, pairs (a, b) = "
+        f"{list(zip(pairs.index_a.tolist(), pairs.index_b.tolist()))}, lambdas {[round(v, 3) for v in lams]}"
+    )
     if sweep.note:
         print(sweep.note)
     if not opts["checkpoint"] and sweep.learned and cfg.mix.type != "samix_p":

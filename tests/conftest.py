@@ -9,6 +9,7 @@ sys.path.insert(0, ROOT)
 
 import ssmix.methods  # noqa: E402,F401  (fills the method registries that configs are checked against)
 import ssmix.mixers  # noqa: E402,F401  (and the mixer registries)
+
 # Tests use tiny tensors: one thread avoids OpenMP overhead (and thrashing on a shared machine).
 torch.set_num_threads(1)
 
@@ -20,8 +21,12 @@ def _seed():
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped without one; `make bench-gpu` runs them)")
-    config.addinivalue_line("markers", "install: installs the repository (non-editable) into a fresh virtualenv")
+    config.addinivalue_line(
+        "markers", "cuda: needs a CUDA GPU (skipped without one; `make bench-gpu` runs them)"
+    )
+    config.addinivalue_line(
+        "markers", "install: installs the repository (non-editable) into a fresh virtualenv"
+    )
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,4 +1,5 @@
 """Setup shared by tests/test_detection.py and tests/test_detection_train.py."""
+
 import os
 from typing import Dict
 

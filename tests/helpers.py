@@ -1,4 +1,5 @@
 """Shared tiny settings for fast CPU tests."""
+
 import os
 
 from ssmix.config import load_config
@@ -8,9 +9,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "synthetic", "mocov2.yaml")
 LINEAR = os.path.join(ROOT, "configs", "linear", "synthetic.yaml")
 
-TINY = ["device=cpu", "data.name=synthetic", "data.image_size=16", "data.num_samples=32", "data.num_workers=0",
-        "data.aug.blur_prob=0", "model.arch=resnet18", "model.channels_last=false", "train.batch_size=8",
-        "train.epochs=2", "train.progress=false", "train.log_every=1", "train.ckpt_every=100"]
+TINY = [
+    "device=cpu",
+    "data.name=synthetic",
+    "data.image_size=16",
+    "data.num_samples=32",
+    "data.num_workers=0",
+    "data.aug.blur_prob=0",
+    "model.arch=resnet18",
+    "model.channels_last=false",
+    "train.batch_size=8",
+    "train.epochs=2",
+    "train.progress=false",
+    "train.log_every=1",
+    "train.ckpt_every=100",
+]
 
 
 def tiny_config(*overrides, base=None):

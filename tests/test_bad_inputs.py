@@ -3,17 +3,18 @@
 Each row: the entry point, its arguments (``{tmp}`` = a fresh folder holding the files built by
 :func:`files`, ``{run}`` = a finished 1-step resnet18 pre-training run) and words the message must hold.
 """
+
 import os
 
 import pytest
 import torch
 from PIL import Image
 
+from ssmix import pretrain, visualize_mix
+from ssmix.config import load_config
 from ssmix.detection import convert as det_convert
 from ssmix.detection import train as det_train
 from ssmix.linear_eval import run as linear_run
-from ssmix import pretrain, visualize_mix
-from ssmix.config import load_config
 from tests.detection_helpers import PRESETS, encoder_state
 from tests.helpers import TINY, moco_overrides
 
@@ -22,8 +23,13 @@ CONFIG = os.path.join(ROOT, "configs", "synthetic", "mocov2.yaml")
 FRAGMENT = os.path.join(ROOT, "configs", "_base_", "mix", "samix_c.yaml")
 LINEAR = os.path.join(ROOT, "configs", "linear", "synthetic.yaml")
 DETECTION = os.path.join(PRESETS, "tiny_voc_c4.yaml")
-MAINS = {"pretrain": pretrain.main, "linear_eval": linear_run.main, "detection.train": det_train.main,
-         "detection.convert": det_convert.main, "visualize_mix": visualize_mix.main}
+MAINS = {
+    "pretrain": pretrain.main,
+    "linear_eval": linear_run.main,
+    "detection.train": det_train.main,
+    "detection.convert": det_convert.main,
+    "visualize_mix": visualize_mix.main,
+}
 
 
 def P(*args):  # pretrain: the tiny synthetic MoCo v2 run plus ``args``
@@ -35,7 +41,10 @@ def L(*args):  # linear_eval on synthetic images
 
 
 def D(*args):  # detection transfer, tiny VOC preset
-    return ("detection.train", [DETECTION, "device=cpu", "output_dir={tmp}/det", "data.root={tmp}/none", *args])
+    return (
+        "detection.train",
+        [DETECTION, "device=cpu", "output_dir={tmp}/det", "data.root={tmp}/none", *args],
+    )
 
 
 def C(*args):  # detection.convert
@@ -64,52 +73,91 @@ CASES = {
     "image_size=0": (P("data.image_size=0"), ["data.image_size: expected a positive number"]),
     "device=tpu": (P("device=tpu"), ["device: invalid value 'tpu'", "cuda:N"]),
     "unknown key": (P("train.lrr=1"), ["unknown key 'train.lrr'", "did you mean 'train.lr'"]),
-    "batch>dataset": (P("train.batch_size=64", "method.queue_size=64"),  # queue 16 < batch: refused first
-                      ["larger than the dataset", "lower train.batch_size"]),
+    "batch>dataset": (
+        P("train.batch_size=64", "method.queue_size=64"),  # queue 16 < batch: refused first
+        ["larger than the dataset", "lower train.batch_size"],
+    ),
     "unknown split": (P("data.split=bogus"), ["unknown split 'bogus'", "data.split"]),
     # pretrain: files and directories
     "_base_ fragment": (("pretrain", [FRAGMENT, "device=cpu"]), ["_base_ fragment", "not a runnable config"]),
     "missing config": (("pretrain", ["{tmp}/nope.yaml"]), ["config file not found", "nope.yaml"]),
     "output_dir is a file": (P("output_dir={tmp}/a_file"), ["output_dir", "a_file' is a file"]),
-    "output_dir under a file": (P("output_dir={tmp}/a_file/run"), ["output_dir: cannot create", "a_file/run"]),
+    "output_dir under a file": (
+        P("output_dir={tmp}/a_file/run"),
+        ["output_dir: cannot create", "a_file/run"],
+    ),
     "used output_dir": (P("output_dir={run}"), ["is not empty", "resume=auto", "overwrite=true"]),
-    "resume elsewhere into a used dir": (P("output_dir={tmp}/folder", "resume={run}"), ["folder' is not empty"]),
+    "resume elsewhere into a used dir": (
+        P("output_dir={tmp}/folder", "resume={run}"),
+        ["folder' is not empty"],
+    ),
     "resume missing": (P("resume={tmp}/gone.pt"), ["resume: checkpoint not found", "gone.pt"]),
     "resume garbage": (P("resume={tmp}/garbage.pt"), ["garbage.pt: not a readable ssmix checkpoint"]),
     "resume backbone.pth": (P("resume={tmp}/backbone.pth"), ["not an ssmix training checkpoint"]),
-    "resume other arch": (P("resume={run}", "model.arch=resnet34"),
-                          ["different config", "model.arch 'resnet18' -> 'resnet34'"]),
-    "resume other size": (P("resume={run}/checkpoints/step_00000001.pt", "data.image_size=24"),
-                          ["different config", "data.image_size 16 -> 24"]),
+    "resume other arch": (
+        P("resume={run}", "model.arch=resnet34"),
+        ["different config", "model.arch 'resnet18' -> 'resnet34'"],
+    ),
+    "resume other size": (
+        P("resume={run}/checkpoints/step_00000001.pt", "data.image_size=24"),
+        ["different config", "data.image_size 16 -> 24"],
+    ),
     # (method.bn_splits=1: split BN with 1 image per split at 16 px cannot run, refused since issue 24)
-    "corrupt image": (P("data.name=imagefolder", "data.root={tmp}/folder", "train.batch_size=2", "method.bn_splits=1",
-                        "train.epochs=1"), ["bad.png: not a readable image", "delete or replace the file"]),
-    "corrupt image, loader worker": (P("data.name=imagefolder", "data.root={tmp}/folder", "train.batch_size=2",
-                                       "method.bn_splits=1", "train.epochs=1", "data.num_workers=1"),
-                                     ["bad.png: not a readable image"]),
-    "cifar missing": (P("data.name=cifar10", "data.root={tmp}/none"),
-                      ["dataset 'cifar10' not found", "Expected layout"]),
-    "mix.checkpoint not a Mixer": (P("mix.type=samix_p", "mix.checkpoint={tmp}/state.pt"),
-                                   ["mix.checkpoint", "not a SAMix Mixer checkpoint"]),
+    "corrupt image": (
+        P(
+            "data.name=imagefolder",
+            "data.root={tmp}/folder",
+            "train.batch_size=2",
+            "method.bn_splits=1",
+            "train.epochs=1",
+        ),
+        ["bad.png: not a readable image", "delete or replace the file"],
+    ),
+    "corrupt image, loader worker": (
+        P(
+            "data.name=imagefolder",
+            "data.root={tmp}/folder",
+            "train.batch_size=2",
+            "method.bn_splits=1",
+            "train.epochs=1",
+            "data.num_workers=1",
+        ),
+        ["bad.png: not a readable image"],
+    ),
+    "cifar missing": (
+        P("data.name=cifar10", "data.root={tmp}/none"),
+        ["dataset 'cifar10' not found", "Expected layout"],
+    ),
+    "mix.checkpoint not a Mixer": (
+        P("mix.type=samix_p", "mix.checkpoint={tmp}/state.pt"),
+        ["mix.checkpoint", "not a SAMix Mixer checkpoint"],
+    ),
     # linear_eval
     "linear no weights": (L(), ["weights: required"]),
     "linear weights missing": (L("weights={tmp}/gone.pth"), ["weights", "gone.pth' does not exist"]),
     "linear weights garbage": (L("weights={tmp}/garbage.pt"), ["cannot read", "garbage.pt"]),
-    "linear arch mismatch": (L("weights={tmp}/backbone.pth", "arch=resnet34"),
-                             ["does not match resnet34", "missing keys"]),
+    "linear arch mismatch": (
+        L("weights={tmp}/backbone.pth", "arch=resnet34"),
+        ["does not match resnet34", "missing keys"],
+    ),
     "linear lr<0": (L("weights=random", "lr=-1"), ["lr: expected a positive number, got -1"]),
     "linear lr=nan": (L("weights=random", "lr=.nan"), ["lr: expected a finite number"]),
     "linear epochs=0": (L("weights=random", "epochs=0"), ["epochs: expected a positive integer"]),
     "linear device": (L("weights=random", "device=tpu"), ["device: invalid value 'tpu'"]),
     "linear mode": (L("weights=random", "mode=fast"), ["mode: unknown value 'fast'"]),
-    "linear image_size=0": (L("weights=random", "data.image_size=0"), ["data.image_size: expected a positive"]),
+    "linear image_size=0": (
+        L("weights=random", "data.image_size=0"),
+        ["data.image_size: expected a positive"],
+    ),
     # detection.train
     "detection lr<0": (D("solver.base_lr=-1"), ["solver.base_lr", "must be positive"]),
     "detection lr=nan": (D("solver.base_lr=nan"), ["solver.base_lr: expected a finite number"]),
     "detection max_iter=0": (D("solver.max_iter=0"), ["solver.max_iter", "must be positive"]),
     "detection log_every=0": (D("log_every=0"), ["log_every: expected a positive number"]),
-    "detection checkpoint_period=0": (D("solver.checkpoint_period=0"),
-                                      ["solver.checkpoint_period: expected a positive"]),
+    "detection checkpoint_period=0": (
+        D("solver.checkpoint_period=0"),
+        ["solver.checkpoint_period: expected a positive"],
+    ),
     "detection device": (D("device=tpu"), ["device: invalid value 'tpu'"]),
     "detection head": (D("model.head=c5"), ["model.head: unknown head 'c5'"]),
     "detection weights missing": (D("model.weights={tmp}/gone.pth"), ["gone.pth' does not exist"]),
@@ -124,7 +172,10 @@ CASES = {
     "visualize steps=x": (V("steps=x"), ["steps=x: expected an integer"]),
     "visualize checkpoint missing": (V("checkpoint={tmp}/gone.pt"), ["checkpoint=", "gone.pt: no such file"]),
     "visualize checkpoint garbage": (V("checkpoint={tmp}/garbage.pt"), ["not a readable ssmix checkpoint"]),
-    "visualize checkpoint backbone": (V("checkpoint={tmp}/backbone.pth"), ["not an ssmix training checkpoint"]),
+    "visualize checkpoint backbone": (
+        V("checkpoint={tmp}/backbone.pth"),
+        ["not an ssmix training checkpoint"],
+    ),
     "visualize _base_ fragment": (("visualize_mix", [FRAGMENT]), ["_base_ fragment"]),
     "visualize device": (V("device=tpu"), ["device: invalid value 'tpu'"]),
 }

@@ -1,4 +1,5 @@
 """k-means and the ODC memory (docs/algorithm.md §5)."""
+
 from __future__ import annotations
 
 import io
@@ -29,8 +30,14 @@ def blobs(noise: float = 0.01, seed: int = 0):
 
 
 def odc_cfg(**kw) -> ODCConfig:
-    base = dict(num_clusters=C, min_cluster=20, centroid_interval=1000, small_cluster_interval=1000,
-                reweight_pow=0.5, kmeans_iters=20)
+    base = dict(
+        num_clusters=C,
+        min_cluster=20,
+        centroid_interval=1000,
+        small_cluster_interval=1000,
+        reweight_pow=0.5,
+        kmeans_iters=20,
+    )
     return ODCConfig(**{**base, **kw})
 
 
@@ -233,8 +240,9 @@ def test_odc_bad_input_errors():
 
 
 def _ddp_worker(rank: int, world: int, tmp: str, x: torch.Tensor, batches: list) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{tmp}/pg", rank=rank, world_size=world,
-                            timeout=timedelta(seconds=60))
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp}/pg", rank=rank, world_size=world, timeout=timedelta(seconds=60)
+    )
     try:
         torch.set_num_threads(1)
         mem = ODCMemory(N, D, odc_cfg(centroid_interval=2, small_cluster_interval=2))

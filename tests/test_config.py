@@ -1,4 +1,5 @@
 """Config schema: inheritance, overrides, validation errors and the CLI contract."""
+
 import glob
 import os
 import subprocess
@@ -10,8 +11,11 @@ import yaml
 from ssmix.config import ConfigError, load_config, parse_overrides
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ALL_CONFIGS = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True)
-                     if "_base_" not in p and os.sep + "linear" + os.sep not in p)
+ALL_CONFIGS = sorted(
+    p
+    for p in glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True)
+    if "_base_" not in p and os.sep + "linear" + os.sep not in p
+)
 
 
 def _write(tmp_path, name, text):
@@ -29,16 +33,19 @@ def test_base_inheritance_and_override_order(tmp_path):
     assert cfg.data.aug.blur_prob == 0.0 and isinstance(cfg.data.aug.blur_prob, float)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("train.lrr=0.1", "unknown key 'train.lrr' (did you mean 'train.lr'?)"),
-    ("train.lr=fast", "train.lr: expected float, got str 'fast'"),
-    ("train.epochs=1.5", "train.epochs: expected int"),
-    ("train.max_steps=ten", "train.max_steps: expected int or null"),
-    ("method.name=mocov3", "method.name: unknown value 'mocov3'"),
-    ("method.queue_sise=8", "did you mean 'method.queue_size'"),
-    ("data.aug=3", "data.aug: expected a mapping"),
-    ("nokey", "not of the form dotted.key=value"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.lrr=0.1", "unknown key 'train.lrr' (did you mean 'train.lr'?)"),
+        ("train.lr=fast", "train.lr: expected float, got str 'fast'"),
+        ("train.epochs=1.5", "train.epochs: expected int"),
+        ("train.max_steps=ten", "train.max_steps: expected int or null"),
+        ("method.name=mocov3", "method.name: unknown value 'mocov3'"),
+        ("method.queue_sise=8", "did you mean 'method.queue_size'"),
+        ("data.aug=3", "data.aug: expected a mapping"),
+        ("nokey", "not of the form dotted.key=value"),
+    ],
+)
 def test_bad_values_are_one_line_errors_naming_the_key(override, message):
     with pytest.raises(ConfigError) as err:
         load_config(None, [override])
@@ -66,7 +73,11 @@ def test_method_fields_follow_the_method_name():
 
 def test_override_values_are_parsed_as_yaml_scalars():
     assert parse_overrides(["a.b=1", "a.c=null", "d=[1, 2]", "e=true", "f=x=y"]) == {
-        "a": {"b": 1, "c": None}, "d": [1, 2], "e": True, "f": "x=y"}
+        "a": {"b": 1, "c": None},
+        "d": [1, 2],
+        "e": True,
+        "f": "x=y",
+    }
 
 
 @pytest.mark.parametrize("path", ALL_CONFIGS, ids=lambda p: os.path.relpath(p, ROOT))
@@ -76,8 +87,9 @@ def test_every_shipped_config_is_valid(path):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "ssmix.pretrain", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "ssmix.pretrain", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_cli_print_config_and_exit_codes():
@@ -119,3 +131,44 @@ def test_every_digits_config_trains_on_the_recipes_views(path):
     assert (aug.min_scale, aug.hflip_prob, aug.blur_prob) == (0.7, 0.0, 0.0), path
     if aug.kind == "swav":  # multi-crop: the high-resolution crops are the recipe's
         assert (aug.multi_crop.sizes[0], aug.multi_crop.min_scales[0]) == (16, 0.7)
+
+
+def _pretrain_with_8_workers():
+    return load_config(os.path.join(ROOT, "configs", "digits", "mocov2.yaml"), ["data.num_workers=8"])
+
+
+def _imagenet_linear_eval():  # the shipped config asks for 8 workers
+    from ssmix.evaluation.config import load_eval_config
+
+    return load_eval_config(os.path.join(ROOT, "configs", "linear", "imagenet.yaml"), ["weights=random"])
+
+
+def _detection_with_8_workers():
+    from ssmix.detection.schema import load_detection_config
+
+    return load_detection_config("tiny_voc_c4", ["data.num_workers=8"])
+
+
+@pytest.mark.parametrize("load", [_pretrain_with_8_workers, _imagenet_linear_eval, _detection_with_8_workers])
+def test_more_workers_than_usable_cpus_are_lowered_with_one_note(load, monkeypatch, capsys):
+    from ssmix import config_checks
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    config_checks._note_workers.cache_clear()
+    assert load().data.num_workers == 2 and load().data.num_workers == 2  # the resolved config says what runs
+    err = capsys.readouterr().err
+    assert (
+        err.count("data.num_workers: 8 asked for, but this process may use 2 CPU(s); using 2 worker(s)") == 1
+    )
+
+
+def test_usable_workers_keeps_what_fits(monkeypatch, capsys):
+    from ssmix.config_checks import _note_workers, usable_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert [usable_workers(n) for n in (0, 1, 3)] == [0, 1, 3]
+    assert capsys.readouterr().err == ""  # nothing to say when the workers fit
+    _note_workers.cache_clear()
+    assert usable_workers(4) == 3
+    assert "data.num_workers: 4 asked for" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """The CUDA paths, marked ``cuda`` (skipped without a GPU; ``make bench-gpu`` runs them): a bf16 and an
 fp16 step of every method with SAMix-C and the GradScaler state through an exact resume, channels_last,
 faiss GPU k-means and a one-rank NCCL process group."""
+
 from __future__ import annotations
 
 import math
@@ -20,19 +21,32 @@ SMALL = {
     "mocov2": ["method.queue_size=16", "method.bn_splits=2"],
     "simclr": ["method.proj_hidden_dim=64", "method.out_dim=32"],
     "byol": ["method.proj_hidden_dim=64", "method.out_dim=32", "method.pred_hidden_dim=64"],
-    "swav": ["method.proj_hidden_dim=64", "method.out_dim=32", "method.num_prototypes=16", "method.queue_size=0",
-             "data.aug.multi_crop.sizes=[16,8]"],
+    "swav": [
+        "method.proj_hidden_dim=64",
+        "method.out_dim=32",
+        "method.num_prototypes=16",
+        "method.queue_size=0",
+        "data.aug.multi_crop.sizes=[16,8]",
+    ],
     "simsiam": ["method.proj_hidden_dim=64", "method.out_dim=64", "method.pred_hidden_dim=16"],
 }
-SAMIX_C = ["mix.type=samix_c", "mix.mixer_warmup_epochs=0", "mix.odc.num_clusters=4", "mix.odc.min_cluster=4",
-           "mix.odc.centroid_interval=2", "mix.odc.small_cluster_interval=2"]
+SAMIX_C = [
+    "mix.type=samix_c",
+    "mix.mixer_warmup_epochs=0",
+    "mix.odc.num_clusters=4",
+    "mix.odc.min_cluster=4",
+    "mix.odc.centroid_interval=2",
+    "mix.odc.small_cluster_interval=2",
+]
 
 
 def _config(method: str, amp: str, out, *extra: str):
     from ssmix.config import load_config
 
-    return load_config(os.path.join(ROOT, "configs", "synthetic", f"{method}.yaml"),
-                       [*TINY, "device=cuda", f"train.amp={amp}", *SMALL[method], *SAMIX_C, f"output_dir={out}", *extra])
+    return load_config(
+        os.path.join(ROOT, "configs", "synthetic", f"{method}.yaml"),
+        [*TINY, "device=cuda", f"train.amp={amp}", *SMALL[method], *SAMIX_C, f"output_dir={out}", *extra],
+    )
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
@@ -68,7 +82,9 @@ def test_channels_last_step(tmp_path):
 
     trainer.Pretrainer = keep
     try:
-        summary = trainer.train(_config("mocov2", "bf16", tmp_path, "model.channels_last=true", "train.max_steps=2"))
+        summary = trainer.train(
+            _config("mocov2", "bf16", tmp_path, "model.channels_last=true", "train.max_steps=2")
+        )
     finally:
         trainer.Pretrainer = build
     conv = captured["model"].method.backbone.conv1.weight
@@ -104,23 +120,34 @@ def test_one_rank_nccl_process_group_and_ddp_step(monkeypatch):
         port = s.getsockname()[1]
     import datetime
 
-    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1,
-                            timeout=datetime.timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S))))
+    dist.init_process_group(
+        "nccl",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=0,
+        world_size=1,
+        timeout=datetime.timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S))),
+    )
     try:
         t = torch.arange(4.0, device="cuda")
         dist.all_reduce(t)
         assert t.tolist() == [0.0, 1.0, 2.0, 3.0]
         net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).cuda()
-        ddp = torch.nn.parallel.DistributedDataParallel(torch.nn.SyncBatchNorm.convert_sync_batchnorm(net),
-                                                        device_ids=[0], broadcast_buffers=False)
+        ddp = torch.nn.parallel.DistributedDataParallel(
+            torch.nn.SyncBatchNorm.convert_sync_batchnorm(net), device_ids=[0], broadcast_buffers=False
+        )
         ddp(torch.randn(2, 3, 8, 8, device="cuda")).sum().backward()
         assert net[0].weight.grad is not None and torch.isfinite(net[0].weight.grad).all()
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("overrides", [["method.name=mocov2", "mix.type=cutmix"],
-                                       ["method.name=simclr", "data.aug.kind=simclr", "train.optimizer=lars"]])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["method.name=mocov2", "mix.type=cutmix"],
+        ["method.name=simclr", "data.aug.kind=simclr", "train.optimizer=lars"],
+    ],
+)
 def test_a_training_step_never_synchronizes_with_the_host(overrides):
     """torch's own sync detector over one bf16 step (forward, backward, optimizer) with the batch copied
     as the trainer copies it (pinned, non_blocking): no device-to-host read, no blocking copy."""
@@ -138,10 +165,15 @@ def test_a_training_step_never_synchronizes_with_the_host(overrides):
 
     def step(i: int) -> None:
         host = [torch.randn(8, 3, 16, 16).pin_memory() for _ in range(2)]
-        views, labels, index = batch_to_device(host, torch.zeros(8, dtype=torch.long).pin_memory(),
-                                               torch.arange(8).pin_memory(), "cuda", torch.contiguous_format)
+        views, labels, index = batch_to_device(
+            host,
+            torch.zeros(8, dtype=torch.long).pin_memory(),
+            torch.arange(8).pin_memory(),
+            "cuda",
+            torch.contiguous_format,
+        )
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            losses, _ = model(views, labels, index, i, 10)
+            losses, _ = model(views, labels, index, i, 10, 4)
         optimizer.zero_grad(set_to_none=True)
         sum(losses.values()).backward()
         optimizer.step()

@@ -1,4 +1,5 @@
 """Raw dataset readers: tiny files in the exact on-disk formats are written and read back pixel-exactly."""
+
 import os
 import pickle
 from collections import Counter
@@ -8,8 +9,13 @@ import pytest
 import torchvision
 from PIL import Image
 
-from ssmix.data.datasets import (DATASET_INFO, CorruptImageError, DatasetNotFoundError, build_dataset,
-                                 dataset_info)
+from ssmix.data.datasets import (
+    DATASET_INFO,
+    CorruptImageError,
+    DatasetNotFoundError,
+    build_dataset,
+    dataset_info,
+)
 
 
 def _rgb(item):
@@ -144,7 +150,9 @@ def test_cifar10_reads_all_batches_in_order(tmp_path):
     folder.mkdir()
     train = _images(rng, 5, 32)
     for b in range(5):
-        _write_pickle(folder / f"data_batch_{b + 1}", {b"data": _cifar_rows(train[b:b + 1]), b"labels": [b * 2]})
+        _write_pickle(
+            folder / f"data_batch_{b + 1}", {b"data": _cifar_rows(train[b : b + 1]), b"labels": [b * 2]}
+        )
     test = _images(rng, 2, 32)
     _write_pickle(folder / "test_batch", {b"data": _cifar_rows(test), b"labels": [9, 1]})
     dataset = build_dataset("cifar10", str(tmp_path), "train")
@@ -208,7 +216,9 @@ def test_tiny_imagenet_train_and_val(tmp_path):
     Image.fromarray(grey).save(base / "val" / "images" / "val_1.JPEG", format="PNG")
     val0 = _images(rng, 1, 64)[0]
     _save_lossless(val0, base / "val" / "images" / "val_0.JPEG")
-    (base / "val" / "val_annotations.txt").write_text("val_1.JPEG\tn02\t0\t0\t10\t10\nval_0.JPEG\tn03\t1\t2\t3\t4\n")
+    (base / "val" / "val_annotations.txt").write_text(
+        "val_1.JPEG\tn02\t0\t0\t10\t10\nval_0.JPEG\tn03\t1\t2\t3\t4\n"
+    )
 
     dataset = build_dataset("tiny_imagenet", str(tmp_path), "train")
     assert len(dataset) == 6 and list(dataset.targets) == [0, 0, 1, 1, 2, 2]
@@ -301,8 +311,9 @@ def test_corrupt_image_is_a_one_line_error_naming_the_file(tmp_path):
     assert message.startswith(f"{bad}: not a readable image (") and "\n" not in message
     assert message.endswith("delete or replace the file")
     # Raised in a DataLoader worker, the re-raised error keeps the same single line.
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, [index]), num_workers=1,
-                                         collate_fn=lambda items: items)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(dataset, [index]), num_workers=1, collate_fn=lambda items: items
+    )
     with pytest.raises(CorruptImageError) as error:
         next(iter(loader))
     assert str(error.value) == message
@@ -311,7 +322,9 @@ def test_corrupt_image_is_a_one_line_error_naming_the_file(tmp_path):
 def test_mean_std_num_classes_overrides_and_their_errors():
     info = dataset_info("cifar10", mean=[0.1, 0.2, 0.3], num_classes=4)
     assert info.mean == (0.1, 0.2, 0.3) and info.std == DATASET_INFO["cifar10"].std and info.num_classes == 4
-    assert dataset_info("folder").num_classes == 0 and dataset_info("folder").mean == DATASET_INFO["stl10"].mean
+    assert (
+        dataset_info("folder").num_classes == 0 and dataset_info("folder").mean == DATASET_INFO["stl10"].mean
+    )
     with pytest.raises(ValueError, match=r"^data.std: expected 3 per-channel values \(R, G, B, > 0\)"):
         dataset_info("folder", std=[0.2, 0.0, 0.2])
     with pytest.raises(ValueError, match=r"^data.mean: expected 3 per-channel values"):
@@ -355,7 +368,9 @@ def test_digits_pixels_and_resize():
 # ---------------------------------------------------------------------------------------- synthetic
 def test_synthetic_is_deterministic_and_seeded():
     a = build_dataset("synthetic", "", "train", image_size=16, num_samples=12, num_classes=3, seed=5)
-    b = _roundtrip(build_dataset("synthetic", "", "train", image_size=16, num_samples=12, num_classes=3, seed=5))
+    b = _roundtrip(
+        build_dataset("synthetic", "", "train", image_size=16, num_samples=12, num_classes=3, seed=5)
+    )
     assert len(a) == 12 and [a[i][1] for i in range(12)] == [i % 3 for i in range(12)]
     for i in (0, 7, 11):
         assert np.array_equal(_rgb(a[i])[0], _rgb(a[i])[0]) and np.array_equal(_rgb(a[i])[0], _rgb(b[i])[0])
@@ -385,8 +400,18 @@ def test_unknown_name_or_split_lists_choices():
         build_dataset("svhn", "", "train")
     with pytest.raises(ValueError, match="unlabeled, train, test, train\\+unlabeled"):
         build_dataset("stl10", "", "val")
-    assert set(DATASET_INFO) == {"synthetic", "digits", "cifar10", "cifar100", "stl10", "tiny_imagenet", "imagefolder",
-                                 "folder", "fashion_mnist", "mnist"}
+    assert set(DATASET_INFO) == {
+        "synthetic",
+        "digits",
+        "cifar10",
+        "cifar100",
+        "stl10",
+        "tiny_imagenet",
+        "imagefolder",
+        "folder",
+        "fashion_mnist",
+        "mnist",
+    }
     assert DATASET_INFO["stl10"].image_size == 96 and DATASET_INFO["tiny_imagenet"].image_size == 96
 
 
@@ -403,14 +428,17 @@ def _write_idx_set(folder, rng, train_per_class=502, test_count=30, gz=True):
 
     os.makedirs(folder, exist_ok=True)
     sets = {}
-    for prefix, labels in (("train", np.repeat(np.arange(10), train_per_class)), ("t10k", np.arange(test_count) % 10)):
+    for prefix, labels in (
+        ("train", np.repeat(np.arange(10), train_per_class)),
+        ("t10k", np.arange(test_count) % 10),
+    ):
         labels = rng.permutation(labels).astype(np.uint8)
         images = rng.integers(0, 256, (len(labels), 28, 28), dtype=np.uint8)
         images[:, 0, 0] = labels  # each image carries its label in its first pixel
         for kind, array in (("images-idx3", images), ("labels-idx1", labels)):
             name = os.path.join(folder, f"{prefix}-{kind}-ubyte")
             data = _idx_bytes(array)
-            with (gzip.open(name + ".gz", "wb") if gz else open(name, "wb")) as f:
+            with gzip.open(name + ".gz", "wb") if gz else open(name, "wb") as f:
                 f.write(data)
         sets[prefix] = (images, labels)
     return sets
@@ -425,8 +453,13 @@ def test_fashion_mnist_idx_pixels_labels_and_splits(tmp_path, gz):
     pixels, label = _rgb(trainval[17])
     assert label == labels[17] and pixels.shape == (28, 28, 3)
     assert np.array_equal(pixels, np.repeat(images[17][:, :, None], 3, axis=2))  # grey in all three channels
-    val, train = build_dataset("fashion_mnist", str(tmp_path), "val"), build_dataset("fashion_mnist", str(tmp_path), "train")
-    assert len(val) == 5000 and len(train) == 20 and Counter(val.targets.tolist()) == {c: 500 for c in range(10)}
+    val, train = (
+        build_dataset("fashion_mnist", str(tmp_path), "val"),
+        build_dataset("fashion_mnist", str(tmp_path), "train"),
+    )
+    assert (
+        len(val) == 5000 and len(train) == 20 and Counter(val.targets.tolist()) == {c: 500 for c in range(10)}
+    )
     # val and train partition the training file: every image exactly once (the first pixel names it)
     firsts = sorted(map(bytes, np.concatenate([val.images, train.images]).reshape(5020, -1)))
     assert firsts == sorted(map(bytes, images.reshape(5020, -1)))
@@ -457,8 +490,12 @@ def test_fashion_mnist_missing_names_the_debian_package(tmp_path, monkeypatch):
     from ssmix.data import datasets
 
     subfolders, _, package, source = datasets._IDX_SETS["fashion_mnist"]
-    monkeypatch.setitem(datasets._IDX_SETS, "fashion_mnist", (subfolders, str(tmp_path / "debian"), package, source))
-    with pytest.raises(DatasetNotFoundError, match="apt-get install dataset-fashion-mnist', or data.download=true"):
+    monkeypatch.setitem(
+        datasets._IDX_SETS, "fashion_mnist", (subfolders, str(tmp_path / "debian"), package, source)
+    )
+    with pytest.raises(
+        DatasetNotFoundError, match="apt-get install dataset-fashion-mnist', or data.download=true"
+    ):
         build_dataset("fashion_mnist", str(tmp_path), "test")
 
 
@@ -486,7 +523,11 @@ def test_subset_is_fixed_class_balanced_and_nested():
     targets = np.array([0] * 50 + [1] * 30 + [2] * 4)
     small, large = subset_indices(targets, 9), subset_indices(targets, 30)
     assert Counter(targets[small].tolist()) == {0: 3, 1: 3, 2: 3}
-    assert Counter(targets[large].tolist()) == {0: 13, 1: 13, 2: 4}  # class 2 runs out; the rest share the rest
+    assert Counter(targets[large].tolist()) == {
+        0: 13,
+        1: 13,
+        2: 4,
+    }  # class 2 runs out; the rest share the rest
     assert set(small) <= set(large) and np.array_equal(small, subset_indices(targets, 9))
     assert len(set(large)) == 30 and np.all(np.diff(large) > 0)
 
@@ -503,11 +544,15 @@ def test_subset_through_build_dataset_and_its_error():
         build_dataset("digits", "", "train", subset=5000)
 
 
-@pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"),
-                    reason="needs Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)")
+@pytest.mark.skipif(
+    not os.path.isdir("/usr/share/datasets/fashion-mnist"),
+    reason="needs Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)",
+)
 def test_real_fashion_mnist_from_the_debian_package():
-    counts = {split: len(build_dataset("fashion_mnist", "no-such-root", split))
-              for split in ("train", "val", "trainval", "test")}
+    counts = {
+        split: len(build_dataset("fashion_mnist", "no-such-root", split))
+        for split in ("train", "val", "trainval", "test")
+    }
     assert counts == {"train": 55000, "val": 5000, "trainval": 60000, "test": 10000}
     test = build_dataset("fashion_mnist", "no-such-root", "test")
     assert Counter(test.targets.tolist()) == {c: 1000 for c in range(10)}

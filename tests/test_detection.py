@@ -1,6 +1,7 @@
 """Fast checks of the detection package: data layouts and readers, evaluators, converter, weights loader,
 config, solver, precise BN and the detector's detectron2-matching parts. The train+eval runs live in
 tests/test_detection_train.py."""
+
 from __future__ import annotations
 
 import json
@@ -17,24 +18,41 @@ import torch.nn as nn
 import torchvision
 from PIL import Image
 
+from ssmix.config import ConfigError
 from ssmix.detection import convert as conv
-from ssmix.detection.datasets import (DetectionDataset, GroupedInfiniteSampler, ImageRecord, load_datasets, read_coco,
-                                read_voc, resolve)
-from ssmix.detection.model import (AlignedRoIAlign, FixedStrideAnchorGenerator, Detectron2RPN, build_detector,
-                             build_resnet, fast_rcnn_losses, fpn_levels, mask_targets)
+from ssmix.detection.datasets import (
+    DetectionDataset,
+    GroupedInfiniteSampler,
+    ImageRecord,
+    load_datasets,
+    read_coco,
+    read_voc,
+    resolve,
+)
+from ssmix.detection.model import (
+    AlignedRoIAlign,
+    Detectron2RPN,
+    FixedStrideAnchorGenerator,
+    build_detector,
+    build_resnet,
+    fast_rcnn_losses,
+    fpn_levels,
+    mask_targets,
+)
 from ssmix.detection.precise_bn import update_bn_stats
 from ssmix.detection.schema import ModelSpec, load_detection_config, rpn_topk
 from ssmix.detection.solver import build_optimizer, lr_factor
 from ssmix.detection.synthetic import SYNTHETIC_COCO_CATEGORIES, SYNTHETIC_VOC_CLASSES, write_coco, write_voc
 from ssmix.detection.voc_eval import evaluate_voc, voc_ap, voc_iou
 from ssmix.detection.weights import WeightsError, load_encoder_state
-from ssmix.config import ConfigError
 from ssmix.models.backbones import build_backbone, export_state_dict
 from tests.detection_helpers import PRESETS, encoder_state
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "detection", "configs")
-D2_NAME = re.compile(r"^(stem\.conv1(\.norm)?|res[2-5]\.\d+\.(conv[1-3]|shortcut)(\.norm)?)\."
-                     r"(weight|bias|running_mean|running_var|num_batches_tracked)$")
+D2_NAME = re.compile(
+    r"^(stem\.conv1(\.norm)?|res[2-5]\.\d+\.(conv[1-3]|shortcut)(\.norm)?)\."
+    r"(weight|bias|running_mean|running_var|num_batches_tracked)$"
+)
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +104,12 @@ def test_synthetic_is_deterministic(tmp_path):
     for sub in ("a", "b"):
         write_voc(str(tmp_path / sub), num_trainval=2, num_test=1, years=("2007",))
         write_coco(str(tmp_path / sub), num_train=2, num_val=1)
-    for rel in ("VOC2007/JPEGImages/000001.jpg", "VOC2007/Annotations/000003.xml",
-                "coco/annotations/instances_val2017.json", "coco/train2017/000000000002.jpg"):
+    for rel in (
+        "VOC2007/JPEGImages/000001.jpg",
+        "VOC2007/Annotations/000003.xml",
+        "coco/annotations/instances_val2017.json",
+        "coco/train2017/000000000002.jpg",
+    ):
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
 
 
@@ -108,10 +130,14 @@ def test_voc_reader_shifts_to_zero_based_and_keeps_difficult(data_root):
     dirname = os.path.join(data_root, "VOC2007")
     records = read_voc(dirname, "test", SYNTHETIC_VOC_CLASSES)
     tree = ET.parse(os.path.join(dirname, "Annotations", "000007.xml"))  # first test image
-    xml_boxes = [[float(o.findtext(f"bndbox/{t}")) for t in ("xmin", "ymin", "xmax", "ymax")]
-                 for o in tree.findall("object")]
+    xml_boxes = [
+        [float(o.findtext(f"bndbox/{t}")) for t in ("xmin", "ymin", "xmax", "ymax")]
+        for o in tree.findall("object")
+    ]
     np.testing.assert_array_equal(records[0].boxes, np.array(xml_boxes, dtype=np.float32) - [1, 1, 0, 0])
-    assert records[0].difficult.tolist() == [int(o.findtext("difficult")) == 1 for o in tree.findall("object")]
+    assert records[0].difficult.tolist() == [
+        int(o.findtext("difficult")) == 1 for o in tree.findall("object")
+    ]
     assert records[0].difficult.any()
     names = [o.findtext("name") for o in tree.findall("object")]
     assert [SYNTHETIC_VOC_CLASSES[i] for i in records[0].labels] == names
@@ -134,7 +160,10 @@ def test_resolve_dataset_names(tmp_path):
     voc = resolve("voc_2012_trainval", "/r")
     assert (voc.kind, voc.annotations, voc.split, voc.year) == ("voc", "/r/VOC2012", "trainval", 2012)
     coco = resolve("coco_2017_val", "/r")
-    assert coco.annotations == "/r/coco/annotations/instances_val2017.json" and coco.image_root == "/r/coco/val2017"
+    assert (
+        coco.annotations == "/r/coco/annotations/instances_val2017.json"
+        and coco.image_root == "/r/coco/val2017"
+    )
     with pytest.raises(ConfigError, match="unknown dataset 'imagenet'"):
         resolve("imagenet", "/r")
     with pytest.raises(ConfigError, match="cannot mix"):
@@ -147,26 +176,40 @@ def test_dataset_item_and_flip(data_root):
     dataset = DetectionDataset(loaded.records, train=False, with_masks=True)
     image, target, index = dataset[1]
     record = loaded.records[1]
-    assert index == 1 and image.shape == (3, record.height, record.width) and 0 <= image.min() <= image.max() <= 1
+    assert (
+        index == 1
+        and image.shape == (3, record.height, record.width)
+        and 0 <= image.min() <= image.max() <= 1
+    )
     assert target["labels"].tolist() == (record.labels + 1).tolist()
     # A rectangle polygon rasterises to exactly its box's pixels.
     for box, mask in zip(target["boxes"].long().tolist(), target["masks"]):
         x0, y0, x1, y1 = box
         assert mask.sum() == (x1 - x0) * (y1 - y0) and mask[y0:y1, x0:x1].all()
     from ssmix.detection.datasets import hflip
+
     flipped_image, flipped = hflip(image, target)
     width = record.width
-    expected = torch.stack([width - target["boxes"][:, 2], target["boxes"][:, 1], width - target["boxes"][:, 0],
-                            target["boxes"][:, 3]], 1)
+    expected = torch.stack(
+        [
+            width - target["boxes"][:, 2],
+            target["boxes"][:, 1],
+            width - target["boxes"][:, 0],
+            target["boxes"][:, 3],
+        ],
+        1,
+    )
     assert torch.equal(flipped["boxes"], expected)
     for box, mask in zip(flipped["boxes"].long().tolist(), flipped["masks"]):
-        assert mask[box[1]:box[3], box[0]:box[2]].all()
+        assert mask[box[1] : box[3], box[0] : box[2]].all()
     assert torch.equal(flipped_image.flip(-1), image)
 
 
 def test_grouped_sampler_groups_aspect_and_shards_ranks():
-    records = [ImageRecord("x", i, h, w, np.zeros((1, 4), np.float32), np.zeros(1, np.int64), np.zeros(1, bool))
-               for i, (h, w) in enumerate([(10, 20), (20, 10)] * 6)]
+    records = [
+        ImageRecord("x", i, h, w, np.zeros((1, 4), np.float32), np.zeros(1, np.int64), np.zeros(1, bool))
+        for i, (h, w) in enumerate([(10, 20), (20, 10)] * 6)
+    ]
     batches = {}
     for rank in (0, 1):
         iterator = iter(GroupedInfiniteSampler(records, batch_size=2, seed=3, rank=rank, world_size=2))
@@ -198,15 +241,18 @@ def _pred(boxes, scores, labels):
 def test_voc_iou_uses_plus_one_pixels():
     gt = np.array([[1.0, 1.0, 10.0, 10.0]])
     assert voc_iou(np.array([[1.0, 1.0, 10.0, 10.0]]), gt)[0, 0] == 1.0
-    assert voc_iou(np.array([[1.0, 1.0, 1.0, 1.0]]), np.array([[1.0, 1.0, 1.0, 1.0]]))[0, 0] == 1.0  # 1 px box
+    # 1 px box
+    assert voc_iou(np.array([[1.0, 1.0, 1.0, 1.0]]), np.array([[1.0, 1.0, 1.0, 1.0]]))[0, 0] == 1.0
     # 5 shared columns of 10x10 boxes: 50 / (100 + 100 - 50); continuous IoU would be 36 / 126.
     assert voc_iou(np.array([[6.0, 1.0, 15.0, 10.0]]), gt)[0, 0] == pytest.approx(1 / 3)
 
 
 def test_voc_ground_truth_as_predictions_scores_100(data_root):
     loaded = load_datasets(["voc_2007_test"], data_root, SYNTHETIC_VOC_CLASSES)
-    predictions = {i: _pred(r.boxes, np.linspace(0.9, 0.5, len(r.labels)), r.labels)
-                   for i, r in enumerate(loaded.records)}
+    predictions = {
+        i: _pred(r.boxes, np.linspace(0.9, 0.5, len(r.labels)), r.labels)
+        for i, r in enumerate(loaded.records)
+    }
     metrics = evaluate_voc(predictions, loaded.records, loaded.classes)
     assert metrics["AP"] == metrics["AP50"] == metrics["AP75"] == 100.0
     assert all(metrics[f"AP50-{c}"] == 100.0 for c in SYNTHETIC_VOC_CLASSES)
@@ -271,14 +317,21 @@ def test_coco_ground_truth_as_predictions_scores_one(data_root):
     evaluator = COCOEvaluator(path, records, ids, with_masks=True)
     for index, record in enumerate(records):
         masks = np.stack([rasterize(s, record.height, record.width) for s in record.segmentations])
-        evaluator.process(index, {"boxes": torch.from_numpy(record.boxes), "scores": torch.full((len(masks),), 0.9),
-                                  "labels": torch.from_numpy(record.labels + 1),
-                                  "masks": torch.from_numpy(masks)[:, None].float()})
+        evaluator.process(
+            index,
+            {
+                "boxes": torch.from_numpy(record.boxes),
+                "scores": torch.full((len(masks),), 0.9),
+                "labels": torch.from_numpy(record.labels + 1),
+                "masks": torch.from_numpy(masks)[:, None].float(),
+            },
+        )
     metrics = evaluator.evaluate()
     for task in ("bbox", "segm"):
         assert metrics[f"{task}/AP"] == metrics[f"{task}/AP50"] == metrics[f"{task}/AP75"] == 100.0
     assert math.isnan(metrics["bbox/APl"])  # no large objects: COCOeval's -1 becomes nan, as in detectron2
     from pycocotools.coco import COCO
+
     box_results = [d for r in evaluator.results for d in r[1]]
     raw = coco_stats(COCO(path), box_results, "bbox", [r.image_id for r in records])
     assert raw["AP"] / 100 == 1.0
@@ -316,7 +369,9 @@ def test_converter_pickle_format_and_cli(tmp_path, r18_state, capsys):
     assert set(data) == {"model", "__author__", "matching_heuristics"}
     assert data["__author__"] == "ssmix" and data["matching_heuristics"] is True
     assert all(isinstance(v, np.ndarray) for v in data["model"].values())
-    np.testing.assert_array_equal(data["model"]["res2.0.conv1.weight"], r18_state["layer1.0.conv1.weight"].numpy())
+    np.testing.assert_array_equal(
+        data["model"]["res2.0.conv1.weight"], r18_state["layer1.0.conv1.weight"].numpy()
+    )
     assert conv.main([str(tmp_path / "backbone.pth"), str(tmp_path / "x.pth")]) == 2
     assert ".pkl" in capsys.readouterr().err
 
@@ -389,11 +444,17 @@ def test_presets_mirror_the_moco_configs():
     assert voc.data.train == ["voc_2007_trainval", "voc_2012_trainval"] and voc.data.test == "voc_2007_test"
     assert voc.data.min_size_train == list(range(480, 801, 32)) and not voc.model.mask
     coco = load_detection_config(os.path.join(PRESETS, "coco_r50_c4_2x.yaml"))
-    assert (coco.solver.max_iter, coco.solver.steps, coco.solver.warmup_iters) == (180000, [120000, 160000], 1000)
+    assert (coco.solver.max_iter, coco.solver.steps, coco.solver.warmup_iters) == (
+        180000,
+        [120000, 160000],
+        1000,
+    )
     assert coco.model.mask and coco.data.min_size_train == list(range(640, 801, 32))
     for cfg in (voc, coco):
         assert (cfg.solver.ims_per_batch, cfg.solver.base_lr, cfg.test.precise_bn_iters) == (16, 0.02, 200)
-    tiny = load_detection_config(os.path.join(PRESETS, "tiny_coco_c4.yaml"), ["model.head=fpn", "model.arch=resnet18"])
+    tiny = load_detection_config(
+        os.path.join(PRESETS, "tiny_coco_c4.yaml"), ["model.head=fpn", "model.arch=resnet18"]
+    )
     assert tiny.model.mask and tiny.solver.max_iter == 2 and tiny.model.head == "fpn"
 
 
@@ -407,7 +468,12 @@ def test_config_errors_name_the_key():
 
 
 def test_rpn_topk_defaults_follow_the_head():
-    assert rpn_topk(ModelSpec()) == {"pre_train": 12000, "pre_test": 6000, "post_train": 2000, "post_test": 1000}
+    assert rpn_topk(ModelSpec()) == {
+        "pre_train": 12000,
+        "pre_test": 6000,
+        "post_train": 2000,
+        "post_test": 1000,
+    }
     fpn = rpn_topk(ModelSpec(head="fpn", rpn_post_nms_topk_test=50))
     assert fpn == {"pre_train": 2000, "pre_test": 1000, "post_train": 1000, "post_test": 50}
 
@@ -417,7 +483,9 @@ def test_lr_schedule_warmup_and_steps():
     assert lr_factor(0, steps, warmup) == pytest.approx(1e-3)
     assert lr_factor(2, steps, warmup) == pytest.approx(1e-3 * 0.6 + 0.4)
     assert lr_factor(5, steps, warmup) == 1.0 and lr_factor(9, steps, warmup) == 1.0
-    assert lr_factor(10, steps, warmup) == pytest.approx(0.1) and lr_factor(25, steps, warmup) == pytest.approx(0.01)
+    assert lr_factor(10, steps, warmup) == pytest.approx(0.1) and lr_factor(
+        25, steps, warmup
+    ) == pytest.approx(0.01)
 
 
 def test_optimizer_excludes_norm_parameters_from_weight_decay():
@@ -466,6 +534,7 @@ def test_anchors_are_detectron2s_unrounded_cell_anchors_on_a_fixed_grid():
             assert any(torch.allclose(row, expected, atol=1e-4) for row in cell)
     assert cell.shape == (6, 4) and not torch.equal(cell, cell.round())
     from torchvision.models.detection.image_list import ImageList
+
     images = ImageList(torch.zeros(1, 3, 96, 160), [(96, 160)])
     anchors = generator(images, [torch.zeros(1, 1, 6, 10)])[0]
     centers = ((anchors[:, :2] + anchors[:, 2:]) / 2).unique(dim=0)
@@ -473,18 +542,24 @@ def test_anchors_are_detectron2s_unrounded_cell_anchors_on_a_fixed_grid():
 
 
 def test_fpn_levels_follow_the_canonical_assignment():
-    boxes = torch.tensor([[0, 0, 224, 224], [0, 0, 112, 112], [0, 0, 10, 10], [0, 0, 1000, 1000], [0, 0, 448, 448.]])
+    boxes = torch.tensor(
+        [[0, 0, 224, 224], [0, 0, 112, 112], [0, 0, 10, 10], [0, 0, 1000, 1000], [0, 0, 448, 448.0]]
+    )
     assert fpn_levels(boxes, (4, 8, 16, 32)).tolist() == [2, 1, 0, 3, 3]
 
 
 def test_aligned_pooler_matches_roi_align_aligned():
     feature = torch.randn(2, 4, 8, 8)
-    boxes = [torch.tensor([[0.0, 0.0, 40.0, 60.0]]), torch.tensor([[8.0, 8.0, 100.0, 90.0], [1, 2, 30, 40.]])]
+    boxes = [
+        torch.tensor([[0.0, 0.0, 40.0, 60.0]]),
+        torch.tensor([[8.0, 8.0, 100.0, 90.0], [1, 2, 30, 40.0]]),
+    ]
     out = AlignedRoIAlign(["res4"], 3, [16])({"res4": feature}, boxes, [(128, 128)] * 2)
-    rois = torch.tensor([[0, 0, 0, 40, 60], [1, 8, 8, 100, 90], [1, 1, 2, 30, 40.]])
+    rois = torch.tensor([[0, 0, 0, 40, 60], [1, 8, 8, 100, 90], [1, 1, 2, 30, 40.0]])
     expected = torchvision.ops.roi_align(feature, rois, 3, 1 / 16, 0, aligned=True)
     assert torch.allclose(out, expected) and not torch.allclose(
-        out, torchvision.ops.roi_align(feature, rois, 3, 1 / 16, 0, aligned=False))
+        out, torchvision.ops.roi_align(feature, rois, 3, 1 / 16, 0, aligned=False)
+    )
 
 
 def test_fast_rcnn_losses_are_detectron2s_l1_and_cross_entropy():
@@ -494,14 +569,27 @@ def test_fast_rcnn_losses_are_detectron2s_l1_and_cross_entropy():
     targets = [torch.randn(2, 4), torch.randn(2, 4)]
     losses = fast_rcnn_losses(logits, deltas, labels, targets)
     flat_targets = torch.cat(targets)
-    expected_box = ((deltas[0, 8:12] - flat_targets[0]).abs().sum() + (deltas[2, 4:8] - flat_targets[2]).abs().sum()) / 4
+    expected_box = (
+        (deltas[0, 8:12] - flat_targets[0]).abs().sum() + (deltas[2, 4:8] - flat_targets[2]).abs().sum()
+    ) / 4
     assert torch.allclose(losses["loss_box_reg"], expected_box)
-    assert torch.allclose(losses["loss_classifier"], nn.functional.cross_entropy(logits, torch.tensor([2, 0, 1, 0])))
+    assert torch.allclose(
+        losses["loss_classifier"], nn.functional.cross_entropy(logits, torch.tensor([2, 0, 1, 0]))
+    )
 
 
 def test_rpn_loss_is_normalised_by_the_anchor_batch():
-    rpn = Detectron2RPN(FixedStrideAnchorGenerator([(32,)], [16]), nn.Identity(), 0.7, 0.3, 4, 0.5,
-                        {"training": 10, "testing": 10}, {"training": 10, "testing": 10}, 0.7)
+    rpn = Detectron2RPN(
+        FixedStrideAnchorGenerator([(32,)], [16]),
+        nn.Identity(),
+        0.7,
+        0.3,
+        4,
+        0.5,
+        {"training": 10, "testing": 10},
+        {"training": 10, "testing": 10},
+        0.7,
+    )
     labels = [torch.tensor([1.0, 0.0, -1.0, 0.0, 0.0, 0.0])]  # 1 positive, 4 negatives, 1 ignored
     objectness = torch.randn(6, 1)
     deltas, targets = torch.randn(6, 4), [torch.randn(6, 4)]
@@ -511,7 +599,9 @@ def test_rpn_loss_is_normalised_by_the_anchor_batch():
     torch.manual_seed(0)
     _, negative = rpn.fg_bg_sampler(labels)
     sampled = torch.tensor([True, False, False, False, False, False]) | negative[0].bool()
-    expected = nn.functional.binary_cross_entropy_with_logits(objectness[sampled, 0], labels[0][sampled], reduction="sum")
+    expected = nn.functional.binary_cross_entropy_with_logits(
+        objectness[sampled, 0], labels[0][sampled], reduction="sum"
+    )
     assert sampled.sum() == 4 and torch.allclose(obj_loss, expected / 4)
 
 
@@ -575,6 +665,7 @@ def test_detectron2_configs_hold_the_protocol_facts():
             for k, v in b.items():
                 a[k] = merge(a.get(k, {}), v) if isinstance(v, dict) else v
             return a
+
         return merge(merged, data)
 
     voc = read("pascal_voc_R_50_C4_24k_moco.yaml")
@@ -586,12 +677,16 @@ def test_detectron2_configs_hold_the_protocol_facts():
     assert coco["MODEL"]["MASK_ON"] is True and coco["SOLVER"]["MAX_ITER"] == 180000
     r18 = read("coco_R_18_FPN_2x_moco.yaml")
     assert r18["MODEL"]["RESNETS"]["DEPTH"] == 18 and r18["MODEL"]["RESNETS"]["RES2_OUT_CHANNELS"] == 64
-    assert r18["MODEL"]["ROI_HEADS"]["NAME"] == "StandardROIHeads" and r18["MODEL"]["FPN"]["NORM"] == "naiveSyncBN"
+    assert (
+        r18["MODEL"]["ROI_HEADS"]["NAME"] == "StandardROIHeads"
+        and r18["MODEL"]["FPN"]["NORM"] == "naiveSyncBN"
+    )
 
 
 def test_train_net_without_detectron2_explains_how_to_install(capsys):
     try:
         import detectron2  # noqa: F401
+
         pytest.skip("detectron2 is installed")
     except ImportError:
         pass
@@ -610,6 +705,7 @@ def test_detectron2_reads_every_config_and_the_converted_weights(tmp_path, r50_s
     from detectron2.modeling import build_model
 
     from ssmix.detection.train_net import CONFIG_DIR, register_extra_norm_head
+
     register_extra_norm_head()
     for name in sorted(os.listdir(CONFIG_DIR)):
         if not name.startswith("Base"):

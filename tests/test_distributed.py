@@ -7,6 +7,7 @@ below only read those files. A rank that fails makes the fixture kill the other 
 wait in a collective); a hang is killed after ``TIMEOUT_S``; either fails with both ranks' logs
 instead of blocking CI.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,10 @@ PER_RANK_BATCH = 4
 QUEUE = 24  # a multiple of the global batch 8, not of 16: after 4 steps ptr is 8 (8 keys/step), not 16 (4)
 STEPS = 4
 
-pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
-                                reason="torch.distributed with gloo is not available")
+pytestmark = pytest.mark.skipif(
+    not (dist.is_available() and dist.is_gloo_available()),
+    reason="torch.distributed with gloo is not available",
+)
 
 
 # -- what every rank runs -------------------------------------------------------------------------
@@ -35,9 +38,17 @@ def _train_overrides(out_dir: str, *extra: str):
     # 24 images / 2 ranks / batch 4 = 3 steps per epoch: the resume at step 2 crosses an epoch end.
     # Mixup draws lambda and the partner order from each rank's own RNG stream, so rank 1's stream
     # reaches the averaged gradients: an exact resume needs every rank's RNG state in the checkpoint.
-    return ["method.name=mocov2", "mix.type=mixup", f"method.queue_size={QUEUE}", "method.momentum=0.9",
-            "method.bn_splits=2", f"train.batch_size={PER_RANK_BATCH}", "data.num_samples=24",
-            f"output_dir={out_dir}", *extra]
+    return [
+        "method.name=mocov2",
+        "mix.type=mixup",
+        f"method.queue_size={QUEUE}",
+        "method.momentum=0.9",
+        "method.bn_splits=2",
+        f"train.batch_size={PER_RANK_BATCH}",
+        "data.num_samples=24",
+        f"output_dir={out_dir}",
+        *extra,
+    ]
 
 
 def _ddp_step_config(*extra: str):
@@ -62,19 +73,23 @@ def _scenario_ddp_step(rank: int, out: str) -> None:
     torch.manual_seed(1)  # the same global batch on both ranks
     views = [torch.randn(2 * PER_RANK_BATCH, 3, 16, 16, dtype=torch.float64) for _ in range(2)]
     labels, index = torch.zeros(2 * PER_RANK_BATCH, dtype=torch.long), torch.arange(2 * PER_RANK_BATCH)
-    losses, _ = reference.training_step(views, labels, index, 0, 10)
+    losses, _ = reference.training_step(views, labels, index, 0, 10, 5)
     sum(losses.values()).backward()
     step = wrap_for_training(model, cfg.model.sync_bn, False, "cpu")
     part = slice(rank * PER_RANK_BATCH, (rank + 1) * PER_RANK_BATCH)
-    losses, _ = step([v[part] for v in views], labels[part], index[part], 0, 10)
+    losses, _ = step([v[part] for v in views], labels[part], index[part], 0, 10, 5)
     sum(losses.values()).backward()
-    torch.save({"type": type(step).__name__,
-                "norms": sorted({type(m).__name__ for m in model.modules() if "Norm" in type(m).__name__}),
-                "grads": {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None},
-                "ref_grads": {n: p.grad.clone() for n, p in reference.named_parameters() if p.grad is not None},
-                "buffers": {n: b.clone() for n, b in model.named_buffers()},
-                "ref_buffers": {n: b.clone() for n, b in reference.named_buffers()}},
-               os.path.join(out, "ddp_step.pt"))
+    torch.save(
+        {
+            "type": type(step).__name__,
+            "norms": sorted({type(m).__name__ for m in model.modules() if "Norm" in type(m).__name__}),
+            "grads": {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None},
+            "ref_grads": {n: p.grad.clone() for n, p in reference.named_parameters() if p.grad is not None},
+            "buffers": {n: b.clone() for n, b in model.named_buffers()},
+            "ref_buffers": {n: b.clone() for n, b in reference.named_buffers()},
+        },
+        os.path.join(out, "ddp_step.pt"),
+    )
 
 
 def _scenario_shuffle(rank: int, out: str) -> None:
@@ -98,10 +113,19 @@ def _scenario_shuffle(rank: int, out: str) -> None:
     with torch.no_grad():
         expected = l2n(method.projector_m(method.backbone_m(x)))
         expected_maps = method.backbone_m.run(x, 0, 3)
-    torch.save({"x": x, "keys": keys, "keys_map": keys_map, "maps": maps, "expected": expected,
-                "expected_maps": expected_maps, "seen": seen[0],
-                "bn_types": sorted({type(m).__name__ for m in method.modules() if "Norm" in type(m).__name__})},
-               os.path.join(out, "shuffle.pt"))
+    torch.save(
+        {
+            "x": x,
+            "keys": keys,
+            "keys_map": keys_map,
+            "maps": maps,
+            "expected": expected,
+            "expected_maps": expected_maps,
+            "seen": seen[0],
+            "bn_types": sorted({type(m).__name__ for m in method.modules() if "Norm" in type(m).__name__}),
+        },
+        os.path.join(out, "shuffle.pt"),
+    )
 
 
 def _capturing_pretrainer(captured: dict):
@@ -139,8 +163,11 @@ def _scenario_train(rank: int, out: str, shared: str) -> None:
     from ssmix.engine import trainer
     from tests.helpers import tiny_config
 
-    runs = {"full": [f"train.max_steps={STEPS}"], "part": ["train.max_steps=2"],
-            "resumed": [f"train.max_steps={STEPS}", "resume=auto"]}
+    runs = {
+        "full": [f"train.max_steps={STEPS}"],
+        "part": ["train.max_steps=2"],
+        "resumed": [f"train.max_steps={STEPS}", "resume=auto"],
+    }
     for name, extra in runs.items():
         captured = {}
         trainer.Pretrainer = _capturing_pretrainer(captured)
@@ -148,30 +175,50 @@ def _scenario_train(rank: int, out: str, shared: str) -> None:
         run_dir = os.path.join(shared, "resume" if name != "full" else "full")
         summary = trainer.train(tiny_config(*_train_overrides(run_dir, *extra)))
         model = captured["model"]
-        torch.save({"summary": summary, "state": {k: v.clone() for k, v in model.state_dict().items()},
-                    "step_type": captured["step_type"],
-                    "keys": captured["keys"], "ptr_before": captured["ptr_before"],
-                    "bn_splits": sorted({getattr(m, "num_splits", 1) for m in model.modules()
-                                         if isinstance(m, torch.nn.BatchNorm2d)})},
-                   os.path.join(out, f"train_{name}.pt"))
+        torch.save(
+            {
+                "summary": summary,
+                "state": {k: v.clone() for k, v in model.state_dict().items()},
+                "step_type": captured["step_type"],
+                "keys": captured["keys"],
+                "ptr_before": captured["ptr_before"],
+                "bn_splits": sorted(
+                    {
+                        getattr(m, "num_splits", 1)
+                        for m in model.modules()
+                        if isinstance(m, torch.nn.BatchNorm2d)
+                    }
+                ),
+            },
+            os.path.join(out, f"train_{name}.pt"),
+        )
 
 
 def _scenario_sync_bn_train(rank: int, out: str, shared: str) -> None:
     from ssmix.engine import trainer
-    from tests.helpers import tiny_config
-
     from ssmix.engine.pretrainer import Pretrainer
+    from tests.helpers import tiny_config
 
     captured = {}
     trainer.Pretrainer = lambda *args, **kwargs: captured.setdefault("model", Pretrainer(*args, **kwargs))
-    cfg = tiny_config("method.name=byol", "model.sync_bn=true", "data.num_samples=24",
-                      f"train.batch_size={PER_RANK_BATCH}", "train.max_steps=2",
-                      f"output_dir={os.path.join(shared, 'sync_bn')}")
+    cfg = tiny_config(
+        "method.name=byol",
+        "model.sync_bn=true",
+        "data.num_samples=24",
+        f"train.batch_size={PER_RANK_BATCH}",
+        "train.max_steps=2",
+        f"output_dir={os.path.join(shared, 'sync_bn')}",
+    )
     summary = trainer.train(cfg)
     model = captured["model"]
-    torch.save({"summary": summary, "state": {k: v.clone() for k, v in model.state_dict().items()},
-                "norms": sorted({type(m).__name__ for m in model.modules() if "Norm" in type(m).__name__})},
-               os.path.join(out, "sync_bn.pt"))
+    torch.save(
+        {
+            "summary": summary,
+            "state": {k: v.clone() for k, v in model.state_dict().items()},
+            "norms": sorted({type(m).__name__ for m in model.modules() if "Norm" in type(m).__name__}),
+        },
+        os.path.join(out, "sync_bn.pt"),
+    )
 
 
 def _scenario_swav_samix_c(rank: int, out: str, shared: str) -> None:
@@ -183,14 +230,26 @@ def _scenario_swav_samix_c(rank: int, out: str, shared: str) -> None:
 
     captured = {}
     trainer.Pretrainer = lambda *args, **kwargs: captured.setdefault("model", Pretrainer(*args, **kwargs))
-    cfg = tiny_config("method.name=swav", "data.aug.kind=swav", "data.aug.multi_crop.sizes=[16,8]",
-                      "method.num_prototypes=16", "method.queue_size=0", "mix.type=samix_c",
-                      "mix.mixer_warmup_epochs=0", "mix.odc.num_clusters=4", "mix.odc.min_cluster=4",
-                      "data.num_samples=24", f"train.batch_size={PER_RANK_BATCH}", "train.max_steps=4",
-                      f"output_dir={os.path.join(shared, 'swav_samix_c')}")
+    cfg = tiny_config(
+        "method.name=swav",
+        "data.aug.kind=swav",
+        "data.aug.multi_crop.sizes=[16,8]",
+        "method.num_prototypes=16",
+        "method.queue_size=0",
+        "mix.type=samix_c",
+        "mix.mixer_warmup_epochs=0",
+        "mix.odc.num_clusters=4",
+        "mix.odc.min_cluster=4",
+        "data.num_samples=24",
+        f"train.batch_size={PER_RANK_BATCH}",
+        "train.max_steps=4",
+        f"output_dir={os.path.join(shared, 'swav_samix_c')}",
+    )
     summary = trainer.train(cfg)
-    torch.save({"summary": summary, "state": {k: v.clone() for k, v in captured["model"].state_dict().items()}},
-               os.path.join(out, "swav_samix_c.pt"))
+    torch.save(
+        {"summary": summary, "state": {k: v.clone() for k, v in captured["model"].state_dict().items()}},
+        os.path.join(out, "swav_samix_c.pt"),
+    )
 
 
 def _worker(shared: str) -> None:
@@ -226,13 +285,26 @@ def ranks(tmp_path_factory):
     port = _free_port()
     procs = []
     for rank in range(WORLD):
-        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
-               "WORLD_SIZE": str(WORLD), "LOCAL_RANK": str(rank), "OMP_NUM_THREADS": "1",
-               "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
+        env = {
+            **os.environ,
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "RANK": str(rank),
+            "WORLD_SIZE": str(WORLD),
+            "LOCAL_RANK": str(rank),
+            "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
+        }
         log = open(os.path.join(shared, f"log{rank}.txt"), "w", encoding="utf-8")
         code = f"from tests.test_distributed import _worker; _worker({shared!r})"
-        procs.append((subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=log,
-                                       stderr=subprocess.STDOUT), log))
+        procs.append(
+            (
+                subprocess.Popen(
+                    [sys.executable, "-c", code], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+                ),
+                log,
+            )
+        )
     failed = []
     deadline = time.monotonic() + TIMEOUT_S
     try:
@@ -244,8 +316,11 @@ def ranks(tmp_path_factory):
                 failed.append(f"still running after {TIMEOUT_S} s (a collective hung?)")
                 break
             time.sleep(0.2)
-        failed += [f"rank {r} exited with {proc.returncode}" for r, (proc, _) in enumerate(procs)
-                   if proc.poll() not in (None, 0)]
+        failed += [
+            f"rank {r} exited with {proc.returncode}"
+            for r, (proc, _) in enumerate(procs)
+            if proc.poll() not in (None, 0)
+        ]
     finally:
         for proc, log in procs:
             if proc.poll() is None:
@@ -253,8 +328,10 @@ def ranks(tmp_path_factory):
                 proc.wait()
             log.close()
     if failed:
-        logs = "\n".join(f"--- rank {r} ---\n" + open(os.path.join(shared, f"log{r}.txt")).read()[-3000:]
-                         for r in range(WORLD))
+        logs = "\n".join(
+            f"--- rank {r} ---\n" + open(os.path.join(shared, f"log{r}.txt")).read()[-3000:]
+            for r in range(WORLD)
+        )
         pytest.fail("; ".join(failed) + "\n" + logs)
     return shared
 
@@ -297,7 +374,7 @@ def test_swav_with_frozen_prototypes_and_samix_c_trains_under_ddp(ranks):
     r = [_load(ranks, k, "swav_samix_c.pt") for k in range(WORLD)]
     assert r[0]["summary"]["step"] == 4  # 3 steps with unused prototypes, then 1 with them
     state = r[0]["state"]
-    assert {"pipeline.odc.labels", "pipeline.mixer.head.weight", "method.prototypes.weight"} <= set(state)
+    assert {"mixing.odc.labels", "mixing.mixer.head.weight", "method.prototypes.weight"} <= set(state)
     for key, value in state.items():  # parameters, Mixer, cluster head and ODC memory agree
         if not key.endswith(("running_mean", "running_var")):
             assert torch.equal(r[1]["state"][key], value), key
@@ -384,14 +461,34 @@ def test_a_failing_rank_ends_the_whole_job_non_zero(tmp_path):
     port = _free_port()
     procs, logs = [], []
     for rank in range(WORLD):
-        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
-               "WORLD_SIZE": str(WORLD), "LOCAL_RANK": str(rank), "OMP_NUM_THREADS": "1",
-               "SSMIX_DIST_TIMEOUT_S": "30", "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
+        env = {
+            **os.environ,
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "RANK": str(rank),
+            "WORLD_SIZE": str(WORLD),
+            "LOCAL_RANK": str(rank),
+            "OMP_NUM_THREADS": "1",
+            "SSMIX_DIST_TIMEOUT_S": "30",
+            "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
+        }
         logs.append(tmp_path / f"log{rank}.txt")
-        cmd = [sys.executable, "-m", "ssmix.pretrain", os.path.join(ROOT, "configs", "synthetic", "simsiam.yaml"),
-               *TINY, "data.name=folder", f"data.root={images}", "seed=0", "train.batch_size=4", "train.max_steps=3",
-               f"output_dir={tmp_path / 'run'}"]
-        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(logs[-1], "w"), stderr=subprocess.STDOUT))
+        cmd = [
+            sys.executable,
+            "-m",
+            "ssmix.pretrain",
+            os.path.join(ROOT, "configs", "synthetic", "simsiam.yaml"),
+            *TINY,
+            "data.name=folder",
+            f"data.root={images}",
+            "seed=0",
+            "train.batch_size=4",
+            "train.max_steps=3",
+            f"output_dir={tmp_path / 'run'}",
+        ]
+        procs.append(
+            subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(logs[-1], "w"), stderr=subprocess.STDOUT)
+        )
     ended = {}
     start = time.monotonic()
     try:
@@ -406,7 +503,9 @@ def test_a_failing_rank_ends_the_whole_job_non_zero(tmp_path):
                 proc.kill()
                 proc.wait()
     text = [log.read_text() for log in logs]
-    assert set(ended) == {0, 1}, f"a rank was still running after {TIMEOUT_S} s:\n" + "\n".join(t[-2000:] for t in text)
+    assert set(ended) == {0, 1}, f"a rank was still running after {TIMEOUT_S} s:\n" + "\n".join(
+        t[-2000:] for t in text
+    )
     assert procs[1].returncode == 2 and f"error: {bad}: not a readable image (" in text[1]
     assert procs[0].returncode != 0, text[0][-2000:]
     assert ended[0] - ended[1] < FAIL_BOUND_S  # the survivor did not wait for the default timeout

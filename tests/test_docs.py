@@ -2,6 +2,7 @@
 
 The patterns below are written so that this file does not match them itself (``[_]``, ``\\s+``).
 """
+
 from __future__ import annotations
 
 import os
@@ -15,8 +16,10 @@ SKIP_DIRS = {"__pycache__", "build", "dist", "runs", "data", "logs", "venv"}
 TEXT_SUFFIXES = (".py", ".yaml", ".yml", ".md")
 
 #: citations of documents that are not in the repository (the old private spec and notes)
-FORBIDDEN = re.compile(r"\b[Ss]pec(?:\s+sections?)?[\s-]+\d|ecosystem\s+notes|detection[_]notes"
-                       r"|shared[/]docs|samix[_]spec")
+FORBIDDEN = re.compile(
+    r"\b[Ss]pec(?:\s+sections?)?[\s-]+\d|ecosystem\s+notes|detection[_]notes"
+    r"|shared[/]docs|samix[_]spec"
+)
 #: the shorthand of the old detection notes, only meaningful in the detection code
 DETECTION_SHORTHAND = re.compile(r"\bnotes(?:\s+section)?\s+\d")
 DOC_NAME = re.compile(r"docs/([\w-]+\.md)")
@@ -29,8 +32,14 @@ def cited_files(root: Path = ROOT) -> Iterator[Path]:
     """Every .py/.yaml/.md file and Makefile of the repository outside docs/, hidden and output folders."""
     for dirpath, dirnames, filenames in os.walk(root):
         top = Path(dirpath) == root
-        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d not in SKIP_DIRS
-                       and not d.endswith(".egg-info") and not (top and d == "docs")]
+        dirnames[:] = [
+            d
+            for d in dirnames
+            if not d.startswith(".")
+            and d not in SKIP_DIRS
+            and not d.endswith(".egg-info")
+            and not (top and d == "docs")
+        ]
         for name in filenames:
             if name.endswith(TEXT_SUFFIXES) or name == "Makefile":
                 yield Path(dirpath) / name
@@ -76,8 +85,10 @@ def test_no_citation_points_outside_the_repository():
     found = []
     for path in cited_files():
         rel = path.relative_to(ROOT).as_posix()
-        found += [f"{rel}:{line}: {hit}" for line, hit in
-                  forbidden_citations(path.read_text(encoding="utf-8", errors="replace"), rel)]
+        found += [
+            f"{rel}:{line}: {hit}"
+            for line, hit in forbidden_citations(path.read_text(encoding="utf-8", errors="replace"), rel)
+        ]
     assert not found, "cite docs/algorithm.md or docs/detection.md instead:\n" + "\n".join(found)
 
 
@@ -88,23 +99,32 @@ def test_every_docs_section_citation_resolves_to_a_heading():
     for path in cited_files():
         text = path.read_text(encoding="utf-8", errors="replace")
         cited += len(DOC_NAME.findall(text))
-        bad += [f"{path.relative_to(ROOT).as_posix()}:{line}: {c}" for line, c in unresolved_sections(text, docs)]
+        bad += [
+            f"{path.relative_to(ROOT).as_posix()}:{line}: {c}" for line, c in unresolved_sections(text, docs)
+        ]
     assert cited > 100  # the scan really reads the sources
     assert not bad, "no such file or heading in docs/:\n" + "\n".join(bad)
 
 
 def test_scanners_catch_what_they_must():
-    spec, notes, alg = "sp" "ec", "no" "tes", "docs/" "algorithm.md"  # split so that this file passes its own scan
-    text = f"x ({spec} 4.2)\ny = 1  # Spec\n  2.1 step 3\nz  # ecosystem {notes} 3.1, detection_{notes}.md 1.6\n"
+    spec, notes, alg = "spec", "notes", "docs/algorithm.md"  # split so that this file passes its own scan
+    text = (
+        f"x ({spec} 4.2)\ny = 1  # Spec\n  2.1 step 3\nz  # ecosystem {notes} 3.1, detection_{notes}.md 1.6\n"
+    )
     assert [line for line, _ in forbidden_citations(text, "ssmix/a.py")] == [1, 2, 4, 4]
     assert forbidden_citations(f"the {notes} 1.2 here", "ssmix/a.py") == []
     assert forbidden_citations(f"the {notes} 1.2 here", "detection/a.py") == [(1, f"{notes} 1")]
     assert forbidden_citations(f"{spec} = ModelSpec(3)\nbuild({spec}, 3)", "detection/a.py") == []
-    docs = {"algorithm.md": section_numbers("# T\n## 4. L\n### 4.2 C\n```\n# 8 GPUs\n```\n### 5.5 H\n## 9. S\n## 11. D\n")}
+    docs = {
+        "algorithm.md": section_numbers(
+            "# T\n## 4. L\n### 4.2 C\n```\n# 8 GPUs\n```\n### 5.5 H\n## 9. S\n## 11. D\n"
+        )
+    }
     assert docs["algorithm.md"] == {"4", "4.2", "5.5", "9", "11"}
     ok = f"a ({alg} §4.2, §5.5) b\nc {alg} §9 and §11\nMoCo v1 §7.7\n"
     assert unresolved_sections(ok, docs) == []
     assert unresolved_sections(f"{alg} §4.2-4.3 step 3.1", docs) == [(1, f"{alg} §4.2-4.3")]
     assert unresolved_sections(f"x\n{alg} §4.2, §12", docs) == [(2, f"{alg} §12")]
-    assert unresolved_sections("see docs/" "missing.md §1", docs) == [(1, "docs/" "missing.md §1")]
-    assert unresolved_sections("written to docs/" "results.md by the benchmark", docs) == []
+    missing = "docs/" + "missing.md §1"  # built, so that this file passes its own scan
+    assert unresolved_sections(f"see {missing}", docs) == [(1, missing)]
+    assert unresolved_sections("written to docs/results.md by the benchmark", docs) == []

@@ -1,4 +1,5 @@
 """Engine: exact resume, atomic checkpoints, exported backbone, learning."""
+
 import json
 import os
 
@@ -43,14 +44,20 @@ def test_epoch_monitors_leave_the_training_trajectory_unchanged(tmp_path):
     random streams (the monitor's DataLoader iterators take their seed from torch's global RNG): the
     weights equal a run without them."""
     _run(tmp_path / "off", "train.max_steps=6", "mix.type=mixup")
-    _run(tmp_path / "on", "train.max_steps=6", "mix.type=mixup", "train.knn_every=1", "train.vis_every=1",
-         "train.knn_k=5")
+    _run(
+        tmp_path / "on",
+        "train.max_steps=6",
+        "mix.type=mixup",
+        "train.knn_every=1",
+        "train.vis_every=1",
+        "train.knn_k=5",
+    )
     rows = [json.loads(line) for line in open(tmp_path / "on" / "metrics.jsonl")]
     assert any("knn_top1" in r for r in rows)  # the monitor did run
     off, on = _final_state(tmp_path / "off")["model"], _final_state(tmp_path / "on")["model"]
     for key, value in off.items():
         if key.endswith(("running_mean", "running_var")):  # below: the monitor's eval() averages split BN's
-            continue                                       # per-split statistics, which export folds anyway
+            continue  # per-split statistics, which export folds anyway
         assert torch.equal(value, on[key]), key
     exported = [torch.load(tmp_path / run / "backbone.pth", weights_only=True) for run in ("off", "on")]
     for key, value in exported[0].items():
@@ -108,7 +115,7 @@ def test_moco_learns_on_a_fixed_batch():
     views[1] = views[0] + 0.1 * views[1]
     losses = []
     for step in range(40):
-        out, _ = model.training_step(views, torch.zeros(8), torch.arange(8), step, 40)
+        out, _ = model.training_step(views, torch.zeros(8), torch.arange(8), step, 40, 20)
         loss = sum(out.values())
         opt.zero_grad()
         loss.backward()

@@ -1,6 +1,7 @@
 """``bench/gpu_check.py`` (``make gpu-check``) on CPU at toy sizes: the rows that CPU can express run and
 report numbers, the rest say why they were skipped, and a machine without lightly or faiss still gets
 its table."""
+
 from __future__ import annotations
 
 import json

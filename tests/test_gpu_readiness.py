@@ -1,6 +1,7 @@
 """Issue 21 on CPU: what a first ``torchrun`` on a GPU node meets, with the CUDA and process-group calls
 replaced by spies (no GPU needed): the device bound before any collective, the batch convention, the
 checks that need the world size, resuming on another world size."""
+
 from __future__ import annotations
 
 import importlib
@@ -31,8 +32,11 @@ def _fake_launch(monkeypatch, calls: List[tuple], rank: int, world: int) -> None
     for key, value in {"WORLD_SIZE": world, "RANK": rank, "LOCAL_RANK": rank}.items():
         monkeypatch.setenv(key, str(value))
     monkeypatch.setattr(dist, "is_initialized", lambda: False)
-    monkeypatch.setattr(dist, "init_process_group",
-                        lambda **kw: calls.append(("init_process_group", kw["backend"], kw.get("device_id"))))
+    monkeypatch.setattr(
+        dist,
+        "init_process_group",
+        lambda **kw: calls.append(("init_process_group", kw["backend"], kw.get("device_id"))),
+    )
     monkeypatch.setattr(dist, "get_rank", lambda: rank)
     monkeypatch.setattr(dist, "get_world_size", lambda: world)
 
@@ -68,12 +72,21 @@ def test_an_explicit_gpu_is_bound_on_one_process(monkeypatch, tmp_path):
     assert calls == [("set_device", 1), ("open_run_dir",)]
 
 
-@pytest.mark.parametrize("device, rank, count, message", [
-    ("cuda:0", 1, 2, r"^device: 'cuda:0' with 2 processes would put every rank on that GPU; use device=cuda"),
-    ("cuda", 1, 1, r"^LOCAL_RANK=1: only 1 GPU\(s\) visible; start at most 1 process\(es\) per node"),
-])
-def test_a_device_that_two_ranks_would_share_is_refused_in_one_line(monkeypatch, tmp_path, device, rank,
-                                                                    count, message):
+@pytest.mark.parametrize(
+    "device, rank, count, message",
+    [
+        (
+            "cuda:0",
+            1,
+            2,
+            r"^device: 'cuda:0' with 2 processes would put every rank on that GPU; use device=cuda",
+        ),
+        ("cuda", 1, 1, r"^LOCAL_RANK=1: only 1 GPU\(s\) visible; start at most 1 process\(es\) per node"),
+    ],
+)
+def test_a_device_that_two_ranks_would_share_is_refused_in_one_line(
+    monkeypatch, tmp_path, device, rank, count, message
+):
     calls: List[tuple] = []
     _fake_cuda(monkeypatch, calls, count)
     _fake_launch(monkeypatch, calls, rank=rank, world=2)
@@ -130,8 +143,11 @@ def test_imagenet_simclr_and_byol_give_a_global_batch_that_fits_and_the_papers_l
         assert _encoder_lr(cfg, world) == pytest.approx(lr)
     half = _imagenet(name, "train.global_batch_size=2048")
     assert _encoder_lr(half, 8) == pytest.approx(lr / 2)  # the linear rule (SimCLR sec. B.1, BYOL sec. 3.3)
-    with pytest.raises(ConfigError, match=r"^train.global_batch_size=4096 does not divide over 3 processes: "
-                                          r"use a multiple of 3"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^train.global_batch_size=4096 does not divide over 3 processes: "
+        r"use a multiple of 3",
+    ):
         per_process_batch(cfg.train, 3)
 
 
@@ -139,19 +155,29 @@ def test_a_per_process_batch_scales_the_lr_with_the_world_size_and_both_keys_are
     cfg = tiny_config("train.lr=0.3", "train.lr_reference_batch=256", "train.batch_size=64")
     assert _encoder_lr(cfg, 8) == pytest.approx(0.3 * 64 * 8 / 256)
     assert _encoder_lr(tiny_config("train.lr=0.3"), 8) == 0.3  # no rule given: train.lr as it is
-    with pytest.raises(ConfigError, match=r"^train.global_batch_size=64 and train.batch_size=8 are both set: "
-                                          r"set train.batch_size=null"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^train.global_batch_size=64 and train.batch_size=8 are both set: "
+        r"set train.batch_size=null",
+    ):
         tiny_config("train.global_batch_size=64")
     with pytest.raises(ConfigError, match=r"^train.batch_size: null needs train.global_batch_size"):
         tiny_config("train.batch_size=null")
 
 
 def test_simsiams_constant_predictor_lr_follows_the_rule_too():
+    from ssmix.engine.optim import build_optimizer, set_learning_rates
     from ssmix.methods import build_method
 
-    cfg = tiny_config("method.name=simsiam", "data.aug.kind=simsiam", "train.lr=0.05",
-                      "train.lr_reference_batch=256")
-    assert build_method(cfg).base_lr == pytest.approx(0.05 * 8 / 256)
+    cfg = tiny_config(
+        "method.name=simsiam", "data.aug.kind=simsiam", "train.lr=0.05", "train.lr_reference_batch=256"
+    )
+    for world in (1, 4):  # 8 images per process
+        optimizer = build_optimizer(build_method(cfg).param_groups(), cfg, steps_per_ep=10, world=world)
+        predictor = next(g for g in optimizer.param_groups if g["name"] == "predictor")
+        for step in (0, 50, 99):
+            set_learning_rates(optimizer, step, 100)
+            assert predictor["lr"] == pytest.approx(0.05 * 8 * world / 256)
 
 
 # -- 4. what the global batch must divide, checked at start with the world size known -----------------------
@@ -164,10 +190,14 @@ def test_swavs_queue_against_the_global_batch_is_checked_before_the_run_starts(m
     calls: List[tuple] = []
     _fake_launch(monkeypatch, calls, rank=0, world=2)
     _stop_at_run_dir(monkeypatch, calls)
-    swav = tiny_config("method.name=swav", "data.aug.kind=swav", "method.queue_size=24",
-                       f"output_dir={tmp_path}")
-    with pytest.raises(ConfigError, match=r"^method.queue_size=24 is not a multiple of the global batch 16 "
-                                          r"\(8 per process x 2\): use a multiple of 16"):
+    swav = tiny_config(
+        "method.name=swav", "data.aug.kind=swav", "method.queue_size=24", f"output_dir={tmp_path}"
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"^method.queue_size=24 is not a multiple of the global batch 16 "
+        r"\(8 per process x 2\): use a multiple of 16",
+    ):
         trainer.train(swav)
     assert ("open_run_dir",) not in calls  # refused before the run directory, the data and the model
     with pytest.raises(ConfigError, match=r"^method.bn_splits=3 does not divide the batch 8"):
@@ -213,9 +243,11 @@ def test_a_resume_that_changes_the_steps_per_epoch_is_refused_in_one_line(tmp_pa
     moco = [*moco_overrides(), f"output_dir={tmp_path}"]  # train.batch_size=8 per process
     trainer.train(tiny_config(*moco, "train.max_steps=2"))
     _as_if_written_by_two_ddp_ranks(ckpt.latest_checkpoint(str(tmp_path)))
-    refusal = (r"^resume: \S+ was written by 2 process\(es\) at 2 steps per epoch; with 1 this config has 4 "
-               r"\(train.batch_size is per process\): resume with 2, or start a new run with "
-               r"train.global_batch_size")
+    refusal = (
+        r"^resume: \S+ was written by 2 process\(es\) at 2 steps per epoch; with 1 this config has 4 "
+        r"\(train.batch_size is per process\): resume with 2, or start a new run with "
+        r"train.global_batch_size"
+    )
     with pytest.raises(ckpt.CheckpointError, match=refusal):
         trainer.train(tiny_config(*moco, "train.max_steps=4", "resume=auto"))
 
@@ -255,11 +287,14 @@ def test_contrastive_losses_compute_in_fp32_inside_a_bf16_autocast_region():
     z, a, b = (F.normalize(torch.randn(8, 32), dim=1) for _ in range(3))
     negatives, lam = F.normalize(torch.randn(64, 32), dim=1), torch.rand(8)
     cand, ia, ib = F.normalize(torch.randn(16, 32), dim=1), torch.arange(8), torch.arange(8, 16)
-    calls = {"info_nce": lambda: C.info_nce(z, a, negatives, 0.2),
-             "mixup_info_nce": lambda: C.mixup_info_nce(z, a, b, lam, negatives, 0.2),
-             "in_batch": lambda: C.mixup_info_nce_in_batch(z, cand, ia, ib, lam, 0.2),
-             "soft_ce": lambda: C.soft_target_cross_entropy(z, cand, ia, ib, lam, 0.2),
-             "bce": lambda: C.two_source_bce(z, a, b, lam, 0.2), "nt_xent": lambda: C.nt_xent(z, a, 0.1)}
+    calls = {
+        "info_nce": lambda: C.info_nce(z, a, negatives, 0.2),
+        "mixup_info_nce": lambda: C.mixup_info_nce(z, a, b, lam, negatives, 0.2),
+        "in_batch": lambda: C.mixup_info_nce_in_batch(z, cand, ia, ib, lam, 0.2),
+        "soft_ce": lambda: C.soft_target_cross_entropy(z, cand, ia, ib, lam, 0.2),
+        "bce": lambda: C.two_source_bce(z, a, b, lam, 0.2),
+        "nt_xent": lambda: C.nt_xent(z, a, 0.1),
+    }
     for name, loss in calls.items():
         fp32 = loss()
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -289,8 +324,10 @@ def test_lars_without_host_reads_steps_exactly_as_lightlys():
     ours = [torch.nn.Parameter(t) for t in (torch.randn(10, 5), torch.zeros(5), torch.randn(3))]
     theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
     kw = dict(lr=0.5, momentum=0.9, weight_decay=1e-4)
-    opts = [cls([{"params": ps[:2]}, {"params": ps[2:], "weight_decay": 0.0}], **kw)
-            for cls, ps in ((LARS, ours), (LightlyLARS, theirs))]
+    opts = [
+        cls([{"params": ps[:2]}, {"params": ps[2:], "weight_decay": 0.0}], **kw)
+        for cls, ps in ((LARS, ours), (LightlyLARS, theirs))
+    ]
     for step in range(4):
         grads = [torch.randn_like(p) * (step > 0 or i != 1) for i, p in enumerate(ours)]  # a zero norm first
         for p, q, g in zip(ours, theirs, grads):
@@ -312,8 +349,11 @@ def test_items_loaded_in_the_main_process_leave_the_cuda_generators_alone(monkey
     seeded: List[int] = []
     monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: seeded.append(seed))
     info = dataset_info("synthetic")
-    data = MultiViewDataset(build_dataset("synthetic", "", "train", image_size=16, num_samples=4),
-                            build_view_transform(AugConfig(), 16, info.mean, info.std), seed=0)
+    data = MultiViewDataset(
+        build_dataset("synthetic", "", "train", image_size=16, num_samples=4),
+        build_view_transform(AugConfig(), 16, info.mean, info.std),
+        seed=0,
+    )
     torch.manual_seed(123)
     seeded.clear()
     before = torch.get_rng_state()
@@ -347,11 +387,16 @@ def test_faiss_kmeans_clusters_on_this_processs_own_gpu_only(monkeypatch):
         raise AssertionError("index_cpu_to_all_gpus: every GPU of the node")
 
     fake = types.SimpleNamespace(
-        **{name: getattr(faiss, name) for name in ("Clustering", "IndexFlatL2", "copy_array_to_vector",
-                                                   "Kmeans")},
-        get_num_gpus=lambda: 4, StandardGpuResources=object, index_cpu_to_all_gpus=all_gpus,
+        **{
+            name: getattr(faiss, name)
+            for name in ("Clustering", "IndexFlatL2", "copy_array_to_vector", "Kmeans")
+        },
+        get_num_gpus=lambda: 4,
+        StandardGpuResources=object,
+        index_cpu_to_all_gpus=all_gpus,
         GpuIndexFlatConfig=types.SimpleNamespace,
-        GpuIndexFlatL2=lambda res, d, config: devices.append(config.device) or faiss.IndexFlatL2(d))
+        GpuIndexFlatL2=lambda res, d, config: devices.append(config.device) or faiss.IndexFlatL2(d),
+    )
     monkeypatch.setitem(sys.modules, "faiss", fake)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 2)
@@ -390,9 +435,12 @@ def test_under_fp16_a_transient_non_finite_loss_is_a_skipped_step_and_a_run_of_t
     guard.check(None)  # three skipped steps, none a fault
     assert int(guard.metrics()["amp_skipped_steps"]) == 3
     feed(guard, [inf] * MAX_CONSECUTIVE_SKIPS, first_step=7)
-    with pytest.raises(NonFiniteError, match=rf"^training diverged: the fp16 loss was non-finite for "
-                                             rf"{MAX_CONSECUTIVE_SKIPS} steps in a row \(each skipped by the "
-                                             rf"GradScaler\) up to step {6 + MAX_CONSECUTIVE_SKIPS} "):
+    with pytest.raises(
+        NonFiniteError,
+        match=rf"^training diverged: the fp16 loss was non-finite for "
+        rf"{MAX_CONSECUTIVE_SKIPS} steps in a row \(each skipped by the "
+        rf"GradScaler\) up to step {6 + MAX_CONSECUTIVE_SKIPS} ",
+    ):
         guard.check(None)
     strict = FiniteGuard()  # bf16 / fp32: no scaler to skip the step, the first one is the fault
     feed(strict, [1.0, inf, 1.0])
@@ -407,7 +455,7 @@ def _sharding_worker(out: str) -> None:
     import os
 
     torch.set_num_threads(1)
-    from ssmix.data.datasets import build_dataset, data_info
+    from ssmix.data.datasets import build_dataset, dataset_info_from_config
     from ssmix.distributed import gather_shards, shard
     from ssmix.engine.ddp import init_distributed
     from ssmix.engine.pretrainer import Pretrainer
@@ -423,7 +471,7 @@ def _sharding_worker(out: str) -> None:
         cfg = tiny_config(*moco_overrides(), "data.num_samples=10")
         torch.manual_seed(rank)  # different weights on each rank, as before DDP's broadcast at the wrap
         model = Pretrainer(cfg, 10, 10).eval()
-        info = data_info(cfg.data)
+        info = dataset_info_from_config(cfg.data)
         base = build_dataset("synthetic", "", "train", image_size=16, num_samples=10, seed=0)
         seen["odc"] = trainer._extract_fn(model, base, cfg, "cpu", info, 4)()  # broadcasts rank 0's weights
         if rank == 0:  # what one process computes: every image with rank 0's weights
@@ -443,8 +491,13 @@ def _sharding_worker(out: str) -> None:
         seen["restored"] = torch.equal(trunk.bn1.running_mean, own)
         if rank == 0:
             bank, query = _monitor_sets("synthetic", cfg.data.root, 16, 10, 10, info.mean, info.std, 0)
-            seen["knn_reference"] = knn_accuracy(trunk, make_loader(bank, 256, 0, torch.device("cpu")),
-                                                 make_loader(query, 256, 0, torch.device("cpu")), "cpu", k=5)
+            seen["knn_reference"] = knn_accuracy(
+                trunk,
+                make_loader(bank, 256, 0, torch.device("cpu")),
+                make_loader(query, 256, 0, torch.device("cpu")),
+                "cpu",
+                k=5,
+            )
         torch.save(seen, os.path.join(out, f"rank{rank}.pt"))
     finally:
         if dist.is_initialized():
@@ -464,12 +517,27 @@ def _launch_two_ranks(worker: str, arg: str) -> List[str]:
         port = s.getsockname()[1]
     procs = []
     for r in range(2):
-        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(r),
-               "WORLD_SIZE": "2", "LOCAL_RANK": str(r), "OMP_NUM_THREADS": "1",
-               "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+        env = {
+            **os.environ,
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "RANK": str(r),
+            "WORLD_SIZE": "2",
+            "LOCAL_RANK": str(r),
+            "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+        }
         code = f"from tests.test_gpu_readiness import {worker}; {worker}({arg!r})"
-        procs.append(subprocess.Popen([sys.executable, "-c", code], cwd=root, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", code],
+                cwd=root,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     deadline = time.monotonic() + 180
     while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
         if any(p.poll() not in (None, 0) for p in procs):
@@ -508,8 +576,11 @@ def test_the_run_loader_keeps_its_workers_across_epochs_and_gives_the_epoch_load
     from ssmix.data.transforms import build_view_transform
 
     info = dataset_info("synthetic")
-    data = MultiViewDataset(build_dataset("synthetic", "", "train", image_size=16, num_samples=12),
-                            build_view_transform(AugConfig(blur_prob=0), 16, info.mean, info.std), seed=3)
+    data = MultiViewDataset(
+        build_dataset("synthetic", "", "train", image_size=16, num_samples=12),
+        build_view_transform(AugConfig(blur_prob=0), 16, info.mean, info.std),
+        seed=3,
+    )
     run = RunLoader(data, 4, seed=3, num_workers=1)
     try:
         pids = []
@@ -525,8 +596,14 @@ def test_the_run_loader_keeps_its_workers_across_epochs_and_gives_the_epoch_load
         run.close()
 
 
-MOCO_GLOBAL_8 = ["method.name=mocov2", "method.queue_size=16", "method.bn_splits=2", "method.momentum=0.9",
-                 "train.batch_size=null", "train.global_batch_size=8"]
+MOCO_GLOBAL_8 = [
+    "method.name=mocov2",
+    "method.queue_size=16",
+    "method.bn_splits=2",
+    "method.momentum=0.9",
+    "train.batch_size=null",
+    "train.global_batch_size=8",
+]
 
 
 def _resume_worker(run_dir: str) -> None:
@@ -572,6 +649,7 @@ def test_uint8_views_normalised_on_the_device_equal_the_float_views(kind):
         outs.append(build_view_transform(AugConfig(kind=kind), 32, mean, std, uint8=uint8)(image))
     assert all(v.dtype == torch.uint8 for v in outs[1]) and len(outs[0]) == len(outs[1])
     normalize = DeviceNormalize(mean, std)
-    views, _, _ = trainer.batch_to_device([v[None] for v in outs[1]], torch.zeros(1), torch.zeros(1), "cpu",
-                                          torch.contiguous_format, normalize)
+    views, _, _ = trainer.batch_to_device(
+        [v[None] for v in outs[1]], torch.zeros(1), torch.zeros(1), "cpu", torch.contiguous_format, normalize
+    )
     assert all(torch.equal(f[None], n) for f, n in zip(outs[0], views))

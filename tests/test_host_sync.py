@@ -1,5 +1,6 @@
 """No device-to-host sync per training step: losses and metrics stay tensors and are read back only at
 logging steps (on a GPU every such read waits for the queued kernels)."""
+
 from __future__ import annotations
 
 import collections
@@ -42,8 +43,9 @@ def counting_step(model: Pretrainer):
         CALLS[0] += 1
         losses, metrics = model.training_step(*args)
         poison = {k: v.as_subclass(CountingTensor) for k, v in losses.items()}
-        return poison, {k: v.as_subclass(CountingTensor) if isinstance(v, torch.Tensor) else v
-                        for k, v in metrics.items()}
+        return poison, {
+            k: v.as_subclass(CountingTensor) if isinstance(v, torch.Tensor) else v for k, v in metrics.items()
+        }
 
     return step
 
@@ -52,8 +54,15 @@ def test_losses_and_metrics_are_read_back_only_at_logging_steps(tmp_path, monkey
     READS.clear()
     CALLS[0] = 0
     monkeypatch.setattr(trainer_module, "wrap_for_training", lambda model, *a: counting_step(model))
-    cfg = tiny_config(*moco_overrides(), "mix.type=cutmix", "train.log_every=3", "train.epochs=2",
-                      "train.ckpt_every=100", f"output_dir={tmp_path}")  # 32 images / 8 = 4 steps an epoch
+    # 32 images / 8 = 4 steps an epoch
+    cfg = tiny_config(
+        *moco_overrides(),
+        "mix.type=cutmix",
+        "train.log_every=3",
+        "train.epochs=2",
+        "train.ckpt_every=100",
+        f"output_dir={tmp_path}",
+    )
     trainer_module.train(cfg)
     assert CALLS[0] == 8
     assert set(READS) == {3, 6, 8}  # log_every=3, and the last step
@@ -66,15 +75,24 @@ def test_a_step_returns_its_metrics_as_tensors():
     cfg = tiny_config(*moco_overrides(), "mix.type=cutmix")
     model = Pretrainer(cfg, num_samples=32, num_classes=10)
     views = [torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16)]
-    losses, metrics = model.training_step(views, torch.zeros(8, dtype=torch.long), torch.arange(8), 0, 10)
-    assert {"collapse_std", "mix_lam", "mask_within_var", "mask_between_var", "mask_saturated"} <= set(metrics)
+    losses, metrics = model.training_step(views, torch.zeros(8, dtype=torch.long), torch.arange(8), 0, 10, 5)
+    assert {"collapse_std", "mix_lam", "mask_within_var", "mask_between_var", "mask_saturated"} <= set(
+        metrics
+    )
     assert all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in [*losses.values(), *metrics.values()])
 
 
 # -- what a step makes the host wait for, counted on CPU (ssmix.engine.syncs) -----------------------------
 ODC = ["mix.type=samix_c", "mix.mixer_warmup_epochs=0", "mix.odc.num_clusters=4", "mix.odc.min_cluster=4"]
-SWAV = ["method.name=swav", "data.aug.kind=swav", "data.aug.multi_crop.sizes=[16,8]",
-        "method.num_prototypes=16", "method.queue_size=0", "method.freeze_prototypes_epochs=0", "train.optimizer=lars"]
+SWAV = [
+    "method.name=swav",
+    "data.aug.kind=swav",
+    "data.aug.multi_crop.sizes=[16,8]",
+    "method.num_prototypes=16",
+    "method.queue_size=0",
+    "method.freeze_prototypes_epochs=0",
+    "train.optimizer=lars",
+]
 STEPS = {  # config -> the host waits of one step on a GPU, by kind
     "mocov2+cutmix": ([*moco_overrides(), "mix.type=cutmix"], {}),
     "mocov2+mixup": ([*moco_overrides(), "mix.type=mixup"], {}),
@@ -101,7 +119,7 @@ def _counted_step(overrides, steps: int = 2):
         views = [on_device(torch.randn(8, 3, s, s)) for s in sizes]
         labels, index = on_device(torch.randint(0, 10, (8,))), on_device(torch.randperm(32)[:8])
         with HostSyncCounter(emulate=True) as counter:
-            losses, _ = model.training_step(views, labels, index, step, 10)
+            losses, _ = model.training_step(views, labels, index, step, 10, 5)
             optimizer.zero_grad(set_to_none=True)
             sum(losses.values()).backward()
             for p in model.parameters():  # gradients live on the device too

@@ -8,6 +8,7 @@ including those inside functions (a deferred import still ties the two modules t
 through one is a circle in the design, only hidden from the interpreter), except under
 ``if TYPE_CHECKING:``.
 """
+
 from __future__ import annotations
 
 import ast
@@ -22,16 +23,36 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "ssmix"
 
 #: (importer prefix, imported prefix): a module under the first may not import one under the second
-FORBIDDEN = [(low, "ssmix.engine") for low in ("ssmix.methods", "ssmix.mixers", "ssmix.losses",
-                                              "ssmix.clustering", "ssmix.models", "ssmix.data", "ssmix.mixup",
-                                              "ssmix.config", "ssmix.distributed")]
-FORBIDDEN += [("ssmix.methods", "ssmix.mixers"), ("ssmix.mixers", "ssmix.methods"),
-              ("ssmix.config", "ssmix.methods"), ("ssmix.config", "ssmix.mixers"),
-              ("ssmix.mixup", "ssmix.methods"), ("ssmix.mixup", "ssmix.mixers"),
-              ("ssmix.losses", "ssmix.methods"), ("ssmix.losses", "ssmix.mixers"),
-              ("ssmix.clustering", "ssmix.methods"), ("ssmix.clustering", "ssmix.mixers"),
-              ("ssmix.clustering", "ssmix.losses"), ("ssmix.visualize", "ssmix.engine"),
-              ("ssmix.engine", "ssmix.visualize_mix"), ("ssmix.engine", "ssmix.pretrain")]
+FORBIDDEN = [
+    (low, "ssmix.engine")
+    for low in (
+        "ssmix.methods",
+        "ssmix.mixers",
+        "ssmix.losses",
+        "ssmix.clustering",
+        "ssmix.models",
+        "ssmix.data",
+        "ssmix.mixup",
+        "ssmix.config",
+        "ssmix.distributed",
+    )
+]
+FORBIDDEN += [
+    ("ssmix.methods", "ssmix.mixers"),
+    ("ssmix.mixers", "ssmix.methods"),
+    ("ssmix.config", "ssmix.methods"),
+    ("ssmix.config", "ssmix.mixers"),
+    ("ssmix.mixup", "ssmix.methods"),
+    ("ssmix.mixup", "ssmix.mixers"),
+    ("ssmix.losses", "ssmix.methods"),
+    ("ssmix.losses", "ssmix.mixers"),
+    ("ssmix.clustering", "ssmix.methods"),
+    ("ssmix.clustering", "ssmix.mixers"),
+    ("ssmix.clustering", "ssmix.losses"),
+    ("ssmix.visualize", "ssmix.engine"),
+    ("ssmix.engine", "ssmix.visualize_mix"),
+    ("ssmix.engine", "ssmix.pretrain"),
+]
 
 
 def module_name(path: Path, package: Path = PACKAGE) -> str:
@@ -53,7 +74,8 @@ def _type_checking(node: ast.AST) -> bool:
     test = getattr(node, "test", None)
     return isinstance(node, ast.If) and (
         (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
-        or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"))
+        or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+    )
 
 
 def _statements(tree: ast.AST):
@@ -82,7 +104,9 @@ def imports_of(name: str, path: Path, modules: Dict[str, Path]) -> Set[str]:
             if node.level:
                 anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
                 base = ".".join(anchor + ([base] if base else []))
-            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
+            targets = [
+                f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names
+            ]
         found.update(t for t in targets if t in modules and t != name)
     return found
 
@@ -106,7 +130,7 @@ def find_cycle(graph: Dict[str, Set[str]]) -> Optional[List[str]]:
                 state[path.pop()] = 2
                 iters.pop()
             elif state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             elif not state.get(nxt):
                 state[nxt] = 1
                 path.append(nxt)
@@ -115,8 +139,13 @@ def find_cycle(graph: Dict[str, Set[str]]) -> Optional[List[str]]:
 
 
 def upward_imports(graph: Dict[str, Set[str]]) -> List[str]:
-    return sorted(f"{a} imports {b}" for a, targets in graph.items() for b in targets
-                  for low, high in FORBIDDEN if _under(a, low) and _under(b, high))
+    return sorted(
+        f"{a} imports {b}"
+        for a, targets in graph.items()
+        for b in targets
+        for low, high in FORBIDDEN
+        if _under(a, low) and _under(b, high)
+    )
 
 
 # -- the checker itself ------------------------------------------------------------------------------
@@ -135,14 +164,16 @@ def test_graph_reads_deferred_and_from_imports_and_skips_type_checking(tmp_path)
     (pkg / "top.py").write_text(
         "from typing import TYPE_CHECKING\nfrom ssmix.sub import leaf\n"
         "if TYPE_CHECKING:\n    import ssmix.sub\n"
-        "def f():\n    from .sub.leaf import x\n")
+        "def f():\n    from .sub.leaf import x\n"
+    )
     (pkg / "sub" / "leaf.py").write_text("def g():\n    import ssmix.top\n")
     graph = import_graph(pkg)
     assert graph["ssmix.top"] == {"ssmix.sub.leaf"}
     assert graph["ssmix.sub.leaf"] == {"ssmix.top"}
     assert find_cycle(graph) == ["ssmix.sub.leaf", "ssmix.top", "ssmix.sub.leaf"]
     assert upward_imports({"ssmix.methods.x": {"ssmix.engine.y", "ssmix.models.z"}}) == [
-        "ssmix.methods.x imports ssmix.engine.y"]
+        "ssmix.methods.x imports ssmix.engine.y"
+    ]
 
 
 # -- the package --------------------------------------------------------------------------------------
@@ -161,13 +192,19 @@ def test_no_module_imports_a_private_name_of_another():
     private = []
     for name, path in all_modules().items():
         for node in _statements(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ssmix") and node.module != name:
+            if (
+                isinstance(node, ast.ImportFrom)
+                and (node.module or "").startswith("ssmix")
+                and node.module != name
+            ):
                 private += [f"{name}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
     assert private == []
 
 
 def test_config_does_not_import_methods_or_mixers():
-    assert not {m for m in import_graph()["ssmix.config"] if _under(m, "ssmix.methods") or _under(m, "ssmix.mixers")}
+    assert not {
+        m for m in import_graph()["ssmix.config"] if _under(m, "ssmix.methods") or _under(m, "ssmix.mixers")
+    }
 
 
 #: One interpreter imports the third-party libraries once, then forks a child per module that imports
@@ -201,13 +238,23 @@ sys.exit(1 if failures else 0)
 
 def test_every_module_imports_alone():
     assert "ssmix" not in ISOLATED_IMPORTS.split("failures = []")[0]
-    out = subprocess.run([sys.executable, "-c", ISOLATED_IMPORTS, *sorted(all_modules())], cwd=ROOT,
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", ISOLATED_IMPORTS, *sorted(all_modules())],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stdout + out.stderr[-2000:]
 
 
 @pytest.mark.parametrize("name", ["ssmix.pretrain", "ssmix.visualize_mix"])
 def test_entry_points_expose_main(name):
-    out = subprocess.run([sys.executable, "-c", f"import {name} as m; print(callable(m.main))"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", f"import {name} as m; print(callable(m.main))"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.stdout.strip() == "True", out.stderr

@@ -8,6 +8,7 @@ geometry go through the demo's evaluation (linear probe on cached features, 20-N
 against 93.9 and 95.3 for random init (seeds 1 and 2: +1.4 / +0.6 linear, +1.7 / +2.5 kNN,
 docs/digits_sweep.md).
 """
+
 import json
 import os
 
@@ -27,15 +28,23 @@ def test_mocov2_on_digits_beats_random_init_on_the_held_out_probes(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(max(2, threads))  # conftest's one thread would double the run's minutes
     try:
-        cfg = load_pretrain_config(os.path.join(CONFIGS, "mocov2.yaml"), [
-            f"output_dir={tmp_path}", "train.knn_every=0", "train.progress=false", "seed=0", "device=cpu",
-            *demo_overrides()])
+        cfg = load_pretrain_config(
+            os.path.join(CONFIGS, "mocov2.yaml"),
+            [
+                f"output_dir={tmp_path}",
+                "train.knn_every=0",
+                "train.progress=false",
+                "seed=0",
+                "device=cpu",
+                *demo_overrides(),
+            ],
+        )
         train(cfg)
         trained = heldout_accuracy(str(tmp_path), cfg.data.image_size)
         random = heldout_accuracy("random:0", cfg.data.image_size, cfg.model.arch, cfg.model.cifar_stem)
     finally:
         torch.set_num_threads(threads)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert rows[-1]["collapse_std"] > 0.5 / (cfg.method.out_dim ** 0.5)  # spread out, not collapsed
+    assert rows[-1]["collapse_std"] > 0.5 / (cfg.method.out_dim**0.5)  # spread out, not collapsed
     assert trained["linear"] >= random["linear"] + MARGIN, (trained, random)
     assert trained["knn"] > random["knn"], (trained, random)

@@ -1,4 +1,5 @@
 """Frozen-encoder evaluation: probe, features, cache, kNN, checkpoint loading, protocol check, CLI."""
+
 from __future__ import annotations
 
 import math
@@ -16,8 +17,14 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ssmix.evaluation.features import FeatureCache, extract_features
 from ssmix.evaluation.knn import knn_accuracy, knn_rank_classes
-from ssmix.evaluation.linear import (BackboneChangedError, ProbeHistory, ProbeSchedule, median_last,
-                                     train_probe_cached, train_probe_in_loop)
+from ssmix.evaluation.linear import (
+    BackboneChangedError,
+    ProbeHistory,
+    ProbeSchedule,
+    median_last,
+    train_probe_cached,
+    train_probe_in_loop,
+)
 from ssmix.evaluation.weights import WeightsError, load_encoder
 from ssmix.models.backbones import ResNetTrunk, build_backbone, export_state_dict
 
@@ -70,15 +77,25 @@ def test_feature_bn_probe_learns_features_of_any_scale_where_the_raw_probe_diver
 
     (train_x, train_y), (test_x, test_y) = overlapping(40), overlapping(30)
     schedule = ProbeSchedule(epochs=10, batch_size=16, lr=0.1, milestones=(6, 8))
-    raw = train_probe_cached(train_x * 1e4, train_y, test_x * 1e4, test_y, 3,
-                             ProbeSchedule(**{**schedule.__dict__, "feature_bn": False}), seed=0)
+    raw = train_probe_cached(
+        train_x * 1e4,
+        train_y,
+        test_x * 1e4,
+        test_y,
+        3,
+        ProbeSchedule(**{**schedule.__dict__, "feature_bn": False}),
+        seed=0,
+    )
     assert raw.loss[-1] > 1e5 and "above a uniform guess's ln(3)" in raw.divergence(3)
-    standardised = [train_probe_cached(train_x * scale, train_y, test_x * scale, test_y, 3, schedule, seed=0)
-                    for scale in (1.0, 1e2, 1e4)]
+    standardised = [
+        train_probe_cached(train_x * scale, train_y, test_x * scale, test_y, 3, schedule, seed=0)
+        for scale in (1.0, 1e2, 1e4)
+    ]
     for history in standardised:  # one trajectory whatever the scale: the BatchNorm removes it
         assert history.divergence(3) is None and history.loss[-1] < 0.9 * math.log(3)
         assert history.loss == pytest.approx(standardised[0].loss, rel=1e-3)
-        assert history.top1 == pytest.approx(standardised[0].top1, abs=2.5)  # a test image may flip in rounding
+        # a test image may flip in rounding
+        assert history.top1 == pytest.approx(standardised[0].top1, abs=2.5)
 
 
 def test_feature_bn_standardises_with_batch_statistics_and_tests_with_running_ones():
@@ -86,7 +103,10 @@ def test_feature_bn_standardises_with_batch_statistics_and_tests_with_running_on
 
     probe = make_probe(4, 2, seed=0)
     assert isinstance(probe[0], nn.BatchNorm1d) and not probe[0].affine
-    assert [name for name, _ in probe.named_parameters()] == ["1.weight", "1.bias"]  # only the linear layer learns
+    assert [name for name, _ in probe.named_parameters()] == [
+        "1.weight",
+        "1.bias",
+    ]  # only the linear layer learns
     x = torch.randn(64, 4) * 50 + 7
     probe.train()
     probe(x)
@@ -118,11 +138,21 @@ def test_lr_grid_picks_on_a_training_carve_out_never_the_test_set():
 def test_evaluate_warns_of_a_diverged_probe_a_clipped_knn_and_reports_the_lr_pick(capsys):
     from ssmix.evaluation import evaluate
 
-    common = dict(data={"name": "synthetic", "num_samples": 40, "num_classes": 2, "image_size": 16, "num_workers": 0},
-                  epochs=3, batch_size=8, milestones=[2], knn_k=500, cache_dir=None, device="cpu")
+    common = dict(
+        data={"name": "synthetic", "num_samples": 40, "num_classes": 2, "image_size": 16, "num_workers": 0},
+        epochs=3,
+        batch_size=8,
+        milestones=[2],
+        knn_k=500,
+        cache_dir=None,
+        device="cpu",
+    )
     picked = evaluate("random", lr_grid=[1e-7, 0.1], **common)
     assert picked["lr"] == 0.1 and set(picked["lr_grid"]) == {"1e-07", "0.1"}
-    assert any("knn_k=500 is more than the 40 images of the kNN bank (synthetic train)" in w for w in picked["warnings"])
+    assert any(
+        "knn_k=500 is more than the 40 images of the kNN bank (synthetic train)" in w
+        for w in picked["warnings"]
+    )
     raw = evaluate("random", lr=1e5, feature_bn=False, **common)
     assert any("diverged" in w and "feature_bn=true" in w for w in raw["warnings"])
     assert "warning: linear probe (seed 0) diverged" in capsys.readouterr().err
@@ -149,8 +179,9 @@ def test_extracted_features_equal_eval_mode_forward():
     with torch.no_grad():
         want = trunk.eval()(images)
     trunk.train()  # extraction must switch to eval mode and restore the flag
-    features, got_labels = extract_features(trunk, DataLoader(TensorDataset(images, labels), batch_size=4),
-                                            torch.device("cpu"))
+    features, got_labels = extract_features(
+        trunk, DataLoader(TensorDataset(images, labels), batch_size=4), torch.device("cpu")
+    )
     assert trunk.training
     assert features.shape == (6, 512) and torch.equal(got_labels, labels)
     torch.testing.assert_close(features, want, rtol=1e-4, atol=1e-5)
@@ -177,12 +208,22 @@ def test_cache_reused_then_invalidated_by_a_changed_checkpoint(tmp_path, monkeyp
     path = tmp_path / "backbone.pth"
     torch.save(export_state_dict(trunk), path)
     counter = ForwardCounter(monkeypatch)
-    options = dict(data={"name": "synthetic", "num_samples": 16, "num_classes": 3, "image_size": 16,
-                         "num_workers": 0},
-                   epochs=12, batch_size=8, milestones=[8], seeds=2, knn_k=5, cache_dir=str(tmp_path / "cache"),
-                   device="cpu")
+    options = dict(
+        data={"name": "synthetic", "num_samples": 16, "num_classes": 3, "image_size": 16, "num_workers": 0},
+        epochs=12,
+        batch_size=8,
+        milestones=[8],
+        seeds=2,
+        knn_k=5,
+        cache_dir=str(tmp_path / "cache"),
+        device="cpu",
+    )
     first = evaluate(str(path), **options)
-    assert counter.images == 32 and first["feature_cache"] == {"dir": str(tmp_path / "cache"), "hits": 0, "misses": 2}
+    assert counter.images == 32 and first["feature_cache"] == {
+        "dir": str(tmp_path / "cache"),
+        "hits": 0,
+        "misses": 2,
+    }
 
     counter.images = 0
     second = evaluate(str(path), **options, output_dir=str(tmp_path / "out"))
@@ -252,13 +293,25 @@ def test_knn_matches_brute_force(k):
 
 def test_knn_accuracy_monitor_restores_train_mode():
     generator = torch.Generator().manual_seed(4)
-    bank, bank_labels = torch.randn(16, 6, generator=generator), torch.randint(0, 3, (16,), generator=generator)
-    query, query_labels = torch.randn(10, 6, generator=generator), torch.randint(0, 3, (10,), generator=generator)
+    bank, bank_labels = (
+        torch.randn(16, 6, generator=generator),
+        torch.randint(0, 3, (16,), generator=generator),
+    )
+    query, query_labels = (
+        torch.randn(10, 6, generator=generator),
+        torch.randint(0, 3, (10,), generator=generator),
+    )
     backbone = nn.Sequential(nn.Flatten(), nn.BatchNorm1d(6, affine=False)).train()
     backbone[1].running_mean.copy_(bank.mean(0))  # eval-mode BN: a fixed affine map
     backbone[1].running_var.fill_(4.0)
-    accuracy = knn_accuracy(backbone, DataLoader(TensorDataset(bank, bank_labels), batch_size=5),
-                            DataLoader(TensorDataset(query, query_labels), batch_size=5), "cpu", k=4, t=0.1)
+    accuracy = knn_accuracy(
+        backbone,
+        DataLoader(TensorDataset(bank, bank_labels), batch_size=5),
+        DataLoader(TensorDataset(query, query_labels), batch_size=5),
+        "cpu",
+        k=4,
+        t=0.1,
+    )
     shift = bank.mean(0)
     want = brute_force_knn(query - shift, bank - shift, bank_labels, 3, 4, 0.1)
     assert accuracy == pytest.approx(100.0 * float((want == query_labels).float().mean()))
@@ -277,8 +330,15 @@ def test_knn_monitor_of_the_pretraining_engine():
     accuracy = knn_monitor(cfg, trunk, "cpu", k=3)
     transform = test_transform(8, DATASET_INFO["synthetic"].mean, DATASET_INFO["synthetic"].std)
     (bank, bank_labels), (query, query_labels) = [
-        (torch.stack([transform(image).flatten() for image, _ in ds]), torch.tensor([label for _, label in ds]))
-        for ds in (build_dataset("synthetic", "data", split, image_size=8, num_samples=12) for split in ("train", "test"))]
+        (
+            torch.stack([transform(image).flatten() for image, _ in ds]),
+            torch.tensor([label for _, label in ds]),
+        )
+        for ds in (
+            build_dataset("synthetic", "data", split, image_size=8, num_samples=12)
+            for split in ("train", "test")
+        )
+    ]
     want = brute_force_knn(query, bank, bank_labels, 10, 3, 0.1)
     assert accuracy == pytest.approx(100.0 * float((want == query_labels).float().mean()))
     assert trunk.training
@@ -321,7 +381,11 @@ def test_load_training_checkpoint_with_split_bn(tmp_path, source_trunk):
     torch.save({"model": model, "step": 10, "optimizer": {}}, tmp_path / "checkpoints" / "step_00000010.pt")
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"model": {"arch": "resnet18", "cifar_stem": True}}))
 
-    for weights in (tmp_path, tmp_path / "checkpoints" / "step_00000010.pt"):  # run dir without backbone.pth; file
+    # run dir without backbone.pth; file
+    for weights in (
+        tmp_path,
+        tmp_path / "checkpoints" / "step_00000010.pt",
+    ):
         encoder = load_encoder(str(weights))
         assert encoder.prefix == "method.backbone."
         assert_same_state(encoder.backbone.state_dict(), export_state_dict(trunk))
@@ -347,9 +411,17 @@ def test_load_official_moco_checkpoint(tmp_path, source_trunk):
     trunk_state = source_trunk.state_dict()
     state = {f"module.encoder_q.{k}": v for k, v in trunk_state.items()}
     state.update({f"module.encoder_k.{k}": v * 0 for k, v in trunk_state.items()})
-    state.update({"module.encoder_q.fc.0.weight": torch.zeros(512, 512), "module.encoder_q.fc.2.weight":
-                  torch.zeros(128, 512), "module.queue": torch.zeros(128, 16), "module.queue_ptr": torch.zeros(1)})
-    torch.save({"epoch": 200, "arch": "resnet18", "state_dict": state, "optimizer": {}}, tmp_path / "moco.pth.tar")
+    state.update(
+        {
+            "module.encoder_q.fc.0.weight": torch.zeros(512, 512),
+            "module.encoder_q.fc.2.weight": torch.zeros(128, 512),
+            "module.queue": torch.zeros(128, 16),
+            "module.queue_ptr": torch.zeros(1),
+        }
+    )
+    torch.save(
+        {"epoch": 200, "arch": "resnet18", "state_dict": state, "optimizer": {}}, tmp_path / "moco.pth.tar"
+    )
     encoder = load_encoder(str(tmp_path / "moco.pth.tar"))
     assert encoder.prefix == "module.encoder_q."
     assert_same_state(encoder.backbone.state_dict(), trunk_state)
@@ -406,12 +478,24 @@ def test_protocol_keeps_backbone_frozen_and_matches_cached_probe():
 def test_evaluate_protocol_and_augmented_copies_end_to_end():
     from ssmix.evaluation import evaluate
 
-    common = dict(data={"name": "synthetic", "num_samples": 8, "num_classes": 2, "image_size": 16, "num_workers": 0},
-                  epochs=2, batch_size=4, milestones=[1], knn_k=3, cache_dir=None, device="cpu")
+    common = dict(
+        data={"name": "synthetic", "num_samples": 8, "num_classes": 2, "image_size": 16, "num_workers": 0},
+        epochs=2,
+        batch_size=4,
+        milestones=[1],
+        knn_k=3,
+        cache_dir=None,
+        device="cpu",
+    )
     protocol = evaluate("random", mode="protocol", **common)
     cached = evaluate("random", mode="cached", aug_copies=2, **common)
     for result in (protocol, cached):
-        assert (result["num_train"], result["num_test"], result["feature_dim"], result["num_classes"]) == (8, 8, 512, 2)
+        assert (result["num_train"], result["num_test"], result["feature_dim"], result["num_classes"]) == (
+            8,
+            8,
+            512,
+            2,
+        )
         assert len(result["per_seed"][0]["history"]["top1"]) == 2 and 0.0 <= result["top1"] <= 100.0
         assert (result["arch"], result["cifar_stem"]) == ("resnet18", False)
     assert protocol["knn_top1"] == cached["knn_top1"]  # same encoder, same test-transform features
@@ -435,8 +519,9 @@ class DriftingTrunk(nn.Module):
 def test_protocol_check_fails_when_backbone_changes():
     train_set, test_set = tiny_image_sets(torch.Generator().manual_seed(9))
     with pytest.raises(BackboneChangedError, match="calls"):
-        train_probe_in_loop(DriftingTrunk(), train_set, test_set, 3, ProbeSchedule(epochs=1, batch_size=4),
-                            num_workers=0)
+        train_probe_in_loop(
+            DriftingTrunk(), train_set, test_set, 3, ProbeSchedule(epochs=1, batch_size=4), num_workers=0
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -444,13 +529,28 @@ def test_protocol_check_fails_when_backbone_changes():
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("override, fragment", [("bogus.key=1", "unknown key 'bogus'"),
-                                                 ("epochs=many", "epochs: expected int"),
-                                                 ("mode=fast", "mode: unknown value 'fast'")])
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("bogus.key=1", "unknown key 'bogus'"),
+        ("epochs=many", "epochs: expected int"),
+        ("mode=fast", "mode: unknown value 'fast'"),
+    ],
+)
 def test_cli_rejects_bad_keys_with_exit_code_2(override, fragment):
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "linear_eval", "run.py"),
-                           os.path.join(REPO, "configs", "linear", "synthetic.yaml"), "weights=random", override],
-                          capture_output=True, text=True, cwd=REPO, timeout=60)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO, "linear_eval", "run.py"),
+            os.path.join(REPO, "configs", "linear", "synthetic.yaml"),
+            "weights=random",
+            override,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0]
@@ -460,25 +560,49 @@ def test_every_linear_config_loads():
     from ssmix.evaluation.config import load_eval_config
 
     names = sorted(f for f in os.listdir(os.path.join(REPO, "configs", "linear")) if not f.startswith("_"))
-    assert {"stl10.yaml", "tiny_imagenet.yaml", "cifar10.yaml", "cifar100.yaml", "imagenet.yaml", "digits.yaml",
-            "synthetic.yaml"} <= set(names)
+    assert {
+        "stl10.yaml",
+        "tiny_imagenet.yaml",
+        "cifar10.yaml",
+        "cifar100.yaml",
+        "imagenet.yaml",
+        "digits.yaml",
+        "synthetic.yaml",
+    } <= set(names)
     for name in names:
         cfg = load_eval_config(os.path.join(REPO, "configs", "linear", name), ["weights=random"])
         assert cfg.mode == "cached" and cfg.weight_decay == 0.0 and cfg.momentum == 0.9
     imagenet = load_eval_config(os.path.join(REPO, "configs", "linear", "imagenet.yaml"), ["weights=x"])
     assert (imagenet.lr, imagenet.feature_bn) == (30.0, False)  # MoCo's probe on raw features
     tiny = load_eval_config(os.path.join(REPO, "configs", "linear", "tiny_imagenet.yaml"), ["weights=x"])
-    assert (tiny.data.image_size, tiny.data.test_split, tiny.lr, tiny.milestones) == (96, "val", 0.1, [60, 80])
+    assert (tiny.data.image_size, tiny.data.test_split, tiny.lr, tiny.milestones) == (
+        96,
+        "val",
+        0.1,
+        [60, 80],
+    )
 
 
 def test_probe_schedule_from_an_eval_config_takes_every_field():
     from ssmix.evaluation.config import load_eval_config
 
-    cfg = load_eval_config(os.path.join(REPO, "configs", "linear", "digits.yaml"),
-                           ["weights=x", "epochs=7", "batch_size=9", "lr=0.3", "momentum=0.5", "weight_decay=0.01",
-                            "milestones=[2,5]", "gamma=0.2"])
+    cfg = load_eval_config(
+        os.path.join(REPO, "configs", "linear", "digits.yaml"),
+        [
+            "weights=x",
+            "epochs=7",
+            "batch_size=9",
+            "lr=0.3",
+            "momentum=0.5",
+            "weight_decay=0.01",
+            "milestones=[2,5]",
+            "gamma=0.2",
+        ],
+    )
     assert ProbeSchedule.from_config(cfg) == ProbeSchedule(7, 9, 0.3, 0.5, 0.01, (2, 5), 0.2, True)
-    raw = load_eval_config(os.path.join(REPO, "configs", "linear", "digits.yaml"), ["weights=x", "feature_bn=false"])
+    raw = load_eval_config(
+        os.path.join(REPO, "configs", "linear", "digits.yaml"), ["weights=x", "feature_bn=false"]
+    )
     assert ProbeSchedule.from_config(raw).feature_bn is False
 
 

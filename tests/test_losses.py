@@ -1,4 +1,5 @@
 """Contrastive losses against explicit per-sample formulas, and the persistent queue."""
+
 import math
 
 import pytest
@@ -6,8 +7,13 @@ import torch
 import torch.nn.functional as F
 
 from ssmix.config import ConfigError
-from ssmix.losses.contrastive import (info_nce, mixup_info_nce, mixup_info_nce_in_batch,
-                                      soft_target_cross_entropy, two_source_bce)
+from ssmix.losses.contrastive import (
+    info_nce,
+    mixup_info_nce,
+    mixup_info_nce_in_batch,
+    soft_target_cross_entropy,
+    two_source_bce,
+)
 from ssmix.losses.queue import KeyQueue
 
 
@@ -31,8 +37,10 @@ def test_mixup_info_nce_is_lambda_weighted_sum_of_two_nce_terms():
     z, ka, kb, queue, t = _unit(3, 8), _unit(3, 8), _unit(3, 8), _unit(5, 8), 0.2
     lam = torch.tensor([0.1, 0.5, 0.8], dtype=torch.float64)
     got = mixup_info_nce(z, ka, kb, lam, queue, t)
-    want = [float(lam[i]) * _nce(z[i], ka[i], queue, t) + (1 - float(lam[i])) * _nce(z[i], kb[i], queue, t)
-            for i in range(3)]
+    want = [
+        float(lam[i]) * _nce(z[i], ka[i], queue, t) + (1 - float(lam[i])) * _nce(z[i], kb[i], queue, t)
+        for i in range(3)
+    ]
     assert torch.allclose(got.double(), torch.tensor(want, dtype=torch.float64), atol=1e-5)
 
 
@@ -44,8 +52,10 @@ def test_in_batch_mixup_nce_uses_the_other_candidates_as_negatives():
     want = []
     for i in range(3):
         negs = [cand[m] for m in range(6) if m not in (int(ia[i]), int(ib[i]))]
-        want.append(float(lam[i]) * _nce(z[i], cand[ia[i]], negs, t)
-                    + (1 - float(lam[i])) * _nce(z[i], cand[ib[i]], negs, t))
+        want.append(
+            float(lam[i]) * _nce(z[i], cand[ia[i]], negs, t)
+            + (1 - float(lam[i])) * _nce(z[i], cand[ib[i]], negs, t)
+        )
     assert torch.allclose(got.double(), torch.tensor(want, dtype=torch.float64), atol=1e-5)
 
 

@@ -1,20 +1,23 @@
 """Hand-crafted mixers (docs/algorithm.md §8): values against the formulas, mask/lambda consistency, RNG
 reproducibility, non-square images and small batches."""
+
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ssmix.config import MIX_SCHEMAS, ConfigError, build_config
+from ssmix.config import MIX_SCHEMAS, BetaMixConfig, ConfigError, MixConfig, build_config
 from ssmix.mixers import fmix, handcrafted, saliencymix  # noqa: F401  (registration)
-from ssmix.mixers.base import MIXERS, blend
-from ssmix.mixup import MixContext, Pairing, derangement, sample_beta
+from ssmix.mixers.base import MIXERS, LamPair, Mixer, blend
 from ssmix.mixers.fmix import fourier_noise
 from ssmix.mixers.saliencymix import saliency_peaks
+from ssmix.mixup import MixContext, Pairing, derangement, sample_beta
 
 PIXEL_TYPES = ["mixup", "cutmix", "resizemix", "fmix", "saliencymix", "interintra"]
 ALL_TYPES = PIXEL_TYPES + ["manifoldmix"]
@@ -38,9 +41,14 @@ def make_ctx(n: int, h: int, w: int, labels=None, perm=None, prefix: Prefix | No
     views = [torch.randn(n, 3, h, w), torch.randn(n, 3, h, w)]
     prefix = prefix or Prefix()
     return MixContext(
-        views=views, pairing=Pairing(0, 1, derangement(n) if perm is None else perm),
-        keys=F.normalize(torch.randn(2, n, 8), dim=-1), negatives=None, temperature=0.2,
-        embed_target=lambda x: F.normalize(x.mean((2, 3)), dim=-1), online_prefix=prefix, labels=labels,
+        views=views,
+        pairing=Pairing(0, 1, derangement(n) if perm is None else perm),
+        keys=F.normalize(torch.randn(2, n, 8), dim=-1),
+        negatives=None,
+        temperature=0.2,
+        embed_target=lambda x: F.normalize(x.mean((2, 3)), dim=-1),
+        online_prefix=prefix,
+        labels=labels,
         num_classes=0 if labels is None else int(labels.max()) + 1,
     )
 
@@ -121,6 +129,57 @@ def test_bad_settings_fail_clearly():
         MIX_SCHEMAS["fmix"](decay_power=0)
     with pytest.raises(ValueError, match="same shape"):
         mix(build("cutmix"), torch.zeros(2, 3, 8, 8), torch.zeros(2, 3, 8, 9), make_ctx(2, 8, 8))
+
+
+BETA_TYPES = ["mixup", "cutmix", "resizemix", "manifoldmix", "fmix", "saliencymix"]
+
+
+@pytest.mark.parametrize("kind", BETA_TYPES)
+def test_one_alpha_and_one_check_shared_by_the_beta_mixers(kind):
+    """The six mixers with one ``alpha`` share its field, default and check (BetaMixConfig), whichever way
+    the config is made; Inter-Intra's two alphas are its own."""
+    schema = MIX_SCHEMAS[kind]
+    assert issubclass(schema, BetaMixConfig) and schema().alpha == 2.0
+    assert [f.name for f in dataclasses.fields(schema)].count("alpha") == 1
+    message = "mix.alpha: Beta concentration must be >= 0 (0 disables mixing), got -1.0"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        schema(alpha=-1.0)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        build_config({"mix": {"type": kind, "alpha": -1.0}})
+    assert build_config({"mix": {"type": kind, "alpha": 0.0}}).mix.alpha == 0.0  # 0: no mixing
+    assert not issubclass(MIX_SCHEMAS["interintra"], BetaMixConfig)
+
+
+def test_the_base_lambda_needs_a_config_that_declares_alpha():
+    torch.manual_seed(0)
+    assert build("cutmix", alpha=0.0).sample_lambda() == 1.0
+    lam = build("mixup").sample_lambda()
+    torch.manual_seed(0)
+    assert lam == sample_beta(2.0)
+
+    class NoAlpha(Mixer):
+        pass
+
+    with pytest.raises(TypeError, match="NoAlpha: its config MixConfig has no alpha"):
+        NoAlpha(MixConfig()).sample_lambda()
+
+
+def test_interintra_draws_a_named_pair_of_lambdas():
+    mixer = build("interintra", labels="dataset")
+    torch.manual_seed(0)
+    pair = mixer.sample_lambda()
+    torch.manual_seed(0)
+    assert isinstance(pair, LamPair) and pair == LamPair(inter=sample_beta(2.0), intra=sample_beta(0.2))
+
+
+def test_fmix_and_saliencymix_take_their_helpers_from_base_and_boxes_not_handcrafted():
+    from tests.test_imports import import_graph
+
+    graph = import_graph()
+    for name in ("ssmix.mixers.fmix", "ssmix.mixers.saliencymix"):
+        assert "ssmix.mixers.handcrafted" not in graph[name], name
+    assert "ssmix.mixers.boxes" in graph["ssmix.mixers.saliencymix"]
+    assert not hasattr(handcrafted, "Boxes") and not hasattr(handcrafted, "constant_mask")
 
 
 def test_derangement_is_a_permutation_without_fixed_points():
@@ -268,8 +327,11 @@ def test_fmix_mask_is_binary_shared_lowpass_and_sized_by_lambda():
         assert abs(float(out.lam[0]) - lam0) <= 1.0 / size
         shuffled = mask[0].flatten()[torch.randperm(size)].view(h, w)  # same mean, no structure
         for m, store in ((mask[0], agree_fmix), (shuffled, agree_random)):
-            store.append(float(torch.cat([(m[1:] == m[:-1]).flatten(), (m[:, 1:] == m[:, :-1]).flatten()])
-                               .float().mean()))
+            store.append(
+                float(
+                    torch.cat([(m[1:] == m[:-1]).flatten(), (m[:, 1:] == m[:, :-1]).flatten()]).float().mean()
+                )
+            )
     assert used_ceil and used_floor
     assert sum(agree_fmix) / 30 > 0.85
     assert sum(agree_fmix) / 30 > sum(agree_random) / 30 + 0.2
@@ -400,7 +462,10 @@ def test_mask_statistics_tell_structured_flat_and_degenerate_masks_apart():
     degenerate = torch.tensor([0.0, 1.0, 0.0, 1.0]).view(4, 1, 1, 1).expand(4, 1, 8, 8)  # all-0 / all-1
     half = torch.zeros(4, 1, 8, 8)
     half[..., :4] = 1.0  # CutMix-like: left half from a, every image alike
-    s = {name: mask_statistics(m, "") for name, m in (("flat", flat), ("degenerate", degenerate), ("half", half))}
+    s = {
+        name: mask_statistics(m, "")
+        for name, m in (("flat", flat), ("degenerate", degenerate), ("half", half))
+    }
     assert s["flat"] == {"within_var": 0.0, "between_var": 0.0, "saturated": 0.0}
     assert s["degenerate"]["within_var"] == 0.0 and s["degenerate"]["between_var"] == pytest.approx(0.25)
     assert s["degenerate"]["saturated"] == 1.0

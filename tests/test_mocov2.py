@@ -1,4 +1,6 @@
-"""MoCo v2: loss formula, queue discipline, momentum update, gradient isolation."""
+"""MoCo v2: loss formula, queue discipline, momentum update, gradient isolation, keys of view 2 alone
+when the step does not mix."""
+
 import torch
 
 from ssmix.losses.contrastive import info_nce
@@ -26,10 +28,11 @@ def test_loss_is_info_nce_of_view1_queries_against_view2_keys_and_the_queue():
     assert torch.allclose(out.keys.norm(dim=-1), torch.ones(2, 8), atol=1e-5)
 
 
-def test_without_targets_only_view2_keys_are_computed():
+def test_without_mixing_only_view2_keys_are_computed():
     model, views = _model_and_views()
     queue_before = model.queue.snapshot()
-    out = model(views, with_targets=False)
+    model.step_mixes = False  # as the Pretrainer sets it for mix.type=none
+    out = model(views)
     assert out.keys.shape == (1, 8, 128)
     q = l2n(model.projector(model.backbone(views[0])))
     assert torch.allclose(out.losses["moco"], info_nce(q, out.keys[0], queue_before, 0.2).mean(), atol=1e-5)
@@ -54,7 +57,7 @@ def test_momentum_update_is_ema_of_online_parameters():
             p.add_(torch.randn_like(p))
     online = [p.clone() for p in model.backbone.parameters()]
     target = [p.clone() for p in model.backbone_m.parameters()]
-    model.on_step_start(0, 10)
+    model.on_step_start(0, 10, 5)
     for o, t, new in zip(online, target, model.backbone_m.parameters()):
         assert torch.allclose(new, 0.9 * t + 0.1 * o, atol=1e-6)
 
@@ -91,15 +94,33 @@ def test_symmetric_loss_averages_both_directions_and_proj_bn_spreads_a_random_en
     model = MoCoV2(cfg.method, cfg.model)
     views = [torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16)]
     queue_before = model.queue.snapshot()
-    out = model(views, with_targets=False)  # symmetric needs both views' keys anyway
+    model.step_mixes = False
+    out = model(views)  # symmetric needs both views' keys anyway
     assert out.keys.shape == (2, 8, 128)
     q = l2n(model.projector(model.backbone(torch.cat(views))))  # one pass: BN over both views, as the step
     q1, q2 = q[:8], q[8:]
-    want = 0.5 * (info_nce(q1, out.keys[1], queue_before, 0.2).mean()
-                  + info_nce(q2, out.keys[0], queue_before, 0.2).mean())
+    want = 0.5 * (
+        info_nce(q1, out.keys[1], queue_before, 0.2).mean()
+        + info_nce(q2, out.keys[0], queue_before, 0.2).mean()
+    )
     assert torch.allclose(out.losses["moco"], want, atol=1e-5)
     model.on_step_end(out)
     assert torch.equal(model.queue.keys[:8], out.keys[1])  # still the view-2 keys, once per step
     assert isinstance(model.projector.layers[1], torch.nn.BatchNorm1d)
     # BN in the head: a random encoder's embeddings are spread (std ~1/sqrt(D)), not one direction
-    assert float(out.metrics["collapse_std"]) > 0.5 / 128 ** 0.5
+    assert float(out.metrics["collapse_std"]) > 0.5 / 128**0.5
+
+
+def test_the_pretrainer_tells_moco_whether_the_step_mixes_and_an_unmixed_step_keys_view2_only():
+    """mix.type=none: one momentum pass over view 2 (N images); a mixer: one over both views (2N)."""
+    import ssmix.mixers.handcrafted  # noqa: F401  (registers mix.type=mixup)
+    from ssmix.engine.pretrainer import Pretrainer
+
+    views = [torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16)]
+    for mix, rows in (("none", [8]), ("mixup", [16])):
+        model = Pretrainer(tiny_config(*moco_overrides(), f"mix.type={mix}"), 32, 10)
+        assert model.method.step_mixes is (mix != "none")
+        seen = []
+        model.method.backbone_m.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
+        model.training_step(views, torch.zeros(8), torch.arange(8), 0, 10, 5)
+        assert seen == rows, mix

@@ -1,4 +1,5 @@
 """pyproject.toml: exactly one faiss package per install choice (they all provide the `faiss` module)."""
+
 import os
 
 import pytest
@@ -36,8 +37,13 @@ def test_console_commands_point_at_main_functions():
     import importlib
 
     scripts = _project()["scripts"]
-    assert set(scripts) == {"ssmix-pretrain", "ssmix-linear-eval", "ssmix-detect", "ssmix-visualize",
-                            "ssmix-convert"}
+    assert set(scripts) == {
+        "ssmix-pretrain",
+        "ssmix-linear-eval",
+        "ssmix-detect",
+        "ssmix-visualize",
+        "ssmix-convert",
+    }
     for target in scripts.values():
         module, func = target.split(":")
         assert callable(getattr(importlib.import_module(module), func)), target

@@ -1,5 +1,7 @@
 """The cross-view mixup of the training step (ssmix.engine.pretrainer): pairing and targets, queue
 discipline with mixing, gradient isolation, and every method x every mixer for a step."""
+
+import dataclasses
 import os
 
 import pytest
@@ -10,6 +12,7 @@ from ssmix.losses.contrastive import mixup_info_nce
 from ssmix.methods import METHODS
 from ssmix.methods.base import l2n
 from ssmix.mixers import MIXERS
+from ssmix.mixup import MixContext
 from tests.helpers import moco_overrides, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,7 +43,7 @@ def test_mixup_pairs_and_targets(cross_view):
     seen = _capture(model)
     views = _views()
     torch.manual_seed(3)
-    model.training_step(views, torch.zeros(8), torch.arange(8), 0, 10)
+    model.training_step(views, torch.zeros(8), torch.arange(8), 0, 10, 5)
     mixed, out = seen["mixed"], seen["out"]
     perm, lam = mixed.pairing.perm, mixed.lam
     assert not bool((perm == torch.arange(8)).any())  # no fixed points
@@ -64,7 +67,7 @@ def test_queue_is_read_once_and_enqueued_once_with_mixing():
     model = Pretrainer(cfg, 32, 10)
     seen = _capture(model)
     before = model.method.queue.snapshot()
-    model.training_step(_views(), torch.zeros(8), torch.arange(8), 0, 10)
+    model.training_step(_views(), torch.zeros(8), torch.arange(8), 0, 10, 5)
     assert torch.equal(seen["out"].negatives, before)  # the mixed loss used the pre-step queue
     assert int(model.method.queue.ptr) == 8  # one enqueue of the batch
     assert torch.equal(model.method.queue.keys[:8], seen["out"].keys[1])
@@ -74,7 +77,7 @@ def test_mixed_loss_trains_the_online_encoder_only():
     cfg = tiny_config(*moco_overrides(), "mix.type=mixup")
     model = Pretrainer(cfg, 32, 10)
     seen = _capture(model)
-    model.training_step(_views(), torch.zeros(8), torch.arange(8), 0, 10)
+    model.training_step(_views(), torch.zeros(8), torch.arange(8), 0, 10, 5)
     seen["loss"].backward()
     assert not seen["out"].keys.requires_grad
     for name, p in model.named_parameters():
@@ -82,25 +85,34 @@ def test_mixed_loss_trains_the_online_encoder_only():
 
 
 def test_odc_labels_are_read_before_the_memory_update():
-    cfg = tiny_config(*moco_overrides(), "mix.type=interintra", "mix.labels=odc", "mix.odc.num_clusters=4",
-                      "mix.odc.min_cluster=1", "mix.odc.centroid_interval=1", "mix.odc.small_cluster_interval=1")
+    cfg = tiny_config(
+        *moco_overrides(),
+        "mix.type=interintra",
+        "mix.labels=odc",
+        "mix.odc.num_clusters=4",
+        "mix.odc.min_cluster=1",
+        "mix.odc.centroid_interval=1",
+        "mix.odc.small_cluster_interval=1",
+    )
     model = Pretrainer(cfg, 32, 10)
-    model.on_train_start(lambda: (torch.nn.functional.normalize(torch.randn(32, 128), dim=1), torch.zeros(32)))
+    model.on_train_start(
+        lambda: (torch.nn.functional.normalize(torch.randn(32, 128), dim=1), torch.zeros(32))
+    )
     seen_labels = {}
-    mixer_forward = model.pipeline.mixer.forward
+    mixer_forward = model.mixing.mixer.forward
 
     def spy(xa, xb, lam, ctx):
         seen_labels["ctx"] = ctx.labels.clone()
         return mixer_forward(xa, xb, lam, ctx)
 
-    model.pipeline.mixer.forward = spy
+    model.mixing.mixer.forward = spy
     seen = _capture(model)
     index = torch.arange(8) * 4
-    before = model.pipeline.odc.labels_of(index).clone()
-    model.training_step(_views(), torch.zeros(8), index, 0, 10)
+    before = model.mixing.odc.labels_of(index).clone()
+    model.training_step(_views(), torch.zeros(8), index, 0, 10, 5)
     assert torch.equal(seen_labels["ctx"], before)
     # ... and the memory then holds this step's view-1 target embeddings (feature momentum 1).
-    assert torch.allclose(model.pipeline.odc.features[index], seen["out"].keys[0], atol=1e-6)
+    assert torch.allclose(model.mixing.odc.features[index], seen["out"].keys[0], atol=1e-6)
 
 
 METHOD_NAMES = sorted(METHODS)
@@ -123,7 +135,7 @@ def test_every_method_with_every_mixer_steps(method, mixer):
     opt = torch.optim.SGD(params, lr=0.01)
     views = [torch.randn(8, 3, s, s) for s in _view_sizes(cfg)]
     for step in range(2):
-        losses, metrics = model.training_step(views, torch.arange(8) % 10, torch.arange(8), step, 10)
+        losses, metrics = model.training_step(views, torch.arange(8) % 10, torch.arange(8), step, 10, 5)
         loss = sum(losses.values())
         assert torch.isfinite(loss), losses
         opt.zero_grad()
@@ -131,7 +143,7 @@ def test_every_method_with_every_mixer_steps(method, mixer):
         opt.step()
     assert "mix" in losses
     if mixer.startswith("samix"):
-        mixer_params = list(model.pipeline.mixer.net.parameters())
+        mixer_params = list(model.mixing.mixer.net.parameters())
         assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in mixer_params)
 
 
@@ -140,3 +152,47 @@ def _view_sizes(cfg):
         mc = cfg.data.aug.multi_crop
         return [s for s, c in zip(mc.sizes, mc.counts) for _ in range(c)]
     return [cfg.data.image_size, cfg.data.image_size]
+
+
+@pytest.mark.parametrize(
+    "mixer,extra,own",
+    [
+        ("samix_i", [], ["mixer_mask_within_var", "mixer_mask_between_var", "mixer_mask_saturated"]),
+        (
+            "samix_c",
+            ["mix.labels=dataset", "mix.odc.num_clusters=10"],
+            [
+                "cluster_head_acc",
+                "cluster_head_ce",
+                "cluster_head_ce_chance",
+                "mixer_mask_within_var",
+                "mixer_mask_between_var",
+                "mixer_mask_saturated",
+            ],
+        ),
+        ("cutmix", [], []),
+    ],
+)
+def test_the_step_logs_the_metrics_its_mixer_returns(mixer, extra, own):
+    """A learned mixer returns its metrics with its losses (MixerLosses), and the step logs them as they
+    are, after mix_lam and before the encoder masks' mask_*; nothing travels through the MixContext."""
+    model = Pretrainer(tiny_config(*moco_overrides(), f"mix.type={mixer}", *extra), 32, 10)
+    returned = []
+    if model.mixing.mixer.learned:
+        original = model.mixing.mixer.aux_losses
+
+        def spy(ctx, lam):
+            returned.append(original(ctx, lam))
+            return returned[-1]
+
+        model.mixing.mixer.aux_losses = spy
+    torch.manual_seed(0)
+    losses, metrics = model.training_step(_views(), torch.arange(8) % 10, torch.arange(8), 0, 10, 5)
+    names = list(metrics)
+    mask = ["mask_within_var", "mask_between_var", "mask_saturated"]
+    assert names[names.index("mix_lam") + 1 :][: len(own) + len(mask)] == own + mask
+    if returned:
+        assert set(returned[0].losses) <= set(losses)
+        for key, value in returned[0].metrics.items():
+            assert metrics[key] is value, key
+    assert "metrics" not in {f.name for f in dataclasses.fields(MixContext)}

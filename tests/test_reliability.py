@@ -1,5 +1,6 @@
 """Reliability of pre-training runs (issue 11): run directories, locks, signals, non-finite steps, resume
 fallback and compatibility, disk full, and files that try to run code when loaded."""
+
 import argparse
 import os
 import pickle
@@ -15,15 +16,23 @@ import yaml
 
 import ssmix.engine.checkpoint as ckpt
 import ssmix.engine.trainer as trainer
+from ssmix import pretrain, visualize_mix
 from ssmix.detection import convert as det_convert
 from ssmix.detection import train as det_train
-from ssmix.linear_eval import run as linear_run
-from ssmix import pretrain, visualize_mix
 from ssmix.engine.pretrainer import Pretrainer
+from ssmix.linear_eval import run as linear_run
 from tests.detection_helpers import PRESETS, encoder_state
-from tests.helpers import (CONFIG, LINEAR, ROOT, TINY, assert_same_checkpoint, checkpoint_steps, pretrain_argv,
-                           run_pretrain, uninterrupted_run)
-
+from tests.helpers import (
+    CONFIG,
+    LINEAR,
+    ROOT,
+    TINY,
+    assert_same_checkpoint,
+    checkpoint_steps,
+    pretrain_argv,
+    run_pretrain,
+    uninterrupted_run,
+)
 
 _argv, _pretrain = pretrain_argv, run_pretrain
 _steps, _assert_same_state = checkpoint_steps, assert_same_checkpoint
@@ -45,7 +54,9 @@ def reference(tmp_path_factory):
 
 def test_second_run_into_a_used_output_dir_is_refused_and_changes_nothing(tmp_path, capsys):
     assert _pretrain(capsys, tmp_path, "train.max_steps=2")[0] == 0
-    before = {name: (tmp_path / name).read_bytes() for name in ("config.yaml", "metrics.jsonl", "backbone.pth")}
+    before = {
+        name: (tmp_path / name).read_bytes() for name in ("config.yaml", "metrics.jsonl", "backbone.pth")
+    }
     ckpts = sorted(os.listdir(tmp_path / "checkpoints"))
     code, err = _pretrain(capsys, tmp_path, "train.max_steps=2", "seed=1")
     assert code == 2
@@ -57,7 +68,9 @@ def test_second_run_into_a_used_output_dir_is_refused_and_changes_nothing(tmp_pa
 def test_overwrite_replaces_the_old_run_and_prunes_only_the_new_one(tmp_path, capsys):
     assert _pretrain(capsys, tmp_path, "train.max_steps=4", "train.ckpt_every=1")[0] == 0
     assert _steps(tmp_path) == [3, 4]
-    code, _ = _pretrain(capsys, tmp_path, "train.max_steps=2", "train.ckpt_every=1", "seed=1", "overwrite=true")
+    code, _ = _pretrain(
+        capsys, tmp_path, "train.max_steps=2", "train.ckpt_every=1", "seed=1", "overwrite=true"
+    )
     assert code == 0
     assert _steps(tmp_path) == [1, 2] and _metric_steps(tmp_path) == [1, 2]
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["seed"] == 1
@@ -65,10 +78,17 @@ def test_overwrite_replaces_the_old_run_and_prunes_only_the_new_one(tmp_path, ca
 
 
 def test_a_second_process_in_the_same_output_dir_is_refused(tmp_path, capsys):
-    script = ("import sys\nfrom ssmix.engine.rundir import RunDir\nwith RunDir(sys.argv[1], False, False):\n"
-              "    print('locked', flush=True)\n    sys.stdin.read()\n")
-    holder = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], cwd=ROOT, text=True,
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    script = (
+        "import sys\nfrom ssmix.engine.rundir import RunDir\nwith RunDir(sys.argv[1], False, False):\n"
+        "    print('locked', flush=True)\n    sys.stdin.read()\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path)],
+        cwd=ROOT,
+        text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         code, err = _pretrain(capsys, tmp_path, "train.max_steps=1")
@@ -86,7 +106,10 @@ def test_a_read_only_output_dir_is_one_line(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(rundir.os, "access", lambda path, mode: False)  # as root, chmod would not stop us
     code, err = _pretrain(capsys, tmp_path / "ro", "train.max_steps=1")
-    assert code == 2 and err == f"error: output_dir: '{tmp_path / 'ro'}' is not writable; pass a writable directory\n"
+    assert (
+        code == 2
+        and err == f"error: output_dir: '{tmp_path / 'ro'}' is not writable; pass a writable directory\n"
+    )
 
 
 def test_stray_temp_files_of_a_killed_save_are_removed(tmp_path, capsys):
@@ -112,7 +135,9 @@ def _signal_at(monkeypatch, index, signum):
     monkeypatch.setattr(trainer, "set_learning_rates", hook)
 
 
-def test_sigterm_checkpoints_then_resume_equals_the_uninterrupted_run(tmp_path, capsys, monkeypatch, reference):
+def test_sigterm_checkpoints_then_resume_equals_the_uninterrupted_run(
+    tmp_path, capsys, monkeypatch, reference
+):
     _signal_at(monkeypatch, 3, signal.SIGTERM)
     code, err = _pretrain(capsys, tmp_path, "train.max_steps=6")
     assert code == 143
@@ -140,10 +165,10 @@ def _corrupt_from(monkeypatch, index, corrupt):
     """``corrupt(model, losses)`` at steps >= ``index`` (0-based): before the forward when ``losses`` is None."""
     original = Pretrainer.training_step
 
-    def step_fn(self, views, labels, idx, step, total_steps):
+    def step_fn(self, views, labels, idx, step, total_steps, steps_per_epoch):
         if step >= index:
             corrupt(self, None)
-        losses, metrics = original(self, views, labels, idx, step, total_steps)
+        losses, metrics = original(self, views, labels, idx, step, total_steps, steps_per_epoch)
         return (corrupt(self, losses) if step >= index else losses), metrics
 
     monkeypatch.setattr(Pretrainer, "training_step", step_fn)
@@ -155,7 +180,9 @@ def _all_finite(path):
 
 
 def test_nan_loss_leaves_only_finite_checkpoints(tmp_path, capsys, monkeypatch):
-    _corrupt_from(monkeypatch, 3, lambda model, losses: losses and {k: v * float("nan") for k, v in losses.items()})
+    _corrupt_from(
+        monkeypatch, 3, lambda model, losses: losses and {k: v * float("nan") for k, v in losses.items()}
+    )
     code, err = _pretrain(capsys, tmp_path, "train.max_steps=6", "train.ckpt_every=2", "train.log_every=100")
     assert code == 2 and err.count("\n") == 1
     good = ckpt.checkpoint_path(str(tmp_path), 2)
@@ -190,11 +217,20 @@ def test_truncated_newest_checkpoint_falls_back_to_the_previous(tmp_path, capsys
     assert code == 0 and f"skipping unreadable checkpoint {newest}" in err
     assert os.path.exists(newest + ".corrupt")
     _assert_same_state(ckpt.load_checkpoint(ckpt.latest_checkpoint(str(tmp_path))), reference)
-    assert _metric_steps(tmp_path) == [1, 2, 3, 4, 5, 6]  # rows 3, 4 of the lost steps were dropped, then re-run
+    assert _metric_steps(tmp_path) == [
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+    ]  # rows 3, 4 of the lost steps were dropped, then re-run
 
 
 def test_resume_from_an_older_checkpoint_prunes_only_its_own_line(tmp_path, capsys):
-    assert _pretrain(capsys, tmp_path, "train.max_steps=4", "train.ckpt_every=1", "train.keep_ckpts=4")[0] == 0
+    assert (
+        _pretrain(capsys, tmp_path, "train.max_steps=4", "train.ckpt_every=1", "train.keep_ckpts=4")[0] == 0
+    )
     older = ckpt.checkpoint_path(str(tmp_path), 2)
     code, err = _pretrain(capsys, tmp_path, "train.max_steps=3", "train.ckpt_every=1", f"resume={older}")
     assert code == 0 and "renamed *.stale" in err
@@ -202,11 +238,14 @@ def test_resume_from_an_older_checkpoint_prunes_only_its_own_line(tmp_path, caps
     assert _metric_steps(tmp_path) == [1, 2, 3]
 
 
-@pytest.mark.parametrize("override, message", [
-    ("train.lr=0.1", "train.lr 0.03 -> 0.1"),
-    ("model.arch=resnet34", "model.arch 'resnet18' -> 'resnet34'"),
-    ("mix.type=mixup", "mix.type 'none' -> 'mixup'"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.lr=0.1", "train.lr 0.03 -> 0.1"),
+        ("model.arch=resnet34", "model.arch 'resnet18' -> 'resnet34'"),
+        ("mix.type=mixup", "mix.type 'none' -> 'mixup'"),
+    ],
+)
 def test_resume_with_a_different_config_is_refused(tmp_path, capsys, override, message):
     assert _pretrain(capsys, tmp_path, "train.max_steps=1")[0] == 0
     config = (tmp_path / "config.yaml").read_bytes()
@@ -233,7 +272,9 @@ def test_disk_full_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, capsy
     assert code == 2 and err.count("\n") == 1
     assert "cannot write" in err and "no space left on device" in err and "previous file is intact" in err
     monkeypatch.undo()
-    assert _steps(tmp_path) == [2] and ckpt.load_checkpoint(ckpt.checkpoint_path(str(tmp_path), 2))["step"] == 2
+    assert (
+        _steps(tmp_path) == [2] and ckpt.load_checkpoint(ckpt.checkpoint_path(str(tmp_path), 2))["step"] == 2
+    )
     assert not [f for f in os.listdir(tmp_path / "checkpoints") if ".tmp." in f]
 
 
@@ -265,17 +306,25 @@ def _cifar_root(root, marker):
 
 ENTRY_POINTS = {
     "pretrain resume=": lambda evil, tmp: pretrain.main(_argv(tmp / "run", f"resume={evil}")),
-    "pretrain data_batch_1": lambda evil, tmp: pretrain.main(_argv(tmp / "run", "data.name=cifar10",
-                                                                  f"data.root={tmp / 'cifar'}")),
-    "pretrain mix.checkpoint=": lambda evil, tmp: pretrain.main(_argv(tmp / "run", "mix.type=samix_p",
-                                                                     f"mix.checkpoint={evil}")),
+    "pretrain data_batch_1": lambda evil, tmp: pretrain.main(
+        _argv(tmp / "run", "data.name=cifar10", f"data.root={tmp / 'cifar'}")
+    ),
+    "pretrain mix.checkpoint=": lambda evil, tmp: pretrain.main(
+        _argv(tmp / "run", "mix.type=samix_p", f"mix.checkpoint={evil}")
+    ),
     "linear_eval weights=": lambda evil, tmp: linear_run.main([LINEAR, f"weights={evil}", "device=cpu"]),
     "detection.train model.weights=": lambda evil, tmp: det_train.main(
-        [os.path.join(PRESETS, "tiny_voc_c4.yaml"), f"model.weights={evil}", f"output_dir={tmp / 'det'}",
-         "device=cpu"]),
+        [
+            os.path.join(PRESETS, "tiny_voc_c4.yaml"),
+            f"model.weights={evil}",
+            f"output_dir={tmp / 'det'}",
+            "device=cpu",
+        ]
+    ),
     "detection.convert": lambda evil, tmp: det_convert.main([str(evil), str(tmp / "out.pkl")]),
     "visualize_mix checkpoint=": lambda evil, tmp: visualize_mix.main(
-        [CONFIG, *TINY, f"checkpoint={evil}", f"out={tmp / 'grid.png'}"]),
+        [CONFIG, *TINY, f"checkpoint={evil}", f"out={tmp / 'grid.png'}"]
+    ),
 }
 
 
@@ -316,9 +365,15 @@ def test_trust_pickle_is_an_explicit_opt_in(tmp_path, capsys):
 
 def test_sigterm_to_the_process_group_with_loader_workers(tmp_path):
     """Preemption as a scheduler does it: SIGTERM to the whole process group, DataLoader workers included."""
-    argv = [sys.executable, "-m", "ssmix.pretrain", *_argv(tmp_path, "data.num_workers=1", "train.epochs=100")]
-    proc = subprocess.Popen(argv, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                            start_new_session=True)
+    argv = [
+        sys.executable,
+        "-m",
+        "ssmix.pretrain",
+        *_argv(tmp_path, "data.num_workers=1", "train.epochs=100"),
+    ]
+    proc = subprocess.Popen(
+        argv, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, start_new_session=True
+    )
     try:
         metrics = tmp_path / "metrics.jsonl"
         while proc.poll() is None and not (metrics.exists() and metrics.read_text().count("\n") >= 2):

@@ -2,6 +2,7 @@
 
 Each test's docstring says what the input did before the fix (main at 928e9ff).
 """
+
 import json
 import os
 import random
@@ -27,9 +28,15 @@ from ssmix.engine.pretrainer import Pretrainer
 from ssmix.evaluation.runner import evaluate
 from ssmix.linear_eval import run as linear_run
 from tests.detection_helpers import PRESETS, encoder_state
-from tests.helpers import (LINEAR, ROOT, assert_same_checkpoint, checkpoint_steps, pretrain_argv,
-                           run_pretrain, uninterrupted_run)
-
+from tests.helpers import (
+    LINEAR,
+    ROOT,
+    assert_same_checkpoint,
+    checkpoint_steps,
+    pretrain_argv,
+    run_pretrain,
+    uninterrupted_run,
+)
 
 _argv, _pretrain = pretrain_argv, run_pretrain
 _steps, _assert_same_state = checkpoint_steps, assert_same_checkpoint
@@ -107,7 +114,9 @@ def test_overwrite_deletes_the_old_run_only_at_the_new_runs_first_checkpoint(old
         original(obj, path)
 
     monkeypatch.setattr(ckpt, "_save_atomic", save)
-    code, _ = _pretrain(capsys, old_run, "overwrite=true", "seed=1", "train.max_steps=3", "train.ckpt_every=1")
+    code, _ = _pretrain(
+        capsys, old_run, "overwrite=true", "seed=1", "train.max_steps=3", "train.ckpt_every=1"
+    )
     assert code == 0 and seen == [old_backbone]
     assert not (old_run / ".replaced").exists() and _steps(old_run) == [2, 3]
     assert ckpt.load_checkpoint(ckpt.latest_checkpoint(str(old_run)))["config"]["seed"] == 1
@@ -119,7 +128,9 @@ def test_resume_auto_without_a_readable_checkpoint_refuses_a_finished_run(old_ru
         with open(path, "r+b") as f:
             f.truncate(100)
     backbone = (old_run / "backbone.pth").read_bytes()
-    code, err = _pretrain(capsys, old_run, "resume=auto", "model.arch=resnet34", "seed=3", "train.max_steps=2")
+    code, err = _pretrain(
+        capsys, old_run, "resume=auto", "model.arch=resnet34", "seed=3", "train.max_steps=2"
+    )
     assert code == 2 and err.strip().splitlines()[-1].startswith("error: resume=auto:")
     assert "holds no readable checkpoint but is not empty (backbone.pth" in err and "overwrite=true" in err
     assert (old_run / "backbone.pth").read_bytes() == backbone
@@ -147,8 +158,12 @@ def test_the_hint_inside_a_runs_checkpoints_folder_does_not_nest_a_run(old_run, 
 
 def test_a_failed_detection_run_leaves_its_directory_unused(tmp_path, capsys):
     """Before: the retry was refused ('is not empty: config.yaml, log.txt') after a data error."""
-    argv = [os.path.join(PRESETS, "tiny_voc_c4.yaml"), "device=cpu", f"output_dir={tmp_path / 'det'}",
-            f"data.root={tmp_path / 'none'}"]
+    argv = [
+        os.path.join(PRESETS, "tiny_voc_c4.yaml"),
+        "device=cpu",
+        f"output_dir={tmp_path / 'det'}",
+        f"data.root={tmp_path / 'none'}",
+    ]
     for _ in range(2):
         assert det_train.main(argv) == 2
         err = capsys.readouterr().err
@@ -204,7 +219,9 @@ def test_sigterm_twice_during_a_checkpoint_save_does_not_abort_it(tmp_path, caps
     monkeypatch.setattr(signals, "GRACE_S", 0.0)  # only the save protects it
     code, err = _pretrain(capsys, tmp_path, "train.max_steps=6", "train.ckpt_every=2")
     assert code == 143 and err.count("\n") == 1 and "stopped by SIGTERM at step 2" in err
-    assert _steps(tmp_path) == [2] and ckpt.load_checkpoint(ckpt.checkpoint_path(str(tmp_path), 2))["step"] == 2
+    assert (
+        _steps(tmp_path) == [2] and ckpt.load_checkpoint(ckpt.checkpoint_path(str(tmp_path), 2))["step"] == 2
+    )
 
 
 def test_sighup_checkpoints_and_exits_129(tmp_path, capsys, monkeypatch):
@@ -230,10 +247,10 @@ def test_sigint_inside_the_first_step_checkpoints_step_1(tmp_path, capsys, monke
     """Ctrl-C in the middle of the first forward (exit 130 with step 1's checkpoint; unchanged)."""
     original = Pretrainer.training_step
 
-    def step_fn(self, views, labels, index, step, total_steps):
+    def step_fn(self, views, labels, index, step, total_steps, steps_per_epoch):
         if step == 0:
             os.kill(os.getpid(), signal.SIGINT)
-        return original(self, views, labels, index, step, total_steps)
+        return original(self, views, labels, index, step, total_steps, steps_per_epoch)
 
     monkeypatch.setattr(Pretrainer, "training_step", step_fn)
     code, err = _pretrain(capsys, tmp_path, "train.max_steps=3")
@@ -245,25 +262,30 @@ def test_a_later_deliberate_second_signal_stops_at_once_in_one_line(tmp_path, ca
     monkeypatch.setattr(signals, "GRACE_S", 0.0)
     original = Pretrainer.training_step
 
-    def step_fn(self, views, labels, index, step, total_steps):
+    def step_fn(self, views, labels, index, step, total_steps, steps_per_epoch):
         if step == 2:
             os.kill(os.getpid(), signal.SIGTERM)
             os.kill(os.getpid(), signal.SIGTERM)
-        return original(self, views, labels, index, step, total_steps)
+        return original(self, views, labels, index, step, total_steps, steps_per_epoch)
 
     monkeypatch.setattr(Pretrainer, "training_step", step_fn)
     code, err = _pretrain(capsys, tmp_path, "train.max_steps=6", "train.ckpt_every=1")
     assert code == 143 and err.count("\n") == 1 and "Traceback" not in err
     assert "stopped at once by a second SIGTERM" in err and err.strip().endswith("resume=auto")
-    assert _steps(tmp_path) == [1, 2] and ckpt.load_checkpoint(ckpt.checkpoint_path(str(tmp_path), 2))["step"] == 2
+    assert (
+        _steps(tmp_path) == [1, 2]
+        and ckpt.load_checkpoint(ckpt.checkpoint_path(str(tmp_path), 2))["step"] == 2
+    )
 
 
 # one thread, as conftest sets for the in-process reference: runs are bit-exact only at one thread count
-_SLOW = ("import sys, time\nimport torch\ntorch.set_num_threads(1)\nimport ssmix.engine.trainer as t\n"
-         "from ssmix import pretrain\n"
-         "lr = t.set_learning_rates\n"
-         "def slow(*a):\n    time.sleep(0.4)\n    lr(*a)\n"
-         "t.set_learning_rates = slow\nsys.exit(pretrain.main(sys.argv[1:]))\n")
+_SLOW = (
+    "import sys, time\nimport torch\ntorch.set_num_threads(1)\nimport ssmix.engine.trainer as t\n"
+    "from ssmix import pretrain\n"
+    "lr = t.set_learning_rates\n"
+    "def slow(*a):\n    time.sleep(0.4)\n    lr(*a)\n"
+    "t.set_learning_rates = slow\nsys.exit(pretrain.main(sys.argv[1:]))\n"
+)
 
 
 def test_gnu_timeout_forwarding_sigterm_to_the_process_group(tmp_path, capsys, reference):
@@ -273,8 +295,15 @@ def test_gnu_timeout_forwarding_sigterm_to_the_process_group(tmp_path, capsys, r
     if shutil.which("timeout") is None:
         pytest.skip("GNU timeout not installed")
     argv = ["timeout", "300", sys.executable, "-c", _SLOW, *_argv(tmp_path, "train.max_steps=6")]
-    proc = subprocess.Popen(argv, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                            start_new_session=True, env={**os.environ, "PYTHONPATH": ROOT})
+    proc = subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "PYTHONPATH": ROOT},
+    )
     try:
         metrics = tmp_path / "metrics.jsonl"
         while proc.poll() is None and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
@@ -348,8 +377,15 @@ def test_the_feature_cache_sees_changed_images(tmp_path):
         for i, cls in enumerate("ab"):
             for j in range(2):
                 _png(tmp_path / "data" / split / cls / f"{j}.png", value=200 * i + j)
-    options = dict(epochs=1, batch_size=4, milestones=[1], knn_k=2, cache_dir=str(tmp_path / "cache"), device="cpu",
-                   log=None)
+    options = dict(
+        epochs=1,
+        batch_size=4,
+        milestones=[1],
+        knn_k=2,
+        cache_dir=str(tmp_path / "cache"),
+        device="cpu",
+        log=None,
+    )
     data = {"name": "imagefolder", "root": str(tmp_path / "data"), "image_size": 16, "num_workers": 0}
     first = evaluate("random", data, **options)
     assert first["feature_cache"]["misses"] == 2
@@ -390,8 +426,14 @@ def test_tiny_and_odd_mode_images_pretrain(tmp_path, capsys):
         Image.new("L", (9, 9), 20 * i).save(folder / f"grey_{i}.png")
         Image.new("RGBA", (16, 16), (0, 40 * i, 0, 99)).save(folder / f"rgba_{i}.png")
         Image.fromarray(np.full((12, 12), 9000 * (i + 1), np.uint16)).save(folder / f"deep_{i}.png")
-    code, err = _pretrain(capsys, tmp_path / "run", "data.name=folder", f"data.root={folder}", "train.epochs=1",
-                          "method.bn_splits=1")
+    code, err = _pretrain(
+        capsys,
+        tmp_path / "run",
+        "data.name=folder",
+        f"data.root={folder}",
+        "train.epochs=1",
+        "method.bn_splits=1",
+    )
     assert code == 0, err
 
 
@@ -410,7 +452,10 @@ def test_a_moved_data_root_on_resume_is_a_warning_with_the_diff(tmp_path, capsys
         _png(tmp_path / "a" / f"{i}.png", value=20 * i)
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     folder = ["data.name=folder", "train.epochs=1", "method.bn_splits=1"]
-    assert _pretrain(capsys, tmp_path / "run", *folder, f"data.root={tmp_path / 'a'}", "train.max_steps=1")[0] == 0
+    assert (
+        _pretrain(capsys, tmp_path / "run", *folder, f"data.root={tmp_path / 'a'}", "train.max_steps=1")[0]
+        == 0
+    )
     code, err = _pretrain(capsys, tmp_path / "run", *folder, f"data.root={tmp_path / 'b'}", "resume=auto")
     assert code == 0 and f"warning: resume: data.root '{tmp_path / 'a'}' -> '{tmp_path / 'b'}'" in err
     assert "8 images there (1 steps per epoch)" in err
@@ -426,8 +471,18 @@ def test_a_second_linear_eval_of_a_run_keeps_the_first_results(finished, tmp_pat
     """Before: the second evaluation overwrote <run>/linear_synthetic_cached/results.json."""
     run = tmp_path / "run"
     shutil.copytree(finished, run)
-    argv = [LINEAR, f"weights={run}", "device=cpu", "cache_dir=", "data.num_samples=16", "data.image_size=16",
-            "epochs=1", "milestones=[1]", "batch_size=8", "knn_k=2"]
+    argv = [
+        LINEAR,
+        f"weights={run}",
+        "device=cpu",
+        "cache_dir=",
+        "data.num_samples=16",
+        "data.image_size=16",
+        "epochs=1",
+        "milestones=[1]",
+        "batch_size=8",
+        "knn_k=2",
+    ]
     assert linear_run.main(argv) == 0
     first = (run / "linear_synthetic_cached" / "results.json").read_bytes()
     assert linear_run.main([*argv, "seeds=2"]) == 0
@@ -483,7 +538,13 @@ def test_train_net_reads_model_weights_without_running_code(tmp_path, capsys):
 def test_omp_num_threads_0_runs(tmp_path):
     """``OMP_NUM_THREADS=0`` (libgomp says the value is invalid and uses its default): the run ends normally."""
     env = {**os.environ, "OMP_NUM_THREADS": "0", "PYTHONPATH": ROOT}
-    proc = subprocess.run([sys.executable, "-m", "ssmix.pretrain", *_argv(tmp_path, "train.max_steps=1")], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ssmix.pretrain", *_argv(tmp_path, "train.max_steps=1")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr and _steps(tmp_path) == [1]

@@ -1,5 +1,6 @@
 """What a researcher sees (issue 23): the start-up summary and the per-phase lines of a pre-training run,
 named health warnings."""
+
 from __future__ import annotations
 
 import json
@@ -17,21 +18,38 @@ ODC_SMALL = ["mix.odc.num_clusters=4", "mix.odc.min_cluster=1"]
 
 def test_startup_summary_and_phase_lines(tmp_path, capsys):
     out = tmp_path / "run"
-    code = pretrain.main([SAMIX_C, *TINY, *moco_overrides(), *ODC_SMALL, f"output_dir={out}", "train.max_steps=4",
-                          "train.knn_every=1", "train.knn_k=5"])
+    code = pretrain.main(
+        [
+            SAMIX_C,
+            *TINY,
+            *moco_overrides(),
+            *ODC_SMALL,
+            f"output_dir={out}",
+            "train.max_steps=4",
+            "train.knn_every=1",
+            "train.knn_k=5",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     lines = captured.out.splitlines()
     assert "[ssmix] data: 32 images found (synthetic, split train); method mocov2, mix samix_c" in lines
-    assert "[ssmix] schedule: 4 steps/epoch x 2 epochs = 8 steps, stopping at step 4 (train.max_steps)" in lines
+    assert (
+        "[ssmix] schedule: 4 steps/epoch x 2 epochs = 8 steps, stopping at step 4 (train.max_steps)" in lines
+    )
     assert "[ssmix] running on: world size 1, device cpu, precision fp32" in lines
     assert f"[ssmix] outputs: {out}" in lines
     # every long phase has a start line and an end line with its time and rate, in this order
-    starts = ["[ssmix] ODC init: feature extraction: 32 images ...",
-              "[ssmix] ODC init: k-means: 32 x 128 -> 4 clusters ...", "[ssmix] epoch 1: kNN monitor: k=5 ..."]
-    ends = [r"\[ssmix\] ODC init: feature extraction: done in [\d.]+ s, 32 images, \d+ images/s",
-            r"\[ssmix\] ODC init: k-means: done in [\d.]+ s, 32 points, \d+ points/s",
-            r"\[ssmix\] epoch 1: kNN monitor: done in [\d.]+ s"]
+    starts = [
+        "[ssmix] ODC init: feature extraction: 32 images ...",
+        "[ssmix] ODC init: k-means: 32 x 128 -> 4 clusters ...",
+        "[ssmix] epoch 1: kNN monitor: k=5 ...",
+    ]
+    ends = [
+        r"\[ssmix\] ODC init: feature extraction: done in [\d.]+ s, 32 images, \d+ images/s",
+        r"\[ssmix\] ODC init: k-means: done in [\d.]+ s, 32 points, \d+ points/s",
+        r"\[ssmix\] epoch 1: kNN monitor: done in [\d.]+ s",
+    ]
     at = [lines.index(s) for s in starts]
     assert at == sorted(at)
     for start, end in zip(at, ends):
@@ -54,14 +72,23 @@ def test_health_warnings_are_named_in_metrics(tmp_path):
 def test_linear_eval_extraction_has_start_and_end_lines(capsys):
     from ssmix.evaluation import evaluate
 
-    evaluate("random", data={"name": "synthetic", "num_samples": 8, "num_classes": 2, "image_size": 16,
-                             "num_workers": 0}, epochs=1, batch_size=4, milestones=[1], knn_k=3, cache_dir=None,
-             device="cpu")
+    evaluate(
+        "random",
+        data={"name": "synthetic", "num_samples": 8, "num_classes": 2, "image_size": 16, "num_workers": 0},
+        epochs=1,
+        batch_size=4,
+        milestones=[1],
+        knn_k=3,
+        cache_dir=None,
+        device="cpu",
+    )
     lines = capsys.readouterr().out.splitlines()
     for split in ("train", "test"):
         start = lines.index(f"[ssmix] linear eval: feature extraction: {split} split, 8 images x 1 copy ...")
-        assert re.fullmatch(r"\[ssmix\] linear eval: feature extraction: done in [\d.]+ s, 8 images, \d+ images/s",
-                            lines[start + 1])
+        assert re.fullmatch(
+            r"\[ssmix\] linear eval: feature extraction: done in [\d.]+ s, 8 images, \d+ images/s",
+            lines[start + 1],
+        )
 
 
 # ------------------------------------------------------------------------------- resume without overrides
@@ -104,11 +131,16 @@ def test_resume_run_dir_refuses_a_changed_key_with_the_difference(tmp_path, caps
 def test_resume_needs_a_run_dir_with_config_and_pretrain_needs_a_config(tmp_path, capsys):
     assert pretrain.main(["--resume", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert err == f"error: --resume: {tmp_path / 'config.yaml'} not found; pass the output_dir of a run that " \
-                  "started (it holds config.yaml)\n"
+    assert (
+        err == f"error: --resume: {tmp_path / 'config.yaml'} not found; pass the output_dir of a run that "
+        "started (it holds config.yaml)\n"
+    )
     import pytest
 
-    for argv, message in (([], "pass a CONFIG"), (["--resume", str(tmp_path), "digits/mocov2"], "is not a key=value")):
+    for argv, message in (
+        ([], "pass a CONFIG"),
+        (["--resume", str(tmp_path), "digits/mocov2"], "is not a key=value"),
+    ):
         with pytest.raises(SystemExit) as exit_info:
             pretrain.main(argv)
         err = capsys.readouterr().err
@@ -119,9 +151,9 @@ def test_resume_needs_a_run_dir_with_config_and_pretrain_needs_a_config(tmp_path
 
 
 def test_output_dir_defaults_to_runs_dataset_config_name(tmp_path):
-    from ssmix.cli import load_pretrain_config
-
     import glob
+
+    from ssmix.cli import load_pretrain_config
 
     for path in glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True):
         if os.sep + "_base_" + os.sep in path or os.sep + "linear" + os.sep in path:
@@ -129,7 +161,9 @@ def test_output_dir_defaults_to_runs_dataset_config_name(tmp_path):
         cfg = load_pretrain_config(path)
         assert cfg.output_dir == os.path.join("runs", cfg.data.name, os.path.basename(path)[:-5]), path
     assert load_pretrain_config(CONFIG).output_dir == os.path.join("runs", "synthetic", "mocov2")
-    assert load_pretrain_config("digits/mocov2_samix_c").output_dir == os.path.join("runs", "digits", "mocov2_samix_c")
+    assert load_pretrain_config("digits/mocov2_samix_c").output_dir == os.path.join(
+        "runs", "digits", "mocov2_samix_c"
+    )
     folder = load_pretrain_config("mocov2_samix_c", ["data.name=folder"])
     assert folder.output_dir == os.path.join("runs", "folder", "mocov2_samix_c")
     assert load_pretrain_config(CONFIG, ["output_dir=elsewhere"]).output_dir == "elsewhere"
@@ -142,7 +176,14 @@ def test_output_dir_defaults_to_runs_dataset_config_name(tmp_path):
 
 def test_a_refused_run_leaves_no_directory_behind(tmp_path, capsys):
     out = tmp_path / "a" / "b" / "run"
-    refused = [CONFIG, *TINY, *moco_overrides(), "data.name=folder", f"data.root={tmp_path}", "train.knn_every=1"]
+    refused = [
+        CONFIG,
+        *TINY,
+        *moco_overrides(),
+        "data.name=folder",
+        f"data.root={tmp_path}",
+        "train.knn_every=1",
+    ]
     assert pretrain.main([*refused, f"output_dir={out}"]) == 2
     assert "data.eval_root" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()
@@ -160,8 +201,9 @@ def test_feature_cache_lives_under_the_run_or_ssmix_cache(tmp_path, monkeypatch)
     run = tmp_path / "run"
     run.mkdir()
     assert resolve_cache_dir(LinearEvalConfig(weights=str(run))) == str(run / "feature_cache")
-    assert resolve_cache_dir(LinearEvalConfig(weights="random", output_dir="out")) == os.path.join("out",
-                                                                                                   "feature_cache")
+    assert resolve_cache_dir(LinearEvalConfig(weights="random", output_dir="out")) == os.path.join(
+        "out", "feature_cache"
+    )
     assert resolve_cache_dir(LinearEvalConfig(weights="random")) is None
     assert resolve_cache_dir(LinearEvalConfig(weights=str(run), cache_dir="")) is None
     monkeypatch.setenv("SSMIX_CACHE", str(tmp_path / "cache"))
@@ -172,12 +214,31 @@ def test_feature_cache_lives_under_the_run_or_ssmix_cache(tmp_path, monkeypatch)
     monkeypatch.chdir(cwd)
     from ssmix.config import from_dict
 
-    cfg = from_dict(LinearEvalConfig, {"weights": "random", "output_dir": str(tmp_path / "eval"), "epochs": 1,
-                                       "batch_size": 4, "milestones": [1], "knn_k": 3, "device": "cpu",
-                                       "data": {"name": "synthetic", "num_samples": 8, "num_classes": 2,
-                                                "image_size": 16, "num_workers": 0}})
+    cfg = from_dict(
+        LinearEvalConfig,
+        {
+            "weights": "random",
+            "output_dir": str(tmp_path / "eval"),
+            "epochs": 1,
+            "batch_size": 4,
+            "milestones": [1],
+            "knn_k": 3,
+            "device": "cpu",
+            "data": {
+                "name": "synthetic",
+                "num_samples": 8,
+                "num_classes": 2,
+                "image_size": 16,
+                "num_workers": 0,
+            },
+        },
+    )
     result = run_linear_eval(cfg)
-    assert result["feature_cache"] == {"dir": str(tmp_path / "eval" / "feature_cache"), "hits": 0, "misses": 2}
+    assert result["feature_cache"] == {
+        "dir": str(tmp_path / "eval" / "feature_cache"),
+        "hits": 0,
+        "misses": 2,
+    }
     assert len(os.listdir(tmp_path / "eval" / "feature_cache")) == 2 and os.listdir(cwd) == []
 
 
@@ -206,20 +267,28 @@ def test_print_config_keeps_meanings_marks_unused_keys_and_loads_back(tmp_path, 
     assert "  mask_loss: l2  # l2 (SSL dev configs) | l1 (SL configs)" in lines
     swav = _printed(capsys, "swav").splitlines()
     assert any(line.startswith("    multi_crop:  # SwAV multi-crop") for line in swav)
-    assert not any("unused: data.name" in line for line in _printed(capsys, "synthetic/simclr").splitlines()
-                   if "num_samples" in line)
+    assert not any(
+        "unused: data.name" in line
+        for line in _printed(capsys, "synthetic/simclr").splitlines()
+        if "num_samples" in line
+    )
 
 
 def test_docs_config_md_is_generated_from_the_schema():
     from ssmix.config_doc import config_reference
 
     with open(os.path.join(ROOT, "docs", "config.md"), encoding="utf-8") as f:
-        assert f.read() == config_reference(), "docs/config.md is stale: python -m ssmix.config_doc > docs/config.md"
+        assert f.read() == config_reference(), (
+            "docs/config.md is stale: python -m ssmix.config_doc > docs/config.md"
+        )
     text = config_reference()
-    for row in ("| `train.grad_clip` | float or null | `null` | clip the gradients' global norm to this (null = off) |",
-                "| `train.min_lr_ratio` | float | `0.0` | final lr = lr * min_lr_ratio (cosine) |",
-                "| `data.num_samples` | int | `512` | synthetic only |", "## `mix.type: samix_c`",
-                "| `method.queue_size` | int | `16384` | negatives kept in the key queue |"):
+    for row in (
+        "| `train.grad_clip` | float or null | `null` | clip the gradients' global norm to this (null = off) |",
+        "| `train.min_lr_ratio` | float | `0.0` | final lr = lr * min_lr_ratio (cosine) |",
+        "| `data.num_samples` | int | `512` | synthetic only |",
+        "## `mix.type: samix_c`",
+        "| `method.queue_size` | int | `16384` | negatives kept in the key queue |",
+    ):
         assert row in text, row
 
 
@@ -227,16 +296,18 @@ def test_docs_config_md_is_generated_from_the_schema():
 
 
 def _commands():
+    from ssmix import visualize_mix
     from ssmix.detection import convert, train, train_net
     from ssmix.linear_eval import run
-    from ssmix import visualize_mix
 
-    return {"ssmix-pretrain": (pretrain.main, "usage: ssmix-pretrain CONFIG [key=value ...] [--print-config]"),
-            "ssmix-linear-eval": (run.main, "usage: ssmix-linear-eval CONFIG [key=value ...]"),
-            "ssmix-detect": (train.main, "usage: ssmix-detect PRESET|CONFIG [key=value ...]"),
-            "ssmix-visualize": (visualize_mix.main, "usage: ssmix-visualize CONFIG [checkpoint=PATH]"),
-            "ssmix-convert": (convert.main, "usage: ssmix-convert INPUT OUTPUT.pkl"),
-            "train_net": (train_net.cli, "usage: python -m ssmix.detection.train_net --config-file FILE")}
+    return {
+        "ssmix-pretrain": (pretrain.main, "usage: ssmix-pretrain CONFIG [key=value ...] [--print-config]"),
+        "ssmix-linear-eval": (run.main, "usage: ssmix-linear-eval CONFIG [key=value ...]"),
+        "ssmix-detect": (train.main, "usage: ssmix-detect PRESET|CONFIG [key=value ...]"),
+        "ssmix-visualize": (visualize_mix.main, "usage: ssmix-visualize CONFIG [checkpoint=PATH]"),
+        "ssmix-convert": (convert.main, "usage: ssmix-convert INPUT OUTPUT.pkl"),
+        "train_net": (train_net.cli, "usage: python -m ssmix.detection.train_net --config-file FILE"),
+    }
 
 
 def test_every_command_has_a_usage_line_and_no_markup(capsys):
@@ -251,7 +322,9 @@ def test_every_command_has_a_usage_line_and_no_markup(capsys):
         assert "``" not in text and ":mod:" not in text and ":func:" not in text, name
         assert "options:" in text or "optional arguments:" in text, name
     assert "Presets: coco_r50_c4_2x, tiny_coco_c4" in texts["ssmix-detect"]
-    assert "--resume RUN_DIR" in texts["ssmix-pretrain"] and "Linear probe and kNN" in texts["ssmix-linear-eval"]
+    assert (
+        "--resume RUN_DIR" in texts["ssmix-pretrain"] and "Linear probe and kNN" in texts["ssmix-linear-eval"]
+    )
 
 
 def test_commands_without_arguments_print_usage_and_exit_2(capsys):
@@ -334,8 +407,13 @@ def test_online_probe_resumes_exactly(tmp_path):
     from tests.helpers import tiny_config
 
     def cfg(out, steps, *extra):
-        return tiny_config(*moco_overrides(), f"output_dir={out}", f"train.max_steps={steps}",
-                           "train.online_probe=on", *extra)
+        return tiny_config(
+            *moco_overrides(),
+            f"output_dir={out}",
+            f"train.max_steps={steps}",
+            "train.online_probe=on",
+            *extra,
+        )
 
     train(cfg(tmp_path / "whole", 6))
     train(cfg(tmp_path / "cut", 3))
@@ -353,7 +431,14 @@ def test_online_probe_on_an_unlabelled_split_is_refused_and_auto_stays_off(tmp_p
     images.mkdir()
     for i in range(16):
         Image.new("RGB", (20, 20), (i * 10, 0, 0)).save(images / f"{i}.png")
-    common = [CONFIG, *TINY, *moco_overrides(), "data.name=folder", f"data.root={images}", "train.max_steps=2"]
+    common = [
+        CONFIG,
+        *TINY,
+        *moco_overrides(),
+        "data.name=folder",
+        f"data.root={images}",
+        "train.max_steps=2",
+    ]
     assert pretrain.main([*common, f"output_dir={tmp_path / 'on'}", "train.online_probe=on"]) == 2
     assert "train.online_probe=on: this split has no labels" in capsys.readouterr().err
     assert pretrain.main([*common, f"output_dir={tmp_path / 'auto'}", "train.online_probe=auto"]) == 0
@@ -412,8 +497,16 @@ def test_wandb_offline_run_logs_scalars_and_grids(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     out = tmp_path / "run"
-    train(tiny_config(*moco_overrides(), f"output_dir={out}", "mix.type=cutmix", "train.max_steps=4",
-                      "train.vis_every=1", "train.loggers=[tensorboard,wandb]"))
+    train(
+        tiny_config(
+            *moco_overrides(),
+            f"output_dir={out}",
+            "mix.type=cutmix",
+            "train.max_steps=4",
+            "train.vis_every=1",
+            "train.loggers=[tensorboard,wandb]",
+        )
+    )
     runs = glob.glob(str(out / "wandb" / "offline-run-*"))
     records = glob.glob(os.path.join(runs[0], "run-*.wandb")) if len(runs) == 1 else []
     assert records and os.path.isdir(out / "tb")  # TensorBoard as well

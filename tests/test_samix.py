@@ -1,4 +1,5 @@
 """SAMix Mixer (docs/algorithm.md §3, §4): MixerNet, mask post-processing, losses, gradient isolation, SAMix-P."""
+
 from __future__ import annotations
 
 import math
@@ -23,6 +24,7 @@ from ssmix.mixers.samix import (
     export_mixer,
     load_mixer,
 )
+from ssmix.mixers.samix.encoder_mix import mix_for_encoder
 from ssmix.mixers.samix.losses import mixup_cross_entropy, pair_bce
 from ssmix.mixers.samix.masks import (
     adjust_mask_mean,
@@ -49,15 +51,31 @@ class TinyEncoder(nn.Module):
         return self.fc(F.relu(self.conv(x)).mean((2, 3)))
 
 
-def make_ctx(encoder: nn.Module, cross_view: bool = True, negatives: bool = True, labels=None, classes=0,
-             class_weights=None, step=0, total=10) -> MixContext:
+def make_ctx(
+    encoder: nn.Module,
+    cross_view: bool = True,
+    negatives: bool = True,
+    labels=None,
+    classes=0,
+    class_weights=None,
+    step=0,
+    total=10,
+) -> MixContext:
     views = [torch.randn(N, 3, IMG, IMG), torch.randn(N, 3, IMG, IMG)]
     return MixContext(
-        views=views, pairing=Pairing(0, 1 if cross_view else 0, derangement(N)),
-        keys=l2n(torch.randn(2, N, D)), negatives=l2n(torch.randn(32, D)) if negatives else None,
-        temperature=0.2, embed_target=lambda x: l2n(frozen_call(encoder, x)),
-        online_prefix=lambda x, stop: x, feature_maps=torch.randn(2, N, C, FEAT, FEAT),
-        labels=labels, num_classes=classes, class_weights=class_weights, step=step, total_steps=total,
+        views=views,
+        pairing=Pairing(0, 1 if cross_view else 0, derangement(N)),
+        keys=l2n(torch.randn(2, N, D)),
+        negatives=l2n(torch.randn(32, D)) if negatives else None,
+        temperature=0.2,
+        embed_target=lambda x: l2n(frozen_call(encoder, x)),
+        online_prefix=lambda x, stop: x,
+        feature_maps=torch.randn(2, N, C, FEAT, FEAT),
+        labels=labels,
+        num_classes=classes,
+        class_weights=class_weights,
+        step=step,
+        total_steps=total,
     )
 
 
@@ -106,9 +124,12 @@ def test_mixer_net_matches_hand_written_forward():
     k = F.conv2d(u, net.key.weight, net.key.bias).flatten(2)
     att = torch.softmax(torch.einsum("ndi,ndj->nij", q, k) / math.sqrt(C // 2), dim=-1)
     conv1, bn, _, conv2, _ = net.value
-    hidden = F.elu((F.conv2d(eb, conv1.weight) - bn.running_mean[:, None, None])
-                   / torch.sqrt(bn.running_var[:, None, None] + bn.eps) * bn.weight[:, None, None]
-                   + bn.bias[:, None, None])
+    hidden = F.elu(
+        (F.conv2d(eb, conv1.weight) - bn.running_mean[:, None, None])
+        / torch.sqrt(bn.running_var[:, None, None] + bn.eps)
+        * bn.weight[:, None, None]
+        + bn.bias[:, None, None]
+    )
     v = F.conv2d(hidden, conv2.weight).flatten(2)  # (N, 1, hw)
     content = torch.einsum("nij,nj->ni", att, v[:, 0]).view(3, 1, 3, 5)
     s_b = torch.sigmoid(F.interpolate(content, size=(12, 20), mode="bilinear", align_corners=False))
@@ -172,6 +193,36 @@ def test_mixer_net_init_and_masks_differ_across_pairs():
     assert float(mask[0].std()) > 1e-4  # and not constant within a mask
 
 
+def _attention(net: MixerNet, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
+    joint = torch.cat([z_a, z_b], dim=1)
+    q = net.query(joint).flatten(2).transpose(1, 2)
+    return torch.softmax(q @ net.key(joint).flatten(2) / math.sqrt(net.qk_dim), dim=-1)
+
+
+def test_qk_init_std_sets_only_the_query_and_key_weights_and_starts_attention_away_from_uniform():
+    torch.manual_seed(0)
+    reference, wide = MixerNet(256), MixerNet(256, qk_init_std=0.1)
+    for net, std in ((reference, 0.01), (wide, 0.1)):
+        for conv in (net.query, net.key):
+            assert float(conv.weight.detach().std()) == pytest.approx(std, rel=0.05)
+        assert float(net.value[0].weight.detach().std()) == pytest.approx(0.01, rel=0.05)
+        assert float(net.value[3].weight.detach().std()) == pytest.approx(0.01, rel=0.2)
+    # post-ReLU stage-3-like maps (positive, shared mean): at 0.01 every query sees uniform attention
+    z = torch.randn(2, 8, 256, 4, 4).relu()
+    uniform = math.log(16)
+
+    def entropy(net: MixerNet) -> float:
+        with torch.no_grad():
+            p = _attention(net, z[0], z[1])
+        return float(-(p * p.log()).sum(-1).mean()) / uniform
+
+    assert entropy(reference) > 0.99
+    assert entropy(wide) < 0.9
+    assert samix_i(qk_init_std=0.1).net.qk_init_std == 0.1  # mix.qk_init_std reaches the net
+    with pytest.raises(ConfigError, match="mix.qk_init_std"):
+        samix_i(qk_init_std=0.0)
+
+
 def test_mixer_net_rejects_wrong_channels():
     with pytest.raises(ValueError, match="feature_channels"):
         MixerNet(256)(torch.randn(2, 1024, 6, 6), torch.randn(2, 1024, 6, 6), 0.5, (96, 96))
@@ -182,11 +233,16 @@ def test_mixer_net_rejects_wrong_channels():
 
 def test_rescale_lambda_spec_values():
     lam = torch.tensor([0.1, 0.25, 0.75, 0.9])
-    torch.testing.assert_close(rescale_lambda(lam, 1.0), torch.tensor([0.136, 0.297, 0.703, 0.864]), atol=5e-4, rtol=0)
-    torch.testing.assert_close(rescale_lambda(torch.tensor([0.1, 0.25]), 0.25), torch.tensor([0.182, 0.357]),
-                               atol=5e-4, rtol=0)
+    torch.testing.assert_close(
+        rescale_lambda(lam, 1.0), torch.tensor([0.136, 0.297, 0.703, 0.864]), atol=5e-4, rtol=0
+    )
+    torch.testing.assert_close(
+        rescale_lambda(torch.tensor([0.1, 0.25]), 0.25), torch.tensor([0.182, 0.357]), atol=5e-4, rtol=0
+    )
     for k in (1.0, 0.25):
-        torch.testing.assert_close(rescale_lambda(torch.tensor([0.0, 0.5, 1.0]), k), torch.tensor([0.0, 0.5, 1.0]))
+        torch.testing.assert_close(
+            rescale_lambda(torch.tensor([0.0, 0.5, 1.0]), k), torch.tensor([0.0, 0.5, 1.0])
+        )
     assert rescale_lambda(lam, -1) is lam
 
 
@@ -229,15 +285,18 @@ def test_gaussian_smooth_of_a_delta_is_the_normalised_kernel():
     g = g / g.sum()
     out = gaussian_smooth(delta, sigma)
     assert out.shape == delta.shape
-    torch.testing.assert_close(out[0, 0, 7 - size // 2: 8 + size // 2, 7 - size // 2: 8 + size // 2], torch.outer(g, g))
+    torch.testing.assert_close(
+        out[0, 0, 7 - size // 2 : 8 + size // 2, 7 - size // 2 : 8 + size // 2], torch.outer(g, g)
+    )
 
 
 def test_auto_label_gives_same_cluster_pairs_the_constant_mask():
     torch.manual_seed(0)
     mask = torch.rand(3, 1, 8, 8)
     lam = torch.full((3,), 0.4)
-    out = postprocess_encoder_mask(mask, lam, 0.1, 0.0, "auto_label", 0.05, torch.tensor([1, 2, 3]),
-                                   torch.tensor([1, 0, 3]))
+    out = postprocess_encoder_mask(
+        mask, lam, 0.1, 0.0, "auto_label", 0.05, torch.tensor([1, 2, 3]), torch.tensor([1, 0, 3])
+    )
     assert bool((out[0] == 0.4).all()) and bool((out[2] == 0.4).all())
     assert float(out[1].std()) > 0.05
 
@@ -262,7 +321,9 @@ def test_mask_loss_per_sample_uses_each_images_mean_and_variance():
     means = [0.85, 0.3]
     within = [float(((mask[i] - means[i]) ** 2).mean()) for i in range(2)]
     l_mu = (max((0.85 - lam) ** 2 - 0.01, 0) + 0.0) / 2
-    assert float(mask_loss(mask, lam, 0.1, "l2", per_sample=True)) == pytest.approx(l_mu - 2 * sum(within) / 2, abs=1e-6)
+    assert float(mask_loss(mask, lam, 0.1, "l2", per_sample=True)) == pytest.approx(
+        l_mu - 2 * sum(within) / 2, abs=1e-6
+    )
     # a whole-image choice (half all-0, half all-1) earns the batch variance 0.25 but no within-image one
     choice = torch.tensor([0.0, 1.0]).view(2, 1, 1, 1).expand(2, 1, 4, 4)
     assert float(mask_loss(choice, 0.5, 0.1, "l2")) == pytest.approx(-0.5)
@@ -270,7 +331,9 @@ def test_mask_loss_per_sample_uses_each_images_mean_and_variance():
 
 
 def test_decayed_weight_schedules():
-    assert [decayed_weight(0.1, s, 100, "linear") for s in (0, 25, 50, 100)] == pytest.approx([0.1, 0.075, 0.05, 0.0])
+    assert [decayed_weight(0.1, s, 100, "linear") for s in (0, 25, 50, 100)] == pytest.approx(
+        [0.1, 0.075, 0.05, 0.0]
+    )
     expected = [0.1, 0.05 * (1 + math.cos(math.pi / 4)), 0.05, 0.0]
     assert [decayed_weight(0.1, s, 100, "cosine") for s in (0, 25, 50, 100)] == pytest.approx(expected)
     assert decayed_weight(0.5, 70, 100, "constant") == 0.5
@@ -301,7 +364,9 @@ def test_two_source_bce_formula():
     lam, t = torch.full((3,), 0.3), 0.2
     ea, eb = torch.exp((z * ka).sum(1) / t), torch.exp((z * kb).sum(1) / t)
     p = ea / (ea + eb)
-    torch.testing.assert_close(two_source_bce(z, ka, kb, lam, t), -0.3 * torch.log(p) - 0.7 * torch.log(1 - p))
+    torch.testing.assert_close(
+        two_source_bce(z, ka, kb, lam, t), -0.3 * torch.log(p) - 0.7 * torch.log(1 - p)
+    )
 
 
 def test_pair_bce_and_mixup_ce_formulas():
@@ -317,12 +382,16 @@ def test_pair_bce_and_mixup_ce_formulas():
     assert float(pair_bce(logits, ya, ya, lam, ones, ones)) == 0.0
     logp = torch.log_softmax(logits, 1)
     ce = -(0.7 * logp[torch.arange(3), ya] + 0.3 * logp[torch.arange(3), yb])
-    assert float(mixup_cross_entropy(logits, ya, yb, lam, ones, ones)) == pytest.approx(float(ce.mean()), rel=1e-5)
+    assert float(mixup_cross_entropy(logits, ya, yb, lam, ones, ones)) == pytest.approx(
+        float(ce.mean()), rel=1e-5
+    )
     # class weights: each term is sum_n w_y l_n / sum_n w_y
     w = torch.tensor([0.5, 0.2, 0.3])
     wa, wb = w[ya], w[yb]
-    expected = (0.7 * (wa * -logp[torch.arange(3), ya]).sum() / wa.sum()
-                + 0.3 * (wb * -logp[torch.arange(3), yb]).sum() / wb.sum())
+    expected = (
+        0.7 * (wa * -logp[torch.arange(3), ya]).sum() / wa.sum()
+        + 0.3 * (wb * -logp[torch.arange(3), yb]).sum() / wb.sum()
+    )
     assert float(mixup_cross_entropy(logits, ya, yb, lam, wa, wb)) == pytest.approx(float(expected), rel=1e-5)
 
 
@@ -333,11 +402,15 @@ def test_samix_i_losses_match_formula():
     z = l2n(torch.randn(N, D))
     perm = derangement(N)
     lam = torch.full((N,), 0.6)
-    batch = MixerTrainingBatch(lam=lam, pairing=ctx.pairing.with_partners(perm), mask=torch.rand(N, 1, IMG, IMG), z=z)
-    out = mixer.losses_for(batch, ctx)
+    batch = MixerTrainingBatch(
+        lam=lam, pairing=ctx.pairing.with_partners(perm), mask=torch.rand(N, 1, IMG, IMG), z=z
+    )
+    out = mixer.losses_for(batch, ctx).losses
     ka, kb = ctx.keys[1], ctx.keys[0][perm]
     torch.testing.assert_close(out["mixer_local"], two_source_bce(z, ka, kb, lam, 0.2).mean())
-    torch.testing.assert_close(out["mixer_global"], 0.5 * mixup_info_nce(z, ka, kb, lam, ctx.negatives, 0.2).mean())
+    torch.testing.assert_close(
+        out["mixer_global"], 0.5 * mixup_info_nce(z, ka, kb, lam, ctx.negatives, 0.2).mean()
+    )
     beta = 0.1 * 0.5  # linear decay at the middle of training
     torch.testing.assert_close(out["mixer_mask"], beta * mask_loss(batch.mask, 0.6, 0.1, "l2"))
 
@@ -353,16 +426,19 @@ def test_samix_c_eta_balanced_loss_matches_formula():
     perm = torch.tensor([1, 2, 3, 0])  # pairs (0,1) (1,1) (1,3) (3,0): row 1 is same-cluster
     lam = torch.full((N,), 0.4)
     z = l2n(torch.randn(N, D))
-    batch = MixerTrainingBatch(lam=lam, pairing=ctx.pairing.with_partners(perm), mask=torch.rand(N, 1, IMG, IMG), z=z)
-    out = mixer.losses_for(batch, ctx)
+    batch = MixerTrainingBatch(
+        lam=lam, pairing=ctx.pairing.with_partners(perm), mask=torch.rand(N, 1, IMG, IMG), z=z
+    )
+    out = mixer.losses_for(batch, ctx).losses
     s = z @ l2n(mixer.head.weight).t() / 0.1  # cosine head, temperature 0.1 (z is already unit-length)
     ya, yb = labels, labels[perm]
     wa, wb = weights[ya], weights[yb]
     rows = torch.arange(N)
     p = torch.exp(s[rows, ya]) / (torch.exp(s[rows, ya]) + torch.exp(s[rows, yb]))
     keep = (ya != yb).float()
-    local = (0.4 * (-torch.log(p)) * wa * keep).sum() / (wa * keep).sum() \
-        + (0.6 * (-torch.log(1 - p)) * wb * keep).sum() / (wb * keep).sum()
+    local = (0.4 * (-torch.log(p)) * wa * keep).sum() / (wa * keep).sum() + (
+        0.6 * (-torch.log(1 - p)) * wb * keep
+    ).sum() / (wb * keep).sum()
     logp = torch.log_softmax(s, 1)
     glob = 0.4 * (wa * -logp[rows, ya]).sum() / wa.sum() + 0.6 * (wb * -logp[rows, yb]).sum() / wb.sum()
     torch.testing.assert_close(out["mixer_local"], local)
@@ -386,14 +462,16 @@ def test_bb_forward_builds_no_graph_and_returns_drawn_lambda():
     assert bool(((res.mask.mean((1, 2, 3)) - res.lam).abs() <= 0.05 + 1e-6).all())
 
 
-@pytest.mark.parametrize("cross_view,negatives,extend", [(True, True, "none"), (False, False, "none"),
-                                                          (True, True, "both"), (True, False, "interpolation")])
+@pytest.mark.parametrize(
+    "cross_view,negatives,extend",
+    [(True, True, "none"), (False, False, "none"), (True, True, "both"), (True, False, "interpolation")],
+)
 def test_samix_i_gradient_reaches_only_the_mixer(cross_view, negatives, extend):
     torch.manual_seed(0)
     encoder = TinyEncoder()
     mixer = samix_i(latent_pos_extend=extend)
     ctx = make_ctx(encoder, cross_view=cross_view, negatives=negatives)
-    losses = mixer.aux_losses(ctx, mixer.sample_lambda())
+    losses = mixer.aux_losses(ctx, mixer.sample_lambda()).losses
     assert set(losses) == {"mixer_local", "mixer_global", "mixer_mask"}
     assert all(bool(torch.isfinite(v)) and v.dim() == 0 for v in losses.values())
     sum(losses.values()).backward()
@@ -434,7 +512,7 @@ def test_samix_c_gradients_head_and_frozen_twin():
     res = mixer(ctx.views[0], ctx.views[1][ctx.pairing.perm], mixer.sample_lambda(), ctx)  # refreshes psi_off
     assert not res.x.requires_grad
     torch.testing.assert_close(mixer.head_off.weight, mixer.head.weight)
-    losses = mixer.aux_losses(ctx, mixer.sample_lambda())
+    losses = mixer.aux_losses(ctx, mixer.sample_lambda()).losses
     assert set(losses) == {"mixer_local", "mixer_global", "mixer_mask", "cluster_head"}
     sum(losses.values()).backward()
     assert all(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in mixer.head.parameters())
@@ -453,7 +531,7 @@ def test_samix_c_mixer_gets_no_gradient_from_the_head_loss():
     mixer = samix_c()
     ctx = make_ctx(TinyEncoder(), labels=torch.tensor([0, 1, 2, 3]), classes=5)
     mixer(ctx.views[0], ctx.views[1][ctx.pairing.perm], mixer.sample_lambda(), ctx)
-    mixer.aux_losses(ctx, mixer.sample_lambda())["cluster_head"].backward()
+    mixer.aux_losses(ctx, mixer.sample_lambda()).losses["cluster_head"].backward()
     assert all(p.grad is None for p in mixer.net.parameters())
 
 
@@ -461,7 +539,7 @@ def test_samix_c_bce_local_and_clear_errors():
     torch.manual_seed(0)
     mixer = samix_c(local="bce")
     ctx = make_ctx(TinyEncoder(), labels=torch.tensor([0, 1, 2, 3]), classes=5)
-    assert bool(torch.isfinite(mixer.aux_losses(ctx, mixer.sample_lambda())["mixer_local"]))
+    assert bool(torch.isfinite(mixer.aux_losses(ctx, mixer.sample_lambda()).losses["mixer_local"]))
     with pytest.raises(ValueError, match="mix.embed_dim: 8"):
         bad = SAMixCConfig(feature_channels=C, embed_dim=16)
         bad.odc.num_clusters = 5
@@ -478,7 +556,8 @@ def test_configs_parse_and_validate():
     assert cfg.mix.odc.num_clusters == 10 and cfg.mix.eta == 0.5 and cfg.mix.mixer_lr == 0.005
     cfg = build_config({"mix": {"type": "samix_i"}})
     assert isinstance(cfg.mix, SAMixIConfig) and cfg.mix.alpha == 2.0 and cfg.mix.rescale_k == 1.0
-    assert not samix_i().net.lam_offset and samix_i(lam_offset=True).net.lam_offset  # the reference by default
+    # the reference by default
+    assert not samix_i().net.lam_offset and samix_i(lam_offset=True).net.lam_offset
     with pytest.raises(ConfigError, match="mix.mask_adjust"):
         samix_i(mask_adjust="auto_label")
     with pytest.raises(ConfigError, match="mix.mask_loss"):
@@ -486,9 +565,23 @@ def test_configs_parse_and_validate():
     with pytest.raises(ConfigError, match="mix.latent_pos_extend"):
         samix_i(latent_pos_extend="expolation")
     group = samix_i().param_groups()[0]
-    assert set(group) == {"name", "params", "lars", "lr", "momentum", "weight_decay", "warmup_epochs", "min_lr"}
+    assert set(group) == {
+        "name",
+        "params",
+        "lars",
+        "lr",
+        "momentum",
+        "weight_decay",
+        "warmup_epochs",
+        "min_lr",
+    }
     assert group["lars"] is False  # plain SGD whatever the encoder optimizer (docs/algorithm.md §6.2)
-    assert (group["lr"], group["momentum"], group["warmup_epochs"], group["min_lr"]) == (0.005, 0.9, 10.0, 1e-4)
+    assert (group["lr"], group["momentum"], group["warmup_epochs"], group["min_lr"]) == (
+        0.005,
+        0.9,
+        10.0,
+        1e-4,
+    )
 
 
 def test_feature_maps_required():
@@ -529,6 +622,58 @@ def test_samix_p_round_trip_and_frozen(tmp_path):
     assert all(p.grad is None for p in mixer.parameters())
 
 
+@pytest.mark.parametrize("post", [{}, {"mask_smooth": 1.5, "lam_margin": 0.3}, {"mask_adjust": "none"}])
+def test_samix_i_and_samix_p_share_one_encoder_mask_path(tmp_path, post):
+    """The same Mixer on the same stage-3 maps gives SAMix-I's and SAMix-P's bb batch bit for bit, and
+    both are :func:`mix_for_encoder` (docs/algorithm.md §2.1 step 5, §3.6)."""
+    torch.manual_seed(0)
+    trunk = ResNetTrunk("resnet18", cifar_stem=True).eval()
+    net = MixerNet(256).eval()
+    for p in net.parameters():
+        nn.init.normal_(p, 0, 0.05)
+    pretrained = SAMixP(SAMixPConfig(checkpoint=export_mixer(str(tmp_path), net, trunk), **post))
+    learned = SAMixI(SAMixIConfig(feature_channels=256, **post)).eval()
+    learned.net.load_state_dict(net.state_dict())
+    xa, xb = torch.randn(3, 3, 16, 16), torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        maps = trunk.run(torch.cat([xa, xb]), 0, 3)
+    ctx = MixContext(
+        views=[xa, xb],
+        pairing=Pairing(0, 1, torch.arange(3)),
+        keys=torch.zeros(2, 3, D),
+        negatives=None,
+        temperature=0.2,
+        embed_target=None,
+        online_prefix=None,
+        feature_maps=torch.stack([maps[:3], maps[3:]]),
+    )
+    results = []
+    for run in (
+        lambda lam: learned(xa, xb, lam, ctx),
+        lambda lam: pretrained(xa, xb, lam, None),
+        lambda lam: mix_for_encoder(net, learned.cfg, xa, xb, (maps[:3], maps[3:]), lam),
+    ):
+        torch.manual_seed(5)
+        results.append(run(learned.sample_lambda()))
+    for other in results[1:]:
+        for field in ("x", "lam", "mask"):
+            assert torch.equal(getattr(results[0], field), getattr(other, field)), field
+        assert other.start == 0
+    assert float(results[0].mask.std()) > 0
+
+
+def test_samix_configs_refuse_an_alpha_that_does_not_mix():
+    """SAMix's alpha rule (> 0) replaces the base's (>= 0), with its own message, when the config is made
+    and again when the mixer is built."""
+    for kind in ("samix_i", "samix_c", "samix_p"):
+        with pytest.raises(ConfigError, match=r"mix.alpha: SAMix needs a Beta concentration > 0, got 0"):
+            build_config({"mix": {"type": kind, "alpha": 0.0}})
+    cfg = SAMixIConfig(feature_channels=C)
+    cfg.alpha = -1.0
+    with pytest.raises(ConfigError, match=r"mix.alpha: SAMix needs a Beta concentration > 0, got -1.0"):
+        SAMixI(cfg)
+
+
 def test_samix_p_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="mix.checkpoint"):
         load_mixer(str(tmp_path / "missing.pt"))
@@ -553,10 +698,12 @@ def test_samix_c_head_logs_accuracy_and_ce_against_chance():
     with torch.no_grad():  # prototypes = the view-a keys of each row: the head predicts every label
         mixer.head.weight.zero_()
         mixer.head.weight[labels] = ctx.keys[ctx.pairing.view_a]
-    losses = mixer.aux_losses(ctx, mixer.sample_lambda())
-    assert ctx.metrics["cluster_head_acc"] == 1.0
-    assert ctx.metrics["cluster_head_ce_chance"] == pytest.approx(2 * math.log(5))
-    torch.testing.assert_close(torch.tensor(ctx.metrics["cluster_head_ce"]), losses["cluster_head"].detach())
+    aux = mixer.aux_losses(ctx, mixer.sample_lambda())
+    assert aux.metrics["cluster_head_acc"] == 1.0
+    assert aux.metrics["cluster_head_ce_chance"] == pytest.approx(2 * math.log(5))
+    torch.testing.assert_close(
+        torch.tensor(aux.metrics["cluster_head_ce"]), aux.losses["cluster_head"].detach()
+    )
     # A cosine head over a temperature of 0.1 has logits in [-10, 10]: far from the ~0.01 of a linear
     # head on unit-length inputs, so its CE can move well below chance.
     logits = mixer.head(ctx.keys[ctx.pairing.view_a])
@@ -569,5 +716,5 @@ def test_samix_logs_the_mixer_masks_statistics():
     torch.manual_seed(0)
     mixer = samix_i()
     ctx = make_ctx(TinyEncoder())
-    mixer.aux_losses(ctx, mixer.sample_lambda())
-    assert {"mixer_mask_within_var", "mixer_mask_between_var", "mixer_mask_saturated"} <= set(ctx.metrics)
+    aux = mixer.aux_losses(ctx, mixer.sample_lambda())
+    assert list(aux.metrics) == ["mixer_mask_within_var", "mixer_mask_between_var", "mixer_mask_saturated"]

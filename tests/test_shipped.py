@@ -1,4 +1,5 @@
 """Shipped configs by name (ssmix.shipped): the forms a user types, from any working directory."""
+
 from pathlib import Path
 
 import pytest
@@ -26,14 +27,17 @@ def test_a_dataset_config_resolves_with_its_folder(arg):
     assert PRETRAIN.resolve(arg) == str(ROOT / "configs" / "digits" / "mocov2.yaml")
 
 
-@pytest.mark.parametrize("shelf, arg, expected", [
-    (LINEAR, "digits", "configs/linear/digits.yaml"),
-    (LINEAR, "linear/digits", "configs/linear/digits.yaml"),
-    (LINEAR, "configs/linear/digits.yaml", "configs/linear/digits.yaml"),
-    (DETECTION, "tiny_voc_c4", "detection/presets/tiny_voc_c4.yaml"),
-    (DETECTION, "detection/presets/tiny_voc_c4.yaml", "detection/presets/tiny_voc_c4.yaml"),
-    (DETECTRON2, "pascal_voc_R_50_C4_24k_moco", "detection/configs/pascal_voc_R_50_C4_24k_moco.yaml"),
-])
+@pytest.mark.parametrize(
+    "shelf, arg, expected",
+    [
+        (LINEAR, "digits", "configs/linear/digits.yaml"),
+        (LINEAR, "linear/digits", "configs/linear/digits.yaml"),
+        (LINEAR, "configs/linear/digits.yaml", "configs/linear/digits.yaml"),
+        (DETECTION, "tiny_voc_c4", "detection/presets/tiny_voc_c4.yaml"),
+        (DETECTION, "detection/presets/tiny_voc_c4.yaml", "detection/presets/tiny_voc_c4.yaml"),
+        (DETECTRON2, "pascal_voc_R_50_C4_24k_moco", "detection/configs/pascal_voc_R_50_C4_24k_moco.yaml"),
+    ],
+)
 def test_each_shelf_resolves_its_own_tree(shelf, arg, expected):
     assert shelf.resolve(arg) == str(ROOT / expected)
 
@@ -55,9 +59,11 @@ def test_names_are_runnable_configs_only():
 def test_an_unknown_name_lists_the_close_ones():
     with pytest.raises(ConfigError) as err:
         PRETRAIN.resolve("mocov2_samix")
-    assert str(err.value) == ("config file not found: 'mocov2_samix' is neither a file nor a config shipped with "
-                              "ssmix (did you mean mocov2_samix_p, mocov2_samix_i, mocov2_samix_c, mocov2_fmix, "
-                              "mocov2_mixup?)")
+    assert str(err.value) == (
+        "config file not found: 'mocov2_samix' is neither a file nor a config shipped with "
+        "ssmix (did you mean mocov2_samix_p, mocov2_samix_i, mocov2_samix_c, mocov2_fmix, "
+        "mocov2_mixup?)"
+    )
     with pytest.raises(ConfigError, match=r"did you mean cifar100/mocov2, mocov2_samix_c, cifar10/mocov2, "):
         PRETRAIN.resolve("cifar100/mocov2_samix_c")
 
@@ -66,8 +72,9 @@ def test_a_name_without_close_matches_names_the_folder():
     with pytest.raises(ConfigError) as err:
         PRETRAIN.resolve("qqqqqqqq")
     assert str(err.value).endswith(f"(shipped names are the .yaml files under {ROOT / 'configs'}, e.g. byol)")
-    with pytest.raises(ConfigError, match="^config file not found: 'x' is neither a file nor a config shipped"
-                                          " with ssmix$"):
+    with pytest.raises(
+        ConfigError, match="^config file not found: 'x' is neither a file nor a config shipped with ssmix$"
+    ):
         Shelf("no/such/tree").resolve("x")
 
 
@@ -82,6 +89,8 @@ def test_loaders_take_names_and_keep_base_inheritance():
 def test_pretrain_reports_an_unknown_name_in_one_line(capsys):
     assert pretrain.main(["digits/mocov3", "--print-config"]) == 2
     err = capsys.readouterr().err
-    assert err == ("error: config file not found: 'digits/mocov3' is neither a file nor a config shipped with "
-                   "ssmix (did you mean digits/mocov2, digits/mocov2_cutmix, digits/mocov2_samix_i, "
-                   "digits/mocov2_samix_c, digits/simclr?)\n")
+    assert err == (
+        "error: config file not found: 'digits/mocov3' is neither a file nor a config shipped with "
+        "ssmix (did you mean digits/mocov2, digits/mocov2_cutmix, digits/mocov2_samix_i, "
+        "digits/mocov2_samix_c, digits/simclr?)\n"
+    )

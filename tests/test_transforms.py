@@ -1,11 +1,12 @@
 """View augmentations: the digits rotation option (lightly's rr_prob / rr_degrees)."""
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from ssmix.config import AugConfig, ConfigError, load_config
-from ssmix.data.transforms import build_view_transform, build_eval_transform
+from ssmix.data.transforms import build_eval_transform, build_view_transform
 
 MEAN, STD = [0.5] * 3, [0.25] * 3
 

@@ -1,12 +1,13 @@
 """Mixed-sample grids (ssmix.visualize, CLI ssmix.visualize_mix): the CLI's PNGs, the lambda sweep's pairing and values,
 checkpoint loading and the trainer's TensorBoard grid."""
+
 import os
 
 import pytest
 import torch
 from PIL import Image
 
-from ssmix.data.datasets import DATASET_INFO, data_info
+from ssmix.data.datasets import DATASET_INFO, dataset_info_from_config
 from ssmix.engine.pretrainer import Pretrainer
 from ssmix.visualize import training_grid
 from ssmix.visualize.figure import grid_cells, mask_cells
@@ -23,7 +24,7 @@ MEAN, STD = DATASET_INFO["synthetic"].mean, DATASET_INFO["synthetic"].std
 
 def _model(*overrides):
     cfg = tiny_config(*moco_overrides(), *overrides)
-    return cfg, Pretrainer(cfg, cfg.data.num_samples, data_info(cfg.data).num_classes)
+    return cfg, Pretrainer(cfg, cfg.data.num_samples, dataset_info_from_config(cfg.data).num_classes)
 
 
 def _cli(tmp_path, *args):
@@ -65,7 +66,9 @@ def test_mixup_sweep_columns_follow_the_formula_and_end_at_the_sources():
     # lambda = 1: Mixup's blend xb + 1 * (xa - xb) rounds, so equal up to float32 rounding
     assert torch.allclose(cells[:, 6], a, atol=1e-6, rtol=0)
     for k, lam in enumerate([0.0, 0.25, 0.5, 0.75, 1.0]):
-        expected = (lam * pairs.xa + (1 - lam) * pairs.xb) * torch.tensor(STD).view(3, 1, 1) + torch.tensor(MEAN).view(3, 1, 1)
+        expected = (lam * pairs.xa + (1 - lam) * pairs.xb) * torch.tensor(STD).view(3, 1, 1) + torch.tensor(
+            MEAN
+        ).view(3, 1, 1)
         assert torch.allclose(cells[:, 2 + k], expected.clamp(0, 1), atol=1e-5)
     assert torch.equal(sweep.masks[1], torch.full_like(sweep.masks[1], 0.25))
 
@@ -83,8 +86,7 @@ def test_cutmix_sweep_is_exact_at_lambda_one_and_pastes_b_at_the_same_centre():
 
 def test_interintra_reads_the_partners_label():
     # 2 classes (label = index % 2): same-label pairs get Mixup (constant mask), the others CutMix.
-    cfg, model = _model("mix.type=interintra", "mix.labels=dataset", "data.num_classes=2",
-                        "seed=1")
+    cfg, model = _model("mix.type=interintra", "mix.labels=dataset", "data.num_classes=2", "seed=1")
     pairs = load_pairs(cfg, "train", 6)
     same = pairs.labels_a == pairs.labels_b
     assert 0 < int(same.sum()) < 6  # both kinds in the batch (seed 1)
@@ -98,8 +100,8 @@ def test_interintra_reads_the_partners_label():
 def test_samix_sweep_mixes_each_pair_with_its_own_partner_through_the_mask():
     cfg, model = _model("mix.type=samix_i")
     with torch.no_grad():  # a Mixer with spatially varying output
-        model.pipeline.mixer.net.value[0].weight.normal_(0, 1.0)
-        model.pipeline.mixer.net.value[3].weight.normal_(0, 1.0)
+        model.mixing.mixer.net.value[0].weight.normal_(0, 1.0)
+        model.mixing.mixer.net.value[3].weight.normal_(0, 1.0)
     pairs = load_pairs(cfg, "train", 2)
     sweep = lambda_sweep(model, pairs, [0.0, 0.5, 1.0])
     assert sweep.learned and sweep.masks.shape == sweep.raw_masks.shape == (3, 2, 1, 16, 16)
@@ -116,8 +118,8 @@ def test_samix_sweep_mixes_each_pair_with_its_own_partner_through_the_mask():
 def test_samix_p_sweep_uses_its_own_trunk_and_matches_the_exporting_samix_i(tmp_path):
     cfg_i, model_i = _model("mix.type=samix_i")
     with torch.no_grad():
-        model_i.pipeline.mixer.net.value[0].weight.normal_(0, 1.0)
-    model_i.pipeline.mixer.export(str(tmp_path), model_i.method.target_trunk(), {"image_size": 16})
+        model_i.mixing.mixer.net.value[0].weight.normal_(0, 1.0)
+    model_i.mixing.mixer.export(str(tmp_path), model_i.method.target_trunk(), {"image_size": 16})
     _, model_p = _model("mix.type=samix_p", f"mix.checkpoint={tmp_path}/mixer.pt")
     pairs, lams = load_pairs(cfg_i, "train", 2), [0.3, 0.6]
     sweep_i, sweep_p = lambda_sweep(model_i, pairs, lams), lambda_sweep(model_p, pairs, lams)
@@ -128,20 +130,24 @@ def test_samix_p_sweep_uses_its_own_trunk_and_matches_the_exporting_samix_i(tmp_
 
 def test_the_sweep_passes_each_lambda_to_the_mixer_as_the_step_does(monkeypatch):
     cfg, model = _model("mix.type=resizemix")
-    mixer, seen = model.pipeline.mixer, []
+    mixer, seen = model.mixing.mixer, []
     forward = mixer.forward
-    monkeypatch.setattr(mixer, "forward", lambda xa, xb, lam, ctx: seen.append(lam) or forward(xa, xb, lam, ctx))
+    monkeypatch.setattr(
+        mixer, "forward", lambda xa, xb, lam, ctx: seen.append(lam) or forward(xa, xb, lam, ctx)
+    )
     sweep = lambda_sweep(model, load_pairs(cfg, "train", 2), [0.2, 0.5, 0.9])
     assert seen == [0.2, 0.5, 0.9]
     # ResizeMix pastes the partner shrunk to tau = sqrt(1 - lambda): the pasted area falls as lambda rises
     pasted = [int((sweep.masks[k, 0] == 0).sum()) for k in range(3)]
     assert pasted[0] > pasted[1] > pasted[2] > 0
-    assert pasted[0] <= int(0.8 ** 0.5 * 16) ** 2
+    assert pasted[0] <= int(0.8**0.5 * 16) ** 2
 
 
 def test_choose_pairs_is_seeded_and_never_pairs_an_image_with_itself():
     a, b = choose_pairs(10, 4, seed=3)
-    assert torch.equal(a, choose_pairs(10, 4, seed=3)[0]) and not torch.equal(a, choose_pairs(10, 4, seed=4)[0])
+    assert torch.equal(a, choose_pairs(10, 4, seed=3)[0]) and not torch.equal(
+        a, choose_pairs(10, 4, seed=4)[0]
+    )
     assert len(set(a.tolist()) | set(b.tolist())) == 8
     a, b = choose_pairs(3, 5, seed=0)  # fewer images than 2 x pairs
     assert bool((a != b).all())
@@ -150,12 +156,12 @@ def test_choose_pairs_is_seeded_and_never_pairs_an_image_with_itself():
 def test_checkpoint_from_a_run_directory(tmp_path):
     cfg, model = _model("mix.type=samix_i")
     with torch.no_grad():
-        model.pipeline.mixer.net.query.weight.fill_(0.123)
+        model.mixing.mixer.net.query.weight.fill_(0.123)
     os.makedirs(tmp_path / "checkpoints")
     torch.save({"model": model.state_dict()}, tmp_path / "checkpoints" / "step_00000001.pt")
     torch.save({"model": {}}, tmp_path / "checkpoints" / "step_00000000.pt")  # older
     loaded = build_model(cfg, str(tmp_path), "cpu")
-    assert torch.equal(loaded.pipeline.mixer.net.query.weight, model.pipeline.mixer.net.query.weight)
+    assert torch.equal(loaded.mixing.mixer.net.query.weight, model.mixing.mixer.net.query.weight)
     other = tiny_config(*moco_overrides(), "mix.type=cutmix")
     with pytest.raises(ValueError, match="does not fit the model"):
         build_model(other, str(tmp_path), "cpu")
@@ -182,7 +188,7 @@ def test_object_corr_is_one_for_a_mask_that_keeps_each_object_and_near_zero_for_
         for i in range(p):
             top = torch.randint(*rows, (1,), generator=generator).item()
             left = torch.randint(0, 10, (1,), generator=generator).item()
-            images[i, :, top:top + 6, left:left + 6] = torch.rand(1, generator=generator) + 0.5
+            images[i, :, top : top + 6, left : left + 6] = torch.rand(1, generator=generator) + 0.5
     fa, fb = foreground(xa), foreground(xb)
     assert fa.sum(dim=1).eq(36).all()  # the 6x6 object exactly
     keeps_objects = ((fa - fb + 1) / 2).view(p, 1, side, side)
@@ -192,7 +198,7 @@ def test_object_corr_is_one_for_a_mask_that_keeps_each_object_and_near_zero_for_
     for i in range(p):
         top, left = torch.randint(0, side - 8, (2,), generator=generator).tolist()
         boxes[i, :, :, :] = 1.0
-        boxes[i, :, top:top + 8, left:left + 8] = 0.0
+        boxes[i, :, top : top + 8, left : left + 8] = 0.0
     assert abs(object_corr(boxes, xa, xb)) < 0.15
     assert object_corr(torch.full((p, 1, side, side), 0.5), xa, xb) == 0.0  # a flat mask follows nothing
 
@@ -208,8 +214,11 @@ def test_rows_are_labelled_with_pair_indices_and_labels():
     labels = pair_labels(lambda_sweep(model, pairs, [0.5]))
     assert len(labels) == 3
     for i, lines in enumerate(labels):
-        assert lines == [f"pair {i + 1}", f"a: #{int(pairs.index_a[i])}, label {int(pairs.labels_a[i])}",
-                         f"b: #{int(pairs.index_b[i])}, label {int(pairs.labels_b[i])}"]
+        assert lines == [
+            f"pair {i + 1}",
+            f"a: #{int(pairs.index_a[i])}, label {int(pairs.labels_a[i])}",
+            f"b: #{int(pairs.index_b[i])}, label {int(pairs.labels_b[i])}",
+        ]
 
 
 def test_mask_figure_has_a_grey_scale_bar_and_the_title_names_the_weights(tmp_path, capsys):
@@ -217,7 +226,9 @@ def test_mask_figure_has_a_grey_scale_bar_and_the_title_names_the_weights(tmp_pa
 
     out = _cli(tmp_path, "mix.type=samix_i")
     masks = np.asarray(Image.open(tmp_path / "grid_masks.png").convert("RGB")).astype(int)
-    ramp = masks[6 * 66 + 2 + 72 + 6 + 5, 132 + 2 + 1: 132 + 2 + 300]  # a row through the bar, inside its outline
+    ramp = masks[
+        6 * 66 + 2 + 72 + 6 + 5, 132 + 2 + 1 : 132 + 2 + 300
+    ]  # a row through the bar, inside its outline
     assert (ramp[:, 0] == ramp[:, 1]).all() and (ramp[:, 1] == ramp[:, 2]).all()  # grey
     assert (np.diff(ramp[:, 0]) >= 0).all() and ramp[0, 0] < 10 and ramp[-1, 0] > 200  # black to white
     plain = np.asarray(Image.open(out).convert("RGB"))
@@ -240,8 +251,13 @@ def test_build_model_from_a_checkpoint_says_which_one(tmp_path):
 def test_vis_every_writes_pngs_under_the_run_dir(tmp_path):
     from ssmix.engine.trainer import train
 
-    cfg = tiny_config(*moco_overrides(), f"output_dir={tmp_path}", "mix.type=cutmix", "train.vis_every=1",
-                      "train.max_steps=8")
+    cfg = tiny_config(
+        *moco_overrides(),
+        f"output_dir={tmp_path}",
+        "mix.type=cutmix",
+        "train.vis_every=1",
+        "train.max_steps=8",
+    )
     train(cfg)
     assert sorted(os.listdir(tmp_path / "figures")) == ["mix_epoch0001.png", "mix_epoch0002.png"]
     assert Image.open(tmp_path / "figures" / "mix_epoch0002.png").size == (132 + 7 * 66 + 2, 4 * 66 + 2 + 72)

@@ -6,6 +6,7 @@ subsampled); labels
 are the nearest centroids. The result never leaves a cluster empty. A small pure-torch Lloyd loop
 replaces faiss only when faiss cannot be imported.
 """
+
 from __future__ import annotations
 
 from typing import Tuple
@@ -108,7 +109,9 @@ def _lloyd_faiss(faiss, x: Tensor, seeds: Tensor, iters: int, seed: int) -> Tens
     clustering.niter, clustering.seed, clustering.verbose = iters, seed, False
     clustering.max_points_per_centroid = 10**7
     clustering.min_points_per_centroid = 1
-    faiss.copy_array_to_vector(np.ascontiguousarray(seeds.numpy(), dtype=np.float32).ravel(), clustering.centroids)
+    faiss.copy_array_to_vector(
+        np.ascontiguousarray(seeds.numpy(), dtype=np.float32).ravel(), clustering.centroids
+    )
     points = np.ascontiguousarray(x.numpy(), dtype=np.float32)
     index = faiss_flat_index(faiss, d)
     clustering.train(points, index)  # leaves the final centroids in the index

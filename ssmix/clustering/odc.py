@@ -8,6 +8,7 @@ replace their rows (feature momentum 1.0) and those samples move to their neares
 by splitting the then-largest cluster (docs/algorithm.md §5.3; between two such steps a cluster may stay
 empty). Class weights for the cluster CE follow docs/algorithm.md §5.4.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -56,7 +57,9 @@ class ODCMemory(nn.Module):
     ``min_cluster`` is clipped to ``num_samples // num_clusters`` so that the target is reachable.
     """
 
-    def __init__(self, num_samples: int, dim: int, cfg: ODCConfig, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self, num_samples: int, dim: int, cfg: ODCConfig, device: torch.device | str = "cpu"
+    ) -> None:
         super().__init__()
         _check_config(num_samples, dim, cfg)
         self.cfg = cfg
@@ -101,14 +104,18 @@ class ODCMemory(nn.Module):
 
     def _check_index(self, index: Tensor) -> Tensor:
         if index.dim() != 1 or index.dtype.is_floating_point:
-            raise ValueError(f"ODC index must be a 1-D integer tensor of dataset indices, got {index.dtype} "
-                             f"of shape {tuple(index.shape)}")
+            raise ValueError(
+                f"ODC index must be a 1-D integer tensor of dataset indices, got {index.dtype} "
+                f"of shape {tuple(index.shape)}"
+            )
         if index.device != self.labels.device or index.dtype != torch.long:
             index = index.to(self.labels.device, torch.long)  # the range check below then reads host memory
         n = self.labels.shape[0]
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):
-            raise IndexError(f"ODC index out of range [0, {n}): the dataset must return its sample index "
-                             f"and ODCMemory must be built with num_samples=len(dataset)")
+            raise IndexError(
+                f"ODC index out of range [0, {n}): the dataset must return its sample index "
+                f"and ODCMemory must be built with num_samples=len(dataset)"
+            )
         return index
 
     def labels_of(self, index: Tensor) -> Tensor:
@@ -128,8 +135,11 @@ class ODCMemory(nn.Module):
 
     def _size_metrics(self, counts: Tensor | None = None) -> Dict[str, float]:
         counts = self.counts() if counts is None else counts
-        return {"odc_min_cluster": float(counts.min()), "odc_max_cluster": float(counts.max()),
-                "odc_largest_vs_mean": float(counts.max()) * self.num_clusters / self.labels.shape[0]}
+        return {
+            "odc_min_cluster": float(counts.min()),
+            "odc_max_cluster": float(counts.max()),
+            "odc_largest_vs_mean": float(counts.max()) * self.num_clusters / self.labels.shape[0],
+        }
 
     # ------------------------------------------------------------------ writing
 
@@ -139,8 +149,10 @@ class ODCMemory(nn.Module):
         centroids (member means). Under DDP rank 0 clusters and broadcasts its features and labels."""
         expected = tuple(self.features.shape)
         if tuple(features.shape) != expected:
-            raise ValueError(f"ODCMemory.initialize expects features of shape {expected} "
-                             f"(num_samples, dim), got {tuple(features.shape)}")
+            raise ValueError(
+                f"ODCMemory.initialize expects features of shape {expected} "
+                f"(num_samples, dim), got {tuple(features.shape)}"
+            )
         feats = F.normalize(features.detach().to("cpu", torch.float32), dim=1)
         if not is_distributed() or dist.get_rank() == 0:
             _, labels = kmeans(feats, self.num_clusters, iters=self.cfg.kmeans_iters, seed=seed)
@@ -159,9 +171,15 @@ class ODCMemory(nn.Module):
         run after every ``centroid_interval`` / ``small_cluster_interval`` steps. Under DDP every
         rank must pass the same B."""
         self._check_ready("update")
-        if features.dim() != 2 or features.shape[1] != self.features.shape[1] or index.shape != features.shape[:1]:
-            raise ValueError(f"ODCMemory.update expects index (B,) and features (B, {self.features.shape[1]}), "
-                             f"got {tuple(index.shape)} and {tuple(features.shape)}")
+        if (
+            features.dim() != 2
+            or features.shape[1] != self.features.shape[1]
+            or index.shape != features.shape[:1]
+        ):
+            raise ValueError(
+                f"ODCMemory.update expects index (B,) and features (B, {self.features.shape[1]}), "
+                f"got {tuple(index.shape)} and {tuple(features.shape)}"
+            )
         feats = features.detach().float()
         if is_distributed():  # NCCL gathers device tensors; one process keeps the host index as it is
             index = all_gather_nograd(to_device(index.long(), features.device))

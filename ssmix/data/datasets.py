@@ -42,7 +42,7 @@ On-disk layouts (``root`` is ``data.root``):
   torchvision ``ImageFolder``'s layout; classes are the sorted sub-folder names of ``train`` (their count is
   the class count), and every split is numbered by that map (a class unknown to ``train`` is refused).
 
-``folder`` (your own unlabeled images; split ``train`` = everything)::
+``folder`` (your own unlabeled images; no splits: ``data.split`` is not read, every image is used)::
 
     <root>/**/<image files>   (any depth of sub-folders; extensions in IMAGE_EXTENSIONS, any case)
 
@@ -75,6 +75,7 @@ same classes); each image draws phase (offset), orientation/frequency jitter, co
 and pixel noise from ``(seed, split, index)``. Items are generated on the fly and are identical across
 calls and processes; ``test`` uses a different stream than ``train``.
 """
+
 from __future__ import annotations
 
 import os
@@ -88,8 +89,16 @@ from torch.utils.data import Dataset
 
 from ssmix.config import ConfigError
 
-__all__ = ["CorruptImageError", "DatasetFileError", "DatasetNotFoundError", "DatasetInfo", "DATASET_INFO",
-           "IMAGE_EXTENSIONS", "build_dataset", "dataset_info"]
+__all__ = [
+    "CorruptImageError",
+    "DatasetFileError",
+    "DatasetNotFoundError",
+    "DatasetInfo",
+    "DATASET_INFO",
+    "IMAGE_EXTENSIONS",
+    "build_dataset",
+    "dataset_info",
+]
 
 Item = Tuple[Image.Image, int]
 
@@ -110,7 +119,7 @@ class CorruptImageError(DatasetFileError):
         lines = [line for line in str(message).strip().splitlines() if line.strip()]
         last = lines[-1] if lines else ""
         prefix = f"{__name__}.{type(self).__name__}: "
-        super().__init__(last[len(prefix):] if last.startswith(prefix) else last)
+        super().__init__(last[len(prefix) :] if last.startswith(prefix) else last)
 
 
 @dataclass(frozen=True)
@@ -133,7 +142,9 @@ DATASET_INFO: Dict[str, DatasetInfo] = {
     "digits": DatasetInfo((0.3055,) * 3, (0.3235,) * 3, 32, 10, ("train", "test", "all")),
     "cifar10": DatasetInfo((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 32, 10, ("train", "test")),
     "cifar100": DatasetInfo((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 32, 100, ("train", "test")),
-    "stl10": DatasetInfo(_IMAGENET_MEAN, _IMAGENET_STD, 96, 10, ("unlabeled", "train", "test", "train+unlabeled")),
+    "stl10": DatasetInfo(
+        _IMAGENET_MEAN, _IMAGENET_STD, 96, 10, ("unlabeled", "train", "test", "train+unlabeled")
+    ),
     "tiny_imagenet": DatasetInfo(_IMAGENET_MEAN, _IMAGENET_STD, 96, 200, ("train", "val")),
     "imagefolder": DatasetInfo(_IMAGENET_MEAN, _IMAGENET_STD, 224, 1000, ("train", "val", "test")),
     "folder": DatasetInfo(_IMAGENET_MEAN, _IMAGENET_STD, 224, 0, ("train",)),  # unlabeled: no classes
@@ -144,8 +155,12 @@ DATASET_INFO: Dict[str, DatasetInfo] = {
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
-def dataset_info(name: str, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
-                 num_classes: Optional[int] = None) -> DatasetInfo:
+def dataset_info(
+    name: str,
+    mean: Optional[Sequence[float]] = None,
+    std: Optional[Sequence[float]] = None,
+    num_classes: Optional[int] = None,
+) -> DatasetInfo:
     """``DATASET_INFO[name]`` with the config's ``data.mean`` / ``data.std`` / ``data.num_classes``
     (None keeps the dataset's default); raises ValueError naming the bad key."""
     if name not in DATASET_INFO:
@@ -153,15 +168,22 @@ def dataset_info(name: str, mean: Optional[Sequence[float]] = None, std: Optiona
     info = DATASET_INFO[name]
     for key, value in (("data.mean", mean), ("data.std", std)):
         if value is not None and (len(value) != 3 or (key == "data.std" and min(value) <= 0)):
-            raise ValueError(f"{key}: expected 3 per-channel values (R, G, B{', > 0' if key == 'data.std' else ''}) "
-                             f"on the 0..1 scale, got {list(value)}")
+            raise ValueError(
+                f"{key}: expected 3 per-channel values (R, G, B{', > 0' if key == 'data.std' else ''}) "
+                f"on the 0..1 scale, got {list(value)}"
+            )
     if num_classes is not None and num_classes < 0:
         raise ValueError(f"data.num_classes: expected an integer >= 0, got {num_classes}")
-    return DatasetInfo(tuple(mean) if mean is not None else info.mean, tuple(std) if std is not None else info.std,
-                       info.image_size, info.num_classes if num_classes is None else num_classes, info.splits)
+    return DatasetInfo(
+        tuple(mean) if mean is not None else info.mean,
+        tuple(std) if std is not None else info.std,
+        info.image_size,
+        info.num_classes if num_classes is None else num_classes,
+        info.splits,
+    )
 
 
-def data_info(data) -> DatasetInfo:
+def dataset_info_from_config(data) -> DatasetInfo:
     """:func:`dataset_info` of a ``DataConfig`` (``ssmix.config``); a bad value raises ``ConfigError``."""
     from ssmix.config import ConfigError
 
@@ -181,9 +203,17 @@ def _check_index(index: int, length: int) -> int:
     return index
 
 
-def _not_found(name: str, root: str, missing: Sequence[str], layout: Sequence[str], hint: str) -> DatasetNotFoundError:
-    lines = [f"dataset {name!r} not found under root {root!r}; missing: {', '.join(missing)}.",
-             "Expected layout:"] + [f"  {os.path.join(root, entry)}" for entry in layout] + [hint]
+def _not_found(
+    name: str, root: str, missing: Sequence[str], layout: Sequence[str], hint: str
+) -> DatasetNotFoundError:
+    lines = (
+        [
+            f"dataset {name!r} not found under root {root!r}; missing: {', '.join(missing)}.",
+            "Expected layout:",
+        ]
+        + [f"  {os.path.join(root, entry)}" for entry in layout]
+        + [hint]
+    )
     return DatasetNotFoundError("\n".join(lines))
 
 
@@ -201,8 +231,11 @@ def _download_hint(name: str) -> str:
 _STL_DIR = "stl10_binary"
 _STL_SIDE = 96
 _STL_IMAGE_BYTES = 3 * _STL_SIDE * _STL_SIDE
-_STL_FILES = {"train": ("train_X.bin", "train_y.bin"), "test": ("test_X.bin", "test_y.bin"),
-              "unlabeled": ("unlabeled_X.bin", None)}
+_STL_FILES = {
+    "train": ("train_X.bin", "train_y.bin"),
+    "test": ("test_X.bin", "test_y.bin"),
+    "unlabeled": ("unlabeled_X.bin", None),
+}
 
 
 class STL10Binary(Dataset):
@@ -214,16 +247,20 @@ class STL10Binary(Dataset):
         for x_path, y_path in parts:
             size = os.path.getsize(x_path)
             if size % _STL_IMAGE_BYTES:
-                raise DatasetFileError(f"{x_path}: {size} bytes is not a whole number of 3x96x96 uint8 images "
-                                 f"({_STL_IMAGE_BYTES} bytes each); the file is truncated or not STL-10")
+                raise DatasetFileError(
+                    f"{x_path}: {size} bytes is not a whole number of 3x96x96 uint8 images "
+                    f"({_STL_IMAGE_BYTES} bytes each); the file is truncated or not STL-10"
+                )
             count = size // _STL_IMAGE_BYTES
             if y_path is None:
                 labels = np.full(count, -1, dtype=np.int64)
             else:
                 labels = np.fromfile(y_path, dtype=np.uint8).astype(np.int64) - 1
                 if len(labels) != count or (count and not (labels.min() >= 0 and labels.max() <= 9)):
-                    raise DatasetFileError(f"{y_path}: expected {count} uint8 labels in 1..10 to match {x_path}, "
-                                     f"got {len(labels)} values")
+                    raise DatasetFileError(
+                        f"{y_path}: expected {count} uint8 labels in 1..10 to match {x_path}, "
+                        f"got {len(labels)} values"
+                    )
             targets.append(labels)
             self.offsets.append(self.offsets[-1] + count)
         self.targets = np.concatenate(targets) if targets else np.zeros(0, dtype=np.int64)
@@ -242,7 +279,8 @@ class STL10Binary(Dataset):
         part = int(np.searchsorted(self.offsets, index, side="right")) - 1
         if part not in self._maps:
             self._maps[part] = np.memmap(self.x_paths[part], dtype=np.uint8, mode="r").reshape(
-                -1, 3, _STL_SIDE, _STL_SIDE)
+                -1, 3, _STL_SIDE, _STL_SIDE
+            )
         planes = self._maps[part][index - self.offsets[part]]  # (3, W, H): planes stored column-major
         image = np.ascontiguousarray(planes.transpose(2, 1, 0))  # -> (H, W, 3)
         return Image.fromarray(image), int(self.targets[index])
@@ -254,18 +292,26 @@ def _build_stl10(root: str, split: str, download: bool) -> Dataset:
     if download and not all(os.path.exists(os.path.join(root, entry)) for entry in layout):
         import torchvision
 
-        _download("stl10", root, layout, lambda: torchvision.datasets.STL10(root, split="train", download=True))
+        _download(
+            "stl10", root, layout, lambda: torchvision.datasets.STL10(root, split="train", download=True)
+        )
     _require("stl10", root, layout, _download_hint("stl10"))
-    return STL10Binary([tuple(None if f is None else os.path.join(root, _STL_DIR, f) for f in _STL_FILES[n])
-                        for n in names])
+    return STL10Binary(
+        [tuple(None if f is None else os.path.join(root, _STL_DIR, f) for f in _STL_FILES[n]) for n in names]
+    )
 
 
 def _download(name: str, root: str, layout: Sequence[str], fetch: Callable[[], object]) -> None:
     try:
         fetch()
     except Exception as error:  # network / archive errors: say where to put the files instead
-        raise _not_found(name, root, [f"download failed ({type(error).__name__}: {error})"], layout,
-                         "Place the files there by hand.") from error
+        raise _not_found(
+            name,
+            root,
+            [f"download failed ({type(error).__name__}: {error})"],
+            layout,
+            "Place the files there by hand.",
+        ) from error
 
 
 # --------------------------------------------------------------------------------------------- CIFAR
@@ -277,8 +323,12 @@ _CIFAR = {  # name -> (folder, train files, test files, label key)
 
 # What a CIFAR batch file pickles: dicts, lists, bytes and numpy arrays. Nothing else is rebuilt, so a
 # planted file cannot run code.
-_CIFAR_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                  ("numpy", "ndarray"), ("numpy", "dtype")}
+_CIFAR_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+}
 
 
 class _CifarUnpickler(pickle.Unpickler):
@@ -293,8 +343,10 @@ def _read_cifar_batch(path: str) -> object:
         with open(path, "rb") as f:
             return _CifarUnpickler(f, encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as error:
-        raise DatasetFileError(f"{path}: not a CIFAR batch file ({error}); a CIFAR batch holds only arrays, "
-                               "lists and bytes - re-download the dataset") from None
+        raise DatasetFileError(
+            f"{path}: not a CIFAR batch file ({error}); a CIFAR batch holds only arrays, "
+            "lists and bytes - re-download the dataset"
+        ) from None
 
 
 class ArrayImages(Dataset):
@@ -356,8 +408,10 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     else:
         scale = 255.0 / 65535.0 if low >= 0 and high <= 65535 else None
     if scale is None or not np.isfinite(pixels).all():
-        raise ValueError(f"{image.mode} pixels in [{low:g}, {high:g}] have no 8-bit reading (expected 0..1 or "
-                         "0..255 floats, or 0..65535 integers); convert the file to 8-bit")
+        raise ValueError(
+            f"{image.mode} pixels in [{low:g}, {high:g}] have no 8-bit reading (expected 0..1 or "
+            "0..255 floats, or 0..65535 integers); convert the file to 8-bit"
+        )
     return Image.fromarray(np.round(pixels * scale).clip(0, 255).astype(np.uint8)).convert("RGB")
 
 
@@ -368,8 +422,10 @@ def _load_rgb(path: str) -> Image.Image:
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         if isinstance(exc, FileNotFoundError):
             raise
-        raise CorruptImageError(f"{path}: not a readable image ({type(exc).__name__}: "
-                                f"{' '.join(str(exc).split())[:200]}); delete or replace the file") from None
+        raise CorruptImageError(
+            f"{path}: not a readable image ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:200]}); delete or replace the file"
+        ) from None
 
 
 class ImageFiles(Dataset):
@@ -387,13 +443,22 @@ class ImageFiles(Dataset):
 
 
 def _build_tiny_imagenet(root: str, split: str) -> Dataset:
-    hint = ("No downloader: get http://cs231n.stanford.edu/tiny-imagenet-200.zip and unzip it into the root "
-            f"so that {os.path.join(root, _TINY_DIR)} exists.")
+    hint = (
+        "No downloader: get http://cs231n.stanford.edu/tiny-imagenet-200.zip and unzip it into the root "
+        f"so that {os.path.join(root, _TINY_DIR)} exists."
+    )
     base = os.path.join(root, _TINY_DIR)
-    layout = [os.path.join(_TINY_DIR, "wnids.txt"), os.path.join(_TINY_DIR, "train", "<wnid>", "images", "*.JPEG"),
-              os.path.join(_TINY_DIR, "val", "images", "*.JPEG"), os.path.join(_TINY_DIR, "val", "val_annotations.txt")]
-    needed = [layout[0], os.path.join(_TINY_DIR, "train")] if split == "train" else \
-        [layout[0], os.path.join(_TINY_DIR, "val", "images"), layout[3]]
+    layout = [
+        os.path.join(_TINY_DIR, "wnids.txt"),
+        os.path.join(_TINY_DIR, "train", "<wnid>", "images", "*.JPEG"),
+        os.path.join(_TINY_DIR, "val", "images", "*.JPEG"),
+        os.path.join(_TINY_DIR, "val", "val_annotations.txt"),
+    ]
+    needed = (
+        [layout[0], os.path.join(_TINY_DIR, "train")]
+        if split == "train"
+        else [layout[0], os.path.join(_TINY_DIR, "val", "images"), layout[3]]
+    )
     missing = [os.path.join(root, n) for n in needed if not os.path.exists(os.path.join(root, n))]
     if missing:
         raise _not_found("tiny_imagenet", root, missing, layout, hint)
@@ -415,8 +480,10 @@ def _build_tiny_imagenet(root: str, split: str) -> Dataset:
             rows = [line.rstrip("\n").split("\t") for line in f if line.strip()]
         for row_number, row in enumerate(rows, 1):
             if len(row) < 2 or row[1] not in class_of:
-                raise DatasetFileError(f"{annotations}:{row_number}: expected 'file<TAB>wnid<TAB>x<TAB>y<TAB>w<TAB>h' "
-                                 f"with a wnid from wnids.txt, got {row!r}")
+                raise DatasetFileError(
+                    f"{annotations}:{row_number}: expected 'file<TAB>wnid<TAB>x<TAB>y<TAB>w<TAB>h' "
+                    f"with a wnid from wnids.txt, got {row!r}"
+                )
         for file_name, wnid, *_ in sorted(rows):
             paths.append(os.path.join(base, "val", "images", file_name))
             targets.append(class_of[wnid])
@@ -435,9 +502,11 @@ def _train_class_map(root: str, split: str) -> Optional[Dict[str, int]]:
     classes, class_to_idx = find_classes(train)
     unknown = sorted(e.name for e in os.scandir(folder) if e.is_dir() and e.name not in class_to_idx)
     if unknown:
-        raise DatasetFileError(f"{folder}: class folder(s) {', '.join(unknown[:5])} are not in {train} "
-                               f"({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''}); their labels would "
-                               "mean nothing: add them to train/ or remove them")
+        raise DatasetFileError(
+            f"{folder}: class folder(s) {', '.join(unknown[:5])} are not in {train} "
+            f"({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''}); their labels would "
+            "mean nothing: add them to train/ or remove them"
+        )
     return class_to_idx
 
 
@@ -452,7 +521,9 @@ class LabelledFolder(Dataset):
             self.classes, self.class_to_idx = find_classes(folder)
         else:
             self.classes, self.class_to_idx = sorted(class_map, key=class_map.get), dict(class_map)
-        self.samples = make_dataset(folder, self.class_to_idx, IMG_EXTENSIONS, allow_empty=class_map is not None)
+        self.samples = make_dataset(
+            folder, self.class_to_idx, IMG_EXTENSIONS, allow_empty=class_map is not None
+        )
         if not self.samples:
             raise FileNotFoundError(f"no image files in the class folders of {folder}")
         self.targets = [target for _, target in self.samples]
@@ -470,9 +541,13 @@ def _build_imagefolder(root: str, split: str) -> Dataset:
     try:
         return LabelledFolder(folder, _train_class_map(root, split))
     except FileNotFoundError as error:  # missing folder, or no class folders / no images in it
-        raise _not_found("imagefolder", root, [f"{folder} ({error})"],
-                         [os.path.join(split, "<class_name>", "<image files>")],
-                         "Point data.root at a folder holding train/ and val/ (ImageNet layout).") from error
+        raise _not_found(
+            "imagefolder",
+            root,
+            [f"{folder} ({error})"],
+            [os.path.join(split, "<class_name>", "<image files>")],
+            "Point data.root at a folder holding train/ and val/ (ImageNet layout).",
+        ) from error
 
 
 def _walk_images(root: str) -> List[str]:
@@ -496,22 +571,40 @@ def _walk_images(root: str) -> List[str]:
 
 def _build_folder(root: str) -> Dataset:
     if not os.path.isdir(root):
-        raise _not_found("folder", root, [root], ["**/<image files>"],
-                         "Point data.root at the folder holding your images (sub-folders are searched).")
+        raise _not_found(
+            "folder",
+            root,
+            [root],
+            ["**/<image files>"],
+            "Point data.root at the folder holding your images (sub-folders are searched).",
+        )
     paths = _walk_images(root)
     if not paths:
-        raise _not_found("folder", root, [f"image files ({', '.join(IMAGE_EXTENSIONS)}, any case)"],
-                         ["**/<image files>"], "Point data.root at the folder holding your images.")
+        raise _not_found(
+            "folder",
+            root,
+            [f"image files ({', '.join(IMAGE_EXTENSIONS)}, any case)"],
+            ["**/<image files>"],
+            "Point data.root at the folder holding your images.",
+        )
     return ImageFiles(paths, [-1] * len(paths))
 
 
 # ------------------------------------------------------------------------------- Fashion-MNIST / MNIST
-_IDX_FILES = {"trainval": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+_IDX_FILES = {
+    "trainval": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
 #: name -> (sub-folders searched under root, Debian's folder, Debian's package or None, torchvision class)
-_IDX_SETS = {"fashion_mnist": (("", "fashion-mnist", os.path.join("FashionMNIST", "raw")),
-                               "/usr/share/datasets/fashion-mnist", "dataset-fashion-mnist", "FashionMNIST"),
-             "mnist": (("", "mnist", os.path.join("MNIST", "raw")), "/usr/share/datasets/mnist", None, "MNIST")}
+_IDX_SETS = {
+    "fashion_mnist": (
+        ("", "fashion-mnist", os.path.join("FashionMNIST", "raw")),
+        "/usr/share/datasets/fashion-mnist",
+        "dataset-fashion-mnist",
+        "FashionMNIST",
+    ),
+    "mnist": (("", "mnist", os.path.join("MNIST", "raw")), "/usr/share/datasets/mnist", None, "MNIST"),
+}
 _IDX_VAL_SEED = 0  # fixed: the validation carve-out never depends on a run's seed
 _IDX_VAL_PER_CLASS = 500
 
@@ -527,15 +620,22 @@ def read_idx(path: str) -> np.ndarray:
     except (OSError, EOFError) as error:
         raise DatasetFileError(f"{path}: unreadable ({error}); re-download the file") from None
     if len(data) < 4 or data[:2] != b"\0\0" or data[2] != 0x08:
-        raise DatasetFileError(f"{path}: not an IDX file of uint8 values (expected the header bytes 00 00 08 "
-                               f"<ndim>, got {data[:4].hex(' ') or 'an empty file'})")
+        raise DatasetFileError(
+            f"{path}: not an IDX file of uint8 values (expected the header bytes 00 00 08 "
+            f"<ndim>, got {data[:4].hex(' ') or 'an empty file'})"
+        )
     ndim = data[3]
-    shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4)) if \
-        len(data) >= 4 + 4 * ndim else ()
-    values = data[4 + 4 * ndim:]
+    shape = (
+        tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+        if len(data) >= 4 + 4 * ndim
+        else ()
+    )
+    values = data[4 + 4 * ndim :]
     if len(shape) != ndim or len(values) != int(np.prod(shape)):
-        raise DatasetFileError(f"{path}: the header promises shape {shape} ({int(np.prod(shape))} values), the file "
-                               f"holds {len(values)}; the file is truncated - re-download it")
+        raise DatasetFileError(
+            f"{path}: the header promises shape {shape} ({int(np.prod(shape))} values), the file "
+            f"holds {len(values)}; the file is truncated - re-download it"
+        )
     return np.frombuffer(values, dtype=np.uint8).reshape(shape)
 
 
@@ -560,7 +660,9 @@ def idx_val_indices(targets: np.ndarray) -> np.ndarray:
     """The validation carve-out of the training file: per class, ``_IDX_VAL_PER_CLASS`` indices drawn by a
     fixed generator (sorted)."""
     rng = np.random.default_rng(_IDX_VAL_SEED)
-    chosen = [rng.permutation(np.flatnonzero(targets == label))[:_IDX_VAL_PER_CLASS] for label in np.unique(targets)]
+    chosen = [
+        rng.permutation(np.flatnonzero(targets == label))[:_IDX_VAL_PER_CLASS] for label in np.unique(targets)
+    ]
     return np.sort(np.concatenate(chosen))
 
 
@@ -571,22 +673,29 @@ def _build_idx(name: str, root: str, split: str, download: bool) -> Dataset:
         import torchvision
 
         fetch = getattr(torchvision.datasets, torchvision_class)
-        _download(name, root, [os.path.join(subfolders[2], s) for s in _IDX_FILES["trainval"]],
-                  lambda: fetch(root, train=True, download=True))
+        _download(
+            name,
+            root,
+            [os.path.join(subfolders[2], s) for s in _IDX_FILES["trainval"]],
+            lambda: fetch(root, train=True, download=True),
+        )
         folder = _idx_folder(name, root)
     if folder is None:
         searched = [os.path.join(root, sub) or "." for sub in subfolders] + [debian]
         raise DatasetNotFoundError(
             f"dataset {name!r}: no folder holds its four IDX files ({', '.join(s for p in _IDX_FILES.values() for s in p)}, "
             f"each optionally .gz); searched {', '.join(searched)}. Get them with "
-            + (f"'apt-get install {package}', or " if package else "") +
-            f"data.download=true (needs internet), or put them in {root or 'the current directory'}")
+            + (f"'apt-get install {package}', or " if package else "")
+            + f"data.download=true (needs internet), or put them in {root or 'the current directory'}"
+        )
     images_stem, labels_stem = _IDX_FILES["test" if split == "test" else "trainval"]
     images_path, labels_path = _find_idx(folder, images_stem), _find_idx(folder, labels_stem)
     images, labels = read_idx(images_path), read_idx(labels_path).astype(np.int64)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise DatasetFileError(f"{images_path}, {labels_path}: expected images (N, H, W) and N labels, got "
-                               f"{images.shape} and {labels.shape}")
+        raise DatasetFileError(
+            f"{images_path}, {labels_path}: expected images (N, H, W) and N labels, got "
+            f"{images.shape} and {labels.shape}"
+        )
     if split in ("train", "val"):
         is_val = np.zeros(len(labels), dtype=bool)
         is_val[idx_val_indices(labels)] = True
@@ -656,7 +765,12 @@ class SyntheticImages(Dataset):
     def class_pattern(label: int) -> Tuple[float, float, np.ndarray, np.ndarray]:
         """(orientation rad, frequency in cycles per image, colour a, colour b) of one class."""
         rng = np.random.default_rng([_SYNTHETIC_CLASS_SEED, label])
-        return rng.uniform(0, np.pi), rng.uniform(1.5, 4.0), rng.uniform(0.15, 0.85, 3), rng.uniform(0.15, 0.85, 3)
+        return (
+            rng.uniform(0, np.pi),
+            rng.uniform(1.5, 4.0),
+            rng.uniform(0.15, 0.85, 3),
+            rng.uniform(0.15, 0.85, 3),
+        )
 
     def __getitem__(self, index: int) -> Item:
         index = _check_index(index, len(self))
@@ -713,9 +827,18 @@ class SubsetImages(Dataset):
 
 
 # ------------------------------------------------------------------------------------------- builder
-def build_dataset(name: str, root: str, split: str, *, download: bool = False, image_size: int = 32,
-                  num_samples: int = 512, num_classes: Optional[int] = None, seed: int = 0,
-                  subset: int = 0) -> Dataset:
+def build_dataset(
+    name: str,
+    root: str,
+    split: str,
+    *,
+    download: bool = False,
+    image_size: int = 32,
+    num_samples: int = 512,
+    num_classes: Optional[int] = None,
+    seed: int = 0,
+    subset: int = 0,
+) -> Dataset:
     """Build a raw dataset yielding ``(RGB PIL image, int label)``; layouts in the module docstring.
 
     ``image_size`` applies to ``digits`` and ``synthetic`` only (files are read at their native size);
@@ -726,25 +849,38 @@ def build_dataset(name: str, root: str, split: str, *, download: bool = False, i
     if subset <= 0:
         return dataset
     if subset > len(dataset):
-        raise ConfigError(f"data.subset={subset} is larger than {name!r} split {split!r} ({len(dataset)} images): "
-                          f"set data.subset to at most {len(dataset)}, or 0 for all of them")
+        raise ConfigError(
+            f"data.subset={subset} is larger than {name!r} split {split!r} ({len(dataset)} images): "
+            f"set data.subset to at most {len(dataset)}, or 0 for all of them"
+        )
     return SubsetImages(dataset, subset_indices(dataset.targets, subset))
 
 
-def _build_split(name: str, root: str, split: str, download: bool, image_size: int, num_samples: int,
-                 num_classes: Optional[int], seed: int) -> Dataset:
+def _build_split(
+    name: str,
+    root: str,
+    split: str,
+    download: bool,
+    image_size: int,
+    num_samples: int,
+    num_classes: Optional[int],
+    seed: int,
+) -> Dataset:
     if name not in DATASET_INFO:
         raise ConfigError(f"unknown dataset {name!r}; valid choices (data.name): {', '.join(DATASET_INFO)}")
     splits = DATASET_INFO[name].splits
-    if split not in splits:
-        raise ConfigError(f"unknown split {split!r} for dataset {name!r}; valid choices (data.split): "
-                         f"{', '.join(splits)}")
+    if split not in splits and name != "folder":  # a folder has no splits: data.root is the images
+        raise ConfigError(
+            f"unknown split {split!r} for dataset {name!r}; valid choices (data.split): {', '.join(splits)}"
+        )
     root = os.fspath(root)
     if name == "synthetic":
         num_classes = DATASET_INFO["synthetic"].num_classes if num_classes is None else num_classes
         if num_samples < 1 or num_classes < 1 or image_size < 1:
-            raise ConfigError(f"synthetic: num_samples, num_classes and image_size must be >= 1, got "
-                             f"{num_samples}, {num_classes}, {image_size}")
+            raise ConfigError(
+                f"synthetic: num_samples, num_classes and image_size must be >= 1, got "
+                f"{num_samples}, {num_classes}, {image_size}"
+            )
         return SyntheticImages(num_samples, num_classes, image_size, seed, split)
     if name == "digits":
         if image_size < 1:

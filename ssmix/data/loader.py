@@ -4,6 +4,7 @@ Exact resume: the order of an epoch is a function of (seed, epoch) and the augme
 a function of (seed, epoch, index) (every RNG is re-seeded per item), so a run resumed at any step sees
 the same batches as an uninterrupted one, whatever the number of workers.
 """
+
 from __future__ import annotations
 
 import os
@@ -56,8 +57,9 @@ class EpochSampler(Sampler[int]):
     """Shuffled indices of one epoch (a function of seed and epoch), sharded over ranks, starting at
     ``start`` samples into this rank's shard. Incomplete trailing batches are dropped by the loader."""
 
-    def __init__(self, num_samples: int, seed: int, epoch: int = 0, start: int = 0, rank: int = 0,
-                 world_size: int = 1) -> None:
+    def __init__(
+        self, num_samples: int, seed: int, epoch: int = 0, start: int = 0, rank: int = 0, world_size: int = 1
+    ) -> None:
         self.num_samples, self.seed, self.epoch, self.start = num_samples, seed, epoch, start
         self.rank, self.world_size = rank, world_size
 
@@ -104,16 +106,31 @@ class RunLoader:
     restart of ``num_workers`` processes at each epoch); :meth:`epoch` points its sampler at an epoch and
     a start step and returns it. Batches are those of :func:`epoch_loader`. :meth:`close` ends the workers."""
 
-    def __init__(self, dataset: MultiViewDataset, batch_size: int, seed: int, num_workers: int, rank: int = 0,
-                 world_size: int = 1, pin_memory: bool = False) -> None:
+    def __init__(
+        self,
+        dataset: MultiViewDataset,
+        batch_size: int,
+        seed: int,
+        num_workers: int,
+        rank: int = 0,
+        world_size: int = 1,
+        pin_memory: bool = False,
+    ) -> None:
         self.dataset, self.batch_size = dataset, batch_size
         self.sampler = _KeyedEpochSampler(len(dataset), seed, 0, 0, rank, world_size)
         # Its own generator: creating an iterator must not draw from the training loop's global RNG.
-        self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, num_workers=num_workers,
-                                 collate_fn=collate_views, drop_last=True, pin_memory=pin_memory,
-                                 generator=torch.Generator().manual_seed(seed * 100_003),
-                                 persistent_workers=num_workers > 0,
-                                 worker_init_fn=_detach_from_stop_signals if num_workers else None)
+        self.loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=self.sampler,
+            num_workers=num_workers,
+            collate_fn=collate_views,
+            drop_last=True,
+            pin_memory=pin_memory,
+            generator=torch.Generator().manual_seed(seed * 100_003),
+            persistent_workers=num_workers > 0,
+            worker_init_fn=_detach_from_stop_signals if num_workers else None,
+        )
 
     def epoch(self, epoch: int, start_step: int) -> DataLoader:
         """The loader over ``epoch``, starting after ``start_step`` batches of it."""
@@ -128,14 +145,31 @@ class RunLoader:
         self.loader._iterator = None
 
 
-def epoch_loader(dataset: MultiViewDataset, batch_size: int, epoch: int, start_step: int, seed: int,
-                 num_workers: int, rank: int = 0, world_size: int = 1, pin_memory: bool = False) -> DataLoader:
+def epoch_loader(
+    dataset: MultiViewDataset,
+    batch_size: int,
+    epoch: int,
+    start_step: int,
+    seed: int,
+    num_workers: int,
+    rank: int = 0,
+    world_size: int = 1,
+    pin_memory: bool = False,
+) -> DataLoader:
     """Loader over one epoch, starting after ``start_step`` batches of it."""
     dataset.epoch = epoch
     sampler = EpochSampler(len(dataset), seed, epoch, start_step * batch_size, rank, world_size)
     # Its own generator: creating an iterator must not draw from the training loop's global RNG.
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      collate_fn=collate_views, drop_last=True, pin_memory=pin_memory,
-                      generator=generator, persistent_workers=False,
-                      worker_init_fn=_detach_from_stop_signals if num_workers else None)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate_views,
+        drop_last=True,
+        pin_memory=pin_memory,
+        generator=generator,
+        persistent_workers=False,
+        worker_init_fn=_detach_from_stop_signals if num_workers else None,
+    )

@@ -4,6 +4,7 @@ Masks are the model's full-resolution probabilities thresholded at 0.5 and RLE-e
 mask results are scored separately (a mask result's area is its mask area, as in detectron2).
 pycocotools is imported lazily: ``pip install pycocotools``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -52,14 +53,17 @@ def coco_stats(coco_gt, results: List[dict], iou_type: str, image_ids: Sequence[
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    return {name: float(v * 100.0) if v >= 0 else math.nan for name, v in zip(STAT_NAMES, evaluator.stats[:6])}
+    return {
+        name: float(v * 100.0) if v >= 0 else math.nan for name, v in zip(STAT_NAMES, evaluator.stats[:6])
+    }
 
 
 class COCOEvaluator:
     """Collects per-image outputs and scores them against the dataset's annotation JSON."""
 
-    def __init__(self, json_path: str, records: Sequence[ImageRecord], category_ids: Sequence[int],
-                 with_masks: bool) -> None:
+    def __init__(
+        self, json_path: str, records: Sequence[ImageRecord], category_ids: Sequence[int], with_masks: bool
+    ) -> None:
         import_pycocotools()
         self.json_path, self.records = json_path, list(records)
         self.category_ids, self.with_masks = list(category_ids), with_masks
@@ -71,13 +75,17 @@ class COCOEvaluator:
         scores = output["scores"].cpu().numpy().tolist()
         categories = [self.category_ids[int(c) - 1] for c in output["labels"].cpu().tolist()]
         xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1).tolist()
-        box_results = [{"image_id": image_id, "category_id": c, "bbox": b, "score": s}
-                       for c, b, s in zip(categories, xywh, scores)]
+        box_results = [
+            {"image_id": image_id, "category_id": c, "bbox": b, "score": s}
+            for c, b, s in zip(categories, xywh, scores)
+        ]
         mask_results = []
         if self.with_masks and len(boxes):
             binary = (output["masks"][:, 0] >= 0.5).cpu().numpy()
-            mask_results = [{"image_id": image_id, "category_id": c, "segmentation": rle, "score": s}
-                            for c, rle, s in zip(categories, encode_masks(binary), scores)]
+            mask_results = [
+                {"image_id": image_id, "category_id": c, "segmentation": rle, "score": s}
+                for c, rle, s in zip(categories, encode_masks(binary), scores)
+            ]
         self.results.append((image_id, box_results, mask_results))
 
     def evaluate(self, results: Optional[List[tuple]] = None) -> Dict[str, float]:
@@ -86,9 +94,17 @@ class COCOEvaluator:
         with contextlib.redirect_stdout(io.StringIO()):
             coco_gt = COCO(self.json_path)
         image_ids = [r[0] for r in results]
-        metrics = {f"bbox/{k}": v for k, v in
-                   coco_stats(coco_gt, [d for r in results for d in r[1]], "bbox", image_ids).items()}
+        metrics = {
+            f"bbox/{k}": v
+            for k, v in coco_stats(coco_gt, [d for r in results for d in r[1]], "bbox", image_ids).items()
+        }
         if self.with_masks:
-            metrics.update({f"segm/{k}": v for k, v in
-                            coco_stats(coco_gt, [d for r in results for d in r[2]], "segm", image_ids).items()})
+            metrics.update(
+                {
+                    f"segm/{k}": v
+                    for k, v in coco_stats(
+                        coco_gt, [d for r in results for d in r[2]], "segm", image_ids
+                    ).items()
+                }
+            )
         return metrics

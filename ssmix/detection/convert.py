@@ -9,6 +9,7 @@ C4 RoI head and ``res2..4`` onto ``backbone.*``, so one file serves C4 and FPN m
 CLI: ``ssmix-convert INPUT OUTPUT.pkl`` (``python -m ssmix.detection.convert``; ``python -m detection.convert``
 in a checkout), then ``MODEL.WEIGHTS OUTPUT.pkl`` for Detectron2.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,14 +27,22 @@ AUTHOR = "ssmix"
 _RULES: List[Tuple[re.Pattern, Callable[[re.Match], str]]] = [
     (re.compile(r"^conv1\.weight$"), lambda m: "stem.conv1.weight"),
     (re.compile(r"^bn1\.(\w+)$"), lambda m: f"stem.conv1.norm.{m[1]}"),
-    (re.compile(r"^layer([1-4])\.(\d+)\.conv([1-3])\.weight$"),
-     lambda m: f"res{int(m[1]) + 1}.{m[2]}.conv{m[3]}.weight"),
-    (re.compile(r"^layer([1-4])\.(\d+)\.bn([1-3])\.(\w+)$"),
-     lambda m: f"res{int(m[1]) + 1}.{m[2]}.conv{m[3]}.norm.{m[4]}"),
-    (re.compile(r"^layer([1-4])\.(\d+)\.downsample\.0\.weight$"),
-     lambda m: f"res{int(m[1]) + 1}.{m[2]}.shortcut.weight"),
-    (re.compile(r"^layer([1-4])\.(\d+)\.downsample\.1\.(\w+)$"),
-     lambda m: f"res{int(m[1]) + 1}.{m[2]}.shortcut.norm.{m[3]}"),
+    (
+        re.compile(r"^layer([1-4])\.(\d+)\.conv([1-3])\.weight$"),
+        lambda m: f"res{int(m[1]) + 1}.{m[2]}.conv{m[3]}.weight",
+    ),
+    (
+        re.compile(r"^layer([1-4])\.(\d+)\.bn([1-3])\.(\w+)$"),
+        lambda m: f"res{int(m[1]) + 1}.{m[2]}.conv{m[3]}.norm.{m[4]}",
+    ),
+    (
+        re.compile(r"^layer([1-4])\.(\d+)\.downsample\.0\.weight$"),
+        lambda m: f"res{int(m[1]) + 1}.{m[2]}.shortcut.weight",
+    ),
+    (
+        re.compile(r"^layer([1-4])\.(\d+)\.downsample\.1\.(\w+)$"),
+        lambda m: f"res{int(m[1]) + 1}.{m[2]}.shortcut.norm.{m[3]}",
+    ),
 ]
 
 
@@ -89,17 +98,24 @@ def convert(source: str, output: str, trust_pickle: bool = False, overwrite: boo
 
     state, arch, cifar_stem = load_encoder_state(source, trust_pickle, "--trust-pickle")
     if cifar_stem:
-        raise ValueError(f"{source}: a CIFAR-stem encoder (3x3 conv1, no max-pool) cannot be used for detection")
+        raise ValueError(
+            f"{source}: a CIFAR-stem encoder (3x3 conv1, no max-pool) cannot be used for detection"
+        )
     return arch, len(write_detectron2_pkl(state, output))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = command_parser("ssmix-convert", __doc__, "%(prog)s INPUT OUTPUT.pkl [--trust-pickle]")
-    parser.add_argument("input", help="backbone.pth, ssmix run directory, or a training/torchvision/MoCo checkpoint")
+    parser.add_argument(
+        "input", help="backbone.pth, ssmix run directory, or a training/torchvision/MoCo checkpoint"
+    )
     parser.add_argument("output", help="output path, must end in .pkl")
-    parser.add_argument("--trust-pickle", action="store_true",
-                        help="also read an input that pickles objects; this runs code from the file, so use it "
-                             "only for files you made yourself (default: tensors and containers only)")
+    parser.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="also read an input that pickles objects; this runs code from the file, so use it "
+        "only for files you made yourself (default: tensors and containers only)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT.pkl")
     args = parser.parse_args(argv)
 

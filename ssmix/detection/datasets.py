@@ -5,6 +5,7 @@ continuous ``[x0, y0, x1, y1]``; ``difficult`` boxes are kept for training and f
 COCO ``[x, y, w, h]`` becomes ``[x, y, x + w, y + h]``; ``iscrowd=1`` annotations are left to COCOeval.
 Dataset names and paths are detectron2's builtin ones under a root (``$DETECTRON2_DATASETS``).
 """
+
 from __future__ import annotations
 
 import json
@@ -20,9 +21,9 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
-from ssmix.detection.synthetic import VOC_CLASSES
 from ssmix.config import ConfigError
 from ssmix.data.datasets import CorruptImageError
+from ssmix.detection.synthetic import VOC_CLASSES
 
 COCO_SPLITS = {  # detectron2's builtin COCO names -> (image dir, annotation json), relative to the root
     "coco_2017_train": ("coco/train2017", "coco/annotations/instances_train2017.json"),
@@ -78,8 +79,10 @@ def resolve(name: str, root: str) -> DatasetInfo:
     if name in COCO_SPLITS:
         images, annotations = COCO_SPLITS[name]
         return DatasetInfo(name, "coco", os.path.join(root, images), os.path.join(root, annotations))
-    raise ConfigError(f"data: unknown dataset '{name}'; expected voc_<year or tag>_<train|val|trainval|test> or one of "
-                      f"{', '.join(COCO_SPLITS)}")
+    raise ConfigError(
+        f"data: unknown dataset '{name}'; expected voc_<year or tag>_<train|val|trainval|test> or one of "
+        f"{', '.join(COCO_SPLITS)}"
+    )
 
 
 def _xml_int(node: ET.Element, tag: str, path: str) -> float:
@@ -115,8 +118,10 @@ def read_voc(dirname: str, split: str, classes: Sequence[str]) -> List[ImageReco
             raise ConfigError(f"{path}: invalid XML ({exc})") from None
         image_path = voc_image_path(dirname, file_id, tree)
         if not os.path.isfile(image_path):
-            raise ConfigError(f"{path}: image file {image_path} not found (from <filename>, else <id>.jpg); "
-                              "put the image in JPEGImages/ or fix <filename>")
+            raise ConfigError(
+                f"{path}: image file {image_path} not found (from <filename>, else <id>.jpg); "
+                "put the image in JPEGImages/ or fix <filename>"
+            )
         size = tree.find("size")
         if size is None:
             raise ConfigError(f"{path}: missing <size>")
@@ -124,8 +129,10 @@ def read_voc(dirname: str, split: str, classes: Sequence[str]) -> List[ImageReco
         for obj in tree.findall("object"):
             name = (obj.findtext("name") or "").strip()
             if name not in index:
-                raise ConfigError(f"{path}: class '{name}' is not in data.classes ({', '.join(classes)}); "
-                                  f"list your class names, e.g. data.classes=[{name}]")
+                raise ConfigError(
+                    f"{path}: class '{name}' is not in data.classes ({', '.join(classes)}); "
+                    f"list your class names, e.g. data.classes=[{name}]"
+                )
             bndbox = obj.find("bndbox")
             if bndbox is None:
                 raise ConfigError(f"{path}: object without <bndbox>")
@@ -133,11 +140,17 @@ def read_voc(dirname: str, split: str, classes: Sequence[str]) -> List[ImageReco
             boxes.append([x0 - 1.0, y0 - 1.0, x1, y1])  # 1-based inclusive -> 0-based continuous
             labels.append(index[name])
             difficult.append(int(obj.findtext("difficult") or 0) == 1)
-        records.append(ImageRecord(
-            image_path, number,
-            int(_xml_int(size, "height", path)), int(_xml_int(size, "width", path)),
-            np.asarray(boxes, dtype=np.float32).reshape(-1, 4), np.asarray(labels, dtype=np.int64),
-            np.asarray(difficult, dtype=bool)))
+        records.append(
+            ImageRecord(
+                image_path,
+                number,
+                int(_xml_int(size, "height", path)),
+                int(_xml_int(size, "width", path)),
+                np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+                np.asarray(labels, dtype=np.int64),
+                np.asarray(difficult, dtype=bool),
+            )
+        )
     return records
 
 
@@ -167,10 +180,18 @@ def read_coco(json_path: str, image_root: str) -> Tuple[List[ImageRecord], List[
             boxes.append([x, y, x + w, y + h])
             labels.append(contiguous[ann["category_id"]])
             segms.append(segm)
-        records.append(ImageRecord(
-            os.path.join(image_root, image["file_name"]), int(image["id"]), int(image["height"]),
-            int(image["width"]), np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
-            np.asarray(labels, dtype=np.int64), np.zeros(len(labels), dtype=bool), segms))
+        records.append(
+            ImageRecord(
+                os.path.join(image_root, image["file_name"]),
+                int(image["id"]),
+                int(image["height"]),
+                int(image["width"]),
+                np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+                np.asarray(labels, dtype=np.int64),
+                np.zeros(len(labels), dtype=bool),
+                segms,
+            )
+        )
     return records, [c["name"] for c in categories], [c["id"] for c in categories]
 
 
@@ -232,17 +253,27 @@ class DetectionDataset(Dataset):
             with Image.open(record.file_name) as pil:
                 pixels = np.array(pil.convert("RGB"))
         except (OSError, SyntaxError, ValueError) as exc:
-            raise CorruptImageError(f"{record.file_name}: not a readable image ({type(exc).__name__}: {exc}); "
-                                    "delete or replace the file") from None
+            raise CorruptImageError(
+                f"{record.file_name}: not a readable image ({type(exc).__name__}: {exc}); "
+                "delete or replace the file"
+            ) from None
         if pixels.shape[:2] != (record.height, record.width):
-            raise ValueError(f"{record.file_name}: image is {pixels.shape[:2]} (H, W) but its annotation "
-                             f"says ({record.height}, {record.width})")
+            raise ValueError(
+                f"{record.file_name}: image is {pixels.shape[:2]} (H, W) but its annotation "
+                f"says ({record.height}, {record.width})"
+            )
         image = torch.from_numpy(pixels).permute(2, 0, 1).float().div_(255.0)
-        target = {"boxes": torch.from_numpy(record.boxes.copy()), "labels": torch.from_numpy(record.labels + 1)}
+        target = {
+            "boxes": torch.from_numpy(record.boxes.copy()),
+            "labels": torch.from_numpy(record.labels + 1),
+        }
         if self.with_masks:
             masks = [rasterize(s, record.height, record.width) for s in record.segmentations or []]
-            target["masks"] = torch.from_numpy(np.stack(masks)) if masks else torch.zeros(
-                (0, record.height, record.width), dtype=torch.uint8)
+            target["masks"] = (
+                torch.from_numpy(np.stack(masks))
+                if masks
+                else torch.zeros((0, record.height, record.width), dtype=torch.uint8)
+            )
         if self.train and torch.rand(()) < 0.5:
             image, target = hflip(image, target)
         return image, target, index
@@ -268,8 +299,9 @@ class GroupedInfiniteSampler(Sampler):
     index for this ``rank``, grouped so a batch holds only landscape or only portrait images
     (detectron2's ASPECT_RATIO_GROUPING)."""
 
-    def __init__(self, records: Sequence[ImageRecord], batch_size: int, seed: int, rank: int = 0,
-                 world_size: int = 1) -> None:
+    def __init__(
+        self, records: Sequence[ImageRecord], batch_size: int, seed: int, rank: int = 0, world_size: int = 1
+    ) -> None:
         if not records:
             raise ConfigError("data.train: no training image with annotations")
         self.portrait = np.array([r.height > r.width for r in records])
@@ -279,7 +311,7 @@ class GroupedInfiniteSampler(Sampler):
         generator = torch.Generator().manual_seed(self.seed)
         buckets: Tuple[List[int], List[int]] = ([], [])
         while True:
-            order = torch.randperm(len(self.portrait), generator=generator)[self.rank::self.world_size]
+            order = torch.randperm(len(self.portrait), generator=generator)[self.rank :: self.world_size]
             for index in order.tolist():
                 bucket = buckets[int(self.portrait[index])]
                 bucket.append(index)

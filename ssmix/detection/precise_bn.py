@@ -4,6 +4,7 @@ statistics as the plain average over ``num_iters`` training-mode forward passes,
 A detection model's training-mode forward needs targets (and returns losses), so this takes an iterator
 of ``(images, targets)`` batches instead of using torch.optim.swa_utils.update_bn.
 """
+
 from __future__ import annotations
 
 from typing import Iterator, List, Tuple

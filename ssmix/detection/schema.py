@@ -3,6 +3,7 @@
 Defaults are the MoCo VOC protocol (docs/detection.md §1.1-1.2): Faster R-CNN R50-C4, VOC07+12
 trainval -> VOC07 test, 24k iterations at 16 images, LR 0.02, steps 18k/22k, warmup 100.
 """
+
 from __future__ import annotations
 
 import os
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 from ssmix.config import ConfigError, check_device, check_ranges, from_dict, read_config
+from ssmix.config_checks import usable_workers
 from ssmix.shipped import DETECTION
 
 HEADS = ("c4", "fpn")
@@ -27,8 +29,10 @@ RPN_TOPK = {
 class ModelSpec:
     """The detector. ``weights`` is the encoder (see :func:`ssmix.detection.weights.load_encoder_state`)."""
 
-    weights: Optional[str] = None  # backbone.pth | run dir | ssmix/torchvision/MoCo checkpoint | null = random
-    trust_pickle: bool = False  # also read weights that pickle objects: runs code from the file, own files only
+    # backbone.pth | run dir | ssmix/torchvision/MoCo checkpoint | null = random
+    weights: Optional[str] = None
+    # also read weights that pickle objects: runs code from the file, own files only
+    trust_pickle: bool = False
     arch: Optional[str] = None  # null: read from the weights (resnet50 without weights)
     head: str = "c4"  # c4 (res5 RoI head, R50 only) | fpn
     mask: bool = False  # Mask R-CNN
@@ -93,8 +97,12 @@ class DetectionConfig:
 def rpn_topk(model: ModelSpec) -> Dict[str, int]:
     """The four RPN top-k values, the head's detectron2 defaults where the config leaves them null."""
     defaults = RPN_TOPK[model.head]
-    given = {"pre_train": model.rpn_pre_nms_topk_train, "pre_test": model.rpn_pre_nms_topk_test,
-             "post_train": model.rpn_post_nms_topk_train, "post_test": model.rpn_post_nms_topk_test}
+    given = {
+        "pre_train": model.rpn_pre_nms_topk_train,
+        "pre_test": model.rpn_pre_nms_topk_test,
+        "post_train": model.rpn_post_nms_topk_train,
+        "post_test": model.rpn_post_nms_topk_test,
+    }
     return {k: defaults[k] if v is None else v for k, v in given.items()}
 
 
@@ -106,11 +114,25 @@ def validate(cfg: DetectionConfig) -> DetectionConfig:
     """Check values the types cannot (raises :class:`ConfigError` naming key and fix)."""
     m, d, s = cfg.model, cfg.data, cfg.solver
     check_device(cfg.device)
-    check_ranges({"log_every": cfg.log_every, "solver.checkpoint_period": s.checkpoint_period,
-                  "data.max_size": d.max_size}, ">0")
-    check_ranges({"solver.weight_decay": s.weight_decay, "solver.warmup_iters": s.warmup_iters,
-                  "data.num_workers": d.num_workers, "test.precise_bn_iters": cfg.test.precise_bn_iters,
-                  "test.eval_period": cfg.test.eval_period}, ">=0")
+    check_ranges(
+        {
+            "log_every": cfg.log_every,
+            "solver.checkpoint_period": s.checkpoint_period,
+            "data.max_size": d.max_size,
+        },
+        ">0",
+    )
+    check_ranges(
+        {
+            "solver.weight_decay": s.weight_decay,
+            "solver.warmup_iters": s.warmup_iters,
+            "data.num_workers": d.num_workers,
+            "test.precise_bn_iters": cfg.test.precise_bn_iters,
+            "test.eval_period": cfg.test.eval_period,
+        },
+        ">=0",
+    )
+    d.num_workers = usable_workers(d.num_workers)
     if m.head not in HEADS:
         raise ConfigError(f"model.head: unknown head '{m.head}', expected one of {', '.join(HEADS)}")
     if m.arch is not None and m.arch not in ARCHS:
@@ -144,4 +166,3 @@ def check_head_arch(head: str, arch: Optional[str]) -> None:
 def load_detection_config(path: Optional[str], overrides: Sequence[str] = ()) -> DetectionConfig:
     """Read a preset (``_base_`` inheritance as in ssmix configs), apply overrides, validate."""
     return validate(from_dict(DetectionConfig, read_config(path, overrides, DETECTION)[1], ""))
-

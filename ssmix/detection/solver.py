@@ -1,6 +1,7 @@
 """detectron2's default solver (docs/detection.md §1.1, §4.2 item 5): SGD momentum 0.9 with weight decay
 except on normalisation layers (WEIGHT_DECAY_NORM 0), and WarmupMultiStepLR (linear warmup from 1/1000,
 x0.1 at each step), stepped once per iteration."""
+
 from __future__ import annotations
 
 import bisect
@@ -24,8 +25,10 @@ def build_optimizer(model: nn.Module, base_lr: float, weight_decay: float) -> to
                 continue
             seen.add(id(param))
             (norm_params if isinstance(module, NORM_TYPES) else other_params).append(param)
-    groups = [{"params": other_params, "weight_decay": weight_decay},
-              {"params": norm_params, "weight_decay": 0.0}]
+    groups = [
+        {"params": other_params, "weight_decay": weight_decay},
+        {"params": norm_params, "weight_decay": 0.0},
+    ]
     return torch.optim.SGD(groups, lr=base_lr, momentum=MOMENTUM)
 
 
@@ -39,6 +42,7 @@ def lr_factor(iteration: int, steps: Sequence[int], warmup_iters: int) -> float:
     return factor
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, steps: Sequence[int],
-                    warmup_iters: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, steps: Sequence[int], warmup_iters: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, steps, warmup_iters))

@@ -6,6 +6,7 @@ Runs ``trials`` independent trainings (seeds ``seed .. seed+trials-1``; MoCo rep
 of 5) and writes ``output_dir/metrics.json`` with the mean, the sample std and every trial's metrics,
 plus ``output_dir/log.txt``. Multi-GPU: ``torchrun --nproc_per_node=8 -m ssmix.detection.train CONFIG``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,9 +20,9 @@ from typing import Dict, List, Optional, Sequence
 
 import yaml
 
+from ssmix.cli import EXPECTED, command_parser, run_main
 from ssmix.detection.engine import LAST_CHECKPOINT, log, run_trial, setup_distributed
 from ssmix.detection.schema import DetectionConfig, load_detection_config
-from ssmix.cli import EXPECTED, command_parser, run_main
 from ssmix.engine.rundir import RunDir
 from ssmix.shipped import DETECTION
 
@@ -34,7 +35,9 @@ def summarize(per_trial: List[Dict[str, float]]) -> Dict[str, object]:
         values = [m[key] for m in per_trial]
         mu = sum(values) / len(values)
         mean[key] = mu
-        std[key] = math.sqrt(sum((v - mu) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+        std[key] = (
+            math.sqrt(sum((v - mu) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+        )
     return {"num_trials": len(per_trial), "mean": mean, "std": std, "per_trial": per_trial}
 
 
@@ -70,8 +73,11 @@ def run(cfg: DetectionConfig) -> Dict[str, object]:
     """All trials of ``cfg``; returns the summary written to ``output_dir/metrics.json`` (main process).
     ``output_dir`` is refused if it holds another run (unless ``resume`` / ``overwrite``) and locked."""
     env = setup_distributed(cfg.device)
-    run_dir = RunDir(cfg.output_dir, cfg.resume, cfg.overwrite, OUTPUTS, "resume=true", clean_failed=True) \
-        if env.is_main else contextlib.nullcontext()
+    run_dir = (
+        RunDir(cfg.output_dir, cfg.resume, cfg.overwrite, OUTPUTS, "resume=true", clean_failed=True)
+        if env.is_main
+        else contextlib.nullcontext()
+    )
     with run_dir as opened:
         try:
             summary = _run(cfg, env, opened)
@@ -86,8 +92,13 @@ def run(cfg: DetectionConfig) -> Dict[str, object]:
 
 
 def _has_checkpoint(output_dir: str) -> bool:
-    return any(os.path.exists(os.path.join(folder, LAST_CHECKPOINT)) for folder in
-               [output_dir, *[os.path.join(output_dir, d) for d in os.listdir(output_dir) if d.startswith("trial_")]])
+    return any(
+        os.path.exists(os.path.join(folder, LAST_CHECKPOINT))
+        for folder in [
+            output_dir,
+            *[os.path.join(output_dir, d) for d in os.listdir(output_dir) if d.startswith("trial_")],
+        ]
+    )
 
 
 def _close_logging() -> None:
@@ -118,15 +129,26 @@ def _run(cfg: DetectionConfig, env, run_dir: Optional[RunDir]) -> Dict[str, obje
         return {}
     summary = summarize(per_trial)
     _write_json(os.path.join(cfg.output_dir, "metrics.json"), summary)
-    log.info("result over %d trial(s): %s", cfg.trials, ", ".join(
-        f"{k} {summary['mean'][k]:.2f} +- {summary['std'][k]:.2f}" for k in summary["mean"] if "-" not in k))
+    log.info(
+        "result over %d trial(s): %s",
+        cfg.trials,
+        ", ".join(
+            f"{k} {summary['mean'][k]:.2f} +- {summary['std'][k]:.2f}"
+            for k in summary["mean"]
+            if "-" not in k
+        ),
+    )
     return summary
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = command_parser("ssmix-detect", __doc__, "%(prog)s PRESET|CONFIG [key=value ...]",
-                            epilog=f"Presets: {', '.join(DETECTION.names())}; e.g. ssmix-detect voc_r50_c4_24k "
-                                   "model.weights=runs/mocov2/backbone.pth")
+    parser = command_parser(
+        "ssmix-detect",
+        __doc__,
+        "%(prog)s PRESET|CONFIG [key=value ...]",
+        epilog=f"Presets: {', '.join(DETECTION.names())}; e.g. ssmix-detect voc_r50_c4_24k "
+        "model.weights=runs/mocov2/backbone.pth",
+    )
     parser.add_argument("config", nargs="?", help="a YAML file, or a preset's name from detection/presets/")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. model.weights=runs/x trials=5")
     args = parser.parse_args(argv)

@@ -19,6 +19,7 @@ classes) names the classes; ``MODEL.ROI_HEADS.NUM_CLASSES`` is set to their coun
     python -m detection.train_net --config-file pascal_voc_R_50_C4_24k_moco.yaml --classes Tree \\
         DATASETS.TRAIN "('voc_trees_trainval',)" DATASETS.TEST "('voc_trees_test',)" MODEL.WEIGHTS d2.pkl
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,7 +41,8 @@ INSTALL_HINT = (
     "    git clone https://github.com/facebookresearch/detectron2.git\n"
     "    pip install --no-build-isolation ./detectron2\n"
     "(a few minutes; needs a C++ compiler, and the CUDA toolkit for GPU ops). Without it, use the embedded "
-    "backend: ssmix-detect voc_r50_c4_24k model.weights=... (python -m detection.train in a checkout)")
+    "backend: ssmix-detect voc_r50_c4_24k model.weights=... (python -m detection.train in a checkout)"
+)
 
 
 def import_detectron2():
@@ -83,10 +85,19 @@ def voc_dataset_dicts(dirname: str, split: str, classes: Sequence[str], bbox_mod
     records = read_voc(dirname, split, classes)
     with open(os.path.join(dirname, "ImageSets", "Main", f"{split}.txt"), encoding="utf-8") as f:
         file_ids = [line.strip() for line in f if line.strip()]
-    return [{"file_name": r.file_name, "image_id": file_id, "height": r.height, "width": r.width,
-             "annotations": [{"category_id": int(label), "bbox": [float(v) for v in box], "bbox_mode": bbox_mode}
-                             for box, label in zip(r.boxes, r.labels)]}
-            for r, file_id in zip(records, file_ids)]
+    return [
+        {
+            "file_name": r.file_name,
+            "image_id": file_id,
+            "height": r.height,
+            "width": r.width,
+            "annotations": [
+                {"category_id": int(label), "bbox": [float(v) for v in box], "bbox_mode": bbox_mode}
+                for box, label in zip(r.boxes, r.labels)
+            ],
+        }
+        for r, file_id in zip(records, file_ids)
+    ]
 
 
 def register_voc_sets(names: Sequence[str], root: str, classes: Sequence[str]) -> List[str]:
@@ -107,12 +118,19 @@ def register_voc_sets(names: Sequence[str], root: str, classes: Sequence[str]) -
         if name in DatasetCatalog.list():
             DatasetCatalog.remove(name)
             MetadataCatalog.remove(name)
-        DatasetCatalog.register(name, lambda d=info.annotations, s=info.split: voc_dataset_dicts(
-            d, s, classes, int(BoxMode.XYXY_ABS)))
+        DatasetCatalog.register(
+            name,
+            lambda d=info.annotations, s=info.split: voc_dataset_dicts(d, s, classes, int(BoxMode.XYXY_ABS)),
+        )
         # PascalVOCDetectionEvaluator accepts the years 2007 (11-point AP) and 2012 (area AP) only.
         year = 2007 if info.year == 2007 else 2012
-        MetadataCatalog.get(name).set(thing_classes=list(classes), dirname=info.annotations, year=year,
-                                      split=info.split, evaluator_type="pascal_voc")
+        MetadataCatalog.get(name).set(
+            thing_classes=list(classes),
+            dirname=info.annotations,
+            year=year,
+            split=info.split,
+            evaluator_type="pascal_voc",
+        )
         done.append(name)
     return done
 
@@ -123,7 +141,10 @@ def matched_tensors(model_shapes: Mapping[str, Tuple[int, ...]], checkpoint: Map
     count = 0
     for key, value in checkpoint.items():
         shape = tuple(getattr(value, "shape", ()))
-        if any((name == key or name.endswith("." + key)) and tuple(s) == shape for name, s in model_shapes.items()):
+        if any(
+            (name == key or name.endswith("." + key)) and tuple(s) == shape
+            for name, s in model_shapes.items()
+        ):
             count += 1
     return count
 
@@ -139,8 +160,10 @@ def log_loaded_encoder(model, weights: str) -> Optional[str]:
     tensors = loaded.get("model", {}) if isinstance(loaded, dict) else {}
     model = getattr(model, "module", model)
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    message = (f"encoder: loaded {matched_tensors(shapes, tensors)} of {len(tensors)} tensors from {weights}; "
-               "parameters reported as 'not found in the checkpoint' are the new detection heads (expected)")
+    message = (
+        f"encoder: loaded {matched_tensors(shapes, tensors)} of {len(tensors)} tensors from {weights}; "
+        "parameters reported as 'not found in the checkpoint' are the new detection heads (expected)"
+    )
     logging.getLogger("detection").warning(message)
     print(message, flush=True)
     return message
@@ -160,7 +183,9 @@ def trainer_class():
                 return COCOEvaluator(dataset_name, output_dir=folder)
             if "voc" in dataset_name:
                 return PascalVOCDetectionEvaluator(dataset_name)
-            raise ValueError(f"no evaluator for dataset '{dataset_name}': the name must contain 'coco' or 'voc'")
+            raise ValueError(
+                f"no evaluator for dataset '{dataset_name}': the name must contain 'coco' or 'voc'"
+            )
 
     return Trainer
 
@@ -225,8 +250,10 @@ def setup(args):
 
     cfg = build_config(args)
     if cfg.MODEL.WEIGHTS == WEIGHTS_PLACEHOLDER and not args.resume:
-        raise ValueError("MODEL.WEIGHTS is not set: add 'MODEL.WEIGHTS path/to/encoder.pkl' (from "
-                         "python -m detection.convert) after the other arguments")
+        raise ValueError(
+            "MODEL.WEIGHTS is not set: add 'MODEL.WEIGHTS path/to/encoder.pkl' (from "
+            "python -m detection.convert) after the other arguments"
+        )
     cfg.freeze()
     default_setup(cfg, args)
     return cfg
@@ -241,7 +268,9 @@ def main(args):
     trainer = trainer_class()
     if args.eval_only:
         model = trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
         return trainer.test(cfg, model)
     runner = trainer(cfg)
     runner.resume_or_load(resume=args.resume)
@@ -250,8 +279,10 @@ def main(args):
     return runner.train()
 
 
-USAGE = ("%(prog)s --config-file FILE [--num-gpus N] [--classes A,B,...] [--resume] [--eval-only]\n"
-         "       [--num-machines N --machine-rank R --dist-url URL] [KEY VALUE ...]")
+USAGE = (
+    "%(prog)s --config-file FILE [--num-gpus N] [--classes A,B,...] [--resume] [--eval-only]\n"
+    "       [--num-machines N --machine-rank R --dist-url URL] [KEY VALUE ...]"
+)
 
 
 def _standard_arguments(parser: argparse.ArgumentParser) -> None:
@@ -262,10 +293,17 @@ def _standard_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-gpus", type=int, default=1, help="number of gpus *per machine*")
     parser.add_argument("--num-machines", type=int, default=1, help="total number of machines")
     parser.add_argument("--machine-rank", type=int, default=0, help="the rank of this machine")
-    parser.add_argument("--dist-url", default="tcp://127.0.0.1:49152", help="initialization URL for pytorch "
-                                                                           "distributed backend")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
-                        help="Detectron2 config overrides, e.g. MODEL.WEIGHTS d2.pkl SOLVER.MAX_ITER 100")
+    parser.add_argument(
+        "--dist-url",
+        default="tcp://127.0.0.1:49152",
+        help="initialization URL for pytorch distributed backend",
+    )
+    parser.add_argument(
+        "opts",
+        nargs=argparse.REMAINDER,
+        metavar="KEY VALUE",
+        help="Detectron2 config overrides, e.g. MODEL.WEIGHTS d2.pkl SOLVER.MAX_ITER 100",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -282,8 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
         parser.prog, parser.usage = plain_parser.prog, plain_parser.usage
         parser.description, parser.formatter_class = plain_parser.description, plain_parser.formatter_class
         parser.epilog = None
-    parser.add_argument("--classes", default=None, metavar="A,B,...",
-                        help="comma-separated class names of the VOC-format sets (default: the 20 VOC classes)")
+    parser.add_argument(
+        "--classes",
+        default=None,
+        metavar="A,B,...",
+        help="comma-separated class names of the VOC-format sets (default: the 20 VOC classes)",
+    )
     return parser
 
 
@@ -304,8 +346,14 @@ def cli(argv: Optional[Sequence[str]] = None) -> int:
     args.config_file = resolve_config_file(args.config_file)
     if not args.eval_only:
         args.opts = prepare_weights(list(args.opts))
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
     return 0
 
 

@@ -8,6 +8,7 @@ uses the VOC "+1" pixel convention on the original 1-based boxes (predictions ar
 xmin/ymin). AP is the VOC07 11-point AP (VOC2007) or the area under the precision envelope (later
 years). Reported x100: AP50, AP75 and AP = the mean over the 10 thresholds.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -28,8 +29,12 @@ def to_voc_pixels(boxes: np.ndarray) -> np.ndarray:
 def voc_iou(boxes: np.ndarray, gts: np.ndarray) -> np.ndarray:
     """(D, G) IoU of VOC pixel boxes, widths ``xmax - xmin + 1``."""
     boxes, gts = boxes[:, None, :], gts[None, :, :]
-    iw = np.maximum(np.minimum(boxes[..., 2], gts[..., 2]) - np.maximum(boxes[..., 0], gts[..., 0]) + 1.0, 0.0)
-    ih = np.maximum(np.minimum(boxes[..., 3], gts[..., 3]) - np.maximum(boxes[..., 1], gts[..., 1]) + 1.0, 0.0)
+    iw = np.maximum(
+        np.minimum(boxes[..., 2], gts[..., 2]) - np.maximum(boxes[..., 0], gts[..., 0]) + 1.0, 0.0
+    )
+    ih = np.maximum(
+        np.minimum(boxes[..., 3], gts[..., 3]) - np.maximum(boxes[..., 1], gts[..., 1]) + 1.0, 0.0
+    )
     inter = iw * ih
     area = lambda b: (b[..., 2] - b[..., 0] + 1.0) * (b[..., 3] - b[..., 1] + 1.0)  # noqa: E731
     return inter / (area(boxes) + area(gts) - inter)
@@ -48,8 +53,9 @@ def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool) -> fl
     return float(np.sum((mrec[steps + 1] - mrec[steps]) * mpre[steps + 1]))
 
 
-def _match(det_images: np.ndarray, det_boxes: np.ndarray, gt_images: np.ndarray,
-           gt_boxes: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+def _match(
+    det_images: np.ndarray, det_boxes: np.ndarray, gt_images: np.ndarray, gt_boxes: np.ndarray
+) -> Tuple[np.ndarray, np.ndarray]:
     """Best IoU and the index of the best-overlapping ground truth (-1: none in the image) per detection."""
     best_iou = np.full(len(det_images), -np.inf)
     best_gt = np.full(len(det_images), -1, dtype=np.int64)
@@ -62,9 +68,16 @@ def _match(det_images: np.ndarray, det_boxes: np.ndarray, gt_images: np.ndarray,
     return best_iou, best_gt
 
 
-def class_ap(det_images: np.ndarray, det_scores: np.ndarray, det_boxes: np.ndarray, gt_images: np.ndarray,
-             gt_boxes: np.ndarray, gt_difficult: np.ndarray, thresholds: Sequence[float],
-             use_07_metric: bool) -> np.ndarray:
+def class_ap(
+    det_images: np.ndarray,
+    det_scores: np.ndarray,
+    det_boxes: np.ndarray,
+    gt_images: np.ndarray,
+    gt_boxes: np.ndarray,
+    gt_difficult: np.ndarray,
+    thresholds: Sequence[float],
+    use_07_metric: bool,
+) -> np.ndarray:
     """AP (fraction, not %) of one class at each threshold; boxes in VOC pixels."""
     num_positives = int((~gt_difficult).sum())
     if num_positives == 0:
@@ -89,9 +102,13 @@ def class_ap(det_images: np.ndarray, det_scores: np.ndarray, det_boxes: np.ndarr
     return np.asarray(aps)
 
 
-def evaluate_voc(predictions: Dict[int, Tuple[np.ndarray, np.ndarray, np.ndarray]], records: Sequence[ImageRecord],
-                 classes: Sequence[str], use_07_metric: bool = True,
-                 thresholds: Sequence[float] = tuple(IOU_THRESHOLDS)) -> Dict[str, float]:
+def evaluate_voc(
+    predictions: Dict[int, Tuple[np.ndarray, np.ndarray, np.ndarray]],
+    records: Sequence[ImageRecord],
+    classes: Sequence[str],
+    use_07_metric: bool = True,
+    thresholds: Sequence[float] = tuple(IOU_THRESHOLDS),
+) -> Dict[str, float]:
     """``predictions[i] = (boxes (N,4) detectron2 convention, scores (N,), labels (N,) 0-based)`` for
     ``records[i]``. Returns ``{"AP", "AP50", "AP75"}`` in percent plus ``"AP50-<class>"`` per class."""
     gt_images = np.concatenate([np.full(len(r.labels), i) for i, r in enumerate(records)] or [np.zeros(0)])
@@ -109,11 +126,21 @@ def evaluate_voc(predictions: Dict[int, Tuple[np.ndarray, np.ndarray, np.ndarray
         g, d = gt_labels == c, det_labels == c
         if not (g & ~gt_difficult).any():
             missing.append(name)
-        per_class[c] = class_ap(det_images[d], det_scores[d], det_boxes[d], gt_images[g], gt_boxes[g],
-                                gt_difficult[g], thresholds, use_07_metric)
+        per_class[c] = class_ap(
+            det_images[d],
+            det_scores[d],
+            det_boxes[d],
+            gt_images[g],
+            gt_boxes[g],
+            gt_difficult[g],
+            thresholds,
+            use_07_metric,
+        )
     if missing:
-        warnings.warn(f"VOC evaluation: no non-difficult ground truth for {', '.join(missing)}; "
-                      f"these classes score AP 0 and still count in the mean (as in detectron2)")
+        warnings.warn(
+            f"VOC evaluation: no non-difficult ground truth for {', '.join(missing)}; "
+            f"these classes score AP 0 and still count in the mean (as in detectron2)"
+        )
     mean_ap = per_class.mean(axis=0) * 100.0
     thresholds = np.asarray(thresholds)
     out = {"AP": float(mean_ap.mean())}
@@ -136,8 +163,14 @@ class VOCEvaluator:
         self.results: List[Tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
 
     def process(self, index: int, output: Dict) -> None:
-        self.results.append((index, output["boxes"].cpu().numpy(), output["scores"].cpu().numpy(),
-                             output["labels"].cpu().numpy() - 1))
+        self.results.append(
+            (
+                index,
+                output["boxes"].cpu().numpy(),
+                output["scores"].cpu().numpy(),
+                output["labels"].cpu().numpy() - 1,
+            )
+        )
 
     def evaluate(self, results: Optional[List] = None) -> Dict[str, float]:
         predictions = {i: (b, s, lab) for i, b, s, lab in (self.results if results is None else results)}

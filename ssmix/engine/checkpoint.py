@@ -1,5 +1,6 @@
 """Checkpoints: atomic writes (temp file, fsync, rename), safe loading with fallback to the previous
 checkpoint, the resume-compatibility check, and exact-resume RNG state."""
+
 from __future__ import annotations
 
 import errno
@@ -23,9 +24,23 @@ _STEP = re.compile(r"step_(\d+)\.pt$")
 
 # Keys a resumed run may change: where and how it runs, not what it computes. Every other difference
 # from the checkpoint's config is refused (see :func:`check_resume_config`).
-RESUME_FREE_KEYS = ("output_dir", "resume", "overwrite", "device", "deterministic", "data.root", "data.download",
-                    "data.num_workers", "train.max_steps", "train.progress", "train.log_every",
-                    "train.ckpt_every", "train.keep_ckpts", "train.knn_every", "train.vis_every")
+RESUME_FREE_KEYS = (
+    "output_dir",
+    "resume",
+    "overwrite",
+    "device",
+    "deterministic",
+    "data.root",
+    "data.download",
+    "data.num_workers",
+    "train.max_steps",
+    "train.progress",
+    "train.log_every",
+    "train.ckpt_every",
+    "train.keep_ckpts",
+    "train.knn_every",
+    "train.vis_every",
+)
 
 
 class CheckpointError(ConfigError):
@@ -53,27 +68,50 @@ def _save_atomic(obj: Any, path: str) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
-        free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free / 2 ** 20
+        free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free / 2**20
         full = getattr(exc, "errno", None) == errno.ENOSPC or free < 1
         reason = "no space left on device" if full else " ".join(str(exc).split())[:200]
-        raise DiskWriteError(errno.ENOSPC if full else getattr(exc, "errno", None) or errno.EIO,
-                             f"cannot write {path}: {reason} ({free:.0f} MiB free there; a save needs room for one "
-                             f"more file of this size); the previous file is intact") from None
+        raise DiskWriteError(
+            errno.ENOSPC if full else getattr(exc, "errno", None) or errno.EIO,
+            f"cannot write {path}: {reason} ({free:.0f} MiB free there; a save needs room for one "
+            f"more file of this size); the previous file is intact",
+        ) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
+#: model-state prefixes renamed since checkpoints were first written: old -> new
+RENAMED_PREFIXES: Dict[str, str] = {"pipeline.": "mixing."}  # Pretrainer.pipeline -> Pretrainer.mixing
+
+
+def migrate_model_keys(state: Dict[str, Any]) -> Dict[str, Any]:
+    """``state`` (a Pretrainer's state dict) with the keys of :data:`RENAMED_PREFIXES` renamed, order kept,
+    so checkpoints written before a rename still resume."""
+
+    def renamed(key: str) -> str:
+        for old, new in RENAMED_PREFIXES.items():
+            if key.startswith(old):
+                return new + key[len(old) :]
+        return key
+
+    return {renamed(k): v for k, v in state.items()}
+
+
 def load_checkpoint(path: str, what: str = "resume") -> Dict[str, Any]:
-    """Load a checkpoint safely (weights-only: tensors, numbers, strings, containers)."""
+    """Load a checkpoint safely (weights-only: tensors, numbers, strings, containers); a training
+    checkpoint's ``model`` state comes with old key names migrated (:func:`migrate_model_keys`)."""
     if not os.path.isfile(path):
         raise CheckpointError(f"{what}: checkpoint not found: {path}")
     try:
-        return safe_torch_load(path, what)
+        loaded = safe_torch_load(path, what)
     except UnsafePickleError:
         raise
     except UnreadableFileError as exc:
         raise CheckpointError(f"{what}: {path}: not a readable ssmix checkpoint ({exc.reason})") from None
+    if isinstance(loaded, dict) and isinstance(loaded.get("model"), dict):
+        loaded["model"] = migrate_model_keys(loaded["model"])
+    return loaded
 
 
 def load_training_checkpoint(path: str, what: str = "resume") -> Dict[str, Any]:
@@ -82,8 +120,10 @@ def load_training_checkpoint(path: str, what: str = "resume") -> Dict[str, Any]:
     keys = state if isinstance(state, dict) else {}
     missing = [k for k in ("model", "optimizer", "scaler", "step", "rng") if k not in keys]
     if missing:
-        raise CheckpointError(f"{what}: {path} is not an ssmix training checkpoint (no {', '.join(missing)}); "
-                              "pass a checkpoints/step_*.pt file or a run's output_dir")
+        raise CheckpointError(
+            f"{what}: {path} is not an ssmix training checkpoint (no {', '.join(missing)}); "
+            "pass a checkpoints/step_*.pt file or a run's output_dir"
+        )
     return state
 
 
@@ -106,8 +146,9 @@ def latest_checkpoint(output_dir: str) -> Optional[str]:
     return paths[-1] if paths else None
 
 
-def load_latest_readable(output_dir: str, warn: Callable[[str], None],
-                         rename: bool = True) -> Tuple[Optional[str], Optional[Dict]]:
+def load_latest_readable(
+    output_dir: str, warn: Callable[[str], None], rename: bool = True
+) -> Tuple[Optional[str], Optional[Dict]]:
     """The newest checkpoint that loads; an unreadable newer one is skipped with a warning and (``rename``)
     renamed ``*.corrupt``, kept for inspection but never picked again. ``(None, None)`` if none loads."""
     for path in reversed(list_checkpoints(output_dir)):
@@ -118,13 +159,16 @@ def load_latest_readable(output_dir: str, warn: Callable[[str], None],
         except CheckpointError as exc:
             if rename and os.path.exists(path):
                 os.replace(path, path + ".corrupt")
-            warn(f"warning: skipping unreadable checkpoint {path} (renamed *.corrupt): "
-                 f"{' '.join(str(exc).split())[:200]}")
+            warn(
+                f"warning: skipping unreadable checkpoint {path} (renamed *.corrupt): "
+                f"{' '.join(str(exc).split())[:200]}"
+            )
     return None, None
 
 
-def find_resume(resume: Optional[str], output_dir: str,
-                warn: Optional[Callable[[str], None]]) -> Tuple[Optional[str], Optional[Dict]]:
+def find_resume(
+    resume: Optional[str], output_dir: str, warn: Optional[Callable[[str], None]]
+) -> Tuple[Optional[str], Optional[Dict]]:
     """``(path, state)`` of what ``resume`` names: ``auto`` (the newest readable checkpoint of
     ``output_dir``; none yet: ``(None, None)``), a run directory (its newest) or a checkpoint file.
     ``warn`` is None on the processes that must neither print nor rename."""
@@ -133,7 +177,9 @@ def find_resume(resume: Optional[str], output_dir: str,
     if resume != "auto" and not os.path.isdir(resume):
         return resume, load_training_checkpoint(resume)
     run = output_dir if resume == "auto" else resume
-    path, state = load_latest_readable(run, warn or (lambda msg: None), rename=warn is not None and run == output_dir)
+    path, state = load_latest_readable(
+        run, warn or (lambda msg: None), rename=warn is not None and run == output_dir
+    )
     if state is None and resume != "auto":
         raise CheckpointError(f"resume: {resume} holds no readable checkpoints/step_*.pt")
     return path, state
@@ -173,7 +219,9 @@ def config_differences(saved: Dict[str, Any], current: Dict[str, Any]) -> List[s
     for key in new:
         if key in old and key not in RESUME_FREE_KEYS and old[key] != new[key]:
             diffs.append(f"{key} {old[key]!r} -> {new[key]!r}")
-    polymorphic = [d for d in diffs if d.startswith(("model.", "method.name", "mix.type"))]  # shape-changing first
+    polymorphic = [
+        d for d in diffs if d.startswith(("model.", "method.name", "mix.type"))
+    ]  # shape-changing first
     return polymorphic + [d for d in diffs if d not in polymorphic]
 
 
@@ -182,19 +230,28 @@ def check_resume_config(path: str, saved: Optional[Dict[str, Any]], current: Dic
     diffs = config_differences(saved or {}, current)
     if diffs:
         shown = ", ".join(diffs[:4]) + (f" (+{len(diffs) - 4} more)" if len(diffs) > 4 else "")
-        raise CheckpointError(f"resume: {path} was written with a different config: {shown}; resume with the "
-                              "checkpoint's values, or start a new run in another output_dir")
+        raise CheckpointError(
+            f"resume: {path} was written with a different config: {shown}; resume with the "
+            "checkpoint's values, or start a new run in another output_dir"
+        )
 
 
-def warn_moved_data(saved: Optional[Dict[str, Any]], current: Dict[str, Any], num_images: int, spe: int,
-                    warn: Callable[[str], None]) -> None:
+def warn_moved_data(
+    saved: Optional[Dict[str, Any]],
+    current: Dict[str, Any],
+    num_images: int,
+    spe: int,
+    warn: Callable[[str], None],
+) -> None:
     """``data.root`` may move on resume (a copy on a local disk), but other images change the schedule:
     say so, with the diff (issue 24)."""
     old = ((saved or {}).get("data") or {}).get("root")
     new = current["data"]["root"]
     if old is not None and old != new and current["data"]["name"] not in ("synthetic", "digits"):
-        warn(f"warning: resume: data.root {old!r} -> {new!r}; the run continues on the {num_images} images there "
-             f"({spe} steps per epoch): if they are not the same images, the schedule and results change")
+        warn(
+            f"warning: resume: data.root {old!r} -> {new!r}; the run continues on the {num_images} images there "
+            f"({spe} steps per epoch): if they are not the same images, the schedule and results change"
+        )
 
 
 def get_rng_state() -> Dict[str, Any]:
@@ -248,24 +305,35 @@ def check_world_size(path: str, saved_world: int, world: int, steps_per_epoch: C
         return ""
     before, now = steps_per_epoch(saved_world), steps_per_epoch(world)
     if before != now:
-        raise CheckpointError(f"resume: {path} was written by {saved_world} process(es) at {before} steps per epoch; "
-                              f"with {world} this config has {now} (train.batch_size is per process): resume with "
-                              f"{saved_world}, or start a new run with train.global_batch_size (batch over all "
-                              "processes) so that the number of processes may change")
-    return (f"resume: {path} was written by {saved_world} process(es), this run has {world}: same global batch and "
-            f"{now} steps per epoch; the rest of the epoch is re-sharded and ranks beyond {saved_world - 1} start "
-            "fresh random streams, so the run is not bit-exact with an uninterrupted one")
+        raise CheckpointError(
+            f"resume: {path} was written by {saved_world} process(es) at {before} steps per epoch; "
+            f"with {world} this config has {now} (train.batch_size is per process): resume with "
+            f"{saved_world}, or start a new run with train.global_batch_size (batch over all "
+            "processes) so that the number of processes may change"
+        )
+    return (
+        f"resume: {path} was written by {saved_world} process(es), this run has {world}: same global batch and "
+        f"{now} steps per epoch; the rest of the epoch is re-sharded and ranks beyond {saved_world - 1} start "
+        "fresh random streams, so the run is not bit-exact with an uninterrupted one"
+    )
 
 
-def convert_split_bn_stats(saved: Dict[str, Tensor], expected: Dict[str, Tensor]) -> Tuple[Dict[str, Tensor], int]:
+def convert_split_bn_stats(
+    saved: Dict[str, Tensor], expected: Dict[str, Tensor]
+) -> Tuple[Dict[str, Tensor], int]:
     """MoCo's split-BN running statistics between one process (``bn_splits`` x C, the shuffle-BN
     emulation) and DDP (C, a real shuffle): averaged over the splits, or repeated per split. Returns the
     converted state and how many tensors changed; every other entry is left as it is."""
     out, changed = dict(saved), 0
     for key, value in saved.items():
         target = expected.get(key)
-        if not key.endswith(("running_mean", "running_var")) or target is None or value.dim() != 1 \
-                or target.dim() != 1 or value.numel() == target.numel():
+        if (
+            not key.endswith(("running_mean", "running_var"))
+            or target is None
+            or value.dim() != 1
+            or target.dim() != 1
+            or value.numel() == target.numel()
+        ):
             continue
         if value.numel() % target.numel() == 0:
             out[key] = value.view(-1, target.numel()).mean(0)

@@ -11,6 +11,7 @@ keeps itself in sync (the MoCo/SwAV key queues gather the global batch; the ODC 
 applies the same update everywhere and is host-resident, so it is also excluded from DDP's start-up
 broadcast). DDP's start-up broadcast makes every rank start from rank 0's parameters and buffers.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -49,14 +50,18 @@ def bind_device(device: str, local_rank: int, world: int) -> str:
     from ssmix.config import ConfigError
 
     if device != "cuda" and world > 1:
-        raise ConfigError(f"device: '{device}' with {world} processes would put every rank on that GPU; use "
-                          "device=cuda (rank i takes cuda:$LOCAL_RANK) and pick GPUs with CUDA_VISIBLE_DEVICES")
+        raise ConfigError(
+            f"device: '{device}' with {world} processes would put every rank on that GPU; use "
+            "device=cuda (rank i takes cuda:$LOCAL_RANK) and pick GPUs with CUDA_VISIBLE_DEVICES"
+        )
     index = local_rank if device == "cuda" else int(device.split(":")[1])
     count = torch.cuda.device_count()
     if index >= count:
         what = f"LOCAL_RANK={local_rank}" if device == "cuda" else f"device: '{device}'"
-        raise ConfigError(f"{what}: only {count} GPU(s) visible; start at most {count} process(es) per node "
-                          "(torchrun --nproc_per_node) or check CUDA_VISIBLE_DEVICES")
+        raise ConfigError(
+            f"{what}: only {count} GPU(s) visible; start at most {count} process(es) per node "
+            "(torchrun --nproc_per_node) or check CUDA_VISIBLE_DEVICES"
+        )
     torch.cuda.set_device(index)
     return f"cuda:{index}"
 
@@ -131,8 +136,9 @@ def convert_sync_batchnorm(module: nn.Module, device: str) -> nn.Module:
     if device.startswith("cuda"):
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     if isinstance(module, _BatchNorm) and not isinstance(module, CPUSyncBatchNorm):
-        new = CPUSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                               module.track_running_stats)
+        new = CPUSyncBatchNorm(
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+        )
         new.weight, new.bias = module.weight, module.bias
         new.running_mean, new.running_var = module.running_mean, module.running_var
         new.num_batches_tracked = module.num_batches_tracked
@@ -159,8 +165,9 @@ def wrap_for_training(model: nn.Module, sync_bn: bool, uses_shuffle_bn: bool, de
     if sync_bn and uses_shuffle_bn:
         from ssmix.config import ConfigError
 
-        raise ConfigError("model.sync_bn: MoCo v2 normalises its keys with shuffle-BN across ranks; "
-                          "set model.sync_bn=false")
+        raise ConfigError(
+            "model.sync_bn: MoCo v2 normalises its keys with shuffle-BN across ranks; set model.sync_bn=false"
+        )
     if not is_distributed():
         return model
     if sync_bn:
@@ -168,8 +175,16 @@ def wrap_for_training(model: nn.Module, sync_bn: bool, uses_shuffle_bn: bool, de
     ddp = nn.parallel.DistributedDataParallel
     ddp._set_params_and_buffers_to_ignore_for_model(model, host_buffer_names(model))
     # Buffers: synced once at start-up (from rank 0), never per forward.
-    no_forward_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(ddp).parameters
-                       else {"broadcast_buffers": False})
+    no_forward_sync = (
+        {"forward_sync_buffers": False}
+        if "forward_sync_buffers" in inspect.signature(ddp).parameters
+        else {"broadcast_buffers": False}
+    )
     on_cuda = device.startswith("cuda")
-    return ddp(model, device_ids=[torch.device(device).index] if on_cuda else None, find_unused_parameters=True,
-               gradient_as_bucket_view=True, **no_forward_sync)
+    return ddp(
+        model,
+        device_ids=[torch.device(device).index] if on_cuda else None,
+        find_unused_parameters=True,
+        gradient_as_bucket_view=True,
+        **no_forward_sync,
+    )

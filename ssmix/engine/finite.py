@@ -9,6 +9,7 @@ checkpoint.
 Under fp16 the GradScaler skips a step whose gradients overflowed and lowers its scale; a transient
 non-finite loss is then a skipped step, not a fault (``skippable``): only :data:`MAX_CONSECUTIVE_SKIPS`
 of them in a row stop the run."""
+
 from __future__ import annotations
 
 from typing import Dict, List, Mapping, Optional
@@ -69,10 +70,16 @@ class FiniteGuard:
         if self.bad is None or not bool(self.bad):
             return
         terms = ", ".join(f"{k}={float(v):.4g}" for k, v in self.terms.items())
-        what = (f"the fp16 loss was non-finite for {MAX_CONSECUTIVE_SKIPS} steps in a row (each skipped by the "
-                "GradScaler) up to" if self.skippable else "non-finite loss at")
-        raise NonFiniteError(f"training diverged: {what} step {int(self.first)} ({terms}); nothing "
-                             f"after it was saved; {_last_good(last_checkpoint)}")
+        what = (
+            f"the fp16 loss was non-finite for {MAX_CONSECUTIVE_SKIPS} steps in a row (each skipped by the "
+            "GradScaler) up to"
+            if self.skippable
+            else "non-finite loss at"
+        )
+        raise NonFiniteError(
+            f"training diverged: {what} step {int(self.first)} ({terms}); nothing "
+            f"after it was saved; {_last_good(last_checkpoint)}"
+        )
 
     def metrics(self) -> Dict[str, Tensor]:
         """``amp_skipped_steps`` (a device tensor, read with the logging row) when steps may be skipped."""
@@ -93,5 +100,7 @@ def check_state(state: Mapping[str, Tensor], step: int, last_checkpoint: Optiona
     bad = nonfinite_tensors(state)
     if bad:
         shown = ", ".join(bad[:4]) + (f" (+{len(bad) - 4} more)" if len(bad) > 4 else "")
-        raise NonFiniteError(f"training diverged: non-finite weights or statistics after step {step} ({shown}); "
-                             f"nothing was saved; {_last_good(last_checkpoint)}")
+        raise NonFiniteError(
+            f"training diverged: non-finite weights or statistics after step {step} ({shown}); "
+            f"nothing was saved; {_last_good(last_checkpoint)}"
+        )

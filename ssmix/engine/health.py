@@ -6,6 +6,7 @@ the first ``grace`` fraction of the schedule (initial transients: a fresh Mixer'
 a random encoder's clustered embeddings), before it warns; it warns once, and again only after it
 cleared. The row gets ``health_warnings``: the names (metrics) of the conditions that hold right now.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,27 +33,57 @@ class Condition:
 def conditions(embed_dim: int) -> List[Condition]:
     floor = 0.2 / math.sqrt(embed_dim)
     return [
-        Condition("collapse_std", lambda v: v < floor,
-                  lambda v: f"collapse_std {v:.4f} < 0.2/sqrt(D) = {floor:.4f}: the embeddings are collapsing "
-                            "(healthy ~1/sqrt(D)); check the augmentation, lower train.lr, or add BN to the projector"),
-        Condition("mixer_mask_within_var", lambda v: v < FLAT_MASK_VAR,
-                  lambda v: f"the Mixer's masks are flat (within-image variance {v:.4f} < {FLAT_MASK_VAR}): "
-                            "SAMix is mixing like Mixup; check mix.mixer_lr and the feature-map size (>= 4x4). "
-                            "On small, low-detail images (e.g. digits) the Mixer's own losses can prefer a blend "
-                            "(docs/algorithm.md §3.7)"),
-        Condition("mixer_mask_saturated", lambda v: v > SATURATED_SHARE,
-                  lambda v: f"the Mixer's masks are saturated ({v:.0%} of pixels < 0.05 or > 0.95): whole images "
-                            "are chosen, not regions; lower mix.mixer_lr or raise mix.mask_loss_weight"),
-        Condition("odc_empty", lambda v: v > 0,
-                  lambda v: f"ODC has {v:.0f} empty cluster(s) between refills; lower mix.odc.num_clusters or "
-                            "mix.odc.small_cluster_interval"),
-        Condition("odc_largest_vs_mean", lambda v: v > GIANT_CLUSTER,
-                  lambda v: f"ODC's largest cluster is {v:.1f}x the mean size (> {GIANT_CLUSTER:g}x): the "
-                            "pseudo-labels are degenerate; check collapse_std and mix.odc.min_cluster"),
-        Condition("swav_code_entropy", lambda v: v > UNIFORM_CODES,
-                  lambda v: f"SwAV's codes are uniform (entropy {v:.3f} of ln K): the swapped prediction has no "
-                            "signal and the loss sits at ln K; raise method.temperature (0.5 on small data, "
-                            "configs/digits/swav.yaml) or lower method.sinkhorn_epsilon"),
+        Condition(
+            "collapse_std",
+            lambda v: v < floor,
+            lambda v: (
+                f"collapse_std {v:.4f} < 0.2/sqrt(D) = {floor:.4f}: the embeddings are collapsing "
+                "(healthy ~1/sqrt(D)); check the augmentation, lower train.lr, or add BN to the projector"
+            ),
+        ),
+        Condition(
+            "mixer_mask_within_var",
+            lambda v: v < FLAT_MASK_VAR,
+            lambda v: (
+                f"the Mixer's masks are flat (within-image variance {v:.4f} < {FLAT_MASK_VAR}): "
+                "SAMix is mixing like Mixup; check mix.mixer_lr and the feature-map size (>= 4x4). "
+                "On small, low-detail images (e.g. digits) the Mixer's own losses can prefer a blend "
+                "(docs/algorithm.md §3.7)"
+            ),
+        ),
+        Condition(
+            "mixer_mask_saturated",
+            lambda v: v > SATURATED_SHARE,
+            lambda v: (
+                f"the Mixer's masks are saturated ({v:.0%} of pixels < 0.05 or > 0.95): whole images "
+                "are chosen, not regions; lower mix.mixer_lr or raise mix.mask_loss_weight"
+            ),
+        ),
+        Condition(
+            "odc_empty",
+            lambda v: v > 0,
+            lambda v: (
+                f"ODC has {v:.0f} empty cluster(s) between refills; lower mix.odc.num_clusters or "
+                "mix.odc.small_cluster_interval"
+            ),
+        ),
+        Condition(
+            "odc_largest_vs_mean",
+            lambda v: v > GIANT_CLUSTER,
+            lambda v: (
+                f"ODC's largest cluster is {v:.1f}x the mean size (> {GIANT_CLUSTER:g}x): the "
+                "pseudo-labels are degenerate; check collapse_std and mix.odc.min_cluster"
+            ),
+        ),
+        Condition(
+            "swav_code_entropy",
+            lambda v: v > UNIFORM_CODES,
+            lambda v: (
+                f"SwAV's codes are uniform (entropy {v:.3f} of ln K): the swapped prediction has no "
+                "signal and the loss sits at ln K; raise method.temperature (0.5 on small data, "
+                "configs/digits/swav.yaml) or lower method.sinkhorn_epsilon"
+            ),
+        ),
     ]
 
 

@@ -3,19 +3,21 @@
 Every choice that depends on ``train.optimizer`` is made here. Groups come from
 ``Pretrainer.param_groups()`` (the method's through :func:`method_param_groups`, then the mixer's); a
 group's own ``lr`` / ``momentum`` / ``weight_decay`` / ``warmup_epochs`` / ``min_lr`` override
-``cfg.train``. A group with
+``cfg.train``. A group with ``"fixed_lr": True`` (SimSiam's predictor) keeps its base lr at every step:
+no warm-up, no decay. A group with
 ``"lars": False`` (the SAMix Mixer and cluster head, docs/algorithm.md §6.2) is stepped by plain SGD
 even when the encoder uses LARS: LARS's trust ratio would shrink their updates ~20x below the SGD
 the paper specifies.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, List
 
 import torch
 import torch.nn as nn
-from lightly.utils.lars import LARS as _LightlyLARS
 from lightly.models.utils import get_weight_decay_parameters
+from lightly.utils.lars import LARS as _LightlyLARS
 
 from ssmix.config import Config, ConfigError, per_process_batch, scaled_lr
 from ssmix.engine.schedule import warmup_cosine
@@ -114,18 +116,29 @@ class LarsWithSgdGroups:
 
 def build_optimizer(groups: List[Dict[str, Any]], cfg: Config, steps_per_ep: int, world: int = 1):
     """One optimizer over every group (see the module docstring for the per-group keys), for ``world``
-    processes: a group without an ``lr`` of its own gets :func:`~ssmix.config.scaled_lr` (global batch)."""
+    processes: a group without an ``lr`` of its own gets :func:`~ssmix.config.scaled_lr` (global batch).
+    A ``fixed_lr`` group records its schedule as constant too (no warm-up steps, final lr = base lr)."""
     tc = cfg.train
     lr = scaled_lr(tc, per_process_batch(tc, world) * world)
     param_groups = []
     for g in groups:
-        base = g.get("lr", lr)
-        param_groups.append({
-            "params": g["params"], "name": g.get("name", "group"), "lr": base, "base_lr": base,
-            "momentum": g.get("momentum", tc.momentum), "weight_decay": g.get("weight_decay", tc.weight_decay),
-            "warmup_steps": int(round(g.get("warmup_epochs", tc.warmup_epochs) * steps_per_ep)),
-            "final_lr": g.get("min_lr", base * tc.min_lr_ratio), "lars": g.get("lars", True),
-        })
+        base, fixed = g.get("lr", lr), bool(g.get("fixed_lr", False))
+        param_groups.append(
+            {
+                "params": g["params"],
+                "name": g.get("name", "group"),
+                "lr": base,
+                "base_lr": base,
+                "momentum": g.get("momentum", tc.momentum),
+                "weight_decay": g.get("weight_decay", tc.weight_decay),
+                "warmup_steps": 0
+                if fixed
+                else int(round(g.get("warmup_epochs", tc.warmup_epochs) * steps_per_ep)),
+                "final_lr": base if fixed else g.get("min_lr", base * tc.min_lr_ratio),
+                "lars": g.get("lars", True),
+                "fixed_lr": fixed,
+            }
+        )
     if tc.optimizer == "sgd":
         return torch.optim.SGD(param_groups, lr=lr)
     if tc.optimizer == "lars":
@@ -136,6 +149,10 @@ def build_optimizer(groups: List[Dict[str, Any]], cfg: Config, steps_per_ep: int
 
 
 def set_learning_rates(optimizer, step: int, total_steps: int) -> None:
-    """Per-iteration warm-up + cosine for every group, each with its own base / final lr."""
+    """Per-iteration warm-up + cosine for every group, each with its own base / final lr; a ``fixed_lr``
+    group stays at its base lr."""
     for g in optimizer.param_groups:
-        g["lr"] = warmup_cosine(step, total_steps, g["base_lr"], g["warmup_steps"], g["final_lr"])
+        if g.get("fixed_lr", False):
+            g["lr"] = g["base_lr"]
+        else:
+            g["lr"] = warmup_cosine(step, total_steps, g["base_lr"], g["warmup_steps"], g["final_lr"])

@@ -15,6 +15,7 @@
 Mixers that need labels (Inter-Intra, SAMix-C) get them from the dataset or from an ODC memory that this
 step owns (docs/algorithm.md §4.2). The optimizer step itself is the trainer's (:mod:`ssmix.engine.trainer`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,17 +28,19 @@ from ssmix.config import Config, LabelledMixConfig, MixConfig
 from ssmix.engine.optim import method_param_groups
 from ssmix.methods import Method, build_method
 from ssmix.mixers import build_mixer
-from ssmix.mixers.base import mask_statistics
+from ssmix.mixers.base import MixerLosses, mask_statistics
 from ssmix.mixup import MethodOutput, MixContext, MixedBatch, Pairing
 from ssmix.transfer import to_device
 
 
 class Mixing(nn.Module):
     """The mixer of a run and where its labels come from: the dataset, or an ODC memory
-    (docs/algorithm.md §5) kept here. Checkpoints hold it as ``pipeline.mixer.*`` / ``pipeline.odc.*``."""
+    (docs/algorithm.md §5) kept here. Checkpoints hold it as ``mixing.mixer.*`` / ``mixing.odc.*``
+    (``pipeline.*`` before 2026-12-03, renamed on load by :func:`ssmix.engine.checkpoint.migrate_model_keys`)."""
 
-    def __init__(self, cfg: MixConfig, num_samples: int, num_classes: int, embed_dim: int,
-                 feature_channels: int) -> None:
+    def __init__(
+        self, cfg: MixConfig, num_samples: int, num_classes: int, embed_dim: int, feature_channels: int
+    ) -> None:
         super().__init__()
         # Widths a mixer may declare as 0 (= automatic) come from the backbone and the method.
         auto = {"feature_channels": feature_channels, "embed_dim": embed_dim}
@@ -72,9 +75,12 @@ class Mixing(nn.Module):
             return None, 0, None
         if self.odc is None:
             if bool((labels < 0).any()):  # a host sync on a GPU (labels=dataset is for tests and oracle runs)
-                raise ValueError("mix.labels=dataset needs a labelled split; this batch has unlabelled images")
+                raise ValueError(
+                    "mix.labels=dataset needs a labelled split; this batch has unlabelled images"
+                )
             return labels, self.num_classes, None
-        lab = to_device(self.odc.labels_of(index), labels.device)  # ``index`` is in host memory (see host_index)
+        # ``index`` is in host memory (see host_index)
+        lab = to_device(self.odc.labels_of(index), labels.device)
         return lab, self.odc.cfg.num_clusters, to_device(self.odc.class_weights(), labels.device)
 
     def host_index(self, index: Tensor) -> Tensor:
@@ -82,49 +88,82 @@ class Mixing(nn.Module):
         the label read and the memory update; ``index`` itself without an ODC memory."""
         return index if self.odc is None else index.to(self.odc.labels.device)
 
-    def context(self, method: Method, views: List[Tensor], pairing: Pairing, out: MethodOutput, labels: Tensor,
-                index: Tensor, step: int, total_steps: int) -> MixContext:
+    def context(
+        self,
+        method: Method,
+        views: List[Tensor],
+        pairing: Pairing,
+        out: MethodOutput,
+        labels: Tensor,
+        index: Tensor,
+        step: int,
+        total_steps: int,
+    ) -> MixContext:
         lab, num_classes, weights = self.labels(labels, index)
         return MixContext(
-            views=views[:2], pairing=pairing, keys=out.keys, negatives=out.negatives,
-            temperature=method.temperature, embed_target=method.embed_target, online_prefix=method.online_prefix,
-            feature_maps=out.feature_maps, labels=lab, num_classes=num_classes, class_weights=weights,
-            index=index, step=step, total_steps=total_steps,
+            views=views[:2],
+            pairing=pairing,
+            keys=out.keys,
+            negatives=out.negatives,
+            temperature=method.temperature,
+            embed_target=method.embed_target,
+            online_prefix=method.online_prefix,
+            feature_maps=out.feature_maps,
+            labels=lab,
+            num_classes=num_classes,
+            class_weights=weights,
+            index=index,
+            step=step,
+            total_steps=total_steps,
         )
 
 
 class Pretrainer(nn.Module):
-    """``method`` (always) and ``pipeline`` (a :class:`Mixing`, when ``mix.type`` is not ``none``); one
+    """``method`` (always) and ``mixing`` (a :class:`Mixing`, when ``mix.type`` is not ``none``); one
     training step as its ``forward``."""
 
     def __init__(self, cfg: Config, num_samples: int, num_classes: int) -> None:
         super().__init__()
         self.method = build_method(cfg)
         self.optimizer_name = cfg.train.optimizer
-        self.pipeline: Optional[Mixing] = None
+        self.mixing: Optional[Mixing] = None
         if cfg.mix.type != "none":
-            self.pipeline = Mixing(cfg.mix, num_samples, num_classes, self.method.embed_dim,
-                                   self.method.backbone.stage_channels[3])
+            self.mixing = Mixing(
+                cfg.mix,
+                num_samples,
+                num_classes,
+                self.method.embed_dim,
+                self.method.backbone.stage_channels[3],
+            )
+        self.method.step_mixes = self.mixing is not None  # what the method's output must hold
 
     def param_groups(self) -> List[Dict[str, Any]]:
         groups = method_param_groups(self.method, self.optimizer_name)
-        if self.pipeline is not None:
-            groups += self.pipeline.mixer.param_groups()
+        if self.mixing is not None:
+            groups += self.mixing.mixer.param_groups()
         return [g for g in groups if g["params"]]
 
     def on_train_start(self, extract: Callable[[], Tuple[Tensor, Tensor]]) -> None:
-        if self.pipeline is not None:
-            self.pipeline.on_train_start(extract)
+        if self.mixing is not None:
+            self.mixing.on_train_start(extract)
 
-    def training_step(self, views: List[Tensor], labels: Tensor, index: Tensor, step: int, total_steps: int
-                      ) -> Tuple[Dict[str, Tensor], Dict[str, Tensor | float]]:
-        """Named losses (to be summed) and metrics (0-dim tensors or constants) of one step."""
-        method, mixing = self.method, self.pipeline
+    def training_step(
+        self,
+        views: List[Tensor],
+        labels: Tensor,
+        index: Tensor,
+        step: int,
+        total_steps: int,
+        steps_per_epoch: int,
+    ) -> Tuple[Dict[str, Tensor], Dict[str, Tensor | float]]:
+        """Named losses (to be summed) and metrics (0-dim tensors or constants) of step ``step`` (from 0)
+        of ``total_steps``, in epochs of ``steps_per_epoch`` steps."""
+        method, mixing = self.method, self.mixing
 
         # 1. forward: momentum update first, then the method on the un-mixed views
-        method.on_step_start(step, total_steps)
+        method.on_step_start(step, total_steps, steps_per_epoch)
         map_at = mixing.mixer.needs_feature_maps if mixing is not None else None
-        out = method(views, map_at=map_at, with_targets=mixing is not None)
+        out = method(views, map_at=map_at)
         losses, metrics = dict(out.losses), dict(out.metrics)
 
         if mixing is not None:
@@ -138,10 +177,10 @@ class Pretrainer(nn.Module):
 
             # 3. losses: the method's on the mixed batch, a learned mixer's own
             losses["mix"] = mixing.cfg.weight * method.mixed_loss(mixed, out)
-            if mixer.learned:
-                losses.update(mixer.aux_losses(ctx, mixer.sample_lambda()))
+            aux = mixer.aux_losses(ctx, mixer.sample_lambda()) if mixer.learned else MixerLosses()
+            losses.update(aux.losses)
             metrics["mix_lam"] = inputs.lam.mean().detach()
-            metrics.update(ctx.metrics)
+            metrics.update(aux.metrics)  # a learned mixer's, about its own batch (SAMix: mixer_mask_*)
             if inputs.mask is not None:  # the encoder's (bb) masks; SAMix adds its own (mb) as mixer_mask_*
                 metrics.update(mask_statistics(inputs.mask, "mask_"))
 
@@ -153,7 +192,14 @@ class Pretrainer(nn.Module):
         method.on_step_end(out)
         return losses, metrics
 
-    def forward(self, views: List[Tensor], labels: Tensor, index: Tensor, step: int, total_steps: int
-                ) -> Tuple[Dict[str, Tensor], Dict[str, Tensor | float]]:
+    def forward(
+        self,
+        views: List[Tensor],
+        labels: Tensor,
+        index: Tensor,
+        step: int,
+        total_steps: int,
+        steps_per_epoch: int,
+    ) -> Tuple[Dict[str, Tensor], Dict[str, Tensor | float]]:
         """The training step: DistributedDataParallel wraps it whole, as one graph."""
-        return self.training_step(views, labels, index, step, total_steps)
+        return self.training_step(views, labels, index, step, total_steps, steps_per_epoch)

@@ -9,6 +9,7 @@ for the whole run, so a second process in the same directory is refused.
 passed, moves the old run's outputs into ``output_dir/.replaced``; :meth:`RunDir.commit` (the new run's
 first checkpoint) deletes them; a run that fails before that puts the old run back.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,7 +30,16 @@ except ImportError:  # pragma: no cover - not POSIX: no lock
 
 LOCK_FILE = ".lock"
 REPLACED = ".replaced"  # the old run's outputs while an overwrite=true run has no checkpoint yet
-OUTPUTS = ("checkpoints", "metrics.jsonl", "tb", "backbone.pth", "mixer.pt", "config.yaml", "figures", "wandb")
+OUTPUTS = (
+    "checkpoints",
+    "metrics.jsonl",
+    "tb",
+    "backbone.pth",
+    "mixer.pt",
+    "config.yaml",
+    "figures",
+    "wandb",
+)
 
 
 class RunDirError(ConfigError):
@@ -43,8 +53,15 @@ class RunDir:
     ``clean_failed``: a run that fails before :meth:`commit` in a directory that was empty leaves it empty
     again (so that a retry is not refused)."""
 
-    def __init__(self, path: str, resume: bool, overwrite: bool, outputs: Sequence[str] = OUTPUTS,
-                 resume_hint: str = "resume=auto", clean_failed: bool = False) -> None:
+    def __init__(
+        self,
+        path: str,
+        resume: bool,
+        overwrite: bool,
+        outputs: Sequence[str] = OUTPUTS,
+        resume_hint: str = "resume=auto",
+        clean_failed: bool = False,
+    ) -> None:
         self.path, self.resume, self.overwrite = path, resume, overwrite
         self.outputs, self.resume_hint, self.clean_failed = tuple(outputs), resume_hint, clean_failed
         self._lock: Optional[object] = None
@@ -77,8 +94,9 @@ class RunDir:
         try:
             os.makedirs(self.path, exist_ok=True)
         except OSError as exc:
-            raise RunDirError(f"output_dir: cannot create '{self.path}' ({exc.strerror}); pass a writable "
-                              "directory") from None
+            raise RunDirError(
+                f"output_dir: cannot create '{self.path}' ({exc.strerror}); pass a writable directory"
+            ) from None
         if not os.access(self.path, os.W_OK | os.X_OK):
             raise RunDirError(f"output_dir: '{self.path}' is not writable; pass a writable directory")
 
@@ -87,8 +105,9 @@ class RunDir:
         try:
             handle = open(path, "a+", encoding="utf-8")
         except OSError as exc:
-            raise RunDirError(f"output_dir: cannot write '{path}' ({exc.strerror}); pass a writable "
-                              "directory") from None
+            raise RunDirError(
+                f"output_dir: cannot write '{path}' ({exc.strerror}); pass a writable directory"
+            ) from None
         if fcntl is not None:
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -96,8 +115,10 @@ class RunDir:
                 handle.seek(0)
                 owner = handle.read().strip() or "?"
                 handle.close()
-                raise RunDirError(f"output_dir: '{self.path}' is in use by another run (pid {owner}); wait for it "
-                                  "to finish or pass another output_dir") from None
+                raise RunDirError(
+                    f"output_dir: '{self.path}' is in use by another run (pid {owner}); wait for it "
+                    "to finish or pass another output_dir"
+                ) from None
         handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))
@@ -108,10 +129,14 @@ class RunDir:
         """``<run>/checkpoints`` is not a run directory: a run there would nest (issue 24)."""
         parent = os.path.dirname(os.path.abspath(self.path))
         inside = glob.glob(os.path.join(self.path, "step_*.pt"))
-        if inside or (os.path.basename(os.path.abspath(self.path)) == "checkpoints"
-                      and os.path.isfile(os.path.join(parent, "config.yaml"))):
-            raise RunDirError(f"output_dir: '{self.path}' is the checkpoints folder of the run in '{parent}'; pass "
-                              f"output_dir={parent} ({self.resume_hint} continues that run)")
+        if inside or (
+            os.path.basename(os.path.abspath(self.path)) == "checkpoints"
+            and os.path.isfile(os.path.join(parent, "config.yaml"))
+        ):
+            raise RunDirError(
+                f"output_dir: '{self.path}' is the checkpoints folder of the run in '{parent}'; pass "
+                f"output_dir={parent} ({self.resume_hint} continues that run)"
+            )
 
     def _existing(self) -> list:
         return sorted(e for e in os.listdir(self.path) if e != LOCK_FILE and ".tmp." not in e)
@@ -122,8 +147,10 @@ class RunDir:
         if not existing or self.resume or self.overwrite:
             return
         shown = ", ".join(existing[:5]) + (", ..." if len(existing) > 5 else "")
-        raise RunDirError(f"output_dir: '{self.path}' is not empty ({shown}); pass {self.resume_hint} to "
-                          "continue that run, overwrite=true to replace it, or another output_dir")
+        raise RunDirError(
+            f"output_dir: '{self.path}' is not empty ({shown}); pass {self.resume_hint} to "
+            "continue that run, overwrite=true to replace it, or another output_dir"
+        )
 
     def _outputs(self) -> list:
         return [t for pattern in self.outputs for t in glob.glob(os.path.join(self.path, pattern))]
@@ -141,8 +168,10 @@ class RunDir:
             os.makedirs(replaced)
             for target in targets:
                 os.replace(target, os.path.join(replaced, os.path.basename(target)))
-            print(f"overwrite=true: the old run's outputs are in {replaced} until this run's first checkpoint",
-                  flush=True)
+            print(
+                f"overwrite=true: the old run's outputs are in {replaced} until this run's first checkpoint",
+                flush=True,
+            )
         self._set_aside = os.path.isdir(replaced)
 
     def commit(self) -> None:
@@ -167,7 +196,10 @@ class RunDir:
             for name in os.listdir(replaced):
                 os.replace(os.path.join(replaced, name), os.path.join(self.path, name))
             os.rmdir(replaced)
-            print(f"the run failed before its first checkpoint: the old run in {self.path} is restored", flush=True)
+            print(
+                f"the run failed before its first checkpoint: the old run in {self.path} is restored",
+                flush=True,
+            )
         elif self.clean_failed and self.was_empty:
             for target in self._outputs():
                 _remove(target)
@@ -200,7 +232,8 @@ class RunDir:
             if os.listdir(self.path) not in ([], [LOCK_FILE]):
                 return
             os.remove(os.path.join(self.path, LOCK_FILE))
-            for path in reversed(self._created):  # innermost first; stops at a directory something else filled
+            # innermost first; stops at a directory something else filled
+            for path in reversed(self._created):
                 os.rmdir(path)
 
 
@@ -226,7 +259,9 @@ def _remove(target: str) -> None:
 RESTARTABLE = {"config.yaml", "metrics.jsonl", "tb", "checkpoints", REPLACED}
 
 
-def check_fresh_start(path: str, current: Dict[str, Any], differences: Callable[[Dict, Dict], List[str]]) -> None:
+def check_fresh_start(
+    path: str, current: Dict[str, Any], differences: Callable[[Dict, Dict], List[str]]
+) -> None:
     """``resume=auto`` found no readable checkpoint in ``path``: starting from step 0 is allowed only if the
     directory is empty or holds a run of this same config that never wrote a checkpoint (issue 24)."""
     entries = sorted(e for e in os.listdir(path) if e != LOCK_FILE and ".tmp." not in e)
@@ -239,8 +274,10 @@ def check_fresh_start(path: str, current: Dict[str, Any], differences: Callable[
     config = os.path.join(path, "config.yaml")
     if leftovers or not os.path.isfile(config):
         shown = ", ".join((leftovers or entries)[:4])
-        raise RunDirError(f"resume=auto: '{path}' holds no readable checkpoint but is not empty ({shown}); pass "
-                          "overwrite=true to replace that run, or another output_dir")
+        raise RunDirError(
+            f"resume=auto: '{path}' holds no readable checkpoint but is not empty ({shown}); pass "
+            "overwrite=true to replace that run, or another output_dir"
+        )
     try:
         with open(config, encoding="utf-8") as f:
             saved = yaml.safe_load(f)
@@ -249,8 +286,10 @@ def check_fresh_start(path: str, current: Dict[str, Any], differences: Callable[
     diffs = differences(saved, current) if isinstance(saved, dict) else ["config.yaml unreadable"]
     if diffs:
         shown = ", ".join(diffs[:4]) + (f" (+{len(diffs) - 4} more)" if len(diffs) > 4 else "")
-        raise RunDirError(f"resume=auto: '{path}' holds no checkpoint, and its config.yaml differs: {shown}; "
-                          "resume with its values, pass overwrite=true, or another output_dir")
+        raise RunDirError(
+            f"resume=auto: '{path}' holds no checkpoint, and its config.yaml differs: {shown}; "
+            "resume with its values, pass overwrite=true, or another output_dir"
+        )
 
 
 def continues_in_place(resume: Optional[str], output_dir: str) -> bool:
@@ -264,8 +303,9 @@ def continues_in_place(resume: Optional[str], output_dir: str) -> bool:
     return target == root or target.startswith(root + os.sep)
 
 
-def open_run_dir(stack: contextlib.ExitStack, path: str, resume: bool, overwrite: bool, rank: int,
-                 world: int) -> Optional[RunDir]:
+def open_run_dir(
+    stack: contextlib.ExitStack, path: str, resume: bool, overwrite: bool, rank: int, world: int
+) -> Optional[RunDir]:
     """Rank 0 enters :class:`RunDir` (kept open by ``stack``); with several processes its verdict is
     shared, so every rank raises the same :class:`RunDirError` instead of waiting for rank 0 forever."""
     run_dir, error = None, None

@@ -8,6 +8,7 @@ or any signal while a checkpoint is being written (:func:`critical`), is ignored
 deliberate second signal stops at once, as :class:`ForcedStop` (no new checkpoint; the files on disk
 are intact, since every save writes a temp file and renames it).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -49,8 +50,10 @@ class ForcedStop(BaseException):
 
     def __init__(self, signum: int) -> None:
         self.signum, self.exit_code = signum, 128 + signum
-        super().__init__(f"stopped at once by a second {signal.Signals(signum).name}; the checkpoints on disk are "
-                         "intact, the steps after the newest one are lost")
+        super().__init__(
+            f"stopped at once by a second {signal.Signals(signum).name}; the checkpoints on disk are "
+            "intact, the steps after the newest one are lost"
+        )
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ called in its scope (not the ones that a Python-level torch function calls insid
 
 ``tests/test_host_sync.py`` and ``bench/gpu_check.py`` use it.
 """
+
 from __future__ import annotations
 
 import collections
@@ -24,9 +25,24 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 #: reads of a tensor's value by the host (or of a size that depends on the values)
-READS = frozenset({"item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__", "nonzero",
-                   "argwhere", "masked_select", "unique", "unique_consecutive", "bincount",
-                   "repeat_interleave"})
+READS = frozenset(
+    {
+        "item",
+        "tolist",
+        "numpy",
+        "__bool__",
+        "__int__",
+        "__float__",
+        "__index__",
+        "nonzero",
+        "argwhere",
+        "masked_select",
+        "unique",
+        "unique_consecutive",
+        "bincount",
+        "repeat_interleave",
+    }
+)
 
 
 class DeviceMarked(torch.Tensor):
@@ -80,8 +96,12 @@ class HostSyncCounter(TorchFunctionMode):
         source = args[0] if args else None
         if name in READS and self._device(source):
             self._record("read", name)
-        elif name in ("__getitem__", "__setitem__") and len(args) > 1 and self._bool_index(args[1]) \
-                and (self._device(source) or self._device_index(args[1])):
+        elif (
+            name in ("__getitem__", "__setitem__")
+            and len(args) > 1
+            and self._bool_index(args[1])
+            and (self._device(source) or self._device_index(args[1]))
+        ):
             self._record("read", name)  # a boolean mask: the size of the result depends on the values
         if name not in ("to", "cpu", "cuda") or not isinstance(source, torch.Tensor):
             return func(*args, **kwargs)

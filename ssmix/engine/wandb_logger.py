@@ -6,6 +6,7 @@ It logs the rows of ``metrics.jsonl`` (numbers only) and the mixed-sample grids,
 W&B's own environment variables apply: ``WANDB_MODE=offline`` works without a network (``wandb sync``
 uploads later), ``WANDB_PROJECT`` (default ``ssmix``), ``WANDB_ENTITY``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,13 +25,16 @@ def check_loggers(loggers: Sequence[str]) -> None:
     """Known names only, and wandb importable when asked for: before any run directory is touched."""
     for name in loggers:
         if name not in LOGGERS:
-            raise ConfigError(f"train.loggers: unknown logger '{name}'; expected a list of {', '.join(LOGGERS)}")
+            raise ConfigError(
+                f"train.loggers: unknown logger '{name}'; expected a list of {', '.join(LOGGERS)}"
+            )
     if "wandb" in loggers:
         try:
             import wandb  # noqa: F401
         except ImportError:
-            raise ConfigError(f"train.loggers: wandb is not installed; {INSTALL}, or drop wandb from "
-                              "train.loggers") from None
+            raise ConfigError(
+                f"train.loggers: wandb is not installed; {INSTALL}, or drop wandb from train.loggers"
+            ) from None
 
 
 def run_id(output_dir: str) -> str:
@@ -45,9 +49,14 @@ class WandbLogger:
         import wandb
 
         self.wandb = wandb
-        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "ssmix"), dir=output_dir,
-                              id=run_id(output_dir), name=os.path.basename(os.path.normpath(output_dir)),
-                              resume="allow", config=config)
+        self.run = wandb.init(
+            project=os.environ.get("WANDB_PROJECT", "ssmix"),
+            dir=output_dir,
+            id=run_id(output_dir),
+            name=os.path.basename(os.path.normpath(output_dir)),
+            resume="allow",
+            config=config,
+        )
 
     def log(self, step: int, row: Dict[str, Any]) -> None:
         scalars = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

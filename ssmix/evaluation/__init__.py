@@ -3,16 +3,24 @@
 Public names resolve lazily, so ``ssmix.evaluation.config`` (used by the CLI to validate its
 arguments) imports without torch.
 """
+
 from __future__ import annotations
 
 import importlib
 from typing import Any
 
 _EXPORTS = {
-    "EvalDataConfig": "config", "LinearEvalConfig": "config", "load_eval_config": "config",
-    "knn_accuracy": "knn", "knn_metrics": "knn", "knn_monitor": "monitor",
-    "evaluate": "runner", "run_linear_eval": "runner",
-    "LoadedEncoder": "weights", "WeightsError": "weights", "load_encoder": "weights",
+    "EvalDataConfig": "config",
+    "LinearEvalConfig": "config",
+    "load_eval_config": "config",
+    "knn_accuracy": "knn",
+    "knn_metrics": "knn",
+    "knn_monitor": "monitor",
+    "evaluate": "runner",
+    "run_linear_eval": "runner",
+    "LoadedEncoder": "weights",
+    "WeightsError": "weights",
+    "load_encoder": "weights",
 }
 __all__ = sorted(_EXPORTS)
 

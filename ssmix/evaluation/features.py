@@ -5,6 +5,7 @@ Features are the global-average-pooled last stage of the trunk in eval mode, ext
 holds the weights' hash, so a changed checkpoint never reuses stale features, and, for image files, the
 file list with sizes and modification times, so changed images do not either.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -22,17 +23,30 @@ from torchvision import transforms as T
 BICUBIC = T.InterpolationMode.BICUBIC
 
 
-def test_transform(image_size: int, mean: Sequence[float], std: Sequence[float],
-                   resize: Optional[int] = None) -> T.Compose:
+def test_transform(
+    image_size: int, mean: Sequence[float], std: Sequence[float], resize: Optional[int] = None
+) -> T.Compose:
     """Resize (shorter side, bicubic) + centre crop to ``image_size`` + normalise (docs/algorithm.md §6.3: no aug)."""
-    return T.Compose([T.Resize(resize or image_size, interpolation=BICUBIC), T.CenterCrop(image_size),
-                      T.ToTensor(), T.Normalize(mean, std)])
+    return T.Compose(
+        [
+            T.Resize(resize or image_size, interpolation=BICUBIC),
+            T.CenterCrop(image_size),
+            T.ToTensor(),
+            T.Normalize(mean, std),
+        ]
+    )
 
 
 def train_transform(image_size: int, mean: Sequence[float], std: Sequence[float]) -> T.Compose:
     """RandomResizedCrop(scale 0.2-1, bicubic) + horizontal flip + normalise (docs/algorithm.md §6.3, OpenMixup)."""
-    return T.Compose([T.RandomResizedCrop(image_size, scale=(0.2, 1.0), interpolation=BICUBIC),
-                      T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
+    return T.Compose(
+        [
+            T.RandomResizedCrop(image_size, scale=(0.2, 1.0), interpolation=BICUBIC),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(mean, std),
+        ]
+    )
 
 
 class TransformedDataset(Dataset):
@@ -49,11 +63,24 @@ class TransformedDataset(Dataset):
         return self.transform(image), int(label)
 
 
-def make_loader(dataset: Dataset, batch_size: int, num_workers: int, device: torch.device,
-                generator: Optional[torch.Generator] = None, **kwargs: Any) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                      pin_memory=device.type == "cuda", generator=generator,
-                      persistent_workers=False, **kwargs)
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    num_workers: int,
+    device: torch.device,
+    generator: Optional[torch.Generator] = None,
+    **kwargs: Any,
+) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        generator=generator,
+        persistent_workers=False,
+        **kwargs,
+    )
 
 
 @torch.no_grad()
@@ -74,8 +101,16 @@ def extract_features(backbone: nn.Module, loader: DataLoader, device: torch.devi
     return torch.cat(features), torch.cat(labels)
 
 
-def extract_copies(backbone: nn.Module, dataset: Dataset, transform: Callable, copies: int, seed: int,
-                   device: torch.device, batch_size: int, num_workers: int) -> Tuple[Tensor, Tensor]:
+def extract_copies(
+    backbone: nn.Module,
+    dataset: Dataset,
+    transform: Callable,
+    copies: int,
+    seed: int,
+    device: torch.device,
+    batch_size: int,
+    num_workers: int,
+) -> Tuple[Tensor, Tensor]:
     """``copies`` passes of ``transform`` over ``dataset``: features ``(copies, N, D)`` and labels ``(N,)``.
 
     Each pass seeds the torch RNG (main process) and the loader generator (workers) with
@@ -86,8 +121,13 @@ def extract_copies(backbone: nn.Module, dataset: Dataset, transform: Callable, c
         pass_seed = seed * 1_000_003 + copy
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(pass_seed)
-            loader = make_loader(TransformedDataset(dataset, transform), batch_size, num_workers, device,
-                                 generator=torch.Generator().manual_seed(pass_seed))
+            loader = make_loader(
+                TransformedDataset(dataset, transform),
+                batch_size,
+                num_workers,
+                device,
+                generator=torch.Generator().manual_seed(pass_seed),
+            )
             feats, labels = extract_features(backbone, loader, device)
         outputs.append(feats)
     return torch.stack(outputs), labels
@@ -112,8 +152,9 @@ class FeatureCache:
     def _path(self, parts: Mapping[str, Any]) -> Optional[str]:
         return os.path.join(self.cache_dir, f"{cache_key(parts)}.pt") if self.cache_dir else None
 
-    def get_or_compute(self, parts: Mapping[str, Any],
-                       compute: Callable[[], Tuple[Tensor, Tensor]]) -> Tuple[Tensor, Tensor]:
+    def get_or_compute(
+        self, parts: Mapping[str, Any], compute: Callable[[], Tuple[Tensor, Tensor]]
+    ) -> Tuple[Tensor, Tensor]:
         """Cached ``(features, labels)`` for ``parts``, computing and storing them on a miss."""
         path = self._path(parts)
         parts_json = json.loads(json.dumps(parts, sort_keys=True, default=str))
@@ -155,8 +196,9 @@ def file_fingerprint(dataset: Dataset) -> Optional[str]:
     for path, label in samples:
         try:
             stat = os.stat(path)
-            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\0{stat.st_ctime_ns}\0{stat.st_ino}\0{label}\n"
-                          .encode())
+            digest.update(
+                f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\0{stat.st_ctime_ns}\0{stat.st_ino}\0{label}\n".encode()
+            )
         except OSError:
             digest.update(f"{path}\0missing\0{label}\n".encode())
     return digest.hexdigest()[:32]

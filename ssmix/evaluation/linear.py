@@ -10,6 +10,7 @@ epoch and summarised as the median of the last 10 epochs. The probe standardises
 BatchNorm without affine parameters (``feature_bn``, as the MoCo v3 and MAE probes do), so one learning
 rate fits encoders whose features differ in scale by orders of magnitude (docs/algorithm.md §6.3).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -43,8 +44,16 @@ class ProbeSchedule:
     @classmethod
     def from_config(cls, cfg: Any) -> "ProbeSchedule":
         """The schedule an evaluation config (``ssmix.evaluation.config.LinearEvalConfig``) asks for."""
-        return cls(cfg.epochs, cfg.batch_size, cfg.lr, cfg.momentum, cfg.weight_decay, tuple(cfg.milestones),
-                   cfg.gamma, cfg.feature_bn)
+        return cls(
+            cfg.epochs,
+            cfg.batch_size,
+            cfg.lr,
+            cfg.momentum,
+            cfg.weight_decay,
+            tuple(cfg.milestones),
+            cfg.gamma,
+            cfg.feature_bn,
+        )
 
 
 def median_last(values: Sequence[float], n: int = 10) -> float:
@@ -63,8 +72,12 @@ class ProbeHistory:
     loss: List[float] = field(default_factory=list)
 
     def summary(self, last: int = 10) -> Dict[str, float]:
-        return {"top1": median_last(self.top1, last), "top5": median_last(self.top5, last),
-                "final_top1": self.top1[-1], "final_top5": self.top5[-1]}
+        return {
+            "top1": median_last(self.top1, last),
+            "top5": median_last(self.top5, last),
+            "final_top1": self.top1[-1],
+            "final_top5": self.top5[-1],
+        }
 
     def divergence(self, num_classes: int) -> Optional[str]:
         """Why this training run diverged, or None: a non-finite loss, a final loss above a chance
@@ -74,8 +87,10 @@ class ProbeHistory:
             return f"its training loss became {self.loss[epoch]} at epoch {epoch + 1}"
         chance = math.log(max(num_classes, 2))
         if self.loss and self.loss[-1] > chance:
-            return (f"its final training loss {self.loss[-1]:.4g} is above a uniform guess's ln({num_classes}) = "
-                    f"{chance:.3g}")
+            return (
+                f"its final training loss {self.loss[-1]:.4g} is above a uniform guess's ln({num_classes}) = "
+                f"{chance:.3g}"
+            )
         if len(self.loss) > 1 and self.loss[-1] > self.loss[0]:
             return f"its training loss rose from {self.loss[0]:.4g} (epoch 1) to {self.loss[-1]:.4g} (last epoch)"
         return None
@@ -94,8 +109,10 @@ def assert_unchanged(module: nn.Module, before: Dict[str, Tensor]) -> None:
     after = module.state_dict()
     changed = sorted(k for k, v in before.items() if k not in after or not torch.equal(v, after[k].detach()))
     if changed:
-        raise BackboneChangedError(f"linear eval changed the frozen backbone ({len(changed)} entries): "
-                                   f"{', '.join(changed[:8])}{' ...' if len(changed) > 8 else ''}")
+        raise BackboneChangedError(
+            f"linear eval changed the frozen backbone ({len(changed)} entries): "
+            f"{', '.join(changed[:8])}{' ...' if len(changed) > 8 else ''}"
+        )
 
 
 def make_probe(feature_dim: int, num_classes: int, seed: int, feature_bn: bool = True) -> nn.Module:
@@ -112,10 +129,15 @@ def make_probe(feature_dim: int, num_classes: int, seed: int, feature_bn: bool =
     return nn.Sequential(nn.BatchNorm1d(feature_dim, affine=False), linear)
 
 
-def make_optimizer(probe: nn.Module, schedule: ProbeSchedule) -> Tuple[torch.optim.SGD, torch.optim.lr_scheduler.MultiStepLR]:
-    optimizer = torch.optim.SGD(probe.parameters(), lr=schedule.lr, momentum=schedule.momentum,
-                                weight_decay=schedule.weight_decay)
-    return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, list(schedule.milestones), schedule.gamma)
+def make_optimizer(
+    probe: nn.Module, schedule: ProbeSchedule
+) -> Tuple[torch.optim.SGD, torch.optim.lr_scheduler.MultiStepLR]:
+    optimizer = torch.optim.SGD(
+        probe.parameters(), lr=schedule.lr, momentum=schedule.momentum, weight_decay=schedule.weight_decay
+    )
+    return optimizer, torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, list(schedule.milestones), schedule.gamma
+    )
 
 
 def epoch_order(num_samples: int, seed: int, epoch: int) -> Tensor:
@@ -146,8 +168,10 @@ def _count_correct(logits: Tensor, labels: Tensor) -> Tuple[int, int]:
 
 def _log_epoch(log: Logger, epoch: int, schedule: ProbeSchedule, history: ProbeHistory, every: int) -> None:
     if log and (epoch % every == every - 1 or epoch == schedule.epochs - 1):
-        log(f"  epoch {epoch + 1:3d}/{schedule.epochs}  loss {history.loss[-1]:.4f}  "
-            f"top1 {history.top1[-1]:.2f}  top5 {history.top5[-1]:.2f}")
+        log(
+            f"  epoch {epoch + 1:3d}/{schedule.epochs}  loss {history.loss[-1]:.4f}  "
+            f"top1 {history.top1[-1]:.2f}  top5 {history.top5[-1]:.2f}"
+        )
 
 
 @contextlib.contextmanager
@@ -167,9 +191,17 @@ def single_cpu_thread(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def train_probe_cached(train_features: Tensor, train_labels: Tensor, test_features: Tensor, test_labels: Tensor,
-                       num_classes: int, schedule: ProbeSchedule, seed: int = 0,
-                       device: torch.device | str = "cpu", log: Logger = None) -> ProbeHistory:
+def train_probe_cached(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    test_labels: Tensor,
+    num_classes: int,
+    schedule: ProbeSchedule,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    log: Logger = None,
+) -> ProbeHistory:
     """Linear probe on feature tensors. ``train_features`` is ``(N, D)`` or ``(copies, N, D)``.
 
     With several augmented copies every epoch uses one randomly chosen copy per image, like a fresh
@@ -177,13 +209,22 @@ def train_probe_cached(train_features: Tensor, train_labels: Tensor, test_featur
     """
     device = torch.device(device)
     with single_cpu_thread(device):
-        return _train_probe_cached(train_features, train_labels, test_features, test_labels, num_classes, schedule,
-                                   seed, device, log)
+        return _train_probe_cached(
+            train_features, train_labels, test_features, test_labels, num_classes, schedule, seed, device, log
+        )
 
 
-def _train_probe_cached(train_features: Tensor, train_labels: Tensor, test_features: Tensor, test_labels: Tensor,
-                        num_classes: int, schedule: ProbeSchedule, seed: int, device: torch.device,
-                        log: Logger) -> ProbeHistory:
+def _train_probe_cached(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    test_labels: Tensor,
+    num_classes: int,
+    schedule: ProbeSchedule,
+    seed: int,
+    device: torch.device,
+    log: Logger,
+) -> ProbeHistory:
     copies = train_features.unsqueeze(0) if train_features.dim() == 2 else train_features
     copies, train_labels = copies.to(device), train_labels.to(device)
     test_features, test_labels = test_features.to(device), test_labels.to(device)
@@ -222,8 +263,15 @@ def _train_probe_cached(train_features: Tensor, train_labels: Tensor, test_featu
 LR_SELECTION_FRACTION = 0.1
 
 
-def select_lr(train_features: Tensor, train_labels: Tensor, num_classes: int, schedule: ProbeSchedule,
-              grid: Sequence[float], seed: int = 0, device: torch.device | str = "cpu") -> Tuple[float, Dict[float, float]]:
+def select_lr(
+    train_features: Tensor,
+    train_labels: Tensor,
+    num_classes: int,
+    schedule: ProbeSchedule,
+    grid: Sequence[float],
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> Tuple[float, Dict[float, float]]:
     """The learning rate of ``grid`` whose probe scores best on a validation carve-out of the training
     features (a fixed class-balanced :data:`LR_SELECTION_FRACTION` of them; the probe trains on the
     rest), with every rate's validation top-1 (median of the last 10 epochs). The test set is never
@@ -240,8 +288,16 @@ def select_lr(train_features: Tensor, train_labels: Tensor, num_classes: int, sc
     val_features, val_labels = copies[0, held.to(copies.device)], train_labels[held.to(train_labels.device)]
     scores = {}
     for lr in grid:
-        history = train_probe_cached(fit, train_labels[~held.to(train_labels.device)], val_features, val_labels,
-                                     num_classes, replace(schedule, lr=float(lr)), seed, device)
+        history = train_probe_cached(
+            fit,
+            train_labels[~held.to(train_labels.device)],
+            val_features,
+            val_labels,
+            num_classes,
+            replace(schedule, lr=float(lr)),
+            seed,
+            device,
+        )
         scores[float(lr)] = history.summary(10)["top1"]
     best = max(scores, key=lambda lr: (scores[lr], -list(scores).index(lr)))
     return best, scores
@@ -255,9 +311,17 @@ def _feature_dim(backbone: nn.Module, dataset: Dataset, device: torch.device) ->
     return int(dim)
 
 
-def train_probe_in_loop(backbone: nn.Module, train_set: Dataset, test_set: Dataset, num_classes: int,
-                        schedule: ProbeSchedule, seed: int = 0, device: torch.device | str = "cpu",
-                        num_workers: int = 2, log: Logger = None) -> ProbeHistory:
+def train_probe_in_loop(
+    backbone: nn.Module,
+    train_set: Dataset,
+    test_set: Dataset,
+    num_classes: int,
+    schedule: ProbeSchedule,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    num_workers: int = 2,
+    log: Logger = None,
+) -> ProbeHistory:
     """The paper's protocol: trunk frozen in eval mode, forward every epoch, one linear layer on the
     pooled features. ``train_set`` / ``test_set`` yield transformed ``(image tensor, label)``.
 
@@ -266,14 +330,19 @@ def train_probe_in_loop(backbone: nn.Module, train_set: Dataset, test_set: Datas
     device = torch.device(device)
     backbone.eval().requires_grad_(False)
     before = snapshot(backbone)
-    probe = make_probe(_feature_dim(backbone, test_set, device), num_classes, seed, schedule.feature_bn).to(device)
+    probe = make_probe(_feature_dim(backbone, test_set, device), num_classes, seed, schedule.feature_bn).to(
+        device
+    )
     optimizer, scheduler = make_optimizer(probe, schedule)
     sampler = EpochBatchSampler(len(train_set), schedule.batch_size, seed)
     pin = device.type == "cuda"
     loader_generator = torch.Generator().manual_seed(seed)
-    train_loader = DataLoader(train_set, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin,
-                              generator=loader_generator)
-    test_loader = DataLoader(test_set, batch_size=schedule.batch_size, num_workers=num_workers, pin_memory=pin)
+    train_loader = DataLoader(
+        train_set, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin, generator=loader_generator
+    )
+    test_loader = DataLoader(
+        test_set, batch_size=schedule.batch_size, num_workers=num_workers, pin_memory=pin
+    )
     history = ProbeHistory()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # augmentations in the main process (num_workers=0)

@@ -4,6 +4,7 @@ Bank: the labelled ``train`` split of ``cfg.data`` (its ``data.subset`` where se
 ``folder``: of the labelled ``imagefolder`` at ``data.eval_root``); queries: its ``val`` split (``test`` where there
 is none); test-time transform; k=200, t=0.1 (MoCo colab). Datasets are built once per process.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -22,37 +23,59 @@ MONITOR_BATCH = 256
 
 
 @lru_cache(maxsize=4)
-def _monitor_sets(name: str, root: str, image_size: int, num_samples: int, num_classes: int,
-                  mean: Tuple[float, ...], std: Tuple[float, ...], subset: int) -> Tuple[Dataset, Dataset]:
+def _monitor_sets(
+    name: str,
+    root: str,
+    image_size: int,
+    num_samples: int,
+    num_classes: int,
+    mean: Tuple[float, ...],
+    std: Tuple[float, ...],
+    subset: int,
+) -> Tuple[Dataset, Dataset]:
     from ssmix.data.datasets import DATASET_INFO, build_dataset
 
     info = DATASET_INFO[name]
     transform = test_transform(image_size, mean, std)
     query_split = "val" if "val" in info.splits else "test"
-    return tuple(TransformedDataset(build_dataset(name, root, split, image_size=image_size, num_samples=num_samples,
-                                                  num_classes=num_classes, subset=subset if split == "train" else 0),
-                                    transform)
-                 for split in ("train", query_split))
+    return tuple(
+        TransformedDataset(
+            build_dataset(
+                name,
+                root,
+                split,
+                image_size=image_size,
+                num_samples=num_samples,
+                num_classes=num_classes,
+                subset=subset if split == "train" else 0,
+            ),
+            transform,
+        )
+        for split in ("train", query_split)
+    )
 
 
 def _sets_of(cfg: Config) -> Tuple[Dataset, Dataset]:
     """The monitor's (bank, query) sets; a missing or unusable ``data.eval_root`` is a ConfigError."""
     from ssmix.config import ConfigError
-    from ssmix.data.datasets import data_info
+    from ssmix.data.datasets import dataset_info_from_config
 
     data = cfg.data
-    info = data_info(data)
+    info = dataset_info_from_config(data)
     name, root = ("imagefolder", data.eval_root) if data.name == "folder" else (data.name, data.root)
     subset = data.subset if data.name != "folder" else 0  # the bank: the images pre-trained on
     try:
-        return _monitor_sets(name, root, data.image_size, data.num_samples, info.num_classes, info.mean, info.std,
-                             subset)
+        return _monitor_sets(
+            name, root, data.image_size, data.num_samples, info.num_classes, info.mean, info.std, subset
+        )
     except (OSError, ValueError) as exc:
         if data.name != "folder":
             raise
         text = " ".join(str(exc).split())
-        raise ConfigError(f"data.eval_root: {text[:300]}; the kNN monitor (train.knn_every) needs a labelled "
-                          "<eval_root>/train/<class>/* and <eval_root>/val/<class>/*") from None
+        raise ConfigError(
+            f"data.eval_root: {text[:300]}; the kNN monitor (train.knn_every) needs a labelled "
+            "<eval_root>/train/<class>/* and <eval_root>/val/<class>/*"
+        ) from None
 
 
 def check_monitor(cfg: Config) -> Optional[str]:
@@ -66,7 +89,9 @@ def check_monitor(cfg: Config) -> Optional[str]:
     return warning and f"warning: {warning}"
 
 
-def knn_monitor(cfg: Config, trunk: nn.Module, device: torch.device | str, k: int = 200, t: float = 0.1) -> float:
+def knn_monitor(
+    cfg: Config, trunk: nn.Module, device: torch.device | str, k: int = 200, t: float = 0.1
+) -> float:
     """kNN top-1 (percent) of ``trunk`` on the labelled splits of ``cfg.data`` (for ``folder``, the
     ``imagefolder`` at ``data.eval_root``); restores its train flag."""
     data = cfg.data
@@ -78,8 +103,15 @@ def knn_monitor(cfg: Config, trunk: nn.Module, device: torch.device | str, k: in
     return _sharded_knn(trunk, bank_set, query_set, data.num_workers, device, k, t)
 
 
-def _sharded_knn(trunk: nn.Module, bank_set: Dataset, query_set: Dataset, workers: int, device: torch.device,
-                 k: int, t: float) -> float:
+def _sharded_knn(
+    trunk: nn.Module,
+    bank_set: Dataset,
+    query_set: Dataset,
+    workers: int,
+    device: torch.device,
+    k: int,
+    t: float,
+) -> float:
     """Under DDP: each rank embeds its shard of the bank and of the queries with rank 0's BatchNorm
     statistics, the shards are gathered, and every rank votes (the same result on each)."""
     parts = []

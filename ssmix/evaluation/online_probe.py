@@ -8,6 +8,7 @@ probe (tests/test_researcher.py). Its accuracy on the training batches of each e
 ``online_probe_top1`` at the epoch end. The probe's state travels in checkpoints (``online_probe``), so a
 resumed run continues it exactly. Cost: one extra forward of view 1 per step.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, Optional
@@ -32,7 +33,7 @@ class OnlineProbe(nn.Module):
             self.norm = nn.BatchNorm1d(dim, affine=False)
             self.head = nn.Linear(dim, num_classes)
         with torch.no_grad():
-            bound = dim ** -0.5
+            bound = dim**-0.5
             self.head.weight.uniform_(-bound, bound, generator=generator)
             self.head.bias.zero_()
         self.optimizer = torch.optim.SGD(self.parameters(), lr=lr, momentum=0.9)
@@ -61,13 +62,19 @@ class OnlineProbe(nn.Module):
         """Top-1 (percent) and mean loss over the batches since the last call; resets the counts."""
         if not self.seen:
             return {}
-        out = {"online_probe_top1": 100.0 * self.correct / self.seen, "online_probe_loss": self.loss_sum / self.seen}
+        out = {
+            "online_probe_top1": 100.0 * self.correct / self.seen,
+            "online_probe_loss": self.loss_sum / self.seen,
+        }
         self.correct, self.seen, self.loss_sum = 0, 0, 0.0
         return out
 
     def checkpoint_state(self) -> Dict[str, Any]:
-        return {"module": self.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "counts": [self.correct, self.seen, self.loss_sum]}
+        return {
+            "module": self.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "counts": [self.correct, self.seen, self.loss_sum],
+        }
 
     def load_checkpoint_state(self, state: Dict[str, Any]) -> None:
         self.load_state_dict(state["module"])
@@ -75,8 +82,9 @@ class OnlineProbe(nn.Module):
         self.correct, self.seen, self.loss_sum = state["counts"]
 
 
-def build_probe(mode: str, labelled: bool, dim: int, num_classes: Optional[int], device: str
-                ) -> Optional[OnlineProbe]:
+def build_probe(
+    mode: str, labelled: bool, dim: int, num_classes: Optional[int], device: str
+) -> Optional[OnlineProbe]:
     """The probe ``train.online_probe`` asks for: ``off``; ``auto`` = on where the split has labels;
     ``on`` = on, refused on an unlabelled split."""
     if mode not in MODES:
@@ -84,6 +92,8 @@ def build_probe(mode: str, labelled: bool, dim: int, num_classes: Optional[int],
     if mode == "off" or (mode == "auto" and not labelled):
         return None
     if not labelled or not num_classes:
-        raise ConfigError("train.online_probe=on: this split has no labels (e.g. stl10 unlabeled, folder); "
-                          "use train.online_probe=auto or off")
+        raise ConfigError(
+            "train.online_probe=on: this split has no labels (e.g. stl10 unlabeled, folder); "
+            "use train.online_probe=auto or off"
+        )
     return OnlineProbe(dim, num_classes).to(device)

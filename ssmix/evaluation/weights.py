@@ -16,6 +16,7 @@ Keys are checked strictly: a mismatch raises :class:`WeightsError` listing the m
 keys (and shape mismatches). :func:`load_pretrained_encoder` is the loader for files and run directories
 (the detection transfer uses it too); :func:`load_encoder` adds ``random``.
 """
+
 from __future__ import annotations
 
 import glob
@@ -33,8 +34,15 @@ from ssmix.models.backbones import ARCHS, ResNetTrunk, build_backbone, fold_spli
 from ssmix.safe_load import UnreadableFileError, UnsafePickleError, safe_torch_load
 
 # Where the online trunk lives, most specific first (first match wins).
-TRUNK_PREFIXES = ("method.backbone.", "module.encoder_q.", "encoder_q.", "module.backbone.", "backbone.",
-                  "module.", "")
+TRUNK_PREFIXES = (
+    "method.backbone.",
+    "module.encoder_q.",
+    "encoder_q.",
+    "module.backbone.",
+    "backbone.",
+    "module.",
+    "",
+)
 HEAD_PREFIXES = ("fc.",)  # torchvision classifier / MoCo MLP head: not part of the trunk
 _SHOW = 12  # keys listed per kind in an error message
 
@@ -90,12 +98,17 @@ def resolve_weights_path(weights: str) -> Tuple[str, Optional[str]]:
     """Path of the file to load and the run directory whose ``config.yaml`` describes it (if any)."""
     if os.path.isdir(weights):
         saved = sorted(glob.glob(os.path.join(weights, "checkpoints", "*.pt")))
-        for path in [os.path.join(weights, "backbone.pth"), os.path.join(weights, "checkpoints", "last.pt")] + saved[-1:]:
+        for path in [
+            os.path.join(weights, "backbone.pth"),
+            os.path.join(weights, "checkpoints", "last.pt"),
+        ] + saved[-1:]:
             if os.path.isfile(path):
                 return path, weights
         found = ", ".join(sorted(os.listdir(weights))[:20]) or "nothing"
-        raise WeightsError(f"weights: run directory '{weights}' has no backbone.pth and no checkpoints/*.pt "
-                           f"(found: {found}); pass the encoder file itself")
+        raise WeightsError(
+            f"weights: run directory '{weights}' has no backbone.pth and no checkpoints/*.pt "
+            f"(found: {found}); pass the encoder file itself"
+        )
     if not os.path.isfile(weights):
         raise WeightsError(f"weights: '{weights}' does not exist (not a file or a run directory)")
     parent = os.path.dirname(os.path.abspath(weights))
@@ -120,32 +133,42 @@ def _describe(obj: Any) -> str:
 def _tensor_dict(loaded: object, path: str) -> Dict[str, Tensor]:
     """Unwrap ``{"model": ...}`` (ssmix) / ``{"state_dict": ...}`` (MoCo, Lightning) containers."""
     if isinstance(loaded, Mapping) and loaded.get("format") == "ssmix.samix_mixer":
-        raise WeightsError(f"weights: '{path}' is a SAMix Mixer export (mixer.pt: the Mixer and stages 0-3 of the "
-                           "trunk that fed it, no layer4), not an encoder; pass the run's backbone.pth or its "
-                           "directory")
+        raise WeightsError(
+            f"weights: '{path}' is a SAMix Mixer export (mixer.pt: the Mixer and stages 0-3 of the "
+            "trunk that fed it, no layer4), not an encoder; pass the run's backbone.pth or its "
+            "directory"
+        )
     obj = loaded
     while isinstance(obj, Mapping):
         tensors = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
         if any(k.endswith("conv1.weight") for k in tensors):
             return tensors
-        inner = next((obj[k] for k in ("model", "state_dict", "backbone") if isinstance(obj.get(k), Mapping)), None)
+        inner = next(
+            (obj[k] for k in ("model", "state_dict", "backbone") if isinstance(obj.get(k), Mapping)), None
+        )
         if inner is None:
             break
         obj = inner
-    raise WeightsError(f"weights: '{path}': no ResNet encoder found (no '*conv1.weight' key at the top level or "
-                       f"under 'model', 'state_dict' or 'backbone'); expected a backbone.pth state dict, an ssmix "
-                       f"checkpoint ('model' with method.backbone.*), a torchvision state dict or a MoCo checkpoint "
-                       f"('state_dict' with module.encoder_q.*). Found {_describe(loaded)}")
+    raise WeightsError(
+        f"weights: '{path}': no ResNet encoder found (no '*conv1.weight' key at the top level or "
+        f"under 'model', 'state_dict' or 'backbone'); expected a backbone.pth state dict, an ssmix "
+        f"checkpoint ('model' with method.backbone.*), a torchvision state dict or a MoCo checkpoint "
+        f"('state_dict' with module.encoder_q.*). Found {_describe(loaded)}"
+    )
 
 
-def extract_trunk_state(raw: Mapping[str, Tensor], path: str = "<state dict>") -> Tuple[Dict[str, Tensor], str]:
+def extract_trunk_state(
+    raw: Mapping[str, Tensor], path: str = "<state dict>"
+) -> Tuple[Dict[str, Tensor], str]:
     """Strip the trunk prefix (see :data:`TRUNK_PREFIXES`) and drop head keys; returns (state, prefix)."""
     prefix = next((p for p in TRUNK_PREFIXES if f"{p}conv1.weight" in raw), None)
     if prefix is None:
         found = sorted({k[: -len("conv1.weight")] for k in raw if k.endswith("conv1.weight")})
-        raise WeightsError(f"weights: '{path}': no trunk under a known prefix ({', '.join(p or '<none>' for p in TRUNK_PREFIXES)}); "
-                           f"conv1 found under {found or 'no prefix'}")
-    state = {k[len(prefix):]: v for k, v in raw.items() if k.startswith(prefix)}
+        raise WeightsError(
+            f"weights: '{path}': no trunk under a known prefix ({', '.join(p or '<none>' for p in TRUNK_PREFIXES)}); "
+            f"conv1 found under {found or 'no prefix'}"
+        )
+    state = {k[len(prefix) :]: v for k, v in raw.items() if k.startswith(prefix)}
     return {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIXES)}, prefix
 
 
@@ -159,8 +182,11 @@ def load_state_strict(backbone: ResNetTrunk, state: Mapping[str, Tensor], source
     expected = backbone.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    shapes = sorted(f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
-                    for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    shapes = sorted(
+        f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
+        for k in set(state) & set(expected)
+        if state[k].shape != expected[k].shape
+    )
     if missing or unexpected or shapes:
         parts = [f"weights: '{source}' does not match {backbone.arch} (cifar_stem={backbone.cifar_stem})"]
         if missing:
@@ -179,7 +205,9 @@ def random_encoder(arch: str = "resnet18", cifar_stem: bool = False, seed: int =
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         backbone = build_backbone(arch, cifar_stem)
-    return _frozen(LoadedEncoder(backbone, arch, cifar_stem, state_dict_hash(backbone.state_dict()), "random", ""))
+    return _frozen(
+        LoadedEncoder(backbone, arch, cifar_stem, state_dict_hash(backbone.state_dict()), "random", "")
+    )
 
 
 def _frozen(encoder: LoadedEncoder) -> LoadedEncoder:
@@ -187,7 +215,9 @@ def _frozen(encoder: LoadedEncoder) -> LoadedEncoder:
     return encoder
 
 
-def load_encoder(weights: str, arch: Optional[str] = None, cifar_stem: Optional[bool] = None) -> LoadedEncoder:
+def load_encoder(
+    weights: str, arch: Optional[str] = None, cifar_stem: Optional[bool] = None
+) -> LoadedEncoder:
     """Build the frozen trunk described by ``weights`` (see the module docstring).
 
     ``arch`` / ``cifar_stem`` override what the run's config.yaml or :func:`infer_arch` says; for
@@ -207,8 +237,14 @@ def _check_arch(arch: Optional[str]) -> None:
         raise WeightsError(f"arch: unknown backbone '{arch}', expected one of {', '.join(ARCHS)}")
 
 
-def load_pretrained_encoder(weights: str, arch: Optional[str] = None, cifar_stem: Optional[bool] = None, *,
-                            trust_pickle: bool = False, opt_in: str = "") -> LoadedEncoder:
+def load_pretrained_encoder(
+    weights: str,
+    arch: Optional[str] = None,
+    cifar_stem: Optional[bool] = None,
+    *,
+    trust_pickle: bool = False,
+    opt_in: str = "",
+) -> LoadedEncoder:
     """The frozen trunk stored in ``weights``, a file or a run directory (every format of the module
     docstring); ``trust_pickle`` also reads files that pickle arbitrary objects, running their code: for
     files the user made (see :mod:`ssmix.safe_load`)."""
@@ -222,5 +258,6 @@ def load_pretrained_encoder(weights: str, arch: Optional[str] = None, cifar_stem
     backbone = build_backbone(arch, bool(cifar_stem))
     state = fold_split_bn_stats(state)
     load_state_strict(backbone, state, path)
-    return _frozen(LoadedEncoder(backbone, arch, bool(cifar_stem), state_dict_hash(backbone.state_dict()),
-                                 path, prefix))
+    return _frozen(
+        LoadedEncoder(backbone, arch, bool(cifar_stem), state_dict_hash(backbone.state_dict()), path, prefix)
+    )

@@ -7,6 +7,7 @@
 Keys: see ``ssmix.evaluation.config.LinearEvalConfig``. A bad key or value exits with code 2 and a
 one-line message.
 """
+
 from __future__ import annotations
 
 import argparse

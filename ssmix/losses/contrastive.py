@@ -5,6 +5,7 @@ region: its matmuls would run in bf16 again).
 
 Notation of docs/algorithm.md §1: l^NCE(z, k+) = -log e^{z.k+/t} / (e^{z.k+/t} + sum_u e^{z.u/t}).
 """
+
 from __future__ import annotations
 
 import functools
@@ -42,8 +43,9 @@ def info_nce(query: Tensor, positive: Tensor, negatives: Tensor, temperature: fl
 
 
 @fp32
-def mixup_info_nce(z: Tensor, pos_a: Tensor, pos_b: Tensor, lam: Tensor, negatives: Tensor,
-                   temperature: float) -> Tensor:
+def mixup_info_nce(
+    z: Tensor, pos_a: Tensor, pos_b: Tensor, lam: Tensor, negatives: Tensor, temperature: float
+) -> Tensor:
     """lam * l^NCE(z, k_a) + (1 - lam) * l^NCE(z, k_b) with shared negatives (docs/algorithm.md §2.1 step 8, L_bb).
 
     The negative logits are computed once and shared by both terms.
@@ -63,8 +65,9 @@ def _pair_logits(z: Tensor, candidates: Tensor, index_a: Tensor, index_b: Tensor
 
 
 @fp32
-def mixup_info_nce_in_batch(z: Tensor, candidates: Tensor, index_a: Tensor, index_b: Tensor, lam: Tensor,
-                            temperature: float) -> Tensor:
+def mixup_info_nce_in_batch(
+    z: Tensor, candidates: Tensor, index_a: Tensor, index_b: Tensor, lam: Tensor, temperature: float
+) -> Tensor:
     """lam * NT-Xent(z, c_a) + (1 - lam) * NT-Xent(z, c_b) with in-batch negatives (docs/algorithm.md §2.4, SimCLR).
 
     ``candidates`` (M, D) are the batch's target embeddings; row n's two positives are
@@ -79,8 +82,9 @@ def mixup_info_nce_in_batch(z: Tensor, candidates: Tensor, index_a: Tensor, inde
 
 
 @fp32
-def soft_target_cross_entropy(z: Tensor, candidates: Tensor, index_a: Tensor, index_b: Tensor, lam: Tensor,
-                              temperature: float) -> Tensor:
+def soft_target_cross_entropy(
+    z: Tensor, candidates: Tensor, index_a: Tensor, index_b: Tensor, lam: Tensor, temperature: float
+) -> Tensor:
     """-lam log p_a - (1 - lam) log p_b with p = softmax(z . candidates / t) over the whole batch.
 
     The BSIM-style objective for mixed samples in BYOL and SimSiam (docs/algorithm.md §2.4 [I]).

@@ -5,6 +5,7 @@ lightly's ``MemoryBankModule`` is not checkpointed and enqueues on every loss ca
 enqueued once per step (:meth:`enqueue`), gathers keys across ranks before enqueueing, and requires
 ``size % global_batch == 0`` so no key is ever silently dropped.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple

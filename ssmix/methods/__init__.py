@@ -3,9 +3,10 @@
 Importing this package registers every method and its ``method.*`` config schema (``METHODS``,
 ``ssmix.config.METHOD_SCHEMAS``).
 """
+
 from ssmix.config import Config
-from ssmix.methods.base import METHODS, Method
 from ssmix.methods import byol, mocov2, simclr, simsiam, swav  # noqa: F401,E402  (each module registers itself)
+from ssmix.methods.base import METHODS, Method
 
 
 def build_method(cfg: Config) -> Method:

@@ -7,6 +7,7 @@ run is exact. Loss (paper eq. 2, symmetrised): 2 - 2 cos(q(z_1), sg(z'_2)) + 2 -
 Mixed views (docs/algorithm.md §2.4 [I], BSIM-style): soft-target cross-entropy between the normalised online
 prediction of x_mix and the batch's target projections, mass lam / 1 - lam on the two sources.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -18,10 +19,8 @@ from lightly.utils.scheduler import cosine_schedule
 from torch import Tensor
 
 from ssmix.config import ConfigError, MethodConfig, ModelConfig, register_method_config
-from ssmix.losses.contrastive import soft_target_cross_entropy
-from ssmix.methods.base import Method, cat_views, collapse_std, in_batch_mixed_loss, l2n, register_method
-from ssmix.mixup import MethodOutput, MixedBatch
-from ssmix.models.backbones import build_backbone
+from ssmix.methods.base import Method, cat_views, collapse_std, l2n, register_method
+from ssmix.mixup import MethodOutput
 
 
 @register_method_config("byol")
@@ -47,12 +46,13 @@ class BYOL(Method):
     lars_exclude_bias_and_norm = True
 
     def __init__(self, cfg: BYOLConfig, model: ModelConfig) -> None:
-        super().__init__(cfg)
         if not 0.0 <= cfg.base_momentum <= cfg.final_momentum <= 1.0:
-            raise ConfigError("method.base_momentum and method.final_momentum: need 0 <= base <= final <= 1, "
-                              f"got {cfg.base_momentum} and {cfg.final_momentum}")
+            raise ConfigError(
+                "method.base_momentum and method.final_momentum: need 0 <= base <= final <= 1, "
+                f"got {cfg.base_momentum} and {cfg.final_momentum}"
+            )
+        super().__init__(cfg, model)
         self.temperature, self.embed_dim = cfg.mix_temperature, cfg.out_dim
-        self.backbone = build_backbone(model.arch, model.cifar_stem, model.zero_init_residual)
         self.projector = BYOLProjectionHead(self.backbone.out_dim, cfg.proj_hidden_dim, cfg.out_dim)
         self.predictor = BYOLPredictionHead(cfg.out_dim, cfg.pred_hidden_dim, cfg.out_dim)
         self.build_momentum_branch()
@@ -64,12 +64,12 @@ class BYOL(Method):
         return cosine_schedule(step, total_steps, mc.base_momentum, mc.final_momentum)
 
     @torch.no_grad()
-    def on_step_start(self, step: int, total_steps: int) -> None:
+    def on_step_start(self, step: int, total_steps: int, steps_per_epoch: int) -> None:
         # docs/algorithm.md §2.1 step 3.1: the EMA update comes first, so the targets use the updated network.
         self.tau = self.momentum_at(step, total_steps)
         self.momentum_update(self.tau)
 
-    def forward(self, views: List[Tensor], map_at: Optional[int] = None, with_targets: bool = True) -> MethodOutput:
+    def forward(self, views: List[Tensor], map_at: Optional[int] = None) -> MethodOutput:
         n = views[0].shape[0]
         x = cat_views(views)
         z = self.projector(self.backbone(x))
@@ -85,11 +85,7 @@ class BYOL(Method):
             metrics={"collapse_std": collapse_std(z), "tau": self.tau},
         )
 
-    def mixed_loss(self, mixed: MixedBatch, out: MethodOutput) -> Tensor:
-        """-lam log p_a - (1 - lam) log p_b, p = softmax over the batch's target projections
-        (docs/algorithm.md §2.4)."""
-        p = l2n(self.predictor(self.projector(self.backbone(mixed.x, start=mixed.start))))
-        return in_batch_mixed_loss(soft_target_cross_entropy, p, mixed, out, self.temperature)
+    mixed_loss = Method.predictor_mixed_loss  # p = softmax over the batch's target projections
 
     def embed_target(self, x: Tensor) -> Tensor:
         # The target network has requires_grad=False: gradient reaches the input only.

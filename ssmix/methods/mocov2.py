@@ -4,6 +4,7 @@ Query from view 1 through the online encoder, keys of both views through the mom
 shuffle-BN (real cross-rank shuffle under DDP; lightly's SplitBatchNorm emulation on one device),
 InfoNCE against a persistent queue read once per step; the view-2 keys are enqueued once per step.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,7 +21,6 @@ from ssmix.losses.contrastive import info_nce, mixup_info_nce
 from ssmix.losses.queue import KeyQueue
 from ssmix.methods.base import Method, collapse_std, l2n, register_method
 from ssmix.mixup import MethodOutput, MixedBatch
-from ssmix.models.backbones import build_backbone
 
 
 @register_method_config("mocov2")
@@ -40,19 +40,20 @@ class MoCoV2Config(MethodConfig):
 @register_method("mocov2")
 class MoCoV2(Method):
     cfg: MoCoV2Config
+    uses_shuffle_bn = True
 
     def __init__(self, cfg: MoCoV2Config, model: ModelConfig) -> None:
-        super().__init__(cfg)
-        splits = 1 if is_distributed() else cfg.bn_splits
+        super().__init__(cfg, model, bn_splits=1 if is_distributed() else cfg.bn_splits)
         self.temperature, self.embed_dim = cfg.temperature, cfg.out_dim
-        self.backbone = build_backbone(model.arch, model.cifar_stem, model.zero_init_residual, splits)
         width = self.backbone.out_dim
-        self.projector = MoCoProjectionHead(width, cfg.proj_hidden_dim or width, cfg.out_dim, batch_norm=cfg.proj_bn)
+        self.projector = MoCoProjectionHead(
+            width, cfg.proj_hidden_dim or width, cfg.out_dim, batch_norm=cfg.proj_bn
+        )
         self.build_momentum_branch()
         self.queue = KeyQueue(cfg.queue_size, cfg.out_dim)
 
     # -- step -----------------------------------------------------------------------------
-    def on_step_start(self, step: int, total_steps: int) -> None:
+    def on_step_start(self, step: int, total_steps: int, steps_per_epoch: int) -> None:
         # docs/algorithm.md §2.1 step 3.1: the EMA update comes first, so keys use the updated encoder.
         self.momentum_update(self.cfg.momentum)
 
@@ -66,14 +67,14 @@ class MoCoV2(Method):
         keys = l2n(self.projector_m(feats))
         return batch_unshuffle(keys, shuffle, distributed=is_distributed()), maps
 
-    def forward(self, views: List[Tensor], map_at: Optional[int] = None, with_targets: bool = True) -> MethodOutput:
+    def forward(self, views: List[Tensor], map_at: Optional[int] = None) -> MethodOutput:
         x1, x2 = views[0], views[1]
         n = x1.shape[0]
         self.queue.check_batch(n * world_size())
-        # Plain MoCo v2 needs view 2's keys only (shuffle-BN over N, as the original); the mix
-        # step also needs view 1's (docs/algorithm.md §2.1 step 3.3: both views in one shuffled pass).
+        # Plain MoCo v2 needs view 2's keys only (shuffle-BN over N, as the original); a mixing step
+        # also needs view 1's (docs/algorithm.md §2.1 step 3.3: both views in one shuffled pass).
         symmetric = self.cfg.symmetric
-        both = with_targets or map_at is not None or symmetric
+        both = self.step_mixes or map_at is not None or symmetric
         keys, maps = self._keys(torch.cat([x1, x2]) if both else x2, map_at)
         keys = keys.view(-1, n, keys.shape[-1])
         negatives = self.queue.snapshot()  # read once per step
@@ -93,7 +94,7 @@ class MoCoV2(Method):
 
     def mixed_loss(self, mixed: MixedBatch, out: MethodOutput) -> Tensor:
         """L_bb = lam l^NCE(z_m, k_a) + (1 - lam) l^NCE(z_m, k_b), queue negatives (docs/algorithm.md §4.3)."""
-        z = l2n(self.projector(self.backbone(mixed.x, start=mixed.start)))
+        z = self.embed_mixed(mixed)
         key_a, key_b = mixed.targets(out.keys)
         return mixup_info_nce(z, key_a, key_b, mixed.lam, out.negatives, self.temperature).mean()
 

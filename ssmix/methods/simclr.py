@@ -5,6 +5,7 @@ in-batch negatives, gathered with gradient across ranks under DDP (``losses.cont
 (docs/algorithm.md §2.4): lam NT-Xent(z_m, z_i^(2)) + (1 - lam) NT-Xent(z_m, z_j^(1)) against the stop-gradient
 embeddings of the batch, negatives the other 2N - 2.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,7 +18,6 @@ from ssmix.config import MethodConfig, ModelConfig, register_method_config
 from ssmix.losses.contrastive import mixup_info_nce_in_batch, nt_xent
 from ssmix.methods.base import Method, cat_views, collapse_std, in_batch_mixed_loss, l2n, register_method
 from ssmix.mixup import MethodOutput, MixedBatch
-from ssmix.models.backbones import build_backbone
 
 
 @register_method_config("simclr")
@@ -35,13 +35,12 @@ class SimCLR(Method):
     lars_exclude_bias_and_norm = True
 
     def __init__(self, cfg: SimCLRConfig, model: ModelConfig) -> None:
-        super().__init__(cfg)
+        super().__init__(cfg, model)
         self.temperature, self.embed_dim = cfg.temperature, cfg.out_dim
-        self.backbone = build_backbone(model.arch, model.cifar_stem, model.zero_init_residual)
         width = self.backbone.out_dim
         self.projector = SimCLRProjectionHead(width, cfg.proj_hidden_dim or width, cfg.out_dim)
 
-    def forward(self, views: List[Tensor], map_at: Optional[int] = None, with_targets: bool = True) -> MethodOutput:
+    def forward(self, views: List[Tensor], map_at: Optional[int] = None) -> MethodOutput:
         n = views[0].shape[0]
         feats, maps = self.online_features(cat_views(views), map_at)
         z = self.projector(feats).float()
@@ -55,8 +54,8 @@ class SimCLR(Method):
 
     def mixed_loss(self, mixed: MixedBatch, out: MethodOutput) -> Tensor:
         """lam NT-Xent(z_m, k_a) + (1 - lam) NT-Xent(z_m, k_b), in-batch negatives (docs/algorithm.md §2.4)."""
-        z = l2n(self.projector(self.backbone(mixed.x, start=mixed.start)))
-        return in_batch_mixed_loss(mixup_info_nce_in_batch, z, mixed, out, self.temperature)
+        return in_batch_mixed_loss(
+            mixup_info_nce_in_batch, self.embed_mixed(mixed), mixed, out, self.temperature
+        )
 
     embed_target = Method.frozen_online_embedding  # no target network
-

@@ -4,11 +4,12 @@ One encoder (backbone + projector) and a predictor; symmetric negative cosine wi
 (paper eq. 4): L = D(p_1, sg(z_2)) / 2 + D(p_2, sg(z_1)) / 2, D = -cos. The projector has 3 layers
 (ImageNet, lightly ``SimSiamProjectionHead``) or 2 (the paper's CIFAR variant, ``proj_layers: 2``). The
 predictor's learning rate is not decayed (paper sec. 4.4 / its ``--fix-pred-lr``): its own optimizer
-group with no warm-up and a final lr equal to the base lr.
+group with ``fixed_lr``, which ``ssmix.engine.optim`` keeps at the run's base lr (no warm-up, no decay).
 
 Mixed views (docs/algorithm.md §2.4 [I], BSIM-style): soft-target cross-entropy between the normalised prediction of
 x_mix and the batch's stop-gradient projections, mass lam / 1 - lam on the two sources.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -18,13 +19,9 @@ import torch.nn as nn
 from lightly.models.modules.heads import ProjectionHead, SimSiamPredictionHead, SimSiamProjectionHead
 from torch import Tensor
 
-from ssmix.config import (Config, ConfigError, MethodConfig, ModelConfig, per_process_batch,
-                          register_method_config, scaled_lr)
-from ssmix.distributed import world_size
-from ssmix.losses.contrastive import soft_target_cross_entropy
-from ssmix.methods.base import Method, cat_views, collapse_std, in_batch_mixed_loss, l2n, register_method
-from ssmix.mixup import MethodOutput, MixedBatch
-from ssmix.models.backbones import build_backbone
+from ssmix.config import ConfigError, MethodConfig, ModelConfig, register_method_config
+from ssmix.methods.base import Method, cat_views, collapse_std, l2n, register_method
+from ssmix.mixup import MethodOutput
 
 
 @register_method_config("simsiam")
@@ -43,10 +40,12 @@ def build_projector(layers: int, in_dim: int, hidden_dim: int, out_dim: int) -> 
     if layers == 3:
         return SimSiamProjectionHead(in_dim, hidden_dim, out_dim)
     if layers == 2:
-        return ProjectionHead([
-            (in_dim, hidden_dim, nn.BatchNorm1d(hidden_dim), nn.ReLU()),
-            (hidden_dim, out_dim, nn.BatchNorm1d(out_dim, affine=False), None),
-        ])
+        return ProjectionHead(
+            [
+                (in_dim, hidden_dim, nn.BatchNorm1d(hidden_dim), nn.ReLU()),
+                (hidden_dim, out_dim, nn.BatchNorm1d(out_dim, affine=False), None),
+            ]
+        )
     raise ConfigError(f"method.proj_layers: expected 2 (CIFAR variant) or 3 (ImageNet), got {layers}")
 
 
@@ -59,22 +58,15 @@ def negative_cosine(prediction: Tensor, target: Tensor) -> Tensor:
 class SimSiam(Method):
     cfg: SimSiamConfig
 
-    def __init__(self, cfg: SimSiamConfig, model: ModelConfig, base_lr: float) -> None:
-        """``base_lr``: the run's base learning rate, the predictor's constant lr."""
-        super().__init__(cfg)
-        self.base_lr = base_lr
+    def __init__(self, cfg: SimSiamConfig, model: ModelConfig) -> None:
+        super().__init__(cfg, model)
         self.temperature, self.embed_dim = cfg.mix_temperature, cfg.out_dim
-        self.backbone = build_backbone(model.arch, model.cifar_stem, model.zero_init_residual)
-        self.projector = build_projector(cfg.proj_layers, self.backbone.out_dim, cfg.proj_hidden_dim, cfg.out_dim)
+        self.projector = build_projector(
+            cfg.proj_layers, self.backbone.out_dim, cfg.proj_hidden_dim, cfg.out_dim
+        )
         self.predictor = SimSiamPredictionHead(cfg.out_dim, cfg.pred_hidden_dim, cfg.out_dim)
 
-    @classmethod
-    def from_config(cls, cfg: Config) -> "SimSiam":
-        world = world_size()  # the process group is up before the model is built
-        lr = scaled_lr(cfg.train, per_process_batch(cfg.train, world) * world)
-        return cls(cfg.method, cfg.model, base_lr=lr)
-
-    def forward(self, views: List[Tensor], map_at: Optional[int] = None, with_targets: bool = True) -> MethodOutput:
+    def forward(self, views: List[Tensor], map_at: Optional[int] = None) -> MethodOutput:
         n = views[0].shape[0]
         feats, maps = self.online_features(cat_views(views), map_at)
         z = self.projector(feats)
@@ -88,21 +80,15 @@ class SimSiam(Method):
             metrics={"collapse_std": collapse_std(z)},
         )
 
-    def mixed_loss(self, mixed: MixedBatch, out: MethodOutput) -> Tensor:
-        """-lam log p_a - (1 - lam) log p_b, p = softmax over the batch's stop-grad projections
-        (docs/algorithm.md §2.4)."""
-        p = l2n(self.predictor(self.projector(self.backbone(mixed.x, start=mixed.start))))
-        return in_batch_mixed_loss(soft_target_cross_entropy, p, mixed, out, self.temperature)
+    mixed_loss = Method.predictor_mixed_loss  # p = softmax over the batch's stop-grad projections
 
     embed_target = Method.frozen_online_embedding  # the stop-gradient branch
 
     def param_groups(self) -> List[Dict[str, Any]]:
-        """Encoder with the run's schedule; predictor at a constant lr (no warm-up, no decay)."""
-        lr = self.base_lr
+        """Encoder with the run's schedule; predictor at the run's base lr, constant (``fixed_lr``)."""
         predictor = {id(p) for p in self.predictor.parameters()}
         encoder = [p for p in self.parameters() if p.requires_grad and id(p) not in predictor]
         return [
             {"name": "encoder", "params": encoder},
-            {"name": "predictor", "params": list(self.predictor.parameters()), "lr": lr,
-             "warmup_epochs": 0, "min_lr": lr},
+            {"name": "predictor", "params": list(self.predictor.parameters()), "fixed_lr": True},
         ]

@@ -12,6 +12,7 @@ itself. The prototypes are frozen (no gradient) during the first ``freeze_protot
 Mixed views (docs/algorithm.md §2.4 [I]): lam CE(c_a, softmax(p_m / t)) + (1 - lam) CE(c_b, softmax(p_m / t)), c the
 codes of the sources' other views (``out.targets``).
 """
+
 from __future__ import annotations
 
 import math
@@ -25,12 +26,11 @@ from lightly.loss.swav_loss import sinkhorn
 from lightly.models.modules import SwaVProjectionHead
 from torch import Tensor
 
-from ssmix.config import Config, ConfigError, MethodConfig, ModelConfig, register_method_config
+from ssmix.config import ConfigError, MethodConfig, ModelConfig, register_method_config
 from ssmix.distributed import is_distributed, rank, world_size
 from ssmix.losses.queue import KeyQueue
 from ssmix.methods.base import Method, cat_views, collapse_std, l2n, register_method
 from ssmix.mixup import MethodOutput, MixedBatch
-from ssmix.models.backbones import build_backbone
 
 
 @register_method_config("swav")
@@ -74,27 +74,23 @@ def swapped_prediction_loss(scores: Tensor, codes: Tensor, temperature: float) -
 class SwAV(Method):
     cfg: SwAVConfig
 
-    def __init__(self, cfg: SwAVConfig, model: ModelConfig, epochs: int) -> None:
-        """``epochs``: the run's epoch count (the step number gives the epoch of the frozen-prototype and
-        queue schedules)."""
-        super().__init__(cfg)
-        self.epochs = epochs
+    def __init__(self, cfg: SwAVConfig, model: ModelConfig) -> None:
         if cfg.queue_size < 0 or cfg.num_prototypes < 1:
-            raise ConfigError(f"method.queue_size must be >= 0 and method.num_prototypes >= 1, got "
-                              f"{cfg.queue_size} and {cfg.num_prototypes}")
+            raise ConfigError(
+                f"method.queue_size must be >= 0 and method.num_prototypes >= 1, got "
+                f"{cfg.queue_size} and {cfg.num_prototypes}"
+            )
+        super().__init__(cfg, model)
         self.temperature, self.embed_dim = cfg.temperature, cfg.out_dim
-        self.backbone = build_backbone(model.arch, model.cifar_stem, model.zero_init_residual)
         self.projector = SwaVProjectionHead(self.backbone.out_dim, cfg.proj_hidden_dim, cfg.out_dim)
         # Bias-free, as the SwAV reference (lightly's SwaVPrototypes has a bias: docs/algorithm.md §12.4 item 9).
         self.prototypes = nn.Linear(cfg.out_dim, cfg.num_prototypes, bias=False)
         self.queues = None
         if cfg.queue_size:  # buffers: saved in checkpoints, so resume is exact
-            self.queues = nn.ModuleList([KeyQueue(cfg.queue_size, cfg.out_dim, zero_init=True) for _ in range(2)])
-        self.epoch = 0  # set from the step number by on_step_start
-
-    @classmethod
-    def from_config(cls, cfg: Config) -> "SwAV":
-        return cls(cfg.method, cfg.model, epochs=cfg.train.epochs)
+            self.queues = nn.ModuleList(
+                [KeyQueue(cfg.queue_size, cfg.out_dim, zero_init=True) for _ in range(2)]
+            )
+        self.epoch = 0  # the epoch of the frozen-prototype and queue schedules, set by on_step_start
 
     # -- step -----------------------------------------------------------------------------
     @property
@@ -104,13 +100,15 @@ class SwAV(Method):
     @property
     def queue_active(self) -> bool:
         """The queue joins the Sinkhorn input once full; it is filled from ``queue_start_epoch`` on."""
-        return (self.queues is not None and self.epoch >= self.cfg.queue_start_epoch
-                and all(q.full for q in self.queues))
+        return (
+            self.queues is not None
+            and self.epoch >= self.cfg.queue_start_epoch
+            and all(q.full for q in self.queues)
+        )
 
     @torch.no_grad()
-    def on_step_start(self, step: int, total_steps: int) -> None:
-        steps_per_epoch = max(total_steps // max(self.epochs, 1), 1)
-        self.epoch = step // steps_per_epoch
+    def on_step_start(self, step: int, total_steps: int, steps_per_epoch: int) -> None:
+        self.epoch = step // steps_per_epoch  # the loader's epochs, as the engine counts them
         w = self.prototypes.weight
         w.copy_(F.normalize(w, dim=1))
 
@@ -143,12 +141,16 @@ class SwAV(Method):
                 if is_distributed():  # every rank holds the gathered queue: use a disjoint share of it
                     queued = queued[rank() :: world_size()]
                 scores = torch.cat([queued @ self.prototypes.weight.detach().float().t(), scores])
-            q = sinkhorn(scores, iterations=mc.sinkhorn_iterations, epsilon=mc.sinkhorn_epsilon,
-                         gather_distributed=True)
+            q = sinkhorn(
+                scores,
+                iterations=mc.sinkhorn_iterations,
+                epsilon=mc.sinkhorn_epsilon,
+                gather_distributed=True,
+            )
             codes.append(q[-n:])
         return torch.stack(codes)
 
-    def forward(self, views: List[Tensor], map_at: Optional[int] = None, with_targets: bool = True) -> MethodOutput:
+    def forward(self, views: List[Tensor], map_at: Optional[int] = None) -> MethodOutput:
         n = views[0].shape[0]
         if self.queues is not None:
             self.queues[0].check_batch(n * world_size())
@@ -166,7 +168,7 @@ class SwAV(Method):
 
     def mixed_loss(self, mixed: MixedBatch, out: MethodOutput) -> Tensor:
         """lam CE(c_a, softmax(p_m / t)) + (1 - lam) CE(c_b, softmax(p_m / t)) (docs/algorithm.md §2.4 [I])."""
-        z = l2n(self.projector(self.backbone(mixed.x, start=mixed.start)))
+        z = self.embed_mixed(mixed)
         log_p = F.log_softmax(z @ self._prototype_weight().float().t() / self.temperature, dim=-1)
         codes_a, codes_b = mixed.targets(out.targets)
         return -(mixed.lam * (codes_a * log_p).sum(-1) + (1 - mixed.lam) * (codes_b * log_p).sum(-1)).mean()

@@ -3,24 +3,49 @@
 A mixer receives aligned source pairs (row n of ``xa`` is mixed with row n of ``xb``: the step has
 already applied the partner permutation), the lambda the step drew from :meth:`Mixer.sample_lambda`,
 and a :class:`~ssmix.mixup.MixContext`; it returns :class:`~ssmix.mixup.MixedInputs` with the
-effective per-row lambda. It never sees the method (the contract is :mod:`ssmix.mixup`).
+effective per-row lambda. It never sees the method (the contract is :mod:`ssmix.mixup`). A learned
+mixer's own losses, and what it reports about them, come back from :meth:`Mixer.aux_losses` as
+:class:`MixerLosses`.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, NamedTuple, Optional, Union
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ssmix.config import MixConfig, registrar
+from ssmix.config import BetaMixConfig, MixConfig, registrar
 from ssmix.mixup import MixContext, MixedInputs, sample_beta
-
 
 MIXERS: Dict[str, type] = {}
 
 
 register_mixer = registrar(MIXERS)  # ``@register_mixer("name")``: buildable from ``mix.type``
+
+
+class LamPair(NamedTuple):
+    """Inter-Intra's two lambdas of one batch (docs/algorithm.md §8): CutMix's for pairs across clusters,
+    Mixup's for pairs within one."""
+
+    inter: float
+    intra: float
+
+
+#: What :meth:`Mixer.sample_lambda` draws and :meth:`Mixer.forward` takes: the weight of source a, or
+#: Inter-Intra's :class:`LamPair` (every mixer also takes a plain float: a figure's sweep passes one).
+Lam = Union[float, LamPair]
+
+
+@dataclass
+class MixerLosses:
+    """What :meth:`Mixer.aux_losses` returns: named losses the step adds to its own (summed), and metrics
+    about them (0-dim tensors or constants, read at log steps) under the names they are logged with."""
+
+    losses: Dict[str, Tensor] = field(default_factory=dict)
+    metrics: Dict[str, Tensor | float] = field(default_factory=dict)
 
 
 class Mixer(nn.Module):
@@ -38,18 +63,26 @@ class Mixer(nn.Module):
         super().__init__()
         self.cfg = cfg
 
-    def sample_lambda(self) -> float:
+    def sample_lambda(self) -> Lam:
         """The lambda of one batch (weight of source a), drawn by the step and passed to :meth:`forward`:
-        Beta(alpha, alpha) unless a mixer has its own rule (docs/algorithm.md §8)."""
-        return sample_beta(self.cfg.alpha)
+        Beta(alpha, alpha) of a :class:`~ssmix.config.BetaMixConfig` unless a mixer has its own rule
+        (docs/algorithm.md §8)."""
+        cfg = self.cfg
+        if not isinstance(cfg, BetaMixConfig):
+            raise TypeError(
+                f"{type(self).__name__}: its config {type(cfg).__name__} has no alpha (not a "
+                "BetaMixConfig); such a mixer draws its lambda with its own sample_lambda"
+            )
+        return sample_beta(cfg.alpha)
 
-    def forward(self, xa: Tensor, xb: Tensor, lam: float, ctx: MixContext) -> MixedInputs:
+    def forward(self, xa: Tensor, xb: Tensor, lam: Lam, ctx: MixContext) -> MixedInputs:
         """Mix ``xa`` (source a) with ``xb`` (source b) at the requested weight ``lam`` of a."""
         raise NotImplementedError
 
-    def aux_losses(self, ctx: MixContext, lam: float) -> Dict[str, Tensor]:
-        """Losses a learned mixer trains itself with on a batch of its own mixed at ``lam`` (SAMix)."""
-        return {}
+    def aux_losses(self, ctx: MixContext, lam: Lam) -> MixerLosses:
+        """Losses a learned mixer trains itself with on a batch of its own mixed at ``lam`` (SAMix), and
+        its metrics of that batch."""
+        return MixerLosses()
 
     def param_groups(self) -> List[dict]:
         """Optimizer groups of a learned mixer (same format as ``Method.param_groups``)."""
@@ -59,6 +92,15 @@ class Mixer(nn.Module):
         """Called once before the first step of a fresh run. ``extract()`` returns
         ``(embeddings (N_data, D), dataset_labels (N_data,))`` of the whole training set through the
         target branch (ODC's initial clustering)."""
+
+
+def check_pair(xa: Tensor, xb: Tensor, who: str) -> None:
+    """Both sources must be image batches of the same shape (N, C, H, W)."""
+    if xa.dim() != 4 or xa.shape != xb.shape:
+        raise ValueError(
+            f"{who}: expected two image batches of the same shape (N, C, H, W), got {tuple(xa.shape)} and "
+            f"{tuple(xb.shape)}"
+        )
 
 
 def expand_lam(lam: float | Tensor, n: int, device: torch.device | str) -> Tensor:
@@ -92,3 +134,10 @@ def mask_statistics(mask: Tensor, prefix: str = "mask_") -> Dict[str, Tensor]:
 def blend(xa: Tensor, xb: Tensor, mask: Tensor) -> Tensor:
     """``mask * xa + (1 - mask) * xb``; mask broadcasts over channels."""
     return xb + mask.to(xa.dtype) * (xa - xb)
+
+
+def blend_exact(xa: Tensor, xb: Tensor, mask: Tensor) -> Tensor:
+    """:func:`blend`, but pixels whose mask is exactly 1 (0) are copied from ``xa`` (``xb``) bit for bit
+    (``xb + 1 * (xa - xb)`` is not always ``xa`` in floating point)."""
+    mixed = blend(xa, xb, mask)
+    return torch.where(mask == 1, xa, torch.where(mask == 0, xb, mixed))

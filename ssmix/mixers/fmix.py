@@ -5,6 +5,7 @@ decays as ``1 / f^decay_power`` are inverse-transformed to a grey-level image, a
 ``ceil(lam HW)`` (or ``floor``, with probability 1/2) pixels become 1. One mask per batch, always at the
 input's own size (the reference's (32, 32) default is a trap, docs/algorithm.md §8).
 """
+
 from __future__ import annotations
 
 import math
@@ -13,9 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ssmix.config import ConfigError, MixConfig, register_mix_config
-from ssmix.mixers.base import Mixer, register_mixer
-from ssmix.mixers.handcrafted import blend_exact, check_alpha, check_pair
+from ssmix.config import BetaMixConfig, ConfigError, register_mix_config
+from ssmix.mixers.base import Mixer, blend_exact, check_pair, register_mixer
 from ssmix.mixup import MixContext, MixedInputs
 
 
@@ -50,15 +50,14 @@ def binarise_top(noise: Tensor, lam: float) -> Tensor:
 
 @register_mix_config("fmix")
 @dataclass
-class FMixConfig(MixConfig):
+class FMixConfig(BetaMixConfig):
     """FMix: lam ~ Beta(alpha, alpha); Fourier-noise mask with spectrum decay ``decay_power``."""
 
     type: str = "fmix"
-    alpha: float = 2.0
     decay_power: float = 3.0
 
     def __post_init__(self) -> None:
-        check_alpha(self.alpha, "mix.alpha")
+        super().__post_init__()
         if self.decay_power <= 0:
             raise ConfigError(f"mix.decay_power: must be > 0 (FMix uses 3), got {self.decay_power}")
 

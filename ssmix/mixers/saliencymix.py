@@ -13,6 +13,7 @@ Differences from the reference (documented choices):
   one box per pair, each centred on its own partner's saliency peak, so ``lam`` is per row (boxes near
   a border are clipped by different amounts). The box size still comes from one lambda per batch.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,16 +23,9 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from torch import Tensor
 
-from ssmix.config import MixConfig, register_mix_config
-from ssmix.mixers.base import Mixer, register_mixer
-from ssmix.mixers.handcrafted import (
-    blend_exact,
-    centred_boxes,
-    check_alpha,
-    check_pair,
-    cutmix_box_size,
-    paste_mask,
-)
+from ssmix.config import BetaMixConfig, register_mix_config
+from ssmix.mixers.base import Mixer, blend_exact, check_pair, register_mixer
+from ssmix.mixers.boxes import centred_boxes, cutmix_box_size, paste_mask
 from ssmix.mixup import MixContext, MixedInputs
 
 SALIENCY_SIZE = 64  # largest working side of the spectral residual (Hou & Zhang 2007)
@@ -71,14 +65,10 @@ def saliency_peaks(x: Tensor) -> tuple[Tensor, Tensor]:
 
 @register_mix_config("saliencymix")
 @dataclass
-class SaliencyMixConfig(MixConfig):
+class SaliencyMixConfig(BetaMixConfig):
     """SaliencyMix: lam ~ Beta(alpha, alpha), CutMix-sized box at the partner's saliency peak."""
 
     type: str = "saliencymix"
-    alpha: float = 2.0
-
-    def __post_init__(self) -> None:
-        check_alpha(self.alpha, "mix.alpha")
 
 
 @register_mixer("saliencymix")

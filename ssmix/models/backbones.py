@@ -8,6 +8,7 @@ Parameter names are torchvision's (``conv1``, ``bn1``, ``layer1`` ... ``layer4``
 :func:`export_state_dict` loads with ``strict=True`` into ``torchvision.models.resnetXX()`` whose
 ``fc`` is replaced by ``nn.Identity()``.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Dict, Mapping, Optional
@@ -114,8 +115,9 @@ class ResNetTrunk(nn.Module):
         return self.pool(self.run(maps, map_at, 4)), maps
 
 
-def build_backbone(arch: str = "resnet18", cifar_stem: bool = False, zero_init_residual: bool = False,
-                   bn_splits: int = 1) -> ResNetTrunk:
+def build_backbone(
+    arch: str = "resnet18", cifar_stem: bool = False, zero_init_residual: bool = False, bn_splits: int = 1
+) -> ResNetTrunk:
     return ResNetTrunk(arch, cifar_stem, zero_init_residual, bn_splits)
 
 
@@ -130,8 +132,12 @@ def fold_split_bn_stats(state_dict: Mapping[str, Tensor]) -> Dict[str, Tensor]:
         if not key.endswith(("running_mean", "running_var")):
             continue
         weight = state_dict.get(key.rsplit(".", 1)[0] + ".weight")
-        if weight is not None and value.dim() == 1 and value.numel() != weight.numel() \
-                and value.numel() % weight.numel() == 0:
+        if (
+            weight is not None
+            and value.dim() == 1
+            and value.numel() != weight.numel()
+            and value.numel() % weight.numel() == 0
+        ):
             out[key] = value.view(-1, weight.numel()).mean(0)
     return out
 
@@ -141,8 +147,9 @@ def export_state_dict(trunk: ResNetTrunk) -> Dict[str, Tensor]:
     return fold_split_bn_stats({key: value.detach().clone() for key, value in trunk.state_dict().items()})
 
 
-def load_torchvision_resnet(state_dict: Dict[str, Tensor], arch: str, cifar_stem: bool = False,
-                            strict: bool = True) -> nn.Module:
+def load_torchvision_resnet(
+    state_dict: Dict[str, Tensor], arch: str, cifar_stem: bool = False, strict: bool = True
+) -> nn.Module:
     """Build ``torchvision.models.<arch>()`` with ``fc = Identity`` and load an exported trunk."""
     net = getattr(torchvision.models, arch)(weights=None)
     if cifar_stem:

@@ -4,6 +4,7 @@
 draws (pictures); :func:`training_grid` joins them for TensorBoard, :func:`epoch_grid` also writes the PNG under the run.
 The command line is ``ssmix-visualize`` (``python -m ssmix.visualize_mix``).
 """
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,14 @@ from ssmix.visualize.sweep import lambda_sweep, load_pairs, sweep_lambdas
 FIGURES = "figures"  # under output_dir: the train.vis_every PNGs
 
 
-def training_figure(cfg: Config, model: nn.Module, device: torch.device | str, pairs: int = 4, steps: int = 5,
-                    source: str = "") -> Image.Image:
+def training_figure(
+    cfg: Config,
+    model: nn.Module,
+    device: torch.device | str,
+    pairs: int = 4,
+    steps: int = 5,
+    source: str = "",
+) -> Image.Image:
     """``pairs`` pairs of the training split (eval transform) at ``steps`` lambdas; the mask figure for
     learned Mixers; ``source`` goes into the title (e.g. "epoch 3, step 120"). RNG and model untouched."""
     data = load_pairs(cfg, cfg.data.split, pairs, device)
@@ -29,8 +36,14 @@ def training_figure(cfg: Config, model: nn.Module, device: torch.device | str, p
     return mask_figure(cfg, sweep, source) if sweep.learned else mix_figure(cfg, sweep, source)
 
 
-def training_grid(cfg: Config, model: nn.Module, device: torch.device | str, pairs: int = 4,
-                  steps: int = 5, source: str = "") -> Tensor:
+def training_grid(
+    cfg: Config,
+    model: nn.Module,
+    device: torch.device | str,
+    pairs: int = 4,
+    steps: int = 5,
+    source: str = "",
+) -> Tensor:
     """:func:`training_figure` as a (3, H, W) tensor in [0, 1], for TensorBoard."""
     import torchvision.transforms.functional as TF
 

@@ -7,6 +7,7 @@ output s_a. Each row is labelled with its pair, the dataset indices and labels (
 and b; the title names the method, mixer, config and which weights (checkpoint, epoch) it shows, so a
 figure reads without the text beside it.
 """
+
 from __future__ import annotations
 
 import math
@@ -57,10 +58,13 @@ def mask_cells(sweep: Sweep, mean: Sequence[float], std: Sequence[float]) -> Ten
         grey = masks.transpose(0, 1).clamp(0, 1).expand(-1, -1, 3, -1, -1).cpu()
         return torch.cat([blank, grey], dim=1)
 
-    return torch.stack([images, row(sweep.masks), row(sweep.raw_masks)], dim=1).reshape(3 * p, cols, *images.shape[2:])
+    return torch.stack([images, row(sweep.masks), row(sweep.raw_masks)], dim=1).reshape(
+        3 * p, cols, *images.shape[2:]
+    )
 
 
-def _font() -> ImageFont.ImageFont:
+def text_font() -> ImageFont.ImageFont:
+    """The figures' font: PIL's scalable default at FONT_SIZE (its bitmap font before Pillow 10.1)."""
     try:
         return ImageFont.load_default(size=FONT_SIZE)
     except TypeError:  # Pillow < 10.1: the fixed bitmap font
@@ -69,7 +73,7 @@ def _font() -> ImageFont.ImageFont:
 
 def _wrap(draw: ImageDraw.ImageDraw, text: str, width: int, max_lines: int) -> List[str]:
     """Greedy word wrap to ``width`` pixels, at most ``max_lines`` lines (the last one cut with '...')."""
-    font, lines, line = _font(), [], ""
+    font, lines, line = text_font(), [], ""
     for word in text.split():
         trial = f"{line} {word}".strip()
         if draw.textlength(trial, font=font) <= width or not line:
@@ -91,13 +95,15 @@ def _wrap(draw: ImageDraw.ImageDraw, text: str, width: int, max_lines: int) -> L
 def figure_size(rows: int, cols: int, image_size: int, scale_bar: bool = False) -> Tuple[int, int]:
     """(width, height) in pixels of a figure of ``rows x cols`` cells of an ``image_size`` image."""
     cell = image_size * max(1, math.ceil(MIN_CELL / image_size))
-    return (ROW_LABEL_W + cols * (cell + PAD) + PAD,
-            rows * (cell + PAD) + PAD + (TITLE_LINES + 1) * LINE_H + (BAR_H if scale_bar else 0))
+    return (
+        ROW_LABEL_W + cols * (cell + PAD) + PAD,
+        rows * (cell + PAD) + PAD + (TITLE_LINES + 1) * LINE_H + (BAR_H if scale_bar else 0),
+    )
 
 
 def _scale_bar(draw: ImageDraw.ImageDraw, x: int, y: int, width: int) -> None:
     """A grey ramp from 0 (black) to 1 (white) with its legend: how to read a mask cell."""
-    font = _font()
+    font = text_font()
     for i in range(width):
         v = round(255 * i / max(width - 1, 1))
         draw.line([(x + i, y), (x + i, y + 10)], fill=(v, v, v))
@@ -109,9 +115,14 @@ def _scale_bar(draw: ImageDraw.ImageDraw, x: int, y: int, width: int) -> None:
     draw.text((x + (width - draw.textlength(middle, font=font)) / 2, y + 13), middle, fill="black", font=font)
 
 
-def render(cells: Tensor, col_labels: Sequence[str], title: str,
-           cell_text: Optional[Dict[Tuple[int, int], str]] = None,
-           row_labels: Optional[Sequence[Sequence[str]]] = None, scale_bar: bool = False) -> Image.Image:
+def render(
+    cells: Tensor,
+    col_labels: Sequence[str],
+    title: str,
+    cell_text: Optional[Dict[Tuple[int, int], str]] = None,
+    row_labels: Optional[Sequence[Sequence[str]]] = None,
+    scale_bar: bool = False,
+) -> Image.Image:
     """A PIL figure: ``title`` (wrapped, at most TITLE_LINES lines), one label per column, ``row_labels``
     (lines per row) in a left margin, then the (R, C, 3, H, W) ``cells`` in [0, 1] upscaled to >= MIN_CELL
     px, and with ``scale_bar`` a grey ramp saying how to read masks. Cells named in ``cell_text`` are
@@ -134,9 +145,11 @@ def render(cells: Tensor, col_labels: Sequence[str], title: str,
     grid[:, padding] = BACKGROUND[:, None]
     grid_img = Image.fromarray(grid.mul(255).round().clamp(0, 255).byte().permute(1, 2, 0).numpy())
     top, left = (TITLE_LINES + 1) * LINE_H, ROW_LABEL_W
-    figure = Image.new("RGB", (grid_img.width + left, grid_img.height + top + (BAR_H if scale_bar else 0)), "white")
+    figure = Image.new(
+        "RGB", (grid_img.width + left, grid_img.height + top + (BAR_H if scale_bar else 0)), "white"
+    )
     figure.paste(grid_img, (left, top))
-    draw, font = ImageDraw.Draw(figure), _font()
+    draw, font = ImageDraw.Draw(figure), text_font()
     for i, line in enumerate(_wrap(draw, title, figure.width - 2 * PAD, TITLE_LINES)):
         draw.text((PAD, i * LINE_H + 1), line, fill="black", font=font)
     cell_w, cell_h = w * zoom + PAD, h * zoom + PAD
@@ -167,8 +180,14 @@ def pair_labels(sweep: Sweep) -> List[List[str]]:
         label = int(labels[i]) if labels is not None else -1
         return f"{name}: #{int(index[i])}, {kind} {label if label >= 0 else '?'}"
 
-    return [[f"pair {i + 1}", who("a", sweep.index_a, sweep.labels_a, i), who("b", sweep.index_b, sweep.labels_b, i)]
-            for i in range(len(sweep.index_a))]
+    return [
+        [
+            f"pair {i + 1}",
+            who("a", sweep.index_a, sweep.labels_a, i),
+            who("b", sweep.index_b, sweep.labels_b, i),
+        ]
+        for i in range(len(sweep.index_a))
+    ]
 
 
 def _title(cfg: Config, sweep: Sweep, what: str, source: str = "") -> str:
@@ -184,19 +203,23 @@ def _title(cfg: Config, sweep: Sweep, what: str, source: str = "") -> str:
 def mix_figure(cfg: Config, sweep: Sweep, source: str = "") -> Image.Image:
     """The main grid: rows = pairs, columns = a, b, mixed at each lambda; ``source`` says which weights
     (e.g. "checkpoint step_00001000.pt" or "epoch 3, step 120")."""
-    from ssmix.data.datasets import data_info
+    from ssmix.data.datasets import dataset_info_from_config
 
-    info = data_info(cfg.data)
-    return render(grid_cells(sweep, info.mean, info.std), column_labels(sweep.lams),
-                  _title(cfg, sweep, "rows = pairs (a, b)", source), row_labels=pair_labels(sweep))
+    info = dataset_info_from_config(cfg.data)
+    return render(
+        grid_cells(sweep, info.mean, info.std),
+        column_labels(sweep.lams),
+        _title(cfg, sweep, "rows = pairs (a, b)", source),
+        row_labels=pair_labels(sweep),
+    )
 
 
 def mask_figure(cfg: Config, sweep: Sweep, source: str = "") -> Image.Image:
     """The learned Mixer's masks: per pair, mixed images / used mask of a / raw Mixer mask s_a, with the
     grey scale bar."""
-    from ssmix.data.datasets import data_info
+    from ssmix.data.datasets import dataset_info_from_config
 
-    info = data_info(cfg.data)
+    info = dataset_info_from_config(cfg.data)
     cells = mask_cells(sweep, info.mean, info.std)
     text = {}
     for r in range(0, cells.shape[0], 3):
@@ -204,6 +227,11 @@ def mask_figure(cfg: Config, sweep: Sweep, source: str = "") -> Image.Image:
     rows: List[List[str]] = []
     for lines in pair_labels(sweep) or [[f"pair {i + 1}"] for i in range(cells.shape[0] // 3)]:
         rows += [lines, [lines[0], "mask of a used"], [lines[0], "raw Mixer s_a"]]
-    return render(cells, column_labels(sweep.lams),
-                  _title(cfg, sweep, "per pair: mixed; mask of a used (post-processed); raw Mixer output s_a",
-                         source), text, row_labels=rows, scale_bar=True)
+    return render(
+        cells,
+        column_labels(sweep.lams),
+        _title(cfg, sweep, "per pair: mixed; mask of a used (post-processed); raw Mixer output s_a", source),
+        text,
+        row_labels=rows,
+        scale_bar=True,
+    )

@@ -4,6 +4,7 @@ For images of an object on a black background (Fashion-MNIST), a mask that follo
 image a where a's object is and b where b's is. :func:`object_corr` measures that as a correlation
 with the difference of the two foregrounds; a CutMix box, placed blind to the images, scores about 0.
 """
+
 from __future__ import annotations
 
 from torch import Tensor

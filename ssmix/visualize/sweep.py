@@ -7,6 +7,7 @@ Other random choices (box centre, FMix noise) come from torch's global generator
 mode under ``torch.no_grad()`` inside ``torch.random.fork_rng``: it changes neither the model nor the
 RNG streams, so the trainer can call it mid-run without breaking exact resume.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,20 +45,28 @@ def choose_pairs(num_items: int, pairs: int, seed: int) -> Tuple[Tensor, Tensor]
         raise ValueError(f"pairs={pairs}: expected at least 1 pair")
     order = torch.randperm(num_items, generator=torch.Generator().manual_seed(seed))
     if num_items >= 2 * pairs:
-        return order[:pairs], order[pairs:2 * pairs]
+        return order[:pairs], order[pairs : 2 * pairs]
     a = order[torch.arange(pairs) % num_items]
     return a, order[(torch.arange(pairs) + 1) % num_items]
 
 
 def load_pairs(cfg: Config, split: str, pairs: int, device: torch.device | str = "cpu") -> Pairs:
     """Build the ``split`` dataset of ``cfg.data`` and read ``pairs`` pairs through the eval transform."""
-    from ssmix.data.datasets import build_dataset, data_info
+    from ssmix.data.datasets import build_dataset, dataset_info_from_config
     from ssmix.data.transforms import build_eval_transform
 
     dc = cfg.data
-    info = data_info(dc)
-    dataset = build_dataset(dc.name, dc.root, split, download=dc.download, image_size=dc.image_size,
-                            num_samples=dc.num_samples, num_classes=info.num_classes, seed=cfg.seed)
+    info = dataset_info_from_config(dc)
+    dataset = build_dataset(
+        dc.name,
+        dc.root,
+        split,
+        download=dc.download,
+        image_size=dc.image_size,
+        num_samples=dc.num_samples,
+        num_classes=info.num_classes,
+        seed=cfg.seed,
+    )
     transform = build_eval_transform(dc.image_size, info.mean, info.std)
     index_a, index_b = choose_pairs(len(dataset), pairs, cfg.seed)
 
@@ -105,21 +114,29 @@ def _display_mixer(mixer: Mixer) -> Tuple[Mixer, str]:
     from ssmix.mixers.handcrafted import ManifoldMix
 
     if isinstance(mixer, ManifoldMix):
-        note = (f"ManifoldMix: pixel-space mix only (layers forced to [0]; training mixes the online "
-                f"trunk's maps at a position drawn from {list(mixer.cfg.layers)})")
+        note = (
+            f"ManifoldMix: pixel-space mix only (layers forced to [0]; training mixes the online "
+            f"trunk's maps at a position drawn from {list(mixer.cfg.layers)})"
+        )
         return build_mixer(dataclasses.replace(mixer.cfg, layers=[0])), note
     return mixer, ""
 
 
-def _sweep_labels(model: nn.Module, mixer: Mixer, pairs: Pairs, from_training_split: bool
-                  ) -> Tuple[Optional[Tensor], str]:
+def _sweep_labels(
+    model: nn.Module, mixer: Mixer, pairs: Pairs, from_training_split: bool
+) -> Tuple[Optional[Tensor], str]:
     """Labels of the 2P-row batch [a; b] and a note saying which: ODC pseudo-labels of a trained run on
     its own split, else the dataset labels; SAMix-C labels outside its cluster head become -1 (unknown)."""
     if not mixer.needs_labels:
         return None, ""
-    odc = getattr(model.pipeline, "odc", None)
+    odc = getattr(model.mixing, "odc", None)
     index = torch.cat([pairs.index_a, pairs.index_b])
-    if odc is not None and bool(odc.initialized) and from_training_split and int(index.max()) < odc.labels.shape[0]:
+    if (
+        odc is not None
+        and bool(odc.initialized)
+        and from_training_split
+        and int(index.max()) < odc.labels.shape[0]
+    ):
         return odc.labels_of(index.cpu()).to(index.device), "labels: the run's ODC pseudo-labels"
     labels = torch.cat([pairs.labels_a, pairs.labels_b])
     head = getattr(mixer, "head", None)
@@ -140,24 +157,77 @@ def _mixer_maps(mixer: Mixer, batch: Tensor, feature_maps: Optional[Tensor]) -> 
     return trunk.run(batch, 0, MAP_AT)
 
 
-def lambda_sweep(model: nn.Module, pairs: Pairs, lams: Sequence[float], seed: int = 0,
-                 from_training_split: bool = True) -> Sweep:
-    """Run ``model.pipeline.mixer`` on every pair at every lambda in ``lams`` (passed to the mixer as the
+def _sweep_context(
+    method,
+    batch: Tensor,
+    perm: Tensor,
+    feature_maps: Optional[Tensor],
+    labels: Optional[Tensor],
+    pairs: Pairs,
+) -> MixContext:
+    """The step's mixing context for the sweep batch [a; b] paired by ``perm`` (no keys: zeros)."""
+    return MixContext(
+        views=[batch, batch],
+        pairing=Pairing(0, 1, perm),
+        keys=torch.zeros(2, batch.shape[0], method.embed_dim, device=batch.device),
+        negatives=None,
+        temperature=method.temperature,
+        embed_target=method.embed_target,
+        online_prefix=method.online_prefix,
+        feature_maps=feature_maps,
+        labels=labels,
+        num_classes=0,
+        index=torch.cat([pairs.index_a, pairs.index_b]),
+    )
+
+
+def _sweep_columns(
+    mixer: Mixer, ctx: MixContext, lams: Sequence[float], seed: int, p: int, net_maps: Optional[Tensor]
+) -> Tuple[List[Tensor], List[Tensor], List[Tensor]]:
+    """(mixed images, the mixer's masks, a learned Mixer's raw masks) of rows 0..p-1 at each lambda."""
+    batch = ctx.views[0]
+    mixed, masks, raw = [], [], []
+    for lam in lams:
+        torch.manual_seed(seed)  # same geometry in every column
+        res = mixer(*ctx.pairing.sources(ctx.views), lam, ctx)
+        if res.start != 0:
+            raise RuntimeError(f"{type(mixer).__name__} mixed at trunk position {res.start}, not pixels")
+        mixed.append(res.x[:p].float())
+        if res.mask is not None:
+            masks.append(res.mask[:p].float().expand(p, 1, *batch.shape[-2:]))
+        if net_maps is not None:
+            lam_rows = torch.full((2 * p,), float(lam), device=batch.device)
+            raw.append(
+                mixer.net(*ctx.pairing.sources([net_maps, net_maps]), lam_rows, batch.shape[-2:])[:p].float()
+            )
+    return mixed, masks, raw
+
+
+def lambda_sweep(
+    model: nn.Module, pairs: Pairs, lams: Sequence[float], seed: int = 0, from_training_split: bool = True
+) -> Sweep:
+    """Run ``model.mixing.mixer`` on every pair at every lambda in ``lams`` (passed to the mixer as the
     step passes its drawn lambda).
 
     The batch is [a; b] (2P rows) with the partner permutation pairing row i with row P + i (and back),
     so every mixer sees its usual contract (``xb = views[view_b][perm]``, ``labels[perm]`` and
     ``feature_maps[view_b][perm]`` are the partners'); rows 0..P-1 are kept. Eval mode, no gradient, the
     RNG state and the model's mode are restored on exit."""
-    if getattr(model, "pipeline", None) is None:
-        raise ConfigError("mix.type is 'none': there is no mixer to visualise; set mix.type (e.g. mix.type=cutmix)")
+    if getattr(model, "mixing", None) is None:
+        raise ConfigError(
+            "mix.type is 'none': there is no mixer to visualise; set mix.type (e.g. mix.type=cutmix)"
+        )
     method = model.method
-    mixer, note = _display_mixer(model.pipeline.mixer)
+    mixer, note = _display_mixer(model.mixing.mixer)
     p = pairs.xa.shape[0]
     device = pairs.xa.device
     batch = torch.cat([pairs.xa, pairs.xb])
     perm = torch.cat([torch.arange(p, 2 * p), torch.arange(p)]).to(device)
-    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    cuda = (
+        [device.index if device.index is not None else torch.cuda.current_device()]
+        if device.type == "cuda"
+        else []
+    )
     was_training = model.training
     model.eval()
     try:
@@ -169,34 +239,23 @@ def lambda_sweep(model: nn.Module, pairs: Pairs, lams: Sequence[float], seed: in
             labels, label_note = _sweep_labels(model, mixer, pairs, from_training_split)
             note = "; ".join(n for n in (note, label_note) if n)
             shown = labels if labels is not None else torch.cat([pairs.labels_a, pairs.labels_b]).to(device)
-            ctx = MixContext(
-                views=[batch, batch], pairing=Pairing(0, 1, perm),
-                keys=torch.zeros(2, 2 * p, method.embed_dim, device=device), negatives=None,
-                temperature=method.temperature, embed_target=method.embed_target,
-                online_prefix=method.online_prefix, feature_maps=feature_maps,
-                labels=labels, num_classes=0,
-                index=torch.cat([pairs.index_a, pairs.index_b]),
-            )
+            ctx = _sweep_context(method, batch, perm, feature_maps, labels, pairs)
             net = getattr(mixer, "net", None)
             net_maps = _mixer_maps(mixer, batch, feature_maps) if net is not None else None
-            mixed, masks, raw = [], [], []
-            for lam in lams:
-                torch.manual_seed(seed)  # same geometry in every column
-                res = mixer(*ctx.pairing.sources(ctx.views), lam, ctx)
-                if res.start != 0:
-                    raise RuntimeError(f"{type(mixer).__name__} mixed at trunk position {res.start}, not pixels")
-                mixed.append(res.x[:p].float())
-                if res.mask is not None:
-                    masks.append(res.mask[:p].float().expand(p, 1, *batch.shape[-2:]))
-                if net_maps is not None:
-                    lam_rows = torch.full((2 * p,), float(lam), device=device)
-                    raw.append(net(*ctx.pairing.sources([net_maps, net_maps]), lam_rows, batch.shape[-2:])[:p].float())
+            mixed, masks, raw = _sweep_columns(mixer, ctx, lams, seed, p, net_maps)
     finally:
         model.train(was_training)
     return Sweep(
-        lams=[float(v) for v in lams], xa=pairs.xa.float(), xb=pairs.xb.float(), mixed=torch.stack(mixed),
+        lams=[float(v) for v in lams],
+        xa=pairs.xa.float(),
+        xb=pairs.xb.float(),
+        mixed=torch.stack(mixed),
         masks=torch.stack(masks) if len(masks) == len(mixed) else None,
-        raw_masks=torch.stack(raw) if raw else None, note=note,
-        index_a=pairs.index_a.cpu(), index_b=pairs.index_b.cpu(), labels_a=shown[:p].cpu(), labels_b=shown[p:].cpu(),
+        raw_masks=torch.stack(raw) if raw else None,
+        note=note,
+        index_a=pairs.index_a.cpu(),
+        index_b=pairs.index_b.cpu(),
+        labels_a=shown[:p].cpu(),
+        labels_b=shown[p:].cpu(),
         label_kind="cluster" if "ODC" in label_note else "label",
     )

@@ -3,28 +3,34 @@
 ``samix_i`` (instance level), ``samix_c`` (cluster level, ODC pseudo-labels) and ``samix_p`` (a frozen,
 pre-trained Mixer). The shared encoder-mask options live in :class:`MaskPostConfig`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Sequence
 
-from ssmix.config import ConfigError, LabelledMixConfig, MixConfig, register_mix_config
+from ssmix.config import BetaMixConfig, ConfigError, LabelledMixConfig, register_mix_config
 
 
 @dataclass
-class MaskPostConfig:
-    """Lambda sampling and post-processing of the encoder (bb) mask (docs/algorithm.md §3.6)."""
+class MaskPostConfig(BetaMixConfig):
+    """Lambda sampling (``alpha``, > 0: SAMix always mixes) and post-processing of the encoder (bb) mask
+    (docs/algorithm.md §3.6): what SAMix-I/C and SAMix-P share."""
 
-    alpha: float = 2.0  # lambda ~ Beta(alpha, alpha), one per batch (docs/algorithm.md §1)
     lam_margin: float = 0.1  # lam <= margin or 1 - lam <= margin -> vanilla mixup mask
     mask_smooth: float = 0.0  # 0 = off; else Gaussian sigma ~ U(0.5, mask_smooth) px
     mask_adjust: str = "auto"  # none | auto | auto_label (SAMix-C: same-cluster pairs get vanilla mixup)
     mean_margin: float = 0.05  # "auto": per-sample mask mean brought within lam +- mean_margin
 
+    def validate_alpha(self) -> None:
+        """Raise :class:`ConfigError` unless ``alpha > 0`` (0, no mixing, would leave the Mixer nothing to learn)."""
+        if self.alpha <= 0:
+            raise ConfigError(f"mix.alpha: SAMix needs a Beta concentration > 0, got {self.alpha}")
+
 
 @register_mix_config("samix_i")
 @dataclass
-class SAMixIConfig(MaskPostConfig, MixConfig):
+class SAMixIConfig(MaskPostConfig):
     """SAMix-I: the Mixer trained by BCE(two sources) + eta * mixup infoNCE + mask loss (docs/algorithm.md §4.1)."""
 
     type: str = "samix_i"
@@ -33,16 +39,22 @@ class SAMixIConfig(MaskPostConfig, MixConfig):
     reduction: int = 2  # query/key width = feature_channels / reduction
     rescale_k: float = 1.0  # lambda rescale rho_k; -1 disables
     dropout: float = 0.0  # after the value net (0.1 in the ImageNet dev configs)
-    lam_offset: bool = False  # ours: s_a = sigmoid(logit(lam) - content) (docs/algorithm.md §3.2); off = reference
+    # ours: s_a = sigmoid(logit(lam) - content) (docs/algorithm.md §3.2); off = reference
+    lam_offset: bool = False
+    # ours: std of the query / key weights at init; 0.01 = the reference's, as every Mixer weight
+    # (docs/algorithm.md §3.5 item 4). Larger starts the attention away from uniform (docs/algorithm.md §3.3)
+    qk_init_std: float = 0.01
     # Mixer losses (docs/algorithm.md §3.7, §4.1)
     mask_loss: str = "l2"  # l2 (SSL dev configs) | l1 (SL configs)
     mask_loss_margin: float = 0.1
-    mask_mean: str = "batch"  # batch (docs/algorithm.md §3.7, the code) | sample: l_mu on each image's mask mean
+    # batch (docs/algorithm.md §3.7, the code) | sample: l_mu on each image's mask mean
+    mask_mean: str = "batch"
     mask_loss_weight: float = 0.1  # beta at step 0, decays to 0
     mask_loss_decay: str = "linear"  # linear (paper) | cosine (code)
     eta: float = 0.5  # weight of the global term
     eta_schedule: str = "constant"  # constant (paper) | cosine (code: 0.5 -> 0)
-    latent_pos_extend: str = "none"  # none | interpolation | extrapolation | both (docs/algorithm.md §4.1 caveat 2)
+    # none | interpolation | extrapolation | both (docs/algorithm.md §4.1 caveat 2)
+    latent_pos_extend: str = "none"
     # true: mb mask from the features of pi_bb(pi_mb(i)) as the code (docs/algorithm.md §9.1)
     leaky_pairing: bool = False
     # Mixer optimizer group (docs/algorithm.md §6.2, §11)
@@ -70,7 +82,7 @@ class SAMixCConfig(SAMixIConfig, LabelledMixConfig):
 
 @register_mix_config("samix_p")
 @dataclass
-class SAMixPConfig(MaskPostConfig, MixConfig):
+class SAMixPConfig(MaskPostConfig):
     """SAMix-P: a frozen Mixer and its frozen stage 0-3 encoder loaded from ``checkpoint`` (docs/algorithm.md §2.4)."""
 
     type: str = "samix_p"
@@ -84,13 +96,15 @@ def _choice(cfg: object, key: str, options: Sequence[str]) -> None:
 
 
 def validate_mask_post(cfg: MaskPostConfig, labels: bool) -> None:
-    """Raise :class:`ConfigError` naming the ``mix.*`` key of a bad post-processing option."""
-    if cfg.alpha <= 0:
-        raise ConfigError(f"mix.alpha: SAMix needs a Beta concentration > 0, got {cfg.alpha}")
+    """Raise :class:`ConfigError` naming the ``mix.*`` key of a bad post-processing option (``alpha``
+    again: the config refused a bad one when it was made, but fields can be set since)."""
+    cfg.validate_alpha()
     if not 0 <= cfg.lam_margin < 0.5:
         raise ConfigError(f"mix.lam_margin: expected a value in [0, 0.5), got {cfg.lam_margin}")
     if cfg.mask_smooth != 0 and cfg.mask_smooth <= 0.5:
-        raise ConfigError(f"mix.mask_smooth: 0 (off) or the largest sigma in px (> 0.5), got {cfg.mask_smooth}")
+        raise ConfigError(
+            f"mix.mask_smooth: 0 (off) or the largest sigma in px (> 0.5), got {cfg.mask_smooth}"
+        )
     if cfg.mean_margin < 0:
         raise ConfigError(f"mix.mean_margin: expected >= 0, got {cfg.mean_margin}")
     _choice(cfg, "mask_adjust", ("none", "auto", "auto_label"))
@@ -102,13 +116,19 @@ def validate_samix(cfg: SAMixIConfig, labels: bool) -> None:
     """Checks shared by SAMix-I and SAMix-C."""
     validate_mask_post(cfg, labels)
     if cfg.feature_channels < 2 or cfg.feature_channels % 2:
-        raise ConfigError(f"mix.feature_channels: expected an even width (256 or 1024), got {cfg.feature_channels}")
+        raise ConfigError(
+            f"mix.feature_channels: expected an even width (256 or 1024), got {cfg.feature_channels}"
+        )
     if cfg.reduction < 1 or cfg.feature_channels % cfg.reduction:
         raise ConfigError(
             f"mix.reduction: must divide mix.feature_channels={cfg.feature_channels}, got {cfg.reduction}"
         )
     if not (cfg.rescale_k == -1 or cfg.rescale_k >= 0):
         raise ConfigError(f"mix.rescale_k: -1 (off) or >= 0 (monotone rescale), got {cfg.rescale_k}")
+    if not cfg.qk_init_std > 0:
+        raise ConfigError(
+            f"mix.qk_init_std: expected a positive std (0.01: the reference), got {cfg.qk_init_std}"
+        )
     if not 0 <= cfg.dropout < 1:
         raise ConfigError(f"mix.dropout: expected a probability in [0, 1), got {cfg.dropout}")
     _choice(cfg, "mask_loss", ("l2", "l1"))

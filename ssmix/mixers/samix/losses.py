@@ -3,6 +3,7 @@
 Instance-level terms reuse :mod:`ssmix.losses.contrastive` (``two_source_bce``, ``mixup_info_nce``,
 ``mixup_info_nce_in_batch``). Every function here returns a scalar (batch-reduced) loss.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -32,8 +33,16 @@ def extend_positives(target: Tensor, own: Tensor, mode: str) -> Tensor:
     return F.normalize(mixed, dim=-1)
 
 
-def mixup_info_nce_masked(z: Tensor, pos_a: Tensor, pos_b: Tensor, lam: Tensor, candidates: Tensor,
-                          index_a: Tensor, index_b: Tensor, temperature: float) -> Tensor:
+def mixup_info_nce_masked(
+    z: Tensor,
+    pos_a: Tensor,
+    pos_b: Tensor,
+    lam: Tensor,
+    candidates: Tensor,
+    index_a: Tensor,
+    index_b: Tensor,
+    temperature: float,
+) -> Tensor:
     """Per-row lam l^NCE(z, pos_a) + (1 - lam) l^NCE(z, pos_b) whose negatives are the in-batch
     ``candidates`` except rows ``index_a``/``index_b`` (in-batch form with replaced positives)."""
     z = z.float()
@@ -62,8 +71,9 @@ def weighted_mean(loss: Tensor, weight: Tensor) -> Tensor:
     return (loss * weight).sum() / weight.sum().clamp_min(1e-12)
 
 
-def mixup_cross_entropy(logits: Tensor, labels_a: Tensor, labels_b: Tensor, lam: Tensor, weight_a: Tensor,
-                        weight_b: Tensor) -> Tensor:
+def mixup_cross_entropy(
+    logits: Tensor, labels_a: Tensor, labels_b: Tensor, lam: Tensor, weight_a: Tensor, weight_b: Tensor
+) -> Tensor:
     """Global term of SAMix-C (docs/algorithm.md §4.2): lam CE(s, y_a) + (1 - lam) CE(s, y_b) over all clusters,
     each CE class-weighted by :func:`weighted_mean`."""
     logp = F.log_softmax(logits.float(), dim=-1)
@@ -78,8 +88,9 @@ def cross_entropy(logits: Tensor, labels: Tensor, weight: Tensor) -> Tensor:
     return weighted_mean(-logp.gather(1, labels.clamp_min(0)[:, None])[:, 0], weight)
 
 
-def pair_bce(logits: Tensor, labels_a: Tensor, labels_b: Tensor, lam: Tensor, weight_a: Tensor,
-             weight_b: Tensor) -> Tensor:
+def pair_bce(
+    logits: Tensor, labels_a: Tensor, labels_b: Tensor, lam: Tensor, weight_a: Tensor, weight_b: Tensor
+) -> Tensor:
     """Local term of SAMix-C, the parametric BCE over the two source clusters (docs/algorithm.md §4.2):
     p = e^{s_a} / (e^{s_a} + e^{s_b}); -lam log p - (1 - lam) log(1 - p), class-weighted.
 
@@ -90,4 +101,6 @@ def pair_bce(logits: Tensor, labels_a: Tensor, labels_b: Tensor, lam: Tensor, we
     distinct = (labels_a != labels_b).float()
     loss_a = -F.logsigmoid(s_a - s_b)
     loss_b = -F.logsigmoid(s_b - s_a)
-    return weighted_mean(lam * loss_a, weight_a * distinct) + weighted_mean((1 - lam) * loss_b, weight_b * distinct)
+    return weighted_mean(lam * loss_a, weight_a * distinct) + weighted_mean(
+        (1 - lam) * loss_b, weight_b * distinct
+    )

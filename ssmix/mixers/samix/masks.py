@@ -5,6 +5,7 @@ weights (docs/algorithm.md §3.7, §4.1).
 Convention everywhere: a mask is ``s_a``, the per-pixel weight of source a, shape (N, 1, H, W); the
 partner's mask is ``s_b = 1 - s_a``. Lambdas are per-row tensors (N,) (one value per batch in practice).
 """
+
 from __future__ import annotations
 
 import math
@@ -33,15 +34,16 @@ def _rows(lam: Tensor) -> Tensor:
     return lam.reshape(-1, 1, 1, 1)
 
 
-def constant_mask(lam: Tensor, like: Tensor) -> Tensor:
-    """The vanilla-mixup mask: ``lam[n]`` at every pixel of row n."""
+def row_constant_mask(lam: Tensor, like: Tensor) -> Tensor:
+    """The vanilla-mixup mask of each row: ``lam[n]`` (N,) at every pixel of row n, shaped and typed like
+    the mask ``like`` (N, 1, H, W)."""
     return _rows(lam).to(like.dtype).expand_as(like)
 
 
 def lam_margin_fallback(mask: Tensor, lam: Tensor, margin: float) -> Tensor:
     """Rows with lam <= margin or 1 - lam <= margin get the constant mask (docs/algorithm.md §3.6 step 1)."""
     extreme = (lam <= margin) | (1 - lam <= margin)
-    return torch.where(_rows(extreme), constant_mask(lam, mask), mask)
+    return torch.where(_rows(extreme), row_constant_mask(lam, mask), mask)
 
 
 def gaussian_kernel1d(sigma: float) -> Tensor:
@@ -63,7 +65,7 @@ def gaussian_smooth(mask: Tensor, sigma: float) -> Tensor:
 
 
 def adjust_mask_mean(mask: Tensor, lam: Tensor, margin: float) -> Tensor:
-    """"auto" lambda adjusting, per sample (docs/algorithm.md §3.6 step 3).
+    """ "auto" lambda adjusting, per sample (docs/algorithm.md §3.6 step 3).
 
     With mu = mean(s_a) of the clamped mask: mu > lam + margin scales s_a by lam / mu; mu < lam - margin
     scales s_b by (1 - lam) / (1 - mu). Either way the row's mean becomes exactly lam, values stay in
@@ -78,9 +80,9 @@ def adjust_mask_mean(mask: Tensor, lam: Tensor, margin: float) -> Tensor:
 
 
 def same_label_mixup(mask: Tensor, lam: Tensor, labels_a: Tensor, labels_b: Tensor) -> Tensor:
-    """"auto_label": pairs of the same (known) pseudo-label get the constant mask (docs/algorithm.md §3.6 step 3)."""
+    """ "auto_label": pairs of the same (known) pseudo-label get the constant mask (docs/algorithm.md §3.6 step 3)."""
     same = (labels_a == labels_b) & (labels_a >= 0)
-    return torch.where(_rows(same), constant_mask(lam, mask), mask)
+    return torch.where(_rows(same), row_constant_mask(lam, mask), mask)
 
 
 def postprocess_encoder_mask(
@@ -109,8 +111,9 @@ def postprocess_encoder_mask(
     return lam_margin_fallback(mask, lam, lam_margin)
 
 
-def mask_loss(mask: Tensor, lam: float | Tensor, margin: float = 0.1, form: str = "l2",
-              per_sample: bool = False) -> Tensor:
+def mask_loss(
+    mask: Tensor, lam: float | Tensor, margin: float = 0.1, form: str = "l2", per_sample: bool = False
+) -> Tensor:
     """l_mu + l_sigma of docs/algorithm.md §3.7 (unweighted; multiply by beta).
 
     With m = mean of s_a over the batch and all pixels (= 1 - mean(s_b)):

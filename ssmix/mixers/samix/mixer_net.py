@@ -14,6 +14,7 @@ the content only moves pixels away from it; the value net then reads z_b without
 lambda per batch, the value net's BatchNorm (train mode) removes the (2 - lam~) gain exactly, so without
 the offset lambda reaches the mask only through the attention weights.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,7 +28,6 @@ from torch import Tensor
 from ssmix.mixers.base import expand_lam
 from ssmix.mixers.samix.masks import rescale_lambda
 
-
 #: lambda is clipped to [LAM_EPS, 1 - LAM_EPS] before its logit (``lam_offset``)
 LAM_EPS = 1e-3
 
@@ -35,8 +35,15 @@ LAM_EPS = 1e-3
 class MixerNet(nn.Module):
     """Pixel-wise mask generator; ``forward`` returns s_a, the mask of source a, (N, 1, H, W) fp32."""
 
-    def __init__(self, in_channels: int, reduction: int = 2, rescale_k: float = 1.0, dropout: float = 0.0,
-                 lam_offset: bool = False) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        reduction: int = 2,
+        rescale_k: float = 1.0,
+        dropout: float = 0.0,
+        lam_offset: bool = False,
+        qk_init_std: float = 0.01,
+    ) -> None:
         super().__init__()
         if in_channels < 2 or in_channels % reduction or in_channels % 2:
             raise ValueError(
@@ -45,6 +52,7 @@ class MixerNet(nn.Module):
         self.in_channels, self.reduction = in_channels, reduction
         self.rescale_k, self.dropout = float(rescale_k), float(dropout)
         self.lam_offset = bool(lam_offset)
+        self.qk_init_std = float(qk_init_std)
         self.qk_dim = in_channels // reduction
         self.query = nn.Conv2d(2 * in_channels, self.qk_dim, kernel_size=1, bias=True)
         self.key = nn.Conv2d(2 * in_channels, self.qk_dim, kernel_size=1, bias=True)
@@ -59,7 +67,8 @@ class MixerNet(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Conv/Linear weights N(0, 0.01^2), biases 0; BN weight 1, bias 0 (docs/algorithm.md §3.5 item 4)."""
+        """Conv/Linear weights N(0, 0.01^2), biases 0; BN weight 1, bias 0 (docs/algorithm.md §3.5 item 4);
+        the query and key weights N(0, qk_init_std^2) (``mix.qk_init_std``, 0.01 by default)."""
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 nn.init.normal_(module.weight, 0.0, 0.01)
@@ -68,11 +77,18 @@ class MixerNet(nn.Module):
             elif isinstance(module, nn.BatchNorm2d):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+        for module in (self.query, self.key):
+            nn.init.normal_(module.weight, 0.0, self.qk_init_std)
 
     def hparams(self) -> Dict[str, float]:
         """Constructor arguments (stored with an exported Mixer, see ``pretrained.py``)."""
-        return {"in_channels": self.in_channels, "reduction": self.reduction, "rescale_k": self.rescale_k,
-                "dropout": self.dropout, "lam_offset": self.lam_offset}
+        return {
+            "in_channels": self.in_channels,
+            "reduction": self.reduction,
+            "rescale_k": self.rescale_k,
+            "dropout": self.dropout,
+            "lam_offset": self.lam_offset,
+        }
 
     def _check(self, z_a: Tensor, z_b: Tensor) -> None:
         if z_a.dim() != 4 or z_a.shape != z_b.shape or z_a.shape[1] != self.in_channels:
@@ -104,13 +120,17 @@ class MixerNet(nn.Module):
         """Content upsampled bilinearly to ``size`` (the image size, docs/algorithm.md §9.10): s_b = sigmoid(it)."""
         content = self.content(z_a, z_b, lam)
         with torch.autocast(device_type=content.device.type, enabled=False):
-            logits = F.interpolate(content, size=tuple(int(s) for s in size), mode="bilinear", align_corners=False)
+            logits = F.interpolate(
+                content, size=tuple(int(s) for s in size), mode="bilinear", align_corners=False
+            )
             if self.lam_offset:
                 lam_t = expand_lam(lam, content.shape[0], content.device).float().clamp(LAM_EPS, 1 - LAM_EPS)
                 logits = logits + torch.log((1 - lam_t) / lam_t).view(-1, 1, 1, 1)
             return logits
 
-    def mask_pair(self, z_a: Tensor, z_b: Tensor, lam: float | Tensor, size: Sequence[int]) -> Tuple[Tensor, Tensor]:
+    def mask_pair(
+        self, z_a: Tensor, z_b: Tensor, lam: float | Tensor, size: Sequence[int]
+    ) -> Tuple[Tensor, Tensor]:
         """(s_a, s_b), each (N, 1, H, W), s_a + s_b = 1."""
         logits = self.logits(z_a, z_b, lam, size)
         return torch.sigmoid(-logits), torch.sigmoid(logits)

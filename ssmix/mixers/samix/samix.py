@@ -6,6 +6,7 @@ encoder trains on the result) and :meth:`aux_losses` (the "mb" batch: a fresh la
 and a fresh partner permutation, a mask *with* gradient, the mixed images embedded by the frozen target branch
 ``ctx.embed_target``, so the Mixer's losses reach only the Mixer, through the mask).
 """
+
 from __future__ import annotations
 
 import copy
@@ -20,8 +21,9 @@ from torch import Tensor
 
 from ssmix.config import ConfigError
 from ssmix.losses.contrastive import mixup_info_nce, mixup_info_nce_in_batch, two_source_bce
-from ssmix.mixers.base import Mixer, blend, mask_statistics, register_mixer
+from ssmix.mixers.base import Mixer, MixerLosses, blend, mask_statistics, register_mixer
 from ssmix.mixers.samix.configs import SAMixCConfig, SAMixIConfig, validate_samix
+from ssmix.mixers.samix.encoder_mix import mix_for_encoder
 from ssmix.mixers.samix.losses import (
     cross_entropy,
     extend_positives,
@@ -30,7 +32,7 @@ from ssmix.mixers.samix.losses import (
     pair_bce,
     sample_weights,
 )
-from ssmix.mixers.samix.masks import decayed_weight, mask_loss, postprocess_encoder_mask
+from ssmix.mixers.samix.masks import decayed_weight, mask_loss
 from ssmix.mixers.samix.mixer_net import MixerNet
 from ssmix.mixup import MixContext, MixedInputs, Pairing, derangement
 
@@ -66,7 +68,9 @@ class _LearnedMixer(Mixer):
     def __init__(self, cfg: SAMixIConfig) -> None:
         super().__init__(cfg)
         validate_samix(cfg, labels=self.needs_labels)
-        self.net = MixerNet(cfg.feature_channels, cfg.reduction, cfg.rescale_k, cfg.dropout, cfg.lam_offset)
+        self.net = MixerNet(
+            cfg.feature_channels, cfg.reduction, cfg.rescale_k, cfg.dropout, cfg.lam_offset, cfg.qk_init_std
+        )
 
     # -- bb: the encoder's mixed batch ---------------------------------------------------------
     def _pair_labels(self, ctx: MixContext, perm: Tensor) -> Tuple[Optional[Tensor], Optional[Tensor]]:
@@ -76,21 +80,12 @@ class _LearnedMixer(Mixer):
 
     def forward(self, xa: Tensor, xb: Tensor, lam: float, ctx: MixContext) -> MixedInputs:
         """x = s_a x_a + (1 - s_a) x_b with a detached, post-processed mask at lambda_bb = ``lam``
-        (docs/algorithm.md §2.1 step 5).
-
-        ``lam`` of the result is lambda_bb for every row: the encoder loss weights its two targets by
-        the drawn lambda, not by the mask mean (docs/algorithm.md §2.1 step 8)."""
+        (docs/algorithm.md §2.1 step 5) from the target branch's stage-3 maps of the two sources
+        (:func:`mix_for_encoder`, shared with SAMix-P)."""
         maps = _feature_maps(ctx, type(self).__name__)
-        cfg = self.cfg
-        n = xa.shape[0]
-        lam = torch.full((n,), float(lam), device=xa.device)
-        with torch.no_grad():
-            mask = self.net(*ctx.pairing.sources(maps), lam, xa.shape[-2:])
-            auto_label = cfg.mask_adjust == "auto_label"
-            labels_a, labels_b = self._pair_labels(ctx, ctx.pairing.perm) if auto_label else (None, None)
-            mask = postprocess_encoder_mask(mask, lam, cfg.lam_margin, cfg.mask_smooth, cfg.mask_adjust,
-                                            cfg.mean_margin, labels_a, labels_b)
-        return MixedInputs(x=blend(xa, xb, mask), lam=lam, start=0, mask=mask)
+        auto_label = self.cfg.mask_adjust == "auto_label"
+        labels = self._pair_labels(ctx, ctx.pairing.perm) if auto_label else (None, None)
+        return mix_for_encoder(self.net, self.cfg, xa, xb, ctx.pairing.sources(maps), lam, labels)
 
     # -- mb: the Mixer's mixed batch -----------------------------------------------------------
     def mixer_batch(self, ctx: MixContext, lam: float) -> MixerTrainingBatch:
@@ -103,8 +98,9 @@ class _LearnedMixer(Mixer):
         device = ctx.views[0].device
         lam_rows = torch.full((n,), float(lam), device=device)
         pairing = ctx.pairing.with_partners(derangement(n, device))
-        feature_pairing = ctx.pairing.with_partners(ctx.pairing.perm[pairing.perm]) if self.cfg.leaky_pairing \
-            else pairing
+        feature_pairing = (
+            ctx.pairing.with_partners(ctx.pairing.perm[pairing.perm]) if self.cfg.leaky_pairing else pairing
+        )
         mask = self.net(*feature_pairing.sources(maps), lam_rows, ctx.views[0].shape[-2:])
         z = ctx.embed_target(blend(*pairing.sources(ctx.views), mask))
         return MixerTrainingBatch(lam=lam_rows, pairing=pairing, mask=mask, z=z)
@@ -112,10 +108,14 @@ class _LearnedMixer(Mixer):
     def mask_term(self, batch: MixerTrainingBatch, ctx: MixContext) -> Tensor:
         """beta(t) (l_mu + l_sigma) on the mb mask at lambda_mb (docs/algorithm.md §3.7)."""
         cfg = self.cfg
-        ctx.metrics.update(mask_statistics(batch.mask, "mixer_mask_"))
         beta = decayed_weight(cfg.mask_loss_weight, ctx.step, ctx.total_steps, cfg.mask_loss_decay)
-        return beta * mask_loss(batch.mask, batch.lam[0], cfg.mask_loss_margin, cfg.mask_loss,
-                                per_sample=cfg.mask_mean == "sample")
+        return beta * mask_loss(
+            batch.mask,
+            batch.lam[0],
+            cfg.mask_loss_margin,
+            cfg.mask_loss,
+            per_sample=cfg.mask_mean == "sample",
+        )
 
     def eta(self, ctx: MixContext) -> float:
         return decayed_weight(self.cfg.eta, ctx.step, ctx.total_steps, self.cfg.eta_schedule)
@@ -139,9 +139,16 @@ class _LearnedMixer(Mixer):
         """Plain SGD with the Mixer's own lr whatever the encoder's optimizer (``lars: False``,
         docs/algorithm.md §6.2)."""
         cfg = self.cfg
-        return {"name": "mixer", "params": list(self.net.parameters()), "lars": False, "lr": cfg.mixer_lr,
-                "momentum": cfg.mixer_momentum, "weight_decay": cfg.mixer_weight_decay,
-                "warmup_epochs": cfg.mixer_warmup_epochs, "min_lr": cfg.mixer_min_lr}
+        return {
+            "name": "mixer",
+            "params": list(self.net.parameters()),
+            "lars": False,
+            "lr": cfg.mixer_lr,
+            "momentum": cfg.mixer_momentum,
+            "weight_decay": cfg.mixer_weight_decay,
+            "warmup_epochs": cfg.mixer_warmup_epochs,
+            "min_lr": cfg.mixer_min_lr,
+        }
 
     def param_groups(self) -> List[dict]:
         return [self.mixer_group()]
@@ -168,11 +175,12 @@ class CosineClusterHead(nn.Module):
 class SAMixI(_LearnedMixer):
     """SAMix-I (docs/algorithm.md §4.1): L_phi = l+ (two-source BCE) + eta l- (mixup infoNCE) + beta L_mask."""
 
-    def aux_losses(self, ctx: MixContext, lam: float) -> Dict[str, Tensor]:
+    def aux_losses(self, ctx: MixContext, lam: float) -> MixerLosses:
         return self.losses_for(self.mixer_batch(ctx, lam), ctx)
 
-    def losses_for(self, batch: MixerTrainingBatch, ctx: MixContext) -> Dict[str, Tensor]:
-        """The weighted Mixer losses of one mb batch; their sum is the Mixer's objective."""
+    def losses_for(self, batch: MixerTrainingBatch, ctx: MixContext) -> MixerLosses:
+        """The weighted Mixer losses of one mb batch (their sum is the Mixer's objective) and the
+        statistics of its masks (``mixer_mask_*``)."""
         t = ctx.temperature
         k_a, k_b = batch.pairing.targets(ctx.keys)
         local = two_source_bce(batch.z, k_a, k_b, batch.lam, t).mean()
@@ -186,8 +194,12 @@ class SAMixI(_LearnedMixer):
                 global_ = mixup_info_nce_in_batch(batch.z, candidates, idx_a, idx_b, batch.lam, t)
             else:
                 global_ = mixup_info_nce_masked(batch.z, p_a, p_b, batch.lam, candidates, idx_a, idx_b, t)
-        return {"mixer_local": local, "mixer_global": self.eta(ctx) * global_.mean(),
-                "mixer_mask": self.mask_term(batch, ctx)}
+        losses = {
+            "mixer_local": local,
+            "mixer_global": self.eta(ctx) * global_.mean(),
+            "mixer_mask": self.mask_term(batch, ctx),
+        }
+        return MixerLosses(losses, mask_statistics(batch.mask, "mixer_mask_"))
 
 
 @register_mixer("samix_c")
@@ -209,10 +221,14 @@ class SAMixC(_LearnedMixer):
         if cfg.local not in ("pbce", "bce"):
             raise ConfigError(f"mix.local: expected 'pbce' or 'bce', got '{cfg.local}'")
         if cfg.embed_dim < 1 or cfg.odc.num_clusters < 2:
-            raise ConfigError(f"mix.embed_dim ({cfg.embed_dim}) must be >= 1 and mix.odc.num_clusters "
-                              f"({cfg.odc.num_clusters}) >= 2")
+            raise ConfigError(
+                f"mix.embed_dim ({cfg.embed_dim}) must be >= 1 and mix.odc.num_clusters "
+                f"({cfg.odc.num_clusters}) >= 2"
+            )
         if not cfg.head_temperature > 0:
-            raise ConfigError(f"mix.head_temperature: expected a positive temperature, got {cfg.head_temperature}")
+            raise ConfigError(
+                f"mix.head_temperature: expected a positive temperature, got {cfg.head_temperature}"
+            )
         self.head = CosineClusterHead(cfg.embed_dim, cfg.odc.num_clusters, cfg.head_temperature)
         self.head_off = copy.deepcopy(self.head).requires_grad_(False)
         self._labels_checked = False
@@ -231,11 +247,14 @@ class SAMixC(_LearnedMixer):
     def _check_labels(self, ctx: MixContext) -> Tensor:
         clusters = self.head.weight.shape[0]
         if ctx.labels is None:
-            raise ValueError("SAMix-C: ctx.labels is None; the step must provide pseudo-labels "
-                             "(mix.labels: odc | dataset)")
+            raise ValueError(
+                "SAMix-C: ctx.labels is None; the step must provide pseudo-labels (mix.labels: odc | dataset)"
+            )
         if ctx.num_classes and ctx.num_classes != clusters:
-            raise ValueError(f"SAMix-C: the labels have {ctx.num_classes} classes but the cluster head has "
-                             f"{clusters} outputs: set mix.odc.num_clusters: {ctx.num_classes}")
+            raise ValueError(
+                f"SAMix-C: the labels have {ctx.num_classes} classes but the cluster head has "
+                f"{clusters} outputs: set mix.odc.num_clusters: {ctx.num_classes}"
+            )
         if not self._labels_checked and ctx.labels.numel():  # the values once (a host sync on a GPU)
             top = int(ctx.labels.max())
             if top >= clusters:
@@ -246,16 +265,20 @@ class SAMixC(_LearnedMixer):
     def _check_embedding(self, ctx: MixContext) -> None:
         dim = ctx.keys.shape[-1]
         if dim != self.head.weight.shape[1]:
-            raise ValueError(f"SAMix-C: the method's target embeddings have D={dim} but the cluster head expects "
-                             f"mix.embed_dim={self.head.weight.shape[1]}: set mix.embed_dim: {dim}")
+            raise ValueError(
+                f"SAMix-C: the method's target embeddings have D={dim} but the cluster head expects "
+                f"mix.embed_dim={self.head.weight.shape[1]}: set mix.embed_dim: {dim}"
+            )
 
-    def aux_losses(self, ctx: MixContext, lam: float) -> Dict[str, Tensor]:
+    def aux_losses(self, ctx: MixContext, lam: float) -> MixerLosses:
         self._check_labels(ctx)
         self._check_embedding(ctx)
         return self.losses_for(self.mixer_batch(ctx, lam), ctx)
 
-    def losses_for(self, batch: MixerTrainingBatch, ctx: MixContext) -> Dict[str, Tensor]:
-        """Weighted Mixer losses (through psi_off) and the cluster head's loss for one mb batch."""
+    def losses_for(self, batch: MixerTrainingBatch, ctx: MixContext) -> MixerLosses:
+        """Weighted Mixer losses (through psi_off) and the cluster head's loss for one mb batch, with the
+        head's accuracy and CE against chance (``cluster_head_*``) and the masks' statistics
+        (``mixer_mask_*``)."""
         y_a, y_b = ctx.labels, ctx.labels[batch.pairing.perm]
         w_a, w_b = sample_weights(y_a, ctx.class_weights), sample_weights(y_b, ctx.class_weights)
         logits = self.head_off(batch.z)  # psi_off is frozen: gradient reaches z (the mask) only
@@ -269,15 +292,29 @@ class SAMixC(_LearnedMixer):
         raw_logits = self.head(ctx.keys[ctx.pairing.view_a])
         head_raw = cross_entropy(raw_logits, y_a, w_a)
         with torch.no_grad():  # chance: accuracy 1/C, and each of the two CE terms ln C
-            ctx.metrics.update({"cluster_head_acc": (raw_logits.argmax(1) == y_a).float().mean(),
-                                "cluster_head_ce": (head_mix + head_raw).detach(),
-                                "cluster_head_ce_chance": 2 * math.log(raw_logits.shape[1])})
-        return {"mixer_local": local, "mixer_global": self.eta(ctx) * global_,
-                "mixer_mask": self.mask_term(batch, ctx), "cluster_head": head_mix + head_raw}
+            metrics = {
+                "cluster_head_acc": (raw_logits.argmax(1) == y_a).float().mean(),
+                "cluster_head_ce": (head_mix + head_raw).detach(),
+                "cluster_head_ce_chance": 2 * math.log(raw_logits.shape[1]),
+            }
+        losses = {
+            "mixer_local": local,
+            "mixer_global": self.eta(ctx) * global_,
+            "mixer_mask": self.mask_term(batch, ctx),
+            "cluster_head": head_mix + head_raw,
+        }
+        return MixerLosses(losses, {**metrics, **mask_statistics(batch.mask, "mixer_mask_")})
 
     def param_groups(self) -> List[dict]:
         cfg = self.cfg
-        head = {"name": "cluster_head", "params": list(self.head.parameters()), "lars": False, "lr": cfg.head_lr,
-                "momentum": cfg.head_momentum, "weight_decay": cfg.head_weight_decay,
-                "warmup_epochs": cfg.mixer_warmup_epochs, "min_lr": cfg.mixer_min_lr}
+        head = {
+            "name": "cluster_head",
+            "params": list(self.head.parameters()),
+            "lars": False,
+            "lr": cfg.head_lr,
+            "momentum": cfg.head_momentum,
+            "weight_decay": cfg.head_weight_decay,
+            "warmup_epochs": cfg.mixer_warmup_epochs,
+            "min_lr": cfg.mixer_min_lr,
+        }
         return [self.mixer_group(), head]
