@@ -19,11 +19,13 @@ and for SAMix the Mixer's own masks at the end (within-image variance, share of 
 and the SAMix-C cluster head's accuracy against the ODC labels. The SAMix-C mask figure is written to
 ``docs/samix_c_masks.png`` (``python -m ssmix.visualize_mix`` on the seed-0 run, held-out pairs).
 """
+
 from __future__ import annotations
 
 import argparse
 import os
-from typing import Dict, List, Optional, Tuple
+import statistics
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import recipe
 
@@ -33,13 +35,42 @@ RESULTS = os.path.join(recipe.ROOT, "docs", "results.md")
 README = os.path.join(recipe.ROOT, "README.md")
 BEGIN, END = "<!-- results:begin (bench/learning.py) -->", "<!-- results:end -->"
 FIGURE = os.path.join(recipe.ROOT, "docs", "samix_c_masks.png")
+FASHION_FIGURE = os.path.join(recipe.ROOT, "docs", "fashion_samix_c_masks.png")
+CURVE_FIGURE = os.path.join(recipe.ROOT, "docs", "fashion_knn_curves.png")
+#: the random encoders every table compares against, whichever seeds a call runs
+RANDOM_SEEDS = [0, 1, 2]
+#: the runs whose online kNN curves :data:`CURVE_FIGURE` draws
+CURVE_ROWS = ("mocov2", "mocov2_cutmix", "mocov2_samix_c")
 #: row name -> config under configs/digits/
-RUNS: Dict[str, str] = {name: os.path.join(DIGITS, f"{name}.yaml") for name in (
-    "mocov2", "simclr", "byol", "swav", "simsiam", "mocov2_cutmix", "mocov2_samix_i", "mocov2_samix_c")}
+RUNS: Dict[str, str] = {
+    name: os.path.join(DIGITS, f"{name}.yaml")
+    for name in (
+        "mocov2",
+        "simclr",
+        "byol",
+        "swav",
+        "simsiam",
+        "mocov2_cutmix",
+        "mocov2_samix_i",
+        "mocov2_samix_c",
+    )
+}
 #: row name -> config under configs/fashion_mnist/
-FASHION_RUNS: Dict[str, str] = {name: os.path.join(FASHION, f"{name}.yaml") for name in (
-    "mocov2", "simclr", "byol", "swav", "simsiam", "mocov2_mixup", "mocov2_cutmix", "mocov2_saliencymix",
-    "mocov2_samix_i", "mocov2_samix_c")}
+FASHION_RUNS: Dict[str, str] = {
+    name: os.path.join(FASHION, f"{name}.yaml")
+    for name in (
+        "mocov2",
+        "simclr",
+        "byol",
+        "swav",
+        "simsiam",
+        "mocov2_mixup",
+        "mocov2_cutmix",
+        "mocov2_saliencymix",
+        "mocov2_samix_i",
+        "mocov2_samix_c",
+    )
+}
 #: what the Fashion-MNIST table says (by hand, after the runs)
 FASHION_READING = (
     "Reading (2026-12-03). Only MoCo v2 seed 0 has run: 83.7 / 81.1 against random init 80.8 / 80.1, +2.9 "
@@ -84,10 +115,11 @@ READING = (
 )
 
 
-def random_init(seeds: List[int], runs: Dict[str, str] = RUNS) -> List[Dict[str, float]]:
-    cfg, _ = recipe.resolve(runs["mocov2"], [], 0)
-    return [recipe.heldout_accuracy(f"random:{seed}", cfg.data.image_size, cfg.model.arch, cfg.model.cifar_stem,
-                                    eval_config=recipe.eval_config(cfg)) for seed in seeds]
+def random_init(
+    seeds: Sequence[int], runs: Dict[str, str] = RUNS, overrides: Sequence[str] = ()
+) -> List[Dict[str, float]]:
+    """Random encoders of the recipe's geometry, one per seed, through its linear eval (+ ``overrides``)."""
+    return [recipe.random_accuracy(runs["mocov2"], seed, overrides) for seed in seeds]
 
 
 def _cell(results: List[dict], key: str, fmt: str = "{:.1f}") -> str:
@@ -95,7 +127,10 @@ def _cell(results: List[dict], key: str, fmt: str = "{:.1f}") -> str:
 
 
 def _lambda_cell(results: List[dict]) -> str:
-    low, high = _cell(results, "heldout_mask_mean_25", "{:.2f}"), _cell(results, "heldout_mask_mean_75", "{:.2f}")
+    low, high = (
+        _cell(results, "heldout_mask_mean_25", "{:.2f}"),
+        _cell(results, "heldout_mask_mean_75", "{:.2f}"),
+    )
     return "-" if low == "-" else f"{low} / {high}"
 
 
@@ -126,131 +161,182 @@ def write_section(dataset: str, text: str) -> None:
             if begin in body and end in body:
                 sections[name] = body.split(begin, 1)[1].split(end, 1)[0].strip("\n")
     sections[dataset] = text.strip("\n")
-    parts = [f"{section_markers(n)[0]}\n{sections[n]}\n{section_markers(n)[1]}\n"
-             for n in ("fashion_mnist", "digits") if n in sections]
+    parts = [
+        f"{section_markers(n)[0]}\n{sections[n]}\n{section_markers(n)[1]}\n"
+        for n in ("fashion_mnist", "digits")
+        if n in sections
+    ]
     with open(RESULTS, "w", encoding="utf-8") as f:
         f.write("# Results: does pre-training learn? (`bench/learning.py`)\n\n" + "\n".join(parts))
 
 
 def table(seeds: List[int]) -> str:
-    randoms = random_init(seeds)
-    header = ("| encoder | seeds | linear top-1 | kNN top-1 | minutes | collapse_std | Mixer mask within-var | "
-              "Mixer mask saturated | held-out mask mean at lambda 0.25 / 0.75 | held-out within-var | "
-              "held-out digit corr | cluster-head acc |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+    randoms = random_init(RANDOM_SEEDS)
+    header = (
+        "| encoder | seeds | linear top-1 | kNN top-1 | minutes | collapse_std | Mixer mask within-var | "
+        "Mixer mask saturated | held-out mask mean at lambda 0.25 / 0.75 | held-out within-var | "
+        "held-out digit corr | cluster-head acc |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+    )
     cfg, _ = recipe.resolve(RUNS["mocov2"], [], 0)
     pixels = recipe.pixel_accuracy(cfg.data.image_size)
-    rows = [f"| raw pixels | - | {pixels['linear']:.1f} | {pixels['knn']:.1f} | - | - | - | - | - | - | - | - |",
-            f"| random init | {len(randoms)} | {_cell(randoms, 'linear')} | {_cell(randoms, 'knn')} "
-            "| - | - | - | - | - | - | - | - |"]
+    rows = [
+        f"| raw pixels | - | {pixels['linear']:.1f} | {pixels['knn']:.1f} | - | - | - | - | - | - | - | - |",
+        f"| random init | {len(randoms)} | {_cell(randoms, 'linear')} | {_cell(randoms, 'knn')} "
+        "| - | - | - | - | - | - | - | - |",
+    ]
     for name, config in RUNS.items():
         results = [r for r in (recipe.finished(config, [], seed) for seed in seeds) if r]
         earlier = recipe.earlier_row(RESULTS, name, 1, results)
         if earlier or not results:
             rows.append(earlier or f"| {name} | 0 | not run | | | | | | | | | |")
             continue
-        rows.append(f"| {name} | {len(results)} | {_cell(results, 'linear')} | {_cell(results, 'knn')} | "
-                    f"{_cell(results, 'minutes')} | {_cell(results, 'collapse_std', '{:.3f}')} | "
-                    f"{_cell(results, 'mixer_mask_within_var', '{:.3f}')} | "
-                    f"{_cell(results, 'mixer_mask_saturated', '{:.2f}')} | {_lambda_cell(results)} | "
-                    f"{_cell(results, 'heldout_mask_within_var', '{:.3f}')} | "
-                    f"{_cell(results, 'heldout_mask_digit_corr', '{:.2f}')} | "
-                    f"{_cell(results, 'cluster_head_acc', '{:.2f}')} |")
-    return "\n".join([
-        "## scikit-learn digits (the quick check)",
-        "",
-        f"scikit-learn digits, ResNet-18 ({cfg.data.image_size} px, "
-        f"{'CIFAR' if cfg.model.cifar_stem else 'ImageNet'} stem), {cfg.train.epochs} epochs of the 1438 "
-        f"training images at batch {cfg.train.batch_size} (`configs/digits/`). Frozen features of the 359 "
-        "held-out images: linear probe on cached features (100 epochs) and 20-NN (`configs/linear/digits.yaml`). "
-        "Mean ± std over seeds; random init is the same trunk with the same seeds, untrained; raw pixels are "
-        f"the {cfg.data.image_size} px images themselves, flattened, through the same probe and kNN. "
-        "Minutes are the wall clock of these runs on a 2-core CPU, many of which shared it with other jobs (the MoCo "
-        "v2 seeds with 1-3, ~2-3x slower; SwAV seeds 0-1, BYOL seed 0 and "
-        "SAMix-C seeds 0-2 beside short diagnostics; CutMix and SAMix-I alone, ~10-11 min); alone, a MoCo v2 run "
-        "takes ~5-6 min, SwAV ~9 and a SAMix run ~10-11. "
-        "Mixer columns: the Mixer's own masks in the last logged training batch (within-image variance, share "
-        "of pixels below 0.05 or above 0.95), and its raw masks on 64 held-out pairs (`bench/recipe.py` "
-        "`heldout_masks`, as `visualize_mix` draws them): their mean when asked for lambda 0.25 and 0.75 (a Mixer "
-        "that follows lambda gives 0.25 / 0.75), their within-image variance, and whether they follow the digits "
-        "(digit corr: the Pearson correlation between how a pair's mask of b departs from the average mask and "
-        "how image b departs from the average image, mean over pairs; 0 = one layout for every pair); "
-        "cluster-head accuracy is against the ODC labels (chance 1/20). "
-        "These runs had the online kNN monitor (epochs 5 and 10) draw from the training RNG, which it no longer "
-        "does (2026-12-02): a mixing run re-run now draws other, equally likely partners and lambdas from there "
-        "on, so its numbers differ within the seed spread rather than bit for bit. "
-        "'not run': not finished yet; `make learning` runs what is missing and reuses what is finished.",
-        "",
-        header,
-        *rows,
-        "",
-        READING,
-        "",
-        "How the recipe was found: `bench/digits_sweep.py`, table in `docs/digits_sweep.md`.",
-        "",
-    ])
+        rows.append(
+            f"| {name} | {len(results)} | {_cell(results, 'linear')} | {_cell(results, 'knn')} | "
+            f"{_cell(results, 'minutes')} | {_cell(results, 'collapse_std', '{:.3f}')} | "
+            f"{_cell(results, 'mixer_mask_within_var', '{:.3f}')} | "
+            f"{_cell(results, 'mixer_mask_saturated', '{:.2f}')} | {_lambda_cell(results)} | "
+            f"{_cell(results, 'heldout_mask_within_var', '{:.3f}')} | "
+            f"{_cell(results, 'heldout_mask_digit_corr', '{:.2f}')} | "
+            f"{_cell(results, 'cluster_head_acc', '{:.2f}')} |"
+        )
+    return "\n".join(
+        [
+            "## scikit-learn digits (the quick check)",
+            "",
+            f"scikit-learn digits, ResNet-18 ({cfg.data.image_size} px, "
+            f"{'CIFAR' if cfg.model.cifar_stem else 'ImageNet'} stem), {cfg.train.epochs} epochs of the 1438 "
+            f"training images at batch {cfg.train.batch_size} (`configs/digits/`). Frozen features of the 359 "
+            "held-out images: linear probe on cached features (100 epochs) and 20-NN (`configs/linear/digits.yaml`). "
+            "Mean ± std over seeds; random init is the same trunk with the same seeds, untrained; raw pixels are "
+            f"the {cfg.data.image_size} px images themselves, flattened, through the same probe and kNN. "
+            "Minutes are the wall clock of these runs on a 2-core CPU, many of which shared it with other jobs (the MoCo "
+            "v2 seeds with 1-3, ~2-3x slower; SwAV seeds 0-1, BYOL seed 0 and "
+            "SAMix-C seeds 0-2 beside short diagnostics; CutMix and SAMix-I alone, ~10-11 min); alone, a MoCo v2 run "
+            "takes ~5-6 min, SwAV ~9 and a SAMix run ~10-11. "
+            "Mixer columns: the Mixer's own masks in the last logged training batch (within-image variance, share "
+            "of pixels below 0.05 or above 0.95), and its raw masks on 64 held-out pairs (`bench/recipe.py` "
+            "`heldout_masks`, as `visualize_mix` draws them): their mean when asked for lambda 0.25 and 0.75 (a Mixer "
+            "that follows lambda gives 0.25 / 0.75), their within-image variance, and whether they follow the digits "
+            "(digit corr: the Pearson correlation between how a pair's mask of b departs from the average mask and "
+            "how image b departs from the average image, mean over pairs; 0 = one layout for every pair); "
+            "cluster-head accuracy is against the ODC labels (chance 1/20). "
+            "These runs had the online kNN monitor (epochs 5 and 10) draw from the training RNG, which it no longer "
+            "does (2026-12-02): a mixing run re-run now draws other, equally likely partners and lambdas from there "
+            "on, so its numbers differ within the seed spread rather than bit for bit. "
+            "'not run': not finished yet; `make learning` runs what is missing and reuses what is finished.",
+            "",
+            header,
+            *rows,
+            "",
+            READING,
+            "",
+            "How the recipe was found: `bench/digits_sweep.py`, table in `docs/digits_sweep.md`.",
+            "",
+        ]
+    )
 
 
 def fashion_table(seeds: List[int]) -> str:
     """The Fashion-MNIST section of docs/results.md from finished runs."""
     runs = FASHION_RUNS
     cfg, _ = recipe.resolve(runs["mocov2"], [], 0)
-    randoms = random_init(seeds, runs)
+    randoms = random_init(RANDOM_SEEDS, runs)
     pixels = recipe.pixel_accuracy(cfg.data.image_size, recipe.eval_config(cfg))
-    header = ("| encoder | seeds | linear top-1 | kNN top-1 | minutes | collapse_std | Mixer mask within-var | "
-              "held-out object corr | cluster-head acc |\n|---|---|---|---|---|---|---|---|---|")
-    rows = [f"| raw pixels | - | {pixels['linear']:.1f} | {pixels['knn']:.1f} | - | - | - | - | - |",
-            f"| random init | {len(randoms)} | {_cell(randoms, 'linear')} | {_cell(randoms, 'knn')} "
-            "| - | - | - | - | - |"]
+    header = (
+        "| encoder | seeds | linear top-1 | kNN top-1 | minutes | collapse_std | Mixer mask within-var | "
+        "held-out object corr | cluster-head acc |\n|---|---|---|---|---|---|---|---|---|"
+    )
+    rows = [
+        f"| raw pixels | - | {pixels['linear']:.1f} | {pixels['knn']:.1f} | - | - | - | - | - |",
+        f"| random init | {len(randoms)} | {_cell(randoms, 'linear')} | {_cell(randoms, 'knn')} "
+        "| - | - | - | - | - |",
+    ]
     for name, config in runs.items():
         results = [r for r in (recipe.finished(config, [], seed) for seed in seeds) if r]
         if not results:
             rows.append(f"| {name} | 0 | not run | | | | | | |")
             continue
-        rows.append(f"| {name} | {len(results)} | {_cell(results, 'linear')} | {_cell(results, 'knn')} | "
-                    f"{_cell(results, 'minutes')} | {_cell(results, 'collapse_std', '{:.3f}')} | "
-                    f"{_cell(results, 'mixer_mask_within_var', '{:.3f}')} | "
-                    f"{_cell(results, 'heldout_object_corr', '{:.2f}')} | "
-                    f"{_cell(results, 'cluster_head_acc', '{:.2f}')} |")
-    return "\n".join([
-        "## Fashion-MNIST (the leading table)",
-        "",
-        f"Fashion-MNIST, ResNet-18 ({cfg.data.image_size} px, {'CIFAR' if cfg.model.cifar_stem else 'ImageNet'} "
-        f"stem), {cfg.train.epochs} epochs of a fixed class-balanced {cfg.data.subset} of the 55k `train` images "
-        f"at batch {cfg.train.batch_size}, bf16 autocast (`configs/fashion_mnist/`, docs/fashion_mnist.md). Frozen "
-        "features: the probe (standardised features, 100 epochs) and 20-NN train on a fixed class-balanced 10k of "
-        "`train` and are scored on the 10k `test` images (`configs/linear/fashion_mnist.yaml`); the recipe was "
-        "tuned on the 5k `val` carve-out. Mean ± std over seeds; random init is the same trunk untrained; raw "
-        "pixels are the images themselves, flattened, through the same probe and kNN. Held-out object corr: on "
-        "64 test pairs at lambda 0.5, the Pearson correlation between the mask of source a and foreground(a) - "
-        "foreground(b) (foreground: pixels above the black background), mean over pairs; 1 = the mask keeps each "
-        "image's object, 0 = blind to the objects.",
-        "",
-        header,
-        *rows,
-        "",
-        FASHION_READING,
-        "",
-    ])
+        rows.append(
+            f"| {name} | {len(results)} | {_cell(results, 'linear')} | {_cell(results, 'knn')} | "
+            f"{_cell(results, 'minutes')} | {_cell(results, 'collapse_std', '{:.3f}')} | "
+            f"{_cell(results, 'mixer_mask_within_var', '{:.3f}')} | "
+            f"{_cell(results, 'heldout_object_corr', '{:.2f}')} | "
+            f"{_cell(results, 'cluster_head_acc', '{:.2f}')} |"
+        )
+    return "\n".join(
+        [
+            "## Fashion-MNIST (the leading table)",
+            "",
+            f"Fashion-MNIST, ResNet-18 ({cfg.data.image_size} px, {'CIFAR' if cfg.model.cifar_stem else 'ImageNet'} "
+            f"stem), {cfg.train.epochs} epochs of a fixed class-balanced {cfg.data.subset} of the 55k `train` images "
+            f"at batch {cfg.train.batch_size}, bf16 autocast (`configs/fashion_mnist/`, docs/fashion_mnist.md). Frozen "
+            "features: the probe (standardised features, 100 epochs) and 20-NN train on a fixed class-balanced 10k of "
+            "`train` and are scored on the 10k `test` images (`configs/linear/fashion_mnist.yaml`); the recipe was "
+            "tuned on the 5k `val` carve-out. Mean ± std over seeds; random init is the same trunk untrained; raw "
+            "pixels are the images themselves, flattened, through the same probe and kNN. Held-out object corr: on "
+            "64 test pairs at lambda 0.5, the Pearson correlation between the mask of source a and foreground(a) - "
+            "foreground(b) (foreground: pixels above the black background), mean over pairs; 1 = the mask keeps each "
+            "image's object, 0 = blind to the objects.",
+            "",
+            header,
+            *rows,
+            "",
+            FASHION_READING,
+            "",
+        ]
+    )
 
 
-def mask_figure(seed: int = 0) -> Optional[str]:
-    """The SAMix-C Mixer's masks on held-out pairs (``visualize_mix``), from the seed's finished run."""
-    config = RUNS["mocov2_samix_c"]
-    if recipe.finished(config, [], seed) is None:
+def mask_figure(config: str, stem: str, seed: int = 0) -> Optional[str]:
+    """A SAMix run's Mixer masks on held-out test pairs (``visualize_mix``): writes ``docs/<stem>.png``
+    (mixed images over a lambda sweep) and ``docs/<stem>_masks.png``, whose path it returns; None when the
+    seed's run directory is gone (its result lives on in the ledger, its checkpoint does not)."""
+    _, run_dir = recipe.resolve(config, [], seed)
+    if recipe.finished(config, [], seed) is None or not os.path.isdir(os.path.join(run_dir, "checkpoints")):
         return None
     from ssmix.visualize_mix import main as visualize
+    from ssmix.visualize_mix import masks_path
 
-    _, run_dir = recipe.resolve(config, [], seed)
-    # writes docs/samix_c.png (mixed images over a lambda sweep) and docs/samix_c_masks.png (FIGURE)
-    visualize([config, f"checkpoint={run_dir}", f"out={os.path.join(recipe.ROOT, 'docs', 'samix_c.png')}",
-               "pairs=6", "steps=7", "split=test"])
-    return FIGURE
+    out = os.path.join(recipe.ROOT, "docs", f"{stem}.png")
+    visualize([config, f"checkpoint={run_dir}", f"out={out}", "pairs=6", "steps=7", "split=test"])
+    return masks_path(out)
+
+
+def knn_curve_figure(seed: int = 0) -> Optional[str]:
+    """The online kNN monitor (20-NN of the 5k ``val`` images during pre-training) against epoch for the
+    :data:`CURVE_ROWS` runs of ``seed`` (their ledger ``online_knn``), with random init's val kNN (3 seeds,
+    the linear-eval protocol) dashed: written to :data:`CURVE_FIGURE`; None when no curve was recorded."""
+    from ssmix.visualize.curves import Series, line_chart
+
+    series = []
+    for name in CURVE_ROWS:
+        result = recipe.finished(FASHION_RUNS[name], [], seed)
+        if result and result.get("online_knn"):
+            series.append(Series(name, [(epoch, acc) for epoch, acc in result["online_knn"]]))
+    if not series:
+        return None
+    knn = statistics.mean(r["knn"] for r in random_init(RANDOM_SEEDS, FASHION_RUNS, recipe.VAL_SPLIT))
+    image = line_chart(
+        series,
+        f"Fashion-MNIST: online 20-NN top-1 on the 5k val images during pre-training (seed {seed})",
+        "epoch",
+        "kNN top-1 (%)",
+        reference=(knn, f"random init {knn:.1f} (3 seeds)"),
+    )
+    tmp = f"{CURVE_FIGURE}.tmp.png"
+    image.save(tmp)
+    os.replace(tmp, CURVE_FIGURE)
+    return CURVE_FIGURE
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--dataset", choices=("digits", "fashion_mnist"), default="digits")
-    parser.add_argument("--only", nargs="*", default=None, help="rows to run (default: all of the data set's)")
+    parser.add_argument(
+        "--only", nargs="*", default=None, help="rows to run (default: all of the data set's)"
+    )
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     parser.add_argument("--table", action="store_true", help="only write docs/results.md from finished runs")
     args = parser.parse_args()
@@ -262,16 +348,25 @@ def main() -> None:
         for name in args.only or list(runs):
             for seed in args.seeds:
                 r = recipe.run(runs[name], [], seed)
-                print(f"[learning] {args.dataset} {name} seed {seed}: linear {r['linear']:.1f} kNN {r['knn']:.1f} "
-                      f"({r['minutes']:.1f} min)", flush=True)
+                print(
+                    f"[learning] {args.dataset} {name} seed {seed}: linear {r['linear']:.1f} kNN {r['knn']:.1f} "
+                    f"({r['minutes']:.1f} min)",
+                    flush=True,
+                )
+    # every finished seed of the benchmark's, whichever this call ran
+    table_seeds = sorted(set(args.seeds) | set(RANDOM_SEEDS))
     if args.dataset == "digits":
-        mask_figure()
-        text = table(args.seeds)
+        mask_figure(RUNS["mocov2_samix_c"], "samix_c")
+        text = table(table_seeds)
         update_readme("\n".join(line for line in text.splitlines() if line.startswith("|")))
     else:
-        text = fashion_table(args.seeds)
-        update_readme("\n".join(line for line in text.splitlines() if line.startswith("|")),
-                      *section_markers("fashion_mnist"))
+        mask_figure(FASHION_RUNS["mocov2_samix_c"], "fashion_samix_c")
+        knn_curve_figure()
+        text = fashion_table(table_seeds)
+        update_readme(
+            "\n".join(line for line in text.splitlines() if line.startswith("|")),
+            *section_markers("fashion_mnist"),
+        )
     write_section(args.dataset, text)
     print(text)
 

@@ -11,17 +11,16 @@ git, so every finished run's result is also appended to ``bench/results.jsonl`` 
 checkout rebuilds the tables from that ledger without training again. After changing a config file,
 delete its runs and its ledger lines.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import statistics
-import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 from torch import Tensor  # noqa: E402
 
@@ -84,6 +83,8 @@ def finished(config: str, overrides: Sequence[str], seed: int) -> Optional[Dict[
         missing.update(heldout_masks(config, overrides, seed))
     if cfg.data.name != "digits" and cfg.mix.type != "none" and "heldout_object_corr" not in result:
         missing["heldout_object_corr"] = heldout_object_corr(config, overrides, seed)
+    if "online_knn" not in result:
+        missing["online_knn"] = online_knn_curve(os.path.dirname(done), cfg)
     if missing:
         result.update(missing)
         with open(done, "w", encoding="utf-8") as f:
@@ -91,6 +92,18 @@ def finished(config: str, overrides: Sequence[str], seed: int) -> Optional[Dict[
     if recorded != result:
         record(result)
     return result
+
+
+def online_knn_curve(run_dir: str, cfg) -> List[List[float]]:
+    """``[[epoch, top-1], ...]`` of the online kNN monitor (``train.knn_every``) in ``run_dir``'s
+    ``metrics.jsonl``, kept in the result so that the curve outlives the run directory."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    steps_per_epoch = max(row.get("step", 0) for row in rows) / max(cfg.train.epochs, 1)
+    return [[round(row["step"] / steps_per_epoch, 2), row["knn_top1"]] for row in rows if "knn_top1" in row]
 
 
 def run(config: str, overrides: Sequence[str], seed: int) -> Dict[str, Any]:
@@ -104,12 +117,66 @@ def run(config: str, overrides: Sequence[str], seed: int) -> Dict[str, Any]:
     start = time.perf_counter()
     train(cfg)
     minutes = (time.perf_counter() - start) / 60
-    result = {"config": os.path.relpath(config, ROOT), "overrides": list(overrides), "seed": seed,
-              "run_dir": os.path.relpath(run_dir, ROOT), "minutes": minutes,
-              **heldout_accuracy(run_dir, cfg.data.image_size, eval_config=eval_config(cfg)), **last_metrics(run_dir)}
+    result = {
+        "config": os.path.relpath(config, ROOT),
+        "overrides": list(overrides),
+        "seed": seed,
+        "run_dir": os.path.relpath(run_dir, ROOT),
+        "minutes": minutes,
+        **heldout_accuracy(run_dir, cfg.data.image_size, eval_config=eval_config(cfg)),
+        **last_metrics(run_dir),
+        "online_knn": online_knn_curve(run_dir, cfg),
+    }
     with open(os.path.join(run_dir, "result.json"), "w", encoding="utf-8") as f:
         json.dump(result, f, indent=1)
     record(result)
+    return result
+
+
+#: the linear-eval override that scores on the tuning carve-out instead of the test split (Fashion-MNIST)
+VAL_SPLIT = ["data.test_split=val"]
+
+
+def val_accuracy(config: str, overrides: Sequence[str], seed: int) -> Dict[str, float]:
+    """A run's linear and kNN top-1 on the ``val`` carve-out, the split recipes are tuned on (pre-trained
+    first when it has not been): kept in ``result.json`` and the ledger as ``val_linear`` / ``val_knn``
+    beside the test figures, which a sweep does not read."""
+    result = run(config, overrides, seed)
+    if "val_linear" not in result:
+        cfg, run_dir = resolve(config, overrides, seed)
+        found = heldout_accuracy(
+            run_dir, cfg.data.image_size, eval_config=eval_config(cfg), overrides=VAL_SPLIT
+        )
+        result.update(val_linear=found["linear"], val_knn=found["knn"])
+        with open(os.path.join(run_dir, "result.json"), "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=1)
+        record(result)
+    return {"linear": result["val_linear"], "knn": result["val_knn"]}
+
+
+def random_accuracy(config: str, seed: int, eval_overrides: Sequence[str] = ()) -> Dict[str, float]:
+    """Linear and kNN top-1 of a random encoder of ``config``'s geometry (arch, stem, image size) built
+    with ``seed``, through the config's linear eval (+ ``eval_overrides``): evaluated once, then read back
+    from ``runs/recipes/[<dataset folder>/]random_init[,<override>...]/seed<k>/result.json``, as a
+    finished run is (the tables are rebuilt without evaluating random encoders again)."""
+    cfg, run_dir = resolve(config, [], seed)
+    name = ",".join(["random_init", *eval_overrides]).replace(os.sep, "_")
+    path = os.path.join(os.path.dirname(os.path.dirname(run_dir)), name, f"seed{seed}", "result.json")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    result = heldout_accuracy(
+        f"random:{seed}",
+        cfg.data.image_size,
+        cfg.model.arch,
+        cfg.model.cifar_stem,
+        eval_config=eval_config(cfg),
+        overrides=list(eval_overrides),
+    )
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(f"{path}.tmp", "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=1)
+    os.replace(f"{path}.tmp", path)
     return result
 
 
@@ -127,11 +194,14 @@ def pixel_accuracy(image_size: int, eval_config_path: Optional[str] = None) -> D
     from ssmix.evaluation.runner import build_eval_data
     from ssmix.quickstart import EVAL_CONFIG
 
-    cfg = load_eval_config(eval_config_path or EVAL_CONFIG, ["weights=random", f"data.image_size={image_size}"])
+    cfg = load_eval_config(
+        eval_config_path or EVAL_CONFIG, ["weights=random", f"data.image_size={image_size}"]
+    )
     data = build_eval_data(cfg.data)
     (train, train_labels), (test, test_labels) = [
         (torch.stack([x.flatten() for x, _ in items]), torch.tensor([y for _, y in items]))
-        for items in (TransformedDataset(split, data.test_tf) for split in (data.train_set, data.test_set))]
+        for items in (TransformedDataset(split, data.test_tf) for split in (data.train_set, data.test_set))
+    ]
     knn = knn_metrics(train, train_labels, test, test_labels, data.num_classes, cfg.knn_k, cfg.knn_t)
     schedule = ProbeSchedule.from_config(cfg)
     probe = train_probe_cached(train, train_labels, test, test_labels, data.num_classes, schedule, seed=0)
@@ -154,16 +224,21 @@ def heldout_masks(config: str, overrides: Sequence[str], seed: int, pairs: int =
     cfg, run_dir = resolve(config, overrides, seed)
     model = build_model(cfg, run_dir, "cpu")
     sweep = lambda_sweep(model, load_pairs(cfg, "test", pairs), HELDOUT_LAMS, seed, from_training_split=False)
-    found = {f"heldout_mask_mean_{int(lam * 100)}": float(masks.mean())
-             for lam, masks in zip(HELDOUT_LAMS, sweep.raw_masks)}
+    found = {
+        f"heldout_mask_mean_{int(lam * 100)}": float(masks.mean())
+        for lam, masks in zip(HELDOUT_LAMS, sweep.raw_masks)
+    }
     stats = mask_statistics(sweep.raw_masks.flatten(0, 1), "heldout_mask_")
     found.update({key: float(stats[key]) for key in ("heldout_mask_within_var", "heldout_mask_saturated")})
-    found["heldout_mask_digit_corr"] = statistics.fmean(digit_corr(masks, sweep.xb) for masks in sweep.raw_masks)
+    found["heldout_mask_digit_corr"] = statistics.fmean(
+        digit_corr(masks, sweep.xb) for masks in sweep.raw_masks
+    )
     return found
 
 
-def heldout_object_corr(config: str, overrides: Sequence[str], seed: int, pairs: int = 64,
-                        lam: float = 0.5) -> float:
+def heldout_object_corr(
+    config: str, overrides: Sequence[str], seed: int, pairs: int = 64, lam: float = 0.5
+) -> float:
     """Whether a finished run's mixer follows the objects on ``pairs`` held-out pairs (any mixer, the masks
     it applies at ``lam``, eval mode as ``visualize_mix`` draws them): ``ssmix.visualize.mask_stats.object_corr``."""
     from ssmix.visualize.mask_stats import object_corr

@@ -1,0 +1,73 @@
+"""``bench/recipe.py`` and ``bench/learning.py`` without training: random encoders are evaluated once and
+read back, the Fashion-MNIST kNN curve figure is drawn from the ledger's curves, and a mask figure whose
+run directory is gone is skipped rather than crashing the table."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture()
+def bench(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "bench"))
+    import learning
+    import recipe
+
+    monkeypatch.setattr(recipe, "RUNS", str(tmp_path / "runs"))
+    return recipe, learning
+
+
+def test_random_accuracy_is_evaluated_once_per_seed_and_split_then_read_back(bench, monkeypatch):
+    recipe, learning = bench
+    calls = []
+
+    def fake_heldout(weights, image_size, arch, cifar_stem, eval_config, overrides):
+        calls.append((weights, tuple(overrides)))
+        return {"linear": 80.0 + len(calls), "knn": 79.0}
+
+    monkeypatch.setattr(recipe, "heldout_accuracy", fake_heldout)
+    config = learning.FASHION_RUNS["mocov2"]
+    first = recipe.random_accuracy(config, 1, recipe.VAL_SPLIT)
+    again = recipe.random_accuracy(config, 1, recipe.VAL_SPLIT)
+    test_split = recipe.random_accuracy(config, 1)
+    assert first == again == {"linear": 81.0, "knn": 79.0}
+    assert test_split["linear"] == 82.0  # another split is another evaluation
+    assert calls == [("random:1", ("data.test_split=val",)), ("random:1", ())]
+    cached = os.path.join(
+        recipe.RUNS, "fashion_mnist", "random_init,data.test_split=val", "seed1", "result.json"
+    )
+    assert os.path.exists(cached)
+
+
+def test_knn_curve_figure_draws_the_recorded_curves(bench, monkeypatch, tmp_path):
+    recipe, learning = bench
+    curves = {
+        "mocov2": [[2.0, 79.1], [4.0, 80.1], [8.0, 81.5]],
+        "mocov2_cutmix": [[2.0, 77.9], [4.0, 79.0], [8.0, 80.2]],
+    }
+    by_config = {learning.FASHION_RUNS[name]: {"online_knn": c} for name, c in curves.items()}
+    monkeypatch.setattr(recipe, "finished", lambda config, overrides, seed: by_config.get(config))
+    monkeypatch.setattr(
+        learning, "random_init", lambda seeds, runs, overrides=(): [{"knn": 80.0}, {"knn": 80.2}]
+    )
+    monkeypatch.setattr(learning, "CURVE_FIGURE", str(tmp_path / "curves.png"))
+    from ssmix.visualize.curves import PALETTE, SIZE, Series, chart_frame
+
+    assert learning.knn_curve_figure() == str(tmp_path / "curves.png")
+    image = Image.open(tmp_path / "curves.png").convert("RGB")
+    assert image.size == SIZE
+    frame = chart_frame([Series(n, c) for n, c in curves.items()], reference=80.1)
+    px, py = frame.to_pixel(8.0, 80.2)  # cutmix's last point, the second colour (no SAMix-C curve)
+    assert image.getpixel((round(px), round(py))) == PALETTE[1]
+
+
+def test_no_curves_and_no_checkpoint_mean_no_figure(bench, monkeypatch):
+    recipe, learning = bench
+    monkeypatch.setattr(recipe, "finished", lambda config, overrides, seed: {"linear": 90.0})
+    assert learning.knn_curve_figure() is None  # results without online_knn
+    assert learning.mask_figure(learning.FASHION_RUNS["mocov2_samix_c"], "fashion_samix_c") is None
