@@ -23,6 +23,8 @@ import recipe
 MOCO = os.path.join(recipe.ROOT, "configs", "fashion_mnist", "mocov2.yaml")
 CUTMIX = os.path.join(recipe.ROOT, "configs", "fashion_mnist", "mocov2_cutmix.yaml")
 SAMIX_C = os.path.join(recipe.ROOT, "configs", "fashion_mnist", "mocov2_samix_c.yaml")
+BYOL = os.path.join(recipe.ROOT, "configs", "fashion_mnist", "byol.yaml")
+SIMSIAM = os.path.join(recipe.ROOT, "configs", "fashion_mnist", "simsiam.yaml")
 TABLE = os.path.join(recipe.ROOT, "docs", "fashion_sweep.md")
 
 #: the one-directional loss at 10 epochs: a step costs 1/1.6 of a symmetric one (108 against 66 images/s
@@ -49,6 +51,11 @@ VARIANTS: Dict[str, Tuple[str, List[str]]] = {
     # query / key weights N(0, 0.1^2) at init instead of the reference's 0.01: attention starts away from
     # uniform (docs/algorithm.md §3.3)
     "SAMix-C, qk init 0.1": (SAMIX_C, ["mix.qk_init_std=0.1"]),
+    # the methods below random init at seed 0: BYOL with a target that keeps up over 624 steps
+    # (tau from 0.99, the short-schedule CIFAR setting) and 5x the lr; SimSiam with 5x the lr
+    "BYOL, tau 0.99, lr 1.0": (BYOL, ["method.base_momentum=0.99", "train.lr=1.0"]),
+    "SimSiam, lr 0.3": (SIMSIAM, ["train.lr=0.3"]),
+    "BYOL, tau 0.99": (BYOL, ["method.base_momentum=0.99"]),
 }
 
 #: what the table says (written by hand after the runs; the numbers in the table are the record)
@@ -120,10 +127,10 @@ def table() -> str:
         [
             "# Fashion-MNIST recipe sweep (`bench/fashion_sweep.py`)",
             "",
-            "MoCo v2, ResNet-18 (CIFAR stem, 16 px), pre-trained on the fixed 10k subset of `train`, scored on "
+            "MoCo v2 (and the BYOL / SimSiam rows), ResNet-18 (CIFAR stem, 16 px), pre-trained on the fixed 10k subset of `train`, scored on "
             "the 5k `val` carve-out: linear probe (standardised features) and 20-NN "
             "(`configs/linear/fashion_mnist.yaml` with `data.test_split=val`). Overrides are on top of "
-            "`configs/fashion_mnist/mocov2.yaml` (the mixer rows: of their own config). Mixer mask within-var: "
+            "`configs/fashion_mnist/mocov2.yaml` (the mixer, BYOL and SimSiam rows: of their own config). Mixer mask within-var: "
             "of the Mixer's own masks in the last logged training batch (0 = flat, Mixup; 0.25 = binary halves); "
             "held-out object corr: as in docs/results.md (64 test pairs at lambda 0.5; 1 = each object kept, 0 "
             "= blind to them). Online kNN: the monitor's 20-NN on val during pre-training, "

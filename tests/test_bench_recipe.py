@@ -71,3 +71,23 @@ def test_no_curves_and_no_checkpoint_mean_no_figure(bench, monkeypatch):
     monkeypatch.setattr(recipe, "finished", lambda config, overrides, seed: {"linear": 90.0})
     assert learning.knn_curve_figure() is None  # results without online_knn
     assert learning.mask_figure(learning.FASHION_RUNS["mocov2_samix_c"], "fashion_samix_c") is None
+
+
+def test_fashion_table_scores_a_variant_row_from_its_own_overrides(bench, monkeypatch):
+    recipe, learning = bench
+    samix_c = learning.FASHION_RUNS["mocov2_samix_c"]
+    results = {
+        (samix_c, ()): {"linear": 84.0, "knn": 81.0},
+        (samix_c, ("mix.qk_init_std=0.1",)): {"linear": 85.5, "knn": 82.5},
+    }
+    monkeypatch.setattr(
+        recipe, "finished", lambda config, overrides, seed: results.get((config, tuple(overrides)))
+    )
+    monkeypatch.setattr(
+        learning, "random_init", lambda seeds, runs, overrides=(): [{"linear": 80.0, "knn": 79.0}]
+    )
+    monkeypatch.setattr(recipe, "pixel_accuracy", lambda size, config=None: {"linear": 81.0, "knn": 82.0})
+    rows = {row.split(" | ")[0].lstrip("| "): row for row in learning.fashion_table([0]).splitlines()}
+    assert rows["mocov2_samix_c"].startswith("| mocov2_samix_c | 1 | 84.0 | 81.0 |")
+    assert rows[learning.QK_ROW].startswith(f"| {learning.QK_ROW} | 1 | 85.5 | 82.5 |")
+    assert rows["mocov2_mixup"].startswith("| mocov2_mixup | 0 | not run |")
