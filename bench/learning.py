@@ -41,24 +41,22 @@ CURVE_FIGURE = os.path.join(recipe.ROOT, "docs", "fashion_knn_curves.png")
 RANDOM_SEEDS = [0, 1, 2]
 #: the runs whose online kNN curves :data:`CURVE_FIGURE` draws
 CURVE_ROWS = ("mocov2", "mocov2_cutmix", "mocov2_samix_c")
+
+
+def _configs(folder: str, names: Sequence[str]) -> Dict[str, str]:
+    """Row name -> ``<folder>/<name>.yaml``."""
+    return {name: os.path.join(folder, f"{name}.yaml") for name in names}
+
+
 #: row name -> config under configs/digits/
-RUNS: Dict[str, str] = {
-    name: os.path.join(DIGITS, f"{name}.yaml")
-    for name in (
-        "mocov2",
-        "simclr",
-        "byol",
-        "swav",
-        "simsiam",
-        "mocov2_cutmix",
-        "mocov2_samix_i",
-        "mocov2_samix_c",
-    )
-}
+RUNS = _configs(
+    DIGITS,
+    ("mocov2", "simclr", "byol", "swav", "simsiam", "mocov2_cutmix", "mocov2_samix_i", "mocov2_samix_c"),
+)
 #: row name -> config under configs/fashion_mnist/
-FASHION_RUNS: Dict[str, str] = {
-    name: os.path.join(FASHION, f"{name}.yaml")
-    for name in (
+FASHION_RUNS = _configs(
+    FASHION,
+    (
         "mocov2",
         "simclr",
         "byol",
@@ -69,8 +67,8 @@ FASHION_RUNS: Dict[str, str] = {
         "mocov2_saliencymix",
         "mocov2_samix_i",
         "mocov2_samix_c",
-    )
-}
+    ),
+)
 #: Fashion-MNIST rows that are a recipe config plus overrides: row name -> (config, overrides)
 #: the Mixer's query / key weights N(0, 0.1^2) at init, not the reference's 0.01 (docs/algorithm.md §3.3)
 QK_ROW = "mocov2_samix_c, mix.qk_init_std=0.1"
