@@ -69,16 +69,16 @@ class MixerNet(nn.Module):
     def reset_parameters(self) -> None:
         """Conv/Linear weights N(0, 0.01^2), biases 0; BN weight 1, bias 0 (docs/algorithm.md §3.5 item 4);
         the query and key weights N(0, qk_init_std^2) (``mix.qk_init_std``, 0.01 by default)."""
-        for module in self.modules():
+        attention = {id(self.query), id(self.key)}
+        for module in self.modules():  # one draw per weight: the default draws what the reference draws
             if isinstance(module, (nn.Conv2d, nn.Linear)):
-                nn.init.normal_(module.weight, 0.0, 0.01)
+                std = self.qk_init_std if id(module) in attention else 0.01
+                nn.init.normal_(module.weight, 0.0, std)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.BatchNorm2d):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
-        for module in (self.query, self.key):
-            nn.init.normal_(module.weight, 0.0, self.qk_init_std)
 
     def hparams(self) -> Dict[str, float]:
         """Constructor arguments (stored with an exported Mixer, see ``pretrained.py``)."""
