@@ -26,6 +26,7 @@ from torch import Tensor  # noqa: E402
 
 from ssmix.cli import load_pretrain_config  # noqa: E402
 from ssmix.config import Config  # noqa: E402
+from ssmix.evaluation.config import load_eval_config  # noqa: E402
 from ssmix.quickstart import heldout_accuracy, last_metrics  # noqa: E402  (the demo's evaluation)
 
 RUNS = os.path.join(ROOT, "runs", "recipes")
@@ -106,10 +107,17 @@ def online_knn_curve(run_dir: str, cfg) -> List[List[float]]:
     return [[round(row["step"] / steps_per_epoch, 2), row["knn_top1"]] for row in rows if "knn_top1" in row]
 
 
+def standardised(result: Dict[str, Any]) -> bool:
+    """Whether a result was scored by the standardised probe (``feature_bn``, docs/algorithm.md §6.3, since
+    2026-12-03; every Fashion-MNIST run was). Digits runs before it were scored on raw features."""
+    return bool(result.get("feature_bn"))
+
+
 def run(config: str, overrides: Sequence[str], seed: int) -> Dict[str, Any]:
-    """Pre-train ``config`` + ``overrides`` with ``seed`` and evaluate it (or read the finished run)."""
+    """Pre-train ``config`` + ``overrides`` with ``seed`` and evaluate it, or read the finished run when
+    it was scored by today's probe (:func:`standardised`); one scored on raw features is run again."""
     result = finished(config, overrides, seed)
-    if result is not None:
+    if result is not None and standardised(result):
         return result
     from ssmix.engine.trainer import train
 
@@ -124,6 +132,7 @@ def run(config: str, overrides: Sequence[str], seed: int) -> Dict[str, Any]:
         "run_dir": os.path.relpath(run_dir, ROOT),
         "minutes": minutes,
         **heldout_accuracy(run_dir, cfg.data.image_size, eval_config=eval_config(cfg)),
+        "feature_bn": load_eval_config(eval_config(cfg), [f"weights={run_dir}"]).feature_bn,
         **last_metrics(run_dir),
         "online_knn": online_knn_curve(run_dir, cfg),
     }

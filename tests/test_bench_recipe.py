@@ -91,3 +91,42 @@ def test_fashion_table_scores_a_variant_row_from_its_own_overrides(bench, monkey
     assert rows["mocov2_samix_c"].startswith("| mocov2_samix_c | 1 | 84.0 | 81.0 |")
     assert rows[learning.QK_ROW].startswith(f"| {learning.QK_ROW} | 1 | 85.5 | 82.5 |")
     assert rows["mocov2_mixup"].startswith("| mocov2_mixup | 0 | not run |")
+
+
+def test_a_run_scored_on_raw_features_is_run_again_and_recorded_as_standardised(bench, monkeypatch):
+    recipe, learning = bench
+    import ssmix.engine.trainer as trainer
+
+    config = learning.RUNS["mocov2"]
+    ledger = {}
+    trained = []
+    monkeypatch.setattr(recipe, "finished", lambda config, overrides, seed: ledger.get(seed))
+    monkeypatch.setattr(recipe, "record", lambda result: ledger.__setitem__(result["seed"], result))
+    monkeypatch.setattr(
+        trainer, "train", lambda cfg: trained.append(cfg.output_dir) or os.makedirs(cfg.output_dir)
+    )
+    monkeypatch.setattr(recipe, "heldout_accuracy", lambda *a, **k: {"linear": 97.0, "knn": 96.0})
+    monkeypatch.setattr(recipe, "last_metrics", lambda run_dir: {})
+    monkeypatch.setattr(recipe, "online_knn_curve", lambda run_dir, cfg: [])
+    ledger[0] = {"seed": 0, "linear": 94.0, "knn": 95.0}  # scored before feature_bn: no marker
+    result = recipe.run(config, [], 0)
+    assert len(trained) == 1 and result["linear"] == 97.0 and result["feature_bn"] is True
+    assert recipe.run(config, [], 0) is ledger[0] and len(trained) == 1  # today's probe: read back
+
+
+def test_digits_table_lists_standardised_results_and_keeps_the_raw_feature_record(bench, monkeypatch):
+    recipe, learning = bench
+    results = {
+        (learning.RUNS["mocov2"], 0): {"linear": 97.5, "knn": 96.5, "feature_bn": True},
+        (learning.RUNS["mocov2"], 1): {"linear": 90.0, "knn": 90.0},  # raw features: not averaged in
+        (learning.RUNS["simclr"], 0): {"linear": 96.0, "knn": 95.0},
+    }
+    monkeypatch.setattr(recipe, "finished", lambda config, overrides, seed: results.get((config, seed)))
+    monkeypatch.setattr(learning, "random_init", lambda seeds: [{"linear": 95.0, "knn": 94.0}])
+    monkeypatch.setattr(recipe, "pixel_accuracy", lambda size: {"linear": 95.0, "knn": 97.0})
+    text = learning.table([0, 1])
+    main, raw = text.split(learning.RAW_PROBE_TABLE.splitlines()[0])
+    rows = {row.split(" | ")[0].lstrip("| "): row for row in main.splitlines() if row.startswith("| ")}
+    assert rows["mocov2"].startswith("| mocov2 | 1 | 97.5 | 96.5 |")
+    assert rows["simclr"].startswith("| simclr | 0 | not run |")
+    assert "| mocov2 | 3 | 96.9 ± 0.3 | 96.4 ± 1.1 |" in raw
