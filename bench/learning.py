@@ -179,6 +179,15 @@ def update_readme(table_rows: str, begin: str = BEGIN, end: str = END) -> None:
         f.write(f"{head}{begin}\n{table_rows}\n{end}{tail}")
 
 
+def first_table(text: str) -> str:
+    """The first Markdown table in ``text`` (its first run of ``|`` lines): the README shows the
+    section's main table and leaves the rest to docs/results.md."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    stop = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return "\n".join(lines[start:stop])
+
+
 def section_markers(dataset: str) -> Tuple[str, str]:
     return f"<!-- {dataset}:begin (bench/learning.py --dataset {dataset}) -->", f"<!-- {dataset}:end -->"
 
@@ -398,7 +407,7 @@ def main() -> None:
     if args.dataset == "digits":
         mask_figure(RUNS["mocov2_samix_c"], "samix_c")
         text = table(table_seeds)
-        update_readme("\n".join(line for line in text.splitlines() if line.startswith("|")))
+        update_readme(first_table(text))
     else:
         mask_figure(FASHION_RUNS["mocov2_samix_c"], "fashion_samix_c")
         config, overrides = FASHION_VARIANTS[QK_ROW]
@@ -407,7 +416,7 @@ def main() -> None:
         knn_curve_figure()
         text = fashion_table(table_seeds)
         update_readme(
-            "\n".join(line for line in text.splitlines() if line.startswith("|")),
+            first_table(text),
             *section_markers("fashion_mnist"),
         )
     write_section(args.dataset, text)
