@@ -172,7 +172,7 @@ def table() -> str:
             "(`configs/digits/mocov2_samix_i.yaml` and "
             "`mocov2_samix_c.yaml` for the SAMix rows). "
             "Minutes are wall-clock on a 2-core CPU that ran 2-4 jobs at once during the sweep: they are not "
-            "comparable across rows (alone, a recipe run takes a few minutes).",
+            "comparable across rows (alone, a recipe run takes a few minutes). Every row was scored by the probe of the time, on raw features (before 2026-12-03); `docs/results.md` scores the recipe's rows with today's standardised probe, which lifts random init 1.5 linear points.",
             "",
             f"Random init (seed 0; `docs/results.md` has seeds 0-2): 16 px CIFAR stem linear "
             f"{randoms[16]['linear']:.1f} / kNN {randoms[16]['knn']:.1f}; "
