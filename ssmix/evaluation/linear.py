@@ -311,6 +311,39 @@ def _feature_dim(backbone: nn.Module, dataset: Dataset, device: torch.device) ->
     return int(dim)
 
 
+def _train_epoch_in_loop(
+    backbone: nn.Module, probe: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, device
+) -> float:
+    """One epoch of the probe on the frozen trunk's pooled features; the mean training loss."""
+    backbone.eval()
+    probe.train()
+    total_loss, seen = 0.0, 0
+    for images, labels in loader:
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with torch.no_grad():
+            features = torch.flatten(backbone(images), 1)
+        loss = F.cross_entropy(probe(features), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss, seen = total_loss + loss.item() * labels.numel(), seen + labels.numel()
+    return total_loss / seen
+
+
+@torch.no_grad()
+def _accuracy_in_loop(
+    backbone: nn.Module, probe: nn.Module, loader: DataLoader, device
+) -> Tuple[float, float]:
+    """(top-1, top-5) in % of trunk + probe on ``loader``."""
+    probe.eval()
+    top1 = top5 = total = 0
+    for images, labels in loader:
+        labels = labels.to(device)
+        c1, c5 = _count_correct(probe(torch.flatten(backbone(images.to(device)), 1)), labels)
+        top1, top5, total = top1 + c1, top5 + c5, total + labels.numel()
+    return 100.0 * top1 / total, 100.0 * top5 / total
+
+
 def train_probe_in_loop(
     backbone: nn.Module,
     train_set: Dataset,
@@ -348,29 +381,12 @@ def train_probe_in_loop(
         torch.manual_seed(seed)  # augmentations in the main process (num_workers=0)
         for epoch in range(schedule.epochs):
             sampler.set_epoch(epoch)
-            backbone.eval()
-            probe.train()
-            total_loss, seen = 0.0, 0
-            for images, labels in train_loader:
-                images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-                with torch.no_grad():
-                    features = torch.flatten(backbone(images), 1)
-                loss = F.cross_entropy(probe(features), labels)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total_loss, seen = total_loss + loss.item() * labels.numel(), seen + labels.numel()
+            mean_loss = _train_epoch_in_loop(backbone, probe, train_loader, optimizer, device)
             scheduler.step()
-            probe.eval()
-            top1 = top5 = total = 0
-            with torch.no_grad():
-                for images, labels in test_loader:
-                    labels = labels.to(device)
-                    c1, c5 = _count_correct(probe(torch.flatten(backbone(images.to(device)), 1)), labels)
-                    top1, top5, total = top1 + c1, top5 + c5, total + labels.numel()
-            history.loss.append(total_loss / seen)
-            history.top1.append(100.0 * top1 / total)
-            history.top5.append(100.0 * top5 / total)
+            top1, top5 = _accuracy_in_loop(backbone, probe, test_loader, device)
+            history.loss.append(mean_loss)
+            history.top1.append(top1)
+            history.top5.append(top5)
             _log_epoch(log, epoch, schedule, history, every=1)
     assert_unchanged(backbone, before)
     return history

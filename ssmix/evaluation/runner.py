@@ -283,6 +283,28 @@ def _warn(message: str, warnings: List[str]) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
+def _pick_lr(
+    cfg: LinearEvalConfig,
+    schedule: ProbeSchedule,
+    train_features: Tensor,
+    train_labels: Tensor,
+    num_classes: int,
+    device: torch.device,
+    say: Callable[[str], None],
+) -> Tuple[ProbeSchedule, Dict[float, float]]:
+    """``schedule`` with the best lr of ``cfg.lr_grid`` (scored on a carve-out of the training images), and
+    every lr's score; ``schedule`` itself when no grid is set."""
+    if not cfg.lr_grid:
+        return schedule, {}
+    best, lr_scores = select_lr(train_features, train_labels, num_classes, schedule, cfg.lr_grid, 0, device)
+    say(
+        "lr pick (top-1 on a 10 % carve-out of the training images): "
+        + ", ".join(f"{lr:g}: {score:.2f}" for lr, score in lr_scores.items())
+        + f" -> lr {best:g}"
+    )
+    return dataclasses.replace(schedule, lr=best), lr_scores
+
+
 def _train_probes(
     cfg: LinearEvalConfig,
     encoder: LoadedEncoder,
@@ -299,18 +321,9 @@ def _train_probes(
 ) -> Tuple[ProbeSchedule, Dict[float, float], List[ProbeHistory]]:
     """(the schedule used, the lr grid's scores, one history per seed): the lr pick when ``cfg.lr_grid``
     is set, then ``cfg.seeds`` linear probes (cached features or in the loop)."""
-    schedule = ProbeSchedule.from_config(cfg)
-    lr_scores: Dict[float, float] = {}
-    if cfg.lr_grid:
-        best, lr_scores = select_lr(
-            train_features, train_labels, num_classes, schedule, cfg.lr_grid, 0, device
-        )
-        schedule = dataclasses.replace(schedule, lr=best)
-        say(
-            "lr pick (top-1 on a 10 % carve-out of the training images): "
-            + ", ".join(f"{lr:g}: {score:.2f}" for lr, score in lr_scores.items())
-            + f" -> lr {best:g}"
-        )
+    schedule, lr_scores = _pick_lr(
+        cfg, ProbeSchedule.from_config(cfg), train_features, train_labels, num_classes, device, say
+    )
     histories: List[ProbeHistory] = []
     for seed in range(cfg.seeds):
         say(
@@ -318,28 +331,15 @@ def _train_probes(
         )
         if cfg.mode == "cached":
             history = train_probe_cached(
-                train_features,
-                train_labels,
-                test_features[0],
-                test_labels,
-                num_classes,
-                schedule,
-                seed,
-                device,
-                log,
-            )
+                train_features, train_labels, test_features[0], test_labels, num_classes, schedule, seed,
+                device, log,
+            )  # fmt: skip
         else:
             history = train_probe_in_loop(
-                encoder.backbone,
-                TransformedDataset(data.train_set, data.train_tf),
-                TransformedDataset(data.test_set, data.test_tf),
-                num_classes,
-                schedule,
-                seed,
-                device,
-                cfg.data.num_workers,
-                log,
-            )
+                encoder.backbone, TransformedDataset(data.train_set, data.train_tf),
+                TransformedDataset(data.test_set, data.test_tf), num_classes, schedule, seed, device,
+                cfg.data.num_workers, log,
+            )  # fmt: skip
         histories.append(history)
         reason = history.divergence(num_classes)
         if reason:
