@@ -1,4 +1,5 @@
 import os
+import signal
 import sys
 
 import pytest
@@ -18,6 +19,23 @@ torch.set_num_threads(1)
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+#: what an interactive shell gives a process: the tests of preemption signals assume it, and the children
+#: they spawn inherit it, however the suite was launched (``nohup`` ignores SIGHUP, ``cmd &`` SIGINT)
+DEFAULT_SIGNAL_ACTIONS = {
+    signal.SIGINT: signal.default_int_handler,
+    signal.SIGTERM: signal.SIG_DFL,
+    signal.SIGHUP: signal.SIG_DFL,
+}
+
+
+@pytest.fixture(autouse=True)
+def _default_signal_actions():
+    previous = {sig: signal.signal(sig, action) for sig, action in DEFAULT_SIGNAL_ACTIONS.items()}
+    yield
+    for sig, action in previous.items():
+        signal.signal(sig, action)
 
 
 def pytest_configure(config):
