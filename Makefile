@@ -29,7 +29,7 @@ demo: setup
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n auto --dist loadfile --durations=10 tests
 
 bench: setup
 	for b in $(SPEED_BENCH); do $(BIN)/python bench/$$b.py || exit 1; done

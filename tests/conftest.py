@@ -47,7 +47,13 @@ def pytest_configure(config):
     )
 
 
+#: the longest test file (minutes: a real pre-training run) goes first, so that under ``-n`` (pytest-xdist,
+#: ``make test``) the other worker runs the rest of the suite beside it instead of after it
+RUN_FIRST = "test_learning.py"
+
+
 def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: item.path.name != RUN_FIRST)  # stable: collection order otherwise
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="no CUDA device (run `make bench-gpu` on a GPU machine)")
