@@ -2,17 +2,18 @@
 
 The one end-to-end check of the suite's purpose (docs/results.md has the full benchmark): MoCo v2 with
 ``configs/digits/mocov2.yaml`` on the demo's schedule (8 epochs, key-encoder momentum 0.9, bf16 autocast on
-a CPU with native bf16; ~1.2 minutes on 2 cores, ~6 in fp32 on a CPU without AVX512), then the frozen
-trunk and a random trunk of the same geometry go through the demo's evaluation (standardised linear probe on cached features, 20-NN,
-``configs/linear/digits.yaml``) on the 359 held-out images.
+a CPU with native bf16; ~1.2 minutes on 2 cores, ~6 in fp32 on a CPU without AVX512), then the frozen trunk
+and a random trunk of the same geometry go through the demo's evaluation (standardised linear probe on
+cached features, 20-NN, ``configs/linear/digits.yaml``) on the 359 held-out images.
 
 Measured 2026-12-04, trained against random init of the same seed. On a CPU with AVX512-BF16 (bf16
 autocast): kNN 97.2 / 96.4 / 96.1 against 95.3 / 94.7 / 94.4 on seeds 0-2 (+1.9 / +1.7 / +1.7); seed 0 in
 fp32 96.4 (+1.1). On a CPU without AVX512 (fp32, where the same seed computes other values): seed 0 95.5
 against 95.3 (+0.3), seed 1 96.1 against 94.7 (+1.4). So one run's kNN gain is +0.3 to +1.9: the test asks
-for a gain (a collapsed trunk scores tens of points below), not for its size, which docs/results.md measures over seeds. The linear probe does not separate
-them on one seed (random init alone spreads 95.0-97.2 over seeds 0-3, one image is 0.28 points; trained
-minus random -0.6 to +1.4), so it only guards against a broken trunk.
+for a gain (a collapsed trunk scores tens of points below), not for its size, which docs/results.md measures
+over seeds. The linear probe does not separate them on one seed (random init alone spreads 95.0-97.2 over
+seeds 0-3, one image is 0.28 points; trained minus random -0.6 to +1.4), so it only guards against a broken
+trunk.
 """
 
 import json
@@ -24,7 +25,7 @@ from ssmix.cli import load_pretrain_config
 from ssmix.engine.trainer import train
 from ssmix.quickstart import CONFIGS, demo_overrides, heldout_accuracy
 
-#: kNN points by which the pre-trained trunk must beat random init, strictly (measured +0.3 to +1.9, see above)
+#: kNN points by which the pre-trained trunk must beat random init, strictly (measured +0.3 to +1.9, above)
 KNN_MARGIN = 0.0
 #: linear-probe points it may trail random init by: one seed's probe noise, not a claim of learning
 LINEAR_SLACK = 1.5
