@@ -51,6 +51,9 @@ VARIANTS: Dict[str, Tuple[str, List[str]]] = {
     # query / key weights N(0, 0.1^2) at init instead of the reference's 0.01: attention starts away from
     # uniform (docs/algorithm.md §3.3)
     "SAMix-C, qk init 0.1": (SAMIX_C, ["mix.qk_init_std=0.1"]),
+    # and the value net's output conv at 0.1: the content map, hence the mask, starts with spatial structure
+    # that the mask loss's variance reward can grow from the first step (docs/algorithm.md §3.3)
+    "SAMix-C, qk and value init 0.1": (SAMIX_C, ["mix.qk_init_std=0.1", "mix.value_init_std=0.1"]),
     # the methods below random init at seed 0: BYOL with a target that keeps up over 624 steps
     # (tau from 0.99, the short-schedule CIFAR setting) and 5x the lr; SimSiam with 5x the lr
     "BYOL, tau 0.99, lr 1.0": (BYOL, ["method.base_momentum=0.99", "train.lr=1.0"]),

@@ -199,14 +199,15 @@ def _attention(net: MixerNet, z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Ten
     return torch.softmax(q @ net.key(joint).flatten(2) / math.sqrt(net.qk_dim), dim=-1)
 
 
-def test_qk_init_std_sets_only_the_query_and_key_weights_and_starts_attention_away_from_uniform():
+def test_init_stds_set_only_their_weights_and_start_the_mask_away_from_flat():
     torch.manual_seed(0)
     reference, wide = MixerNet(256), MixerNet(256, qk_init_std=0.1)
-    for net, std in ((reference, 0.01), (wide, 0.1)):
+    structured = MixerNet(256, qk_init_std=0.1, value_init_std=0.1)
+    for net, qk, value in ((reference, 0.01, 0.01), (wide, 0.1, 0.01), (structured, 0.1, 0.1)):
         for conv in (net.query, net.key):
-            assert float(conv.weight.detach().std()) == pytest.approx(std, rel=0.05)
+            assert float(conv.weight.detach().std()) == pytest.approx(qk, rel=0.05)
         assert float(net.value[0].weight.detach().std()) == pytest.approx(0.01, rel=0.05)
-        assert float(net.value[3].weight.detach().std()) == pytest.approx(0.01, rel=0.2)
+        assert float(net.value[3].weight.detach().std()) == pytest.approx(value, rel=0.2)
     # post-ReLU stage-3-like maps (positive, shared mean): at 0.01 every query sees uniform attention
     z = torch.randn(2, 8, 256, 4, 4).relu()
     uniform = math.log(16)
@@ -216,11 +217,22 @@ def test_qk_init_std_sets_only_the_query_and_key_weights_and_starts_attention_aw
             p = _attention(net, z[0], z[1])
         return float(-(p * p.log()).sum(-1).mean()) / uniform
 
+    def within_var(net: MixerNet) -> float:
+        with torch.no_grad():
+            return float(net(z[0], z[1], 0.5, (16, 16)).flatten(1).var(dim=1).mean())
+
     assert entropy(reference) > 0.99
     assert entropy(wide) < 0.9
+    # the content map is P v: uniform attention flattens it whatever v holds, and a peaked attention over a
+    # near-zero v (output conv at 0.01) leaves it near flat; both at 0.1 give the mask spatial structure
+    assert within_var(reference) < 1e-5
+    assert within_var(structured) > 10 * within_var(wide)
+    assert within_var(structured) > 1e-3
     assert samix_i(qk_init_std=0.1).net.qk_init_std == 0.1  # mix.qk_init_std reaches the net
-    with pytest.raises(ConfigError, match="mix.qk_init_std"):
-        samix_i(qk_init_std=0.0)
+    assert samix_i(value_init_std=0.1).net.value_init_std == 0.1
+    for key in ("qk_init_std", "value_init_std"):
+        with pytest.raises(ConfigError, match=f"mix.{key}"):
+            samix_i(**{key: 0.0})
 
 
 def test_mixer_net_rejects_wrong_channels():

@@ -44,6 +44,9 @@ class SAMixIConfig(MaskPostConfig):
     # ours: std of the query / key weights at init; 0.01 = the reference's, as every Mixer weight
     # (docs/algorithm.md §3.5 item 4). Larger starts the attention away from uniform (docs/algorithm.md §3.3)
     qk_init_std: float = 0.01
+    # ours: std of the value net's output conv at init (0.01 = the reference's). With qk_init_std 0.1, 0.1
+    # starts the content map, hence the mask, with spatial structure (docs/algorithm.md §3.3)
+    value_init_std: float = 0.01
     # Mixer losses (docs/algorithm.md §3.7, §4.1)
     mask_loss: str = "l2"  # l2 (SSL dev configs) | l1 (SL configs)
     mask_loss_margin: float = 0.1
@@ -125,10 +128,11 @@ def validate_samix(cfg: SAMixIConfig, labels: bool) -> None:
         )
     if not (cfg.rescale_k == -1 or cfg.rescale_k >= 0):
         raise ConfigError(f"mix.rescale_k: -1 (off) or >= 0 (monotone rescale), got {cfg.rescale_k}")
-    if not cfg.qk_init_std > 0:
-        raise ConfigError(
-            f"mix.qk_init_std: expected a positive std (0.01: the reference), got {cfg.qk_init_std}"
-        )
+    for key in ("qk_init_std", "value_init_std"):
+        if not getattr(cfg, key) > 0:
+            raise ConfigError(
+                f"mix.{key}: expected a positive std (0.01: the reference), got {getattr(cfg, key)}"
+            )
     if not 0 <= cfg.dropout < 1:
         raise ConfigError(f"mix.dropout: expected a probability in [0, 1), got {cfg.dropout}")
     _choice(cfg, "mask_loss", ("l2", "l1"))

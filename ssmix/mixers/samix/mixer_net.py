@@ -43,6 +43,7 @@ class MixerNet(nn.Module):
         dropout: float = 0.0,
         lam_offset: bool = False,
         qk_init_std: float = 0.01,
+        value_init_std: float = 0.01,
     ) -> None:
         super().__init__()
         if in_channels < 2 or in_channels % reduction or in_channels % 2:
@@ -52,7 +53,7 @@ class MixerNet(nn.Module):
         self.in_channels, self.reduction = in_channels, reduction
         self.rescale_k, self.dropout = float(rescale_k), float(dropout)
         self.lam_offset = bool(lam_offset)
-        self.qk_init_std = float(qk_init_std)
+        self.qk_init_std, self.value_init_std = float(qk_init_std), float(value_init_std)
         self.qk_dim = in_channels // reduction
         self.query = nn.Conv2d(2 * in_channels, self.qk_dim, kernel_size=1, bias=True)
         self.key = nn.Conv2d(2 * in_channels, self.qk_dim, kernel_size=1, bias=True)
@@ -68,11 +69,13 @@ class MixerNet(nn.Module):
 
     def reset_parameters(self) -> None:
         """Conv/Linear weights N(0, 0.01^2), biases 0; BN weight 1, bias 0 (docs/algorithm.md §3.5 item 4);
-        the query and key weights N(0, qk_init_std^2) (``mix.qk_init_std``, 0.01 by default)."""
-        attention = {id(self.query), id(self.key)}
+        the query and key weights N(0, qk_init_std^2) (``mix.qk_init_std``) and the value net's output
+        conv N(0, value_init_std^2) (``mix.value_init_std``), both 0.01 by default (docs/algorithm.md §3.3)."""
+        stds = {id(self.query): self.qk_init_std, id(self.key): self.qk_init_std}
+        stds[id(self.value[3])] = self.value_init_std
         for module in self.modules():  # one draw per weight: the default draws what the reference draws
             if isinstance(module, (nn.Conv2d, nn.Linear)):
-                std = self.qk_init_std if id(module) in attention else 0.01
+                std = stds.get(id(module), 0.01)
                 nn.init.normal_(module.weight, 0.0, std)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)

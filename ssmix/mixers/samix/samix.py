@@ -69,7 +69,13 @@ class _LearnedMixer(Mixer):
         super().__init__(cfg)
         validate_samix(cfg, labels=self.needs_labels)
         self.net = MixerNet(
-            cfg.feature_channels, cfg.reduction, cfg.rescale_k, cfg.dropout, cfg.lam_offset, cfg.qk_init_std
+            cfg.feature_channels,
+            cfg.reduction,
+            cfg.rescale_k,
+            cfg.dropout,
+            cfg.lam_offset,
+            cfg.qk_init_std,
+            cfg.value_init_std,
         )
 
     # -- bb: the encoder's mixed batch ---------------------------------------------------------
