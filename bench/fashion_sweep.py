@@ -54,6 +54,12 @@ VARIANTS: Dict[str, Tuple[str, List[str]]] = {
     # and the value net's output conv at 0.1: the content map, hence the mask, starts with spatial structure
     # that the mask loss's variance reward can grow from the first step (docs/algorithm.md §3.3)
     "SAMix-C, qk and value init 0.1": (SAMIX_C, ["mix.qk_init_std=0.1", "mix.value_init_std=0.1"]),
+    # and the content map centred per image: its level no longer moves the mask's mean off lambda, which the
+    # mask loss's mean term answered by flattening the structured init within ~50 steps (docs/algorithm.md §3.3)
+    "SAMix-C, qk and value init 0.1, centred": (
+        SAMIX_C,
+        ["mix.qk_init_std=0.1", "mix.value_init_std=0.1", "mix.centre_content=true"],
+    ),
     # the methods below random init at seed 0: BYOL with a target that keeps up over 624 steps
     # (tau from 0.99, the short-schedule CIFAR setting) and 5x the lr; SimSiam with 5x the lr
     "BYOL, tau 0.99, lr 1.0": (BYOL, ["method.base_momentum=0.99", "train.lr=1.0"]),

@@ -72,9 +72,14 @@ FASHION_RUNS = _configs(
 #: Fashion-MNIST rows that are a recipe config plus overrides: row name -> (config, overrides)
 #: the Mixer's query / key weights N(0, 0.1^2) at init, not the reference's 0.01 (docs/algorithm.md §3.3)
 QK_ROW = "mocov2_samix_c, mix.qk_init_std=0.1"
+#: and the value net's output conv N(0, 0.1^2): the mask starts structured (docs/algorithm.md §3.3)
+QKV_ROW = "mocov2_samix_c, mix.qk_init_std=0.1 mix.value_init_std=0.1"
 FASHION_VARIANTS: Dict[str, Tuple[str, List[str]]] = {
     QK_ROW: (FASHION_RUNS["mocov2_samix_c"], ["mix.qk_init_std=0.1"]),
+    QKV_ROW: (FASHION_RUNS["mocov2_samix_c"], ["mix.qk_init_std=0.1", "mix.value_init_std=0.1"]),
 }
+#: variant row -> the stem of its held-out mask figure, docs/<stem>_masks.png
+VARIANT_FIGURES = {QK_ROW: "fashion_samix_c_qk0.1", QKV_ROW: "fashion_samix_c_qkv0.1"}
 #: what the Fashion-MNIST table says (by hand, after the runs)
 FASHION_READING = (
     "Reading (2026-12-04; test split, 3 seeds per row). Every MoCo v2 row beats "
@@ -406,9 +411,10 @@ def main() -> None:
         update_readme(first_table(text))
     else:
         mask_figure(FASHION_RUNS["mocov2_samix_c"], "fashion_samix_c")
-        config, overrides = FASHION_VARIANTS[QK_ROW]
-        # the first seed whose run directory is still here
-        any(mask_figure(config, "fashion_samix_c_qk0.1", seed, overrides) for seed in table_seeds)
+        for row, stem in VARIANT_FIGURES.items():
+            config, overrides = FASHION_VARIANTS[row]
+            # the first seed whose run directory is still here
+            any(mask_figure(config, stem, seed, overrides) for seed in table_seeds)
         knn_curve_figure()
         text = fashion_table(table_seeds)
         update_readme(

@@ -235,6 +235,26 @@ def test_init_stds_set_only_their_weights_and_start_the_mask_away_from_flat():
             samix_i(**{key: 0.0})
 
 
+def test_centre_content_removes_each_images_content_level_and_keeps_its_pattern():
+    # docs/algorithm.md §3.3: s_a = sigmoid(logit(lam) - (c - mean_hw c)) with c the upsampled content
+    torch.manual_seed(0)
+    plain = MixerNet(256, lam_offset=True, qk_init_std=0.1, value_init_std=0.1).train()
+    centred = MixerNet(256, lam_offset=True, qk_init_std=0.1, value_init_std=0.1, centre_content=True).train()
+    centred.load_state_dict(plain.state_dict())
+    z_a, z_b = torch.randn(2, 8, 256, 4, 4).relu()
+    lam = 0.3
+    content = torch.logit(lam * torch.ones(1)) - torch.logit(plain(z_a, z_b, lam, (16, 16)).double())
+    expected = torch.sigmoid(math.log(lam / (1 - lam)) - (content - content.mean(dim=(2, 3), keepdim=True)))
+    torch.testing.assert_close(centred(z_a, z_b, lam, (16, 16)), expected.float(), atol=1e-5, rtol=1e-4)
+    # the content's level moved whole images off lambda; centred, each image's mean is near lambda
+    assert float((plain(z_a, z_b, lam, (16, 16)).mean(dim=(1, 2, 3)) - lam).abs().max()) > 0.1
+    assert float((centred(z_a, z_b, lam, (16, 16)).mean(dim=(1, 2, 3)) - lam).abs().max()) < 0.03
+    assert centred.hparams()["centre_content"] is True  # travels with an exported Mixer
+    assert samix_i(lam_offset=True, centre_content=True).net.centre_content
+    with pytest.raises(ConfigError, match="mix.centre_content"):
+        samix_i(centre_content=True)
+
+
 def test_mixer_net_rejects_wrong_channels():
     with pytest.raises(ValueError, match="feature_channels"):
         MixerNet(256)(torch.randn(2, 1024, 6, 6), torch.randn(2, 1024, 6, 6), 0.5, (96, 96))

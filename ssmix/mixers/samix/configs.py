@@ -41,6 +41,9 @@ class SAMixIConfig(MaskPostConfig):
     dropout: float = 0.0  # after the value net (0.1 in the ImageNet dev configs)
     # ours: s_a = sigmoid(logit(lam) - content) (docs/algorithm.md §3.2); off = reference
     lam_offset: bool = False
+    # ours, with lam_offset: the content map minus its per-image mean, so the mask's mean stays near lambda
+    # whatever the content's level and only its spatial pattern moves pixels (docs/algorithm.md §3.3)
+    centre_content: bool = False
     # ours: std of the query / key weights at init; 0.01 = the reference's, as every Mixer weight
     # (docs/algorithm.md §3.5 item 4). Larger starts the attention away from uniform (docs/algorithm.md §3.3)
     qk_init_std: float = 0.01
@@ -128,6 +131,8 @@ def validate_samix(cfg: SAMixIConfig, labels: bool) -> None:
         )
     if not (cfg.rescale_k == -1 or cfg.rescale_k >= 0):
         raise ConfigError(f"mix.rescale_k: -1 (off) or >= 0 (monotone rescale), got {cfg.rescale_k}")
+    if cfg.centre_content and not cfg.lam_offset:
+        raise ConfigError("mix.centre_content: needs mix.lam_offset=true (the mask's mean comes from lambda)")
     for key in ("qk_init_std", "value_init_std"):
         if not getattr(cfg, key) > 0:
             raise ConfigError(

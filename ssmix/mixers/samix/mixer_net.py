@@ -13,6 +13,10 @@ content, so s_a = sigmoid(logit(lam) - content): a flat content map gives the fl
 the content only moves pixels away from it; the value net then reads z_b without the gain. With one
 lambda per batch, the value net's BatchNorm (train mode) removes the (2 - lam~) gain exactly, so without
 the offset lambda reaches the mask only through the attention weights.
+
+``centre_content`` (ours, with ``lam_offset``; docs/algorithm.md §3.3): the upsampled content minus its
+per-image mean, so a content map that is high (or low) everywhere in an image no longer moves that image's
+mask mean away from lambda; only its spatial pattern reaches the mask.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ class MixerNet(nn.Module):
         lam_offset: bool = False,
         qk_init_std: float = 0.01,
         value_init_std: float = 0.01,
+        centre_content: bool = False,
     ) -> None:
         super().__init__()
         if in_channels < 2 or in_channels % reduction or in_channels % 2:
@@ -52,7 +57,9 @@ class MixerNet(nn.Module):
             )
         self.in_channels, self.reduction = in_channels, reduction
         self.rescale_k, self.dropout = float(rescale_k), float(dropout)
-        self.lam_offset = bool(lam_offset)
+        self.lam_offset, self.centre_content = bool(lam_offset), bool(centre_content)
+        if self.centre_content and not self.lam_offset:
+            raise ValueError("MixerNet: centre_content needs lam_offset (the mask's mean comes from lambda)")
         self.qk_init_std, self.value_init_std = float(qk_init_std), float(value_init_std)
         self.qk_dim = in_channels // reduction
         self.query = nn.Conv2d(2 * in_channels, self.qk_dim, kernel_size=1, bias=True)
@@ -91,6 +98,7 @@ class MixerNet(nn.Module):
             "rescale_k": self.rescale_k,
             "dropout": self.dropout,
             "lam_offset": self.lam_offset,
+            "centre_content": self.centre_content,
         }
 
     def _check(self, z_a: Tensor, z_b: Tensor) -> None:
@@ -126,6 +134,8 @@ class MixerNet(nn.Module):
             logits = F.interpolate(
                 content, size=tuple(int(s) for s in size), mode="bilinear", align_corners=False
             )
+            if self.centre_content:
+                logits = logits - logits.mean(dim=(2, 3), keepdim=True)
             if self.lam_offset:
                 lam_t = expand_lam(lam, content.shape[0], content.device).float().clamp(LAM_EPS, 1 - LAM_EPS)
                 logits = logits + torch.log((1 - lam_t) / lam_t).view(-1, 1, 1, 1)

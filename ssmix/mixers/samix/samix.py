@@ -76,6 +76,7 @@ class _LearnedMixer(Mixer):
             cfg.lam_offset,
             cfg.qk_init_std,
             cfg.value_init_std,
+            cfg.centre_content,
         )
 
     # -- bb: the encoder's mixed batch ---------------------------------------------------------
