@@ -79,7 +79,7 @@ def test_fashion_table_scores_a_variant_row_from_its_own_overrides(bench, monkey
     results = {
         (samix_c, ()): {"linear": 84.0, "knn": 81.0},
         (samix_c, ("mix.qk_init_std=0.1",)): {"linear": 85.5, "knn": 82.5},
-        (samix_c, ("mix.qk_init_std=0.1", "mix.value_init_std=0.1")): {"linear": 84.7, "knn": 82.1},
+        (samix_c, tuple(learning.BINARY_INIT)): {"linear": 84.7, "knn": 82.1},
     }
     monkeypatch.setattr(
         recipe, "finished", lambda config, overrides, seed: results.get((config, tuple(overrides)))
@@ -91,7 +91,7 @@ def test_fashion_table_scores_a_variant_row_from_its_own_overrides(bench, monkey
     rows = {row.split(" | ")[0].lstrip("| "): row for row in learning.fashion_table([0]).splitlines()}
     assert rows["mocov2_samix_c"].startswith("| mocov2_samix_c | 1 | 84.0 | 81.0 |")
     assert rows[learning.QK_ROW].startswith(f"| {learning.QK_ROW} | 1 | 85.5 | 82.5 |")
-    assert rows[learning.QKV_ROW].startswith(f"| {learning.QKV_ROW} | 1 | 84.7 | 82.1 |")
+    assert rows[learning.BINARY_ROW].startswith(f"| {learning.BINARY_ROW} | 1 | 84.7 | 82.1 |")
     assert rows["mocov2_mixup"].startswith("| mocov2_mixup | 0 | not run |")
 
 
