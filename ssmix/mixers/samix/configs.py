@@ -48,7 +48,7 @@ class SAMixIConfig(MaskPostConfig):
     # (docs/algorithm.md §3.5 item 4). Larger starts the attention away from uniform (docs/algorithm.md §3.3)
     qk_init_std: float = 0.01
     # ours: std of the value net's output conv at init (0.01 = the reference's). With qk_init_std 0.1, 0.1
-    # starts the content map, hence the mask, with spatial structure (docs/algorithm.md §3.3)
+    # starts the mask with spatial structure, 1.0 near-binary; in training neither lasts (docs/algorithm.md §3.3)
     value_init_std: float = 0.01
     # Mixer losses (docs/algorithm.md §3.7, §4.1)
     mask_loss: str = "l2"  # l2 (SSL dev configs) | l1 (SL configs)

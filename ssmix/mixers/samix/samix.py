@@ -73,10 +73,10 @@ class _LearnedMixer(Mixer):
             cfg.reduction,
             cfg.rescale_k,
             cfg.dropout,
-            cfg.lam_offset,
-            cfg.qk_init_std,
-            cfg.value_init_std,
-            cfg.centre_content,
+            lam_offset=cfg.lam_offset,
+            qk_init_std=cfg.qk_init_std,
+            value_init_std=cfg.value_init_std,
+            centre_content=cfg.centre_content,
         )
 
     # -- bb: the encoder's mixed batch ---------------------------------------------------------
