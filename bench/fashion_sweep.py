@@ -79,7 +79,8 @@ VARIANTS: Dict[str, Tuple[str, List[str]]] = {
 
 #: what the table says (written by hand after the runs; the numbers in the table are the record)
 FINDINGS = (
-    "Reading (2026-12-04, the 2026-12-08 rows where dated; val split, seed 0 each unless the row says more, so one row's difference below ~1 "
+    "Reading (2026-12-04, the 2026-12-08 rows where dated; val split, seed 0 each unless the row says more, "
+    "so one row's difference below ~1 "
     "point is noise). Every MoCo v2 variant gains on the linear probe over random init (+2.3 to +3.7) and "
     "next to nothing on kNN (-0.5 to +1.4): the online kNN curves of all of them climb from 76-79 at epoch 2 "
     "to about 80 by epoch 6 and then stay there, at random init's 80.1, while the loss keeps falling. Within "
@@ -93,12 +94,12 @@ FINDINGS = (
     "§3.3); drawn to give near-binary masks at init (value output at 1.0, content centred; 2026-12-08, 2 "
     "seeds on a slower CPU, side by side) its masks are soft within 30 steps and end at within-image variance "
     "0.01-0.02, 85.0 / 82.4 and 83.9 / 81.1 (docs/algorithm.md §3.3: the two earlier init variants were "
-    "stopped once their masks had gone flat). BYOL with tau from 0.99 and lr 1.0 and SimSiam at 5x the lr lift the linear probe (83.4, 82.2) "
+    "stopped once their masks had gone flat). BYOL with tau from 0.99 and lr 1.0 and SimSiam at 5x the lr "
+    "lift the linear probe (83.4, 82.2) "
     "and lower kNN (76.2, 76.7): neither reaches random init's kNN. SimCLR at MoCo v2's temperature 0.2 "
     "instead of 0.5 (2026-12-08) keeps its linear 85.1 and its kNN below random init (78.7 against 80.1; "
     "test 85.1 / 79.4 against the recipe's 85.1 / 78.5): the temperature is not why SimCLR's kNN trails. "
-    "Minutes: the 48-minute row shared the 2 "
-    "cores with three test suites; rows of ~18-23 minutes shared them with one; the 2026-12-08 rows ran on a "
+    "Minutes: the 48-minute row shared the 2 cores with three test suites; rows of ~18-23 minutes shared them with one; the 2026-12-08 rows ran on a "
     "slower CPU, the two SAMix-C seeds side by side on one core each, the SimCLR row beside a test suite."
 )
 

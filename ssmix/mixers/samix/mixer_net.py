@@ -78,8 +78,11 @@ class MixerNet(nn.Module):
         """Conv/Linear weights N(0, 0.01^2), biases 0; BN weight 1, bias 0 (docs/algorithm.md §3.5 item 4);
         the query and key weights N(0, qk_init_std^2) (``mix.qk_init_std``) and the value net's output
         conv N(0, value_init_std^2) (``mix.value_init_std``), both 0.01 by default (docs/algorithm.md §3.3)."""
-        stds = {id(self.query): self.qk_init_std, id(self.key): self.qk_init_std}
-        stds[id(self.value[3])] = self.value_init_std
+        stds = {
+            id(self.query): self.qk_init_std,
+            id(self.key): self.qk_init_std,
+            id(self.value[3]): self.value_init_std,
+        }
         for module in self.modules():  # one draw per weight: the default draws what the reference draws
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 std = stds.get(id(module), 0.01)
